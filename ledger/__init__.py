@@ -1,0 +1,46 @@
+"""The event-sourced core of Chassis.
+
+Every fact Chassis knows is an event in this ledger: signed with Ed25519,
+hash-chained per aggregate, stored through the ``eventsourcing`` library in
+SQLite or PostgreSQL. Nothing here imports any other Chassis package.
+"""
+
+from ledger.aggregate import LedgerAggregate
+from ledger.application import Ledger
+from ledger.canonical import GENESIS, EVENT_DIGEST_TAG
+from ledger.errors import (
+    ConflictError,
+    KeyFileError,
+    LedgerError,
+    NotAuthorisedError,
+    StorageError,
+)
+from ledger.events import LedgerEvent, event_type_for_topic
+from ledger.keys import KeyPair, generate_keypair, keyid_for, load_keypair
+from ledger.records import SealedRecord, parse_record
+from ledger.storage import StorageConfig, open_ledger
+from ledger.trust import Role, Trust
+
+__all__ = [
+    "EVENT_DIGEST_TAG",
+    "GENESIS",
+    "ConflictError",
+    "KeyFileError",
+    "KeyPair",
+    "Ledger",
+    "LedgerAggregate",
+    "LedgerError",
+    "LedgerEvent",
+    "NotAuthorisedError",
+    "Role",
+    "SealedRecord",
+    "StorageConfig",
+    "StorageError",
+    "Trust",
+    "event_type_for_topic",
+    "generate_keypair",
+    "keyid_for",
+    "load_keypair",
+    "open_ledger",
+    "parse_record",
+]

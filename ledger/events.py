@@ -1,0 +1,126 @@
+"""The base of every ledger event and the registry of topics.
+
+Events are frozen msgspec Structs with an explicit, versioned ``TOPIC``
+(``chassis.<aggregate>.<what-happened>.v<N>``) fixed forever once released, so
+renaming a class never breaks stored history. Each topic also names the
+``ROLE`` a key must hold to append it; verification reads the same table.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+from uuid import UUID
+
+import msgspec
+
+from ledger.canonical import GENESIS, canonical_json, event_body, event_digest
+from ledger.errors import ChainBreakError
+
+if TYPE_CHECKING:
+    from ledger.aggregate import LedgerAggregate
+
+ENVELOPE_FIELDS = ("originator_id", "originator_version", "timestamp", "prev", "keyid")
+ROLES = ("admin", "operator", "approver", "checkpoint")
+
+_registry: dict[str, type[LedgerEvent]] = {}
+
+
+class LedgerEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One signed, chained fact. Subclasses add payload fields and ``apply``."""
+
+    originator_id: UUID
+    originator_version: int
+    timestamp: datetime
+    prev: str
+    keyid: str
+
+    TOPIC: ClassVar[str] = ""
+    ROLE: ClassVar[str] = "admin"
+    CREATES: ClassVar[bool] = False
+    """True for the event that starts an aggregate (version 1)."""
+    AGGREGATE: ClassVar[type[Any] | None] = None
+    """Set by :class:`LedgerAggregate` on its nested created event."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        topic = cls.__dict__.get("TOPIC", "")
+        if not topic:
+            return
+        if cls.ROLE not in ROLES:
+            raise TypeError(f"{cls.__qualname__}: ROLE must be one of {ROLES}")
+        for name, kind in cls.__annotations__.items():
+            if kind in (float, "float"):
+                raise TypeError(f"{cls.__qualname__}.{name}: floats have no canonical form")
+        existing = _registry.get(topic)
+        if existing is not None and existing.__qualname__ != cls.__qualname__:
+            raise TypeError(f"topic {topic!r} is already used by {existing.__qualname__}")
+        _registry[topic] = cls
+
+    def payload(self) -> dict[str, Any]:
+        """The event's own fields, as canonical-encodable builtins."""
+        fields: dict[str, Any] = msgspec.to_builtins(self)
+        for name in ENVELOPE_FIELDS:
+            fields.pop(name, None)
+        return fields
+
+    def canonical(self) -> bytes:
+        return canonical_json(
+            event_body(
+                originator_id=self.originator_id,
+                version=self.originator_version,
+                timestamp=self.timestamp,
+                topic=self.TOPIC,
+                payload=self.payload(),
+                prev=self.prev,
+                keyid=self.keyid,
+            )
+        )
+
+    def digest(self) -> bytes:
+        return event_digest(self.canonical())
+
+    def apply(self, aggregate: Any) -> None:
+        """Evolve ``aggregate``. Pure: it runs again on every replay, so no I/O."""
+
+    def mutate(self, aggregate: LedgerAggregate | None) -> LedgerAggregate | None:
+        """Check the link, apply, then advance version and chain head.
+
+        Raises ``ChainBreakError`` before anything changes when the event
+        does not extend the aggregate it is applied to.
+        """
+        if self.CREATES:
+            if aggregate is not None or self.AGGREGATE is None:
+                raise ChainBreakError(f"{self.TOPIC} can only start an aggregate")
+            if self.originator_version != 1 or self.prev != GENESIS:
+                raise ChainBreakError(f"{self.TOPIC}: version 1 must link to the genesis value")
+            aggregate = self.AGGREGATE.__new__(self.AGGREGATE)
+            aggregate.start(self)
+        else:
+            if aggregate is None:
+                raise ChainBreakError(f"{self.TOPIC} needs an existing aggregate")
+            if self.originator_id != aggregate.id:
+                raise ChainBreakError(f"{self.TOPIC}: event of {self.originator_id} applied to {aggregate.id}")
+            if self.originator_version != aggregate.version + 1:
+                raise ChainBreakError(
+                    f"{aggregate.id}: version {self.originator_version} does not follow {aggregate.version}"
+                )
+            if self.prev != aggregate.chain_head:
+                raise ChainBreakError(
+                    f"{aggregate.id} version {self.originator_version}: prev does not match the digest of version {aggregate.version}"
+                )
+        self.apply(aggregate)
+        aggregate.version = self.originator_version
+        aggregate.modified_on = self.timestamp
+        aggregate.chain_head = self.digest().hex()
+        return aggregate
+
+
+def event_type_for_topic(topic: str) -> type[LedgerEvent] | None:
+    """The registered event class of ``topic``, or None."""
+    return _registry.get(topic)
+
+
+def registered_topics() -> dict[str, type[LedgerEvent]]:
+    return dict(_registry)
+

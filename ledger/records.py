@@ -1,0 +1,96 @@
+"""The stored record of one event, parsed strictly.
+
+A record is the row eventsourcing stores: ``(originator_id,
+originator_version, topic, state)`` plus its position in the global order.
+``state`` is the canonical JSON ``{"digest": HEX, "event": BODY, "sig": B64}``
+where ``BODY`` is the canonical encoding that was digested and signed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+
+class MalformedRecordError(ValueError):
+    """A stored row does not have the documented shape."""
+
+
+class _State(msgspec.Struct, forbid_unknown_fields=True):
+    digest: str
+    event: msgspec.Raw
+    sig: str
+
+
+class EventBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    id: str
+    keyid: str
+    payload: msgspec.Raw
+    prev: str
+    timestamp: str
+    topic: str
+    version: int
+
+
+_state_decoder = msgspec.json.Decoder(_State)
+_body_decoder = msgspec.json.Decoder(EventBody)
+
+
+@dataclass(frozen=True, slots=True)
+class SealedRecord:
+    """A parsed record. Nothing here is verified yet."""
+
+    seq: int
+    originator_id: str
+    version: int
+    topic: str
+    body: EventBody
+    body_bytes: bytes
+    digest: bytes
+    signature: bytes
+
+    def payload(self) -> dict[str, Any]:
+        result: dict[str, Any] = msgspec.json.decode(self.body.payload)
+        return result
+
+
+def _hex32(text: str, what: str) -> bytes:
+    if len(text) != 64:
+        raise MalformedRecordError(f"{what} is not 64 hex digits")
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise MalformedRecordError(f"{what} is not 64 hex digits") from None
+
+
+def parse_record(
+    seq: int, originator_id: UUID | str, version: int, topic: str, state: bytes
+) -> SealedRecord:
+    """Parse a stored row. Raises ``MalformedRecordError`` naming what is wrong."""
+    try:
+        outer = _state_decoder.decode(state)
+        body_bytes = bytes(outer.event)
+        body = _body_decoder.decode(body_bytes)
+        signature = base64.b64decode(outer.sig, validate=True)
+    except (msgspec.DecodeError, binascii.Error, UnicodeDecodeError) as e:
+        raise MalformedRecordError(f"state is not a sealed ledger record: {e}") from None
+    if len(signature) != 64:
+        raise MalformedRecordError("signature is not 64 bytes")
+    digest = _hex32(outer.digest, "digest")
+    _hex32(body.prev, "prev")
+    oid = originator_id.hex if isinstance(originator_id, UUID) else originator_id
+    return SealedRecord(
+        seq=seq,
+        originator_id=str(UUID(oid)),
+        version=version,
+        topic=topic,
+        body=body,
+        body_bytes=body_bytes,
+        digest=digest,
+        signature=signature,
+    )
