@@ -23,7 +23,7 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import Environment, EnvType
 
 from ledger.aggregate import LedgerAggregate, LedgerSnapshot, _kinds
-from ledger.errors import ConflictError, NotAuthorisedError, StorageError
+from ledger.errors import ConflictError, NotAuthorisedError, NotFoundError, StorageError
 from ledger.mapper import SealingMapper, SnapshotMapper
 from ledger.trust import Trust
 
@@ -70,21 +70,21 @@ class Ledger(Application[UUID]):
     # Reading.
 
     def load(self, kind: type[A], aggregate_id: UUID, *, version: int | None = None) -> A:
-        """The aggregate, optionally as of ``version``. Raises ``LookupError``."""
+        """The aggregate, optionally as of ``version``. Raises ``NotFoundError``."""
         try:
             aggregate = self.repository.get(aggregate_id, version=version)
         except AggregateNotFoundError:
-            raise LookupError(f"no {kind.KIND} {aggregate_id} in the ledger") from None
+            raise NotFoundError(f"no {kind.KIND} {aggregate_id} in the ledger") from None
         except PersistenceError as e:
             raise StorageError(f"{self.config.describe()}: {e}") from None
         if not isinstance(aggregate, kind):
-            raise LookupError(f"{aggregate_id} is a {type(aggregate).__name__}, not {kind.__name__}")
+            raise NotFoundError(f"{aggregate_id} is a {type(aggregate).__name__}, not {kind.__name__}")
         return aggregate
 
     def find(self, kind: type[A], aggregate_id: UUID) -> A | None:
         try:
             return self.load(kind, aggregate_id)
-        except LookupError:
+        except NotFoundError:
             return None
 
     def trust(self) -> Trust | None:

@@ -35,6 +35,12 @@ class UnknownKeyError(LedgerError, LookupError):
     exit_code = 5
 
 
+class NotFoundError(LedgerError, LookupError):
+    """No aggregate with that id (or not of the expected kind)."""
+
+    exit_code = 10
+
+
 class NotAuthorisedError(LedgerError, PermissionError):
     """The acting key may not append this event (untrusted, revoked, wrong role)."""
 

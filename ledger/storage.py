@@ -41,11 +41,11 @@ class StorageConfig:
         """Parse a ledger URL. Raises ``StorageError`` saying what was expected."""
         if url.startswith(("postgresql://", "postgres://")):
             return cls._postgres(url)
-        if url.startswith("sqlite://"):
-            rest = url.removeprefix("sqlite://")
-            if not rest.startswith("/"):
+        if url.startswith("sqlite:"):
+            rest = url.removeprefix("sqlite:")
+            if not rest.startswith("///") or not rest.strip("/"):
                 raise StorageError(f"ledger URL {url!r}: expected sqlite:///ABSOLUTE/PATH")
-            return cls(kind="sqlite", path=Path(rest))
+            return cls(kind="sqlite", path=Path("/" + rest.lstrip("/")))
         if "://" in url:
             raise StorageError(
                 f"ledger URL {redact_url(url)!r}: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
@@ -82,7 +82,7 @@ class StorageConfig:
     def describe(self) -> str:
         """Where the ledger is, safe to print."""
         if self.kind == "sqlite":
-            return f"sqlite:///{self.path}"
+            return f"sqlite:///{str(self.path).lstrip('/')}"
         return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}?schema={self.schema}"
 
     def eventsourcing_env(self) -> dict[str, str]:

@@ -10,13 +10,14 @@ counts), and only for its roles.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import ClassVar
 from uuid import UUID
 
 import msgspec
 
 from ledger.aggregate import LedgerAggregate
-from ledger.errors import DomainRuleError, NotAuthorisedError
+from ledger.canonical import format_timestamp
+from ledger.errors import DomainRuleError, NotAuthorisedError, UnknownKeyError
 from ledger.events import LedgerEvent
 from ledger.keys import keyid_for
 
@@ -59,6 +60,8 @@ class Trust(LedgerAggregate):
 
     KIND = "trust"
     keys: dict[str, TrustedKey]
+    root_keyid: str
+    ledger_name: str
 
     class Established(LedgerEvent, frozen=True, kw_only=True):
         TOPIC: ClassVar[str] = "chassis.trust.established.v1"
@@ -71,7 +74,9 @@ class Trust(LedgerAggregate):
 
         def apply(self, aggregate: Trust) -> None:
             aggregate.keys = {}
-            aggregate.add_key(self.keyid, self.name, self.public_key, self.roles, self.timestamp.isoformat())
+            aggregate.root_keyid = self.keyid
+            aggregate.ledger_name = self.ledger_name
+            aggregate.add_key(self.keyid, self.name, self.public_key, self.roles, format_timestamp(self.timestamp))
 
     class KeyTrusted(LedgerEvent, frozen=True, kw_only=True):
         TOPIC: ClassVar[str] = "chassis.trust.key-trusted.v1"
@@ -83,7 +88,7 @@ class Trust(LedgerAggregate):
 
         def apply(self, aggregate: Trust) -> None:
             aggregate.add_key(
-                self.trusted_keyid, self.name, self.public_key, self.roles, self.timestamp.isoformat()
+                self.trusted_keyid, self.name, self.public_key, self.roles, format_timestamp(self.timestamp)
             )
 
     class KeyRevoked(LedgerEvent, frozen=True, kw_only=True):
@@ -94,7 +99,7 @@ class Trust(LedgerAggregate):
 
         def apply(self, aggregate: Trust) -> None:
             key = aggregate.keys[self.revoked_keyid]
-            key.revoked_at = self.timestamp.isoformat()
+            key.revoked_at = format_timestamp(self.timestamp)
             key.revoked_reason = self.reason
 
     ID: ClassVar[UUID]
@@ -185,18 +190,8 @@ class Trust(LedgerAggregate):
                 return matches[0]
             if len(matches) > 1:
                 raise DomainRuleError(f"key id prefix {ref!r} is ambiguous; give more digits")
-        raise DomainRuleError(f"no key named or with id {ref!r} in the ledger's trust")
+        raise UnknownKeyError(f"no key named or with id {ref!r} in the ledger's trust")
 
 
 Trust.ID = Trust.id_for("root")
 
-
-def trust_payload_effect(topic: str, payload: dict[str, Any]) -> tuple[str, str, list[str]] | None:
-    """For verifiers: (action, keyid, roles) a trust event has on trust state."""
-    if topic == Trust.Established.TOPIC:
-        return ("trust", keyid_for(bytes.fromhex(payload["public_key"])), payload["roles"])
-    if topic == Trust.KeyTrusted.TOPIC:
-        return ("trust", payload["trusted_keyid"], payload["roles"])
-    if topic == Trust.KeyRevoked.TOPIC:
-        return ("revoke", payload["revoked_keyid"], [])
-    return None

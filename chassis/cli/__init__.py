@@ -1,0 +1,76 @@
+"""The ``chassis`` command line. Commands are thin: parse, call one service
+function, render. Errors become one line on stderr and a documented exit code
+(``guides/operations.md``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from chassis import __version__
+from chassis.cli.app import App
+from chassis.cli.init_cmd import init_command
+from chassis.cli.key import key_group
+from chassis.cli.ledger import ledger_group
+from chassis.config.env import EnvVars
+
+
+class ChassisGroup(click.Group):
+    """Maps typed errors to one stderr line and their exit code, here only."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException:
+            raise
+        except Exception as e:
+            code = getattr(e, "exit_code", None)
+            if not isinstance(code, int):
+                raise
+            diagnostics = getattr(e, "diagnostics", None)
+            message = diagnostics() if callable(diagnostics) else str(e)
+            click.echo(f"chassis: error: {message}", err=True)
+            raise click.exceptions.Exit(code) from None
+
+
+@click.group(
+    cls=ChassisGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="Example: chassis init ./shop --name shop && cd shop && chassis ledger verify",
+)
+@click.version_option(__version__, "--version", prog_name="chassis")
+@click.option(
+    "--workspace",
+    "-w",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=EnvVars.WORKSPACE,
+    help=f"Workspace directory [env: {EnvVars.WORKSPACE}; default: nearest above the cwd].",
+)
+@click.option(
+    "--key",
+    "-k",
+    "key_ref",
+    envvar=EnvVars.KEY,
+    help=f"Acting key name or key id [env: {EnvVars.KEY}; default: the workspace's key].",
+)
+@click.pass_context
+def cli(ctx: click.Context, workspace: Path | None, key_ref: str | None) -> None:
+    """Chassis: deployments recorded in a signed, hash-chained ledger."""
+    app = App(workspace_path=workspace, key_ref=key_ref)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+cli.add_command(init_command)
+cli.add_command(key_group)
+cli.add_command(ledger_group)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="chassis")

@@ -1,0 +1,1 @@
+"""Configuration names shared by CLI options and the service layer."""

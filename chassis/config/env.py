@@ -1,0 +1,15 @@
+"""Environment variable names, in one place (options and factories read these)."""
+
+from __future__ import annotations
+
+
+class EnvVars:
+    WORKSPACE = "CHASSIS_WORKSPACE"
+    """Workspace directory (default: the current directory, then its parents)."""
+    LEDGER = "CHASSIS_LEDGER"
+    """Ledger URL: sqlite:///PATH or postgresql://USER@HOST:PORT/DB?schema=NAME."""
+    KEYS_DIR = "CHASSIS_KEYS_DIR"
+    """Private key directory (default: $XDG_CONFIG_HOME/chassis/keys)."""
+    KEY = "CHASSIS_KEY"
+    """Name or key id of the acting key (default: the workspace's default key)."""
+    XDG_CONFIG_HOME = "XDG_CONFIG_HOME"

@@ -1,0 +1,182 @@
+"""Workspace creation and key administration: the service layer behind
+``chassis init`` and ``chassis key …``. Each function checks everything it
+can before writing, so a refused command leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from chassis.errors import WorkspaceError
+from chassis.keyring import load_acting_key
+from chassis.workspace import SETTINGS_FILE, STACK_FILE, STATE_DIR, Workspace, WorkspaceSettings
+from ledger.application import Ledger
+from ledger.errors import KeyFileError, NotAuthorisedError
+from ledger.keys import KeyPair, check_key_name, generate_keypair, keyid_for, load_public_key
+from ledger.storage import StorageConfig, open_ledger
+from ledger.trust import Role, Trust, TrustedKey, parse_roles
+
+WORKSPACE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+STACK_TEMPLATE = """\
+# Chassis stack file. See guides/deployment.md for every section.
+[app]
+name = "{name}"
+
+# The ledger defaults to .chassis/ledger.db (SQLite). For a shared ledger:
+# [ledger]
+# url = "postgresql://chassis@db.internal:5432/chassis?schema={schema}"
+"""
+
+
+@dataclass(frozen=True)
+class InitResult:
+    workspace: Path
+    name: str
+    root_keyid: str
+    key_name: str
+    created_key: bool
+    joined_existing_ledger: bool
+    ledger: str
+
+
+def init_workspace(
+    directory: Path, *, name: str | None, key_name: str | None, keys: Path, ledger_url: str | None
+) -> InitResult:
+    """Create a workspace and, on a new ledger, its root of trust."""
+    root = directory.expanduser().absolute()
+    if (root / STATE_DIR / SETTINGS_FILE).exists():
+        raise WorkspaceError(f"{root}: already a chassis workspace")
+    name = name or re.sub(r"[^a-z0-9-]+", "-", root.name.lower()).strip("-") or "chassis"
+    if not WORKSPACE_NAME.match(name):
+        raise WorkspaceError(f"workspace name {name!r}: expected lowercase letters, digits and '-'")
+    check_key_name(key_name or f"{name}-root")
+
+    created_dirs = [p for p in (root, root / STATE_DIR) if not p.exists()]
+    (root / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    generated: KeyPair | None = None
+    try:
+        storage = StorageConfig.from_url(ledger_url or f"sqlite:///{root / STATE_DIR / 'ledger.db'}")
+        probe = open_ledger(storage, None, create=True)
+        trust = probe.trust()
+        probe.close()
+        if trust is not None:
+            signer = _join_existing(trust, keys, key_name)
+            root_keyid = trust.root_keyid
+        else:
+            if key_name is not None and (keys / f"{key_name}.key").exists():
+                signer = load_acting_key(keys, key_name)
+            else:
+                signer = generated = generate_keypair(keys, key_name or f"{name}-root")
+            ledger = open_ledger(storage, signer)
+            ledger.append(
+                Trust.establish(
+                    keyid=signer.keyid, name=signer.name, public_key=signer.public_key, ledger_name=name
+                )
+            )
+            ledger.close()
+            root_keyid = signer.keyid
+        _write_workspace_files(root, name, root_keyid, signer.name)
+    except BaseException:
+        if generated is not None:
+            for suffix in (".key", ".pub"):
+                (keys / f"{generated.name}{suffix}").unlink(missing_ok=True)
+        for path in reversed(created_dirs):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    return InitResult(
+        workspace=root,
+        name=name,
+        root_keyid=root_keyid,
+        key_name=signer.name,
+        created_key=generated is not None,
+        joined_existing_ledger=trust is not None,
+        ledger=storage.describe(),
+    )
+
+
+def _join_existing(trust: Trust, keys: Path, key_name: str | None) -> KeyPair:
+    if key_name is None:
+        raise NotAuthorisedError(
+            f"this ledger already has a root of trust (key {trust.root_keyid[:16]}); "
+            "pass --key NAME with a key it trusts, or ask an admin to 'chassis key trust' yours",
+            reason="unknown-key",
+        )
+    signer = load_acting_key(keys, key_name)
+    if signer.keyid not in trust.keys or not trust.keys[signer.keyid].active:
+        raise NotAuthorisedError(
+            f"key {signer.keyid[:16]} ({key_name}) is not trusted by this ledger", reason="unknown-key"
+        )
+    return signer
+
+
+def _write_workspace_files(root: Path, name: str, root_keyid: str, default_key: str) -> None:
+    stack = root / STACK_FILE
+    if not stack.exists():
+        stack.write_text(STACK_TEMPLATE.format(name=name, schema=name.replace("-", "_")))
+    settings = WorkspaceSettings(name=name, root_keyid=root_keyid, default_key=default_key)
+    tmp = root / STATE_DIR / f"{SETTINGS_FILE}.tmp"
+    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(settings)) + b"\n")
+    tmp.replace(root / STATE_DIR / SETTINGS_FILE)
+
+
+# Key administration.
+
+
+def require_trust(ledger: Ledger) -> Trust:
+    trust = ledger.trust()
+    if trust is None:
+        raise WorkspaceError("the ledger has no root of trust (run 'chassis init')")
+    return trust
+
+
+def new_key(ledger: Ledger, keys: Path, *, name: str, roles: list[str]) -> TrustedKey:
+    """Generate a key in the key directory and trust it; remove it if trusting fails."""
+    assert ledger.signer is not None
+    require_trust(ledger).authorise(ledger.signer.keyid, Role.ADMIN)
+    roles = parse_roles(",".join(roles))
+    keypair = generate_keypair(keys, name)
+    try:
+        trusted = _trust(ledger, name=name, public_key=keypair.public_key, roles=roles)
+    except BaseException:
+        for suffix in (".key", ".pub"):
+            (keys / f"{name}{suffix}").unlink(missing_ok=True)
+        raise
+    return trusted
+
+
+def trust_public_key(ledger: Ledger, path: Path, *, name: str | None, roles: list[str]) -> TrustedKey:
+    assert ledger.signer is not None
+    require_trust(ledger).authorise(ledger.signer.keyid, Role.ADMIN)
+    public_key = load_public_key(path)
+    name = check_key_name(name or path.stem)
+    return _trust(ledger, name=name, public_key=public_key, roles=parse_roles(",".join(roles)))
+
+
+def _trust(ledger: Ledger, *, name: str, public_key: bytes, roles: list[str]) -> TrustedKey:
+    signer = ledger.signer
+    assert signer is not None
+    trust = ledger.update(
+        Trust,
+        Trust.ID,
+        lambda t: t.trust_key(actor=signer.keyid, name=name, public_key=public_key, roles=roles),
+    )
+    return trust.keys[keyid_for(public_key)]
+
+
+def revoke_key(ledger: Ledger, ref: str, *, reason: str) -> TrustedKey:
+    signer = ledger.signer
+    assert signer is not None
+    trust = require_trust(ledger)
+    trust.authorise(signer.keyid, Role.ADMIN)
+    keyid = trust.find(ref).keyid
+    updated = ledger.update(
+        Trust, Trust.ID, lambda t: t.revoke_key(actor=signer.keyid, keyid=keyid, reason=reason)
+    )
+    return updated.keys[keyid]
+
