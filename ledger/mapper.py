@@ -8,7 +8,6 @@ or unchained event (chaining itself is enforced by ``LedgerEvent.mutate``).
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 from uuid import UUID
 
@@ -26,7 +25,7 @@ from ledger.canonical import event_digest, parse_timestamp
 from ledger.errors import SigningError
 from ledger.events import LedgerEvent, event_type_for_topic
 from ledger.keys import KeyPair
-from ledger.records import MalformedRecordError, parse_record
+from ledger.records import MalformedRecordError, parse_record, sealed_state
 
 SNAPSHOT_TOPIC = "chassis.snapshot.v1"
 
@@ -50,9 +49,7 @@ def seal(event: LedgerEvent, signer: KeyPair) -> bytes:
         )
     body = event.canonical()
     digest = event_digest(body)
-    signature = base64.b64encode(signer.sign(digest))
-    # Keys in sorted order, no whitespace: this is the canonical JSON of the record.
-    return b'{"digest":"' + digest.hex().encode() + b'","event":' + body + b',"sig":"' + signature + b'"}'
+    return sealed_state(digest, body, signer.sign(digest))
 
 
 class SealingMapper(Mapper[UUID]):

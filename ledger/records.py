@@ -68,6 +68,14 @@ def _hex32(text: str, what: str) -> bytes:
         raise MalformedRecordError(f"{what} is not 64 hex digits") from None
 
 
+def sealed_state(digest: bytes, body: bytes, signature: bytes) -> bytes:
+    """The stored ``state``: canonical JSON of digest, event body and signature."""
+    return (
+        b'{"digest":"' + digest.hex().encode() + b'","event":' + body
+        + b',"sig":"' + base64.b64encode(signature) + b'"}'
+    )
+
+
 def parse_record(
     seq: int, originator_id: UUID | str, version: int, topic: str, state: bytes
 ) -> SealedRecord:
@@ -83,6 +91,10 @@ def parse_record(
         raise MalformedRecordError("signature is not 64 bytes")
     digest = _hex32(outer.digest, "digest")
     _hex32(body.prev, "prev")
+    # Only one byte string is a valid record for these parts: reject any other
+    # spelling (whitespace, key order, upper-case hex, non-canonical base64).
+    if state != sealed_state(digest, body_bytes, signature):
+        raise MalformedRecordError("state is not in canonical form")
     oid = originator_id.hex if isinstance(originator_id, UUID) else originator_id
     return SealedRecord(
         seq=seq,

@@ -171,7 +171,7 @@ class Trust(LedgerAggregate):
             )
         if role not in key.roles:
             raise NotAuthorisedError(
-                f"key {keyid[:16]} ({key.name}) does not hold role {role!r} "
+                f"key {keyid[:16]} ({key.name}) does not hold role '{role}' "
                 f"(it holds {', '.join(key.roles)})",
                 reason="role-not-allowed",
             )
