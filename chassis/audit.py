@@ -50,18 +50,30 @@ def ledger_log(
         if aggregate is not None and UUID(str(row.originator_id)) != aggregate:
             continue
         try:
-            record = parse_record(row.id, row.originator_id, row.originator_version, row.topic, row.state)
+            record = parse_record(
+                row.id, row.originator_id, row.originator_version, row.topic, row.state
+            )
             time, keyid, digest = record.body.timestamp, record.body.keyid, record.digest.hex()
         except MalformedRecordError:
             time = keyid = digest = "?"
         entries.append(
-            LogEntry(row.id, time, row.topic, str(row.originator_id), row.originator_version, keyid, digest)
+            LogEntry(
+                row.id,
+                time,
+                row.topic,
+                str(row.originator_id),
+                row.originator_version,
+                keyid,
+                digest,
+            )
         )
         if limit is not None and len(entries) >= limit:
             break
     return entries
 
 
-def verify_workspace_ledger(ws: Workspace, ledger: Ledger, *, workers: int | None) -> VerifiedLedger:
+def verify_workspace_ledger(
+    ws: Workspace, ledger: Ledger, *, workers: int | None
+) -> VerifiedLedger:
     """Verify the whole ledger against the workspace's pinned root of trust."""
     return verify_ledger(ledger.records(), pinned_root=ws.settings().root_keyid, workers=workers)

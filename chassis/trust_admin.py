@@ -14,9 +14,9 @@ import msgspec
 
 from chassis.errors import WorkspaceError
 from chassis.keyring import load_acting_key
-from chassis.workspace import SETTINGS_FILE, STACK_FILE, STATE_DIR, Workspace, WorkspaceSettings
+from chassis.workspace import SETTINGS_FILE, STACK_FILE, STATE_DIR, WorkspaceSettings
 from ledger.application import Ledger
-from ledger.errors import KeyFileError, NotAuthorisedError
+from ledger.errors import NotAuthorisedError
 from ledger.keys import KeyPair, check_key_name, generate_keypair, keyid_for, load_public_key
 from ledger.storage import StorageConfig, open_ledger
 from ledger.trust import Role, Trust, TrustedKey, parse_roles
@@ -61,7 +61,9 @@ def init_workspace(
     (root / STATE_DIR).mkdir(parents=True, exist_ok=True)
     generated: KeyPair | None = None
     try:
-        storage = StorageConfig.from_url(ledger_url or f"sqlite:///{root / STATE_DIR / 'ledger.db'}")
+        storage = StorageConfig.from_url(
+            ledger_url or f"sqlite:///{root / STATE_DIR / 'ledger.db'}"
+        )
         probe = open_ledger(storage, None, create=True)
         trust = probe.trust()
         probe.close()
@@ -76,7 +78,10 @@ def init_workspace(
             ledger = open_ledger(storage, signer)
             ledger.append(
                 Trust.establish(
-                    keyid=signer.keyid, name=signer.name, public_key=signer.public_key, ledger_name=name
+                    keyid=signer.keyid,
+                    name=signer.name,
+                    public_key=signer.public_key,
+                    ledger_name=name,
                 )
             )
             ledger.close()
@@ -110,7 +115,8 @@ def _join_existing(trust: Trust, keys: Path, key_name: str | None) -> KeyPair:
     signer = load_acting_key(keys, key_name)
     if signer.keyid not in trust.keys or not trust.keys[signer.keyid].active:
         raise NotAuthorisedError(
-            f"key {signer.keyid[:16]} ({key_name}) is not trusted by this ledger", reason="unknown-key"
+            f"key {signer.keyid[:16]} ({key_name}) is not trusted by this ledger",
+            reason="unknown-key",
         )
     return signer
 
@@ -150,7 +156,9 @@ def new_key(ledger: Ledger, keys: Path, *, name: str, roles: list[str]) -> Trust
     return trusted
 
 
-def trust_public_key(ledger: Ledger, path: Path, *, name: str | None, roles: list[str]) -> TrustedKey:
+def trust_public_key(
+    ledger: Ledger, path: Path, *, name: str | None, roles: list[str]
+) -> TrustedKey:
     assert ledger.signer is not None
     require_trust(ledger).authorise(ledger.signer.keyid, Role.ADMIN)
     public_key = load_public_key(path)
@@ -179,4 +187,3 @@ def revoke_key(ledger: Ledger, ref: str, *, reason: str) -> TrustedKey:
         Trust, Trust.ID, lambda t: t.revoke_key(actor=signer.keyid, keyid=keyid, reason=reason)
     )
     return updated.keys[keyid]
-

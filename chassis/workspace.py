@@ -74,7 +74,9 @@ class Workspace:
         try:
             return msgspec.json.decode(self.settings_path.read_bytes(), type=WorkspaceSettings)
         except (OSError, msgspec.DecodeError) as e:
-            raise WorkspaceError(f"{self.settings_path}: unreadable workspace settings ({e})") from None
+            raise WorkspaceError(
+                f"{self.settings_path}: unreadable workspace settings ({e})"
+            ) from None
 
     def stack(self) -> dict[str, object]:
         """The raw stack file (validated into a spec by the stack module)."""

@@ -7,7 +7,7 @@ SQLite or PostgreSQL. Nothing here imports any other Chassis package.
 
 from ledger.aggregate import LedgerAggregate
 from ledger.application import Ledger
-from ledger.canonical import GENESIS, EVENT_DIGEST_TAG
+from ledger.canonical import EVENT_DIGEST_TAG, GENESIS
 from ledger.errors import (
     ConflictError,
     KeyFileError,

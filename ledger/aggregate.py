@@ -68,7 +68,9 @@ class LedgerAggregate:
         self._pending: list[LedgerEvent] = []
 
     @classmethod
-    def create(cls, event_class: type[LedgerEvent], *, id: UUID, keyid: str, **payload: Any) -> Self:  # noqa: A002
+    def create(
+        cls, event_class: type[LedgerEvent], *, id: UUID, keyid: str, **payload: Any
+    ) -> Self:
         event = event_class(
             originator_id=id,
             originator_version=1,

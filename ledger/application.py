@@ -42,14 +42,20 @@ class Ledger(Application[UUID]):
     name = "Ledger"
     snapshot_class = LedgerSnapshot
 
-    def __init__(self, config: StorageConfig, signer: KeyPair | None) -> None:
+    def __init__(
+        self, config: StorageConfig, signer: KeyPair | None, *, create_tables: bool = True
+    ) -> None:
         self.config = config
         self.signer = signer
         self._trust: Trust | None = None
         type(self).snapshotting_intervals = {
             kind: kind.SNAPSHOT_EVERY for kind in _kinds.values() if kind.SNAPSHOT_EVERY
         }
-        env = dict(config.eventsourcing_env(), IS_SNAPSHOTTING_ENABLED="y")
+        env = dict(
+            config.eventsourcing_env(),
+            IS_SNAPSHOTTING_ENABLED="y",
+            CREATE_TABLE="y" if create_tables else "n",
+        )
         try:
             super().__init__(env)
         except sqlite3.Error as e:
@@ -72,13 +78,15 @@ class Ledger(Application[UUID]):
     def load(self, kind: type[A], aggregate_id: UUID, *, version: int | None = None) -> A:
         """The aggregate, optionally as of ``version``. Raises ``NotFoundError``."""
         try:
-            aggregate = self.repository.get(aggregate_id, version=version)
+            aggregate: object = self.repository.get(aggregate_id, version=version)
         except AggregateNotFoundError:
             raise NotFoundError(f"no {kind.KIND} {aggregate_id} in the ledger") from None
         except PersistenceError as e:
             raise StorageError(f"{self.config.describe()}: {e}") from None
         if not isinstance(aggregate, kind):
-            raise NotFoundError(f"{aggregate_id} is a {type(aggregate).__name__}, not {kind.__name__}")
+            raise NotFoundError(
+                f"{aggregate_id} is a {type(aggregate).__name__}, not {kind.__name__}"
+            )
         return aggregate
 
     def find(self, kind: type[A], aggregate_id: UUID) -> A | None:

@@ -94,20 +94,24 @@ class LedgerEvent(msgspec.Struct, frozen=True, kw_only=True):
                 raise ChainBreakError(f"{self.TOPIC} can only start an aggregate")
             if self.originator_version != 1 or self.prev != GENESIS:
                 raise ChainBreakError(f"{self.TOPIC}: version 1 must link to the genesis value")
-            aggregate = self.AGGREGATE.__new__(self.AGGREGATE)
+            aggregate = object.__new__(self.AGGREGATE)
             aggregate.start(self)
         else:
             if aggregate is None:
                 raise ChainBreakError(f"{self.TOPIC} needs an existing aggregate")
             if self.originator_id != aggregate.id:
-                raise ChainBreakError(f"{self.TOPIC}: event of {self.originator_id} applied to {aggregate.id}")
+                raise ChainBreakError(
+                    f"{self.TOPIC}: event of {self.originator_id} applied to {aggregate.id}"
+                )
             if self.originator_version != aggregate.version + 1:
                 raise ChainBreakError(
-                    f"{aggregate.id}: version {self.originator_version} does not follow {aggregate.version}"
+                    f"{aggregate.id}: version {self.originator_version} "
+                    f"does not follow {aggregate.version}"
                 )
             if self.prev != aggregate.chain_head:
                 raise ChainBreakError(
-                    f"{aggregate.id} version {self.originator_version}: prev does not match the digest of version {aggregate.version}"
+                    f"{aggregate.id} version {self.originator_version}: prev does not "
+                    f"match the digest of version {aggregate.version}"
                 )
         self.apply(aggregate)
         aggregate.version = self.originator_version
@@ -123,4 +127,3 @@ def event_type_for_topic(topic: str) -> type[LedgerEvent] | None:
 
 def registered_topics() -> dict[str, type[LedgerEvent]]:
     return dict(_registry)
-

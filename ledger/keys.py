@@ -75,7 +75,9 @@ def ensure_key_dir(directory: Path) -> Path:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     mode = stat.S_IMODE(directory.stat().st_mode)
     if mode & 0o022:
-        raise KeyFileError(f"{directory}: key directory is writable by group or others; chmod 700 it")
+        raise KeyFileError(
+            f"{directory}: key directory is writable by group or others; chmod 700 it"
+        )
     return directory
 
 
@@ -156,9 +158,7 @@ def load_public_key(path: Path) -> bytes:
     try:
         loaded = serialization.load_pem_public_key(data)
     except (ValueError, TypeError):
-        raise KeyFileError(
-            f"{path}: expected a PEM Ed25519 public key or 64 hex digits"
-        ) from None
+        raise KeyFileError(f"{path}: expected a PEM Ed25519 public key or 64 hex digits") from None
     if not isinstance(loaded, Ed25519PublicKey):
         raise KeyFileError(f"{path}: expected an Ed25519 public key")
     return loaded.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

@@ -71,8 +71,13 @@ def _hex32(text: str, what: str) -> bytes:
 def sealed_state(digest: bytes, body: bytes, signature: bytes) -> bytes:
     """The stored ``state``: canonical JSON of digest, event body and signature."""
     return (
-        b'{"digest":"' + digest.hex().encode() + b'","event":' + body
-        + b',"sig":"' + base64.b64encode(signature) + b'"}'
+        b'{"digest":"'
+        + digest.hex().encode()
+        + b'","event":'
+        + body
+        + b',"sig":"'
+        + base64.b64encode(signature)
+        + b'"}'
     )
 
 

@@ -9,9 +9,10 @@ Passwords never appear in messages or ``repr``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ledger.errors import StorageError
@@ -19,6 +20,8 @@ from ledger.errors import StorageError
 if TYPE_CHECKING:
     from ledger.application import Ledger
     from ledger.keys import KeyPair
+
+T = TypeVar("T")
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 POSTGRES_CONNECT_TIMEOUT_S = 5
@@ -66,9 +69,7 @@ class StorageConfig:
             )
         schema = parse_qs(parts.query).get("schema", ["public"])[-1]
         if not _SCHEMA_NAME.match(schema):
-            raise StorageError(
-                f"ledger URL schema {schema!r}: expected a lowercase SQL identifier"
-            )
+            raise StorageError(f"ledger URL schema {schema!r}: expected a lowercase SQL identifier")
         return cls(
             kind="postgresql",
             host=parts.hostname,
@@ -83,7 +84,9 @@ class StorageConfig:
         """Where the ledger is, safe to print."""
         if self.kind == "sqlite":
             return f"sqlite:///{str(self.path).lstrip('/')}"
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}?schema={self.schema}"
+        return (
+            f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}?schema={self.schema}"
+        )
 
     def eventsourcing_env(self) -> dict[str, str]:
         if self.kind == "sqlite":
@@ -108,7 +111,7 @@ class StorageConfig:
         if self.kind == "sqlite":
             self._preflight_sqlite(create=create)
         else:
-            self._preflight_postgres(create=create)
+            self._with_postgres(lambda conn: self._check_schema(conn, create=create))
 
     def _preflight_sqlite(self, *, create: bool) -> None:
         assert self.path is not None
@@ -129,15 +132,15 @@ class StorageConfig:
         if header and header != SQLITE_MAGIC:
             raise StorageError(f"{path}: not a SQLite database")
 
-    def _preflight_postgres(self, *, create: bool) -> None:
+    def _with_postgres(self, action: Callable[[Any], T]) -> T:
+        """Run ``action`` on a fresh connection; errors become one clear line."""
         try:
             import psycopg
-            from psycopg import sql
         except ImportError:
             raise StorageError(
-                "PostgreSQL ledger needs the 'postgres' extra: pip install 'chassis-ledger[postgres]'"
+                "PostgreSQL ledger needs the 'postgres' extra: "
+                "pip install 'chassis-ledger[postgres]'"
             ) from None
-        where = f"{self.host}:{self.port}/{self.dbname}"
         try:
             with psycopg.connect(
                 host=self.host,
@@ -148,22 +151,54 @@ class StorageConfig:
                 connect_timeout=POSTGRES_CONNECT_TIMEOUT_S,
                 autocommit=True,
             ) as conn:
-                exists = conn.execute(
-                    "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s",
-                    (self.schema,),
-                ).fetchone()
-                if exists is None:
-                    if not create:
-                        raise StorageError(
-                            f"PostgreSQL {where}: schema {self.schema!r} does not exist (run 'chassis init')"
-                        )
-                    conn.execute(
-                        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
-                    )
+                return action(conn)
         except psycopg.Error as e:
             first_line = (str(e).strip().splitlines() or ["connection failed"])[0]
             first_line = first_line.replace(self.password, "***") if self.password else first_line
-            raise StorageError(f"cannot reach PostgreSQL at {where}: {first_line}") from None
+            raise StorageError(f"cannot reach PostgreSQL at {self._where}: {first_line}") from None
+
+    @property
+    def _where(self) -> str:
+        return f"{self.host}:{self.port}/{self.dbname}"
+
+    def _check_schema(self, conn: Any, *, create: bool) -> None:
+        from psycopg import sql
+
+        exists = conn.execute(
+            "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (self.schema,)
+        ).fetchone()
+        if exists is None:
+            if not create:
+                raise StorageError(
+                    f"PostgreSQL {self._where}: schema {self.schema!r} does not exist "
+                    "(run 'chassis init')"
+                )
+            conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
+            )
+
+    def open_postgres(self, build: Callable[[bool], T]) -> T:
+        """Call ``build(create_tables)``; table creation is serialised across
+        processes by an advisory lock, since concurrent DDL on the same
+        catalog rows fails ("tuple concurrently updated")."""
+
+        def tables_exist(conn: Any) -> bool:
+            row = conn.execute(
+                "SELECT to_regclass(%s) IS NOT NULL", (f"{self.schema}.ledger_events",)
+            ).fetchone()
+            return bool(row[0])
+
+        if self._with_postgres(tables_exist):
+            return build(False)
+
+        def locked(conn: Any) -> T:
+            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"chassis:{self.schema}",))
+            try:
+                return build(not tables_exist(conn))
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"chassis:{self.schema}",))
+
+        return self._with_postgres(locked)
 
 
 def redact_url(url: str) -> str:
@@ -179,6 +214,10 @@ def open_ledger(config: StorageConfig, signer: KeyPair | None, *, create: bool =
 
     config.preflight(create=create)
     try:
+        if config.kind == "postgresql":
+            return config.open_postgres(
+                lambda create_tables: Ledger(config, signer, create_tables=create_tables)
+            )
         return Ledger(config, signer)
     except (PersistenceError, OSError) as e:
         raise StorageError(f"{config.describe()}: cannot open ledger ({e})") from None

@@ -76,7 +76,9 @@ class Trust(LedgerAggregate):
             aggregate.keys = {}
             aggregate.root_keyid = self.keyid
             aggregate.ledger_name = self.ledger_name
-            aggregate.add_key(self.keyid, self.name, self.public_key, self.roles, format_timestamp(self.timestamp))
+            aggregate.add_key(
+                self.keyid, self.name, self.public_key, self.roles, format_timestamp(self.timestamp)
+            )
 
     class KeyTrusted(LedgerEvent, frozen=True, kw_only=True):
         TOPIC: ClassVar[str] = "chassis.trust.key-trusted.v1"
@@ -88,7 +90,11 @@ class Trust(LedgerAggregate):
 
         def apply(self, aggregate: Trust) -> None:
             aggregate.add_key(
-                self.trusted_keyid, self.name, self.public_key, self.roles, format_timestamp(self.timestamp)
+                self.trusted_keyid,
+                self.name,
+                self.public_key,
+                self.roles,
+                format_timestamp(self.timestamp),
             )
 
     class KeyRevoked(LedgerEvent, frozen=True, kw_only=True):
@@ -194,4 +200,3 @@ class Trust(LedgerAggregate):
 
 
 Trust.ID = Trust.id_for("root")
-

@@ -143,15 +143,21 @@ class _ChainState:
     def check(self, record: SealedRecord) -> SignatureJob:
         body = record.body
         if body.id != record.originator_id or body.topic != record.topic:
-            raise _Failed(VerifyReason.RECORD_MISMATCH, "stored columns differ from the signed event")
+            raise _Failed(
+                VerifyReason.RECORD_MISMATCH, "stored columns differ from the signed event"
+            )
         if body.version != record.version:
             raise _Failed(
                 VerifyReason.VERSION_MISMATCH,
                 f"stored as version {record.version} but signed as version {body.version}",
             )
         if event_digest(record.body_bytes) != record.digest:
-            raise _Failed(VerifyReason.DIGEST_MISMATCH, "the event's bytes do not hash to its digest")
-        last_version, last_digest = self.heads.get(record.originator_id, (0, bytes.fromhex(GENESIS)))
+            raise _Failed(
+                VerifyReason.DIGEST_MISMATCH, "the event's bytes do not hash to its digest"
+            )
+        last_version, last_digest = self.heads.get(
+            record.originator_id, (0, bytes.fromhex(GENESIS))
+        )
         if record.version != last_version + 1:
             missing = "no earlier version" if last_version == 0 else f"version {last_version}"
             raise _Failed(
@@ -159,7 +165,9 @@ class _ChainState:
                 f"version {record.version} follows {missing}; expected {last_version + 1}",
             )
         if bytes.fromhex(body.prev) != last_digest:
-            raise _Failed(VerifyReason.BROKEN_LINK, "prev is not the digest of the previous version")
+            raise _Failed(
+                VerifyReason.BROKEN_LINK, "prev is not the digest of the previous version"
+            )
         event_type = event_type_for_topic(record.topic)
         if event_type is None:
             raise _Failed(VerifyReason.UNKNOWN_TOPIC, f"no event type has topic {record.topic!r}")
@@ -185,9 +193,13 @@ class _ChainState:
             return public
         key = self.keys.get(keyid)
         if key is None:
-            raise _Failed(VerifyReason.UNKNOWN_KEY, f"key {keyid[:16]} was not trusted before this event")
+            raise _Failed(
+                VerifyReason.UNKNOWN_KEY, f"key {keyid[:16]} was not trusted before this event"
+            )
         if key.revoked:
-            raise _Failed(VerifyReason.REVOKED_KEY, f"key {keyid[:16]} was revoked before this event")
+            raise _Failed(
+                VerifyReason.REVOKED_KEY, f"key {keyid[:16]} was revoked before this event"
+            )
         if role not in key.roles:
             raise _Failed(
                 VerifyReason.ROLE_NOT_ALLOWED,
@@ -207,12 +219,17 @@ class _ChainState:
             elif record.topic == Trust.KeyTrusted.TOPIC:
                 public = bytes.fromhex(payload["public_key"])
                 if keyid_for(public) != payload["trusted_keyid"]:
-                    raise _Failed(VerifyReason.MALFORMED_RECORD, "trusted key id does not match its public key")
+                    raise _Failed(
+                        VerifyReason.MALFORMED_RECORD,
+                        "trusted key id does not match its public key",
+                    )
                 self.keys[payload["trusted_keyid"]] = _Key(public, frozenset(payload["roles"]))
             elif record.topic == Trust.KeyRevoked.TOPIC:
                 revoked = self.keys.get(payload["revoked_keyid"])
                 if revoked is None:
-                    raise _Failed(VerifyReason.MALFORMED_RECORD, "revokes a key that was never trusted")
+                    raise _Failed(
+                        VerifyReason.MALFORMED_RECORD, "revokes a key that was never trusted"
+                    )
                 revoked.revoked = True
         except (KeyError, TypeError, ValueError) as e:
             raise _Failed(VerifyReason.MALFORMED_RECORD, f"trust payload: {e}") from None
@@ -223,10 +240,17 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
 
 
-def _parsed(rows: Iterable[StoredRow]) -> Iterator[tuple[StoredRow, SealedRecord | MalformedRecordError]]:
+def _parsed(
+    rows: Iterable[StoredRow],
+) -> Iterator[tuple[StoredRow, SealedRecord | MalformedRecordError]]:
     for row in rows:
         try:
-            yield row, parse_record(row.id, row.originator_id, row.originator_version, row.topic, row.state)
+            yield (
+                row,
+                parse_record(
+                    row.id, row.originator_id, row.originator_version, row.topic, row.state
+                ),
+            )
         except MalformedRecordError as e:
             yield row, e
 
@@ -265,7 +289,11 @@ def verify_ledger(
     if bad is not None and (failure is None or bad[0] < failure.seq):
         seq, (aggregate, version, topic) = bad
         failure = ChainFailure(
-            VerifyReason.BAD_SIGNATURE, seq, aggregate, version, topic,
+            VerifyReason.BAD_SIGNATURE,
+            seq,
+            aggregate,
+            version,
+            topic,
             "the signature does not verify with the signing key",
         )
     if failure is not None:

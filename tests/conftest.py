@@ -81,14 +81,14 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def run() -> "Runner":
+def run() -> Runner:
     return Runner()
 
 
 class Runner:
     """Runs the real CLI in-process; exceptions without an exit code surface."""
 
-    def __call__(self, *args: str, input: str | None = None) -> Result:  # noqa: A002
+    def __call__(self, *args: str, input: str | None = None) -> Result:
         return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
 
     def ok(self, *args: str) -> Result:

@@ -67,15 +67,22 @@ class RawStore:
 
     def set_state(self, seq: int, state: bytes) -> None:
         with self._cursor() as c:
-            c.execute(self._p(f"UPDATE {self._table} SET state=? WHERE {self._seq}=?"), (state, seq))
+            c.execute(
+                self._p(f"UPDATE {self._table} SET state=? WHERE {self._seq}=?"), (state, seq)
+            )
 
     def set_topic(self, seq: int, topic: str) -> None:
         with self._cursor() as c:
-            c.execute(self._p(f"UPDATE {self._table} SET topic=? WHERE {self._seq}=?"), (topic, seq))
+            c.execute(
+                self._p(f"UPDATE {self._table} SET topic=? WHERE {self._seq}=?"), (topic, seq)
+            )
 
     def set_version(self, seq: int, version: int) -> None:
         with self._cursor() as c:
-            c.execute(self._p(f"UPDATE {self._table} SET originator_version=? WHERE {self._seq}=?"), (version, seq))
+            c.execute(
+                self._p(f"UPDATE {self._table} SET originator_version=? WHERE {self._seq}=?"),
+                (version, seq),
+            )
 
     def delete(self, seq: int) -> None:
         with self._cursor() as c:

@@ -72,4 +72,8 @@ def table(rows: list[list[str]], headers: list[str]) -> None:
     """Left-aligned columns, two spaces apart."""
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
     for line in [headers, *rows]:
-        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+        click.echo(
+            "  ".join(
+                str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)
+            ).rstrip()
+        )

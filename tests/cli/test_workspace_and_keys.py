@@ -50,21 +50,25 @@ def test_every_command_has_help_with_an_example() -> None:
                 found += walk(sub, [*path, name])
         return found
 
-    for path, command in walk(cli, []):
+    for path, _command in walk(cli, []):
         result = Runner()(*path, "--help")
         assert result.exit_code == 0, path
         assert "Example" in result.stdout, f"'chassis {' '.join(path)} --help' has no example"
 
 
 def test_key_lifecycle(run: Runner, workspace: Path, tmp_path: Path, isolation: Path) -> None:
-    new = json.loads(run.ok("key", "new", "ci-bot", "--roles", "operator,checkpoint", "--json").stdout)
+    new = json.loads(
+        run.ok("key", "new", "ci-bot", "--roles", "operator,checkpoint", "--json").stdout
+    )
     assert new["roles"] == ["checkpoint", "operator"] and new["private_key_here"]
 
     other = Runner()
     other.ok("--workspace", str(workspace), "key", "list")  # works from anywhere with --workspace
     external = tmp_path / "alice.pub"
     external.write_bytes((isolation / "ci-bot.pub").read_bytes())
-    assert run("key", "trust", str(external), "--roles", "approver").exit_code == 9  # same key again
+    assert (
+        run("key", "trust", str(external), "--roles", "approver").exit_code == 9
+    )  # same key again
 
     from ledger.keys import generate_keypair
 
@@ -81,7 +85,9 @@ def test_key_lifecycle(run: Runner, workspace: Path, tmp_path: Path, isolation: 
     shown = json.loads(run.ok("key", "show", trusted["keyid"][:10], "--json").stdout)
     assert shown["keyid"] == trusted["keyid"]
 
-    revoked = json.loads(run.ok("key", "revoke", "alice", "--reason", "left the team", "--json").stdout)
+    revoked = json.loads(
+        run.ok("key", "revoke", "alice", "--reason", "left the team", "--json").stdout
+    )
     assert revoked["status"] == "revoked" and revoked["revoked_reason"] == "left the team"
 
     log = json.loads(run.ok("ledger", "log", "--json").stdout)
@@ -93,7 +99,11 @@ def test_key_lifecycle(run: Runner, workspace: Path, tmp_path: Path, isolation: 
     ]
     assert [e["seq"] for e in log] == [1, 2, 3, 4]
     assert all(len(e["digest"]) == 64 and len(e["keyid"]) == 64 for e in log)
-    limited = json.loads(run.ok("ledger", "log", "--since", "2", "--limit", "2", "--aggregate", "trust", "--json").stdout)
+    limited = json.loads(
+        run.ok(
+            "ledger", "log", "--since", "2", "--limit", "2", "--aggregate", "trust", "--json"
+        ).stdout
+    )
     assert [e["seq"] for e in limited] == [2, 3]
 
     verified = json.loads(run.ok("ledger", "verify", "--json").stdout)
@@ -144,17 +154,24 @@ def test_unreachable_postgres_fails_within_ten_seconds(tmp_path: Path) -> None:
     try:
         done = subprocess.run(
             [sys.executable, "-m", "chassis", "init", str(tmp_path / "ws")],
-            env=env, capture_output=True, text=True, timeout=10,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
     finally:
         silent.close()
     assert done.returncode == 4
-    assert done.stderr.startswith(f"chassis: error: cannot reach PostgreSQL at 127.0.0.1:{port}/ledger")
+    assert done.stderr.startswith(
+        f"chassis: error: cannot reach PostgreSQL at 127.0.0.1:{port}/ledger"
+    )
     assert "s3cret" not in done.stderr
     assert not (tmp_path / "ws").exists()
 
 
-def test_refused_connection_postgres(run: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refused_connection_postgres(
+    run: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -163,7 +180,9 @@ def test_refused_connection_postgres(run: Runner, tmp_path: Path, monkeypatch: p
     assert result.exit_code == 4 and "cannot reach PostgreSQL" in result.stderr
 
 
-def test_key_file_readable_by_others_is_refused(run: Runner, workspace: Path, isolation: Path) -> None:
+def test_key_file_readable_by_others_is_refused(
+    run: Runner, workspace: Path, isolation: Path
+) -> None:
     before = seq_count(workspace)
     (isolation / "shop-root.key").chmod(0o644)
     result = run("key", "new", "ops", "--roles", "operator")
@@ -196,7 +215,9 @@ def test_revoked_key(run: Runner, workspace: Path) -> None:
 def test_unknown_key_ids(run: Runner, workspace: Path) -> None:
     before = seq_count(workspace)
     unknown_actor = run("--key", "deadbeefdeadbeef", "key", "new", "x")
-    assert unknown_actor.exit_code == 5 and "no private key 'deadbeefdeadbeef'" in unknown_actor.stderr
+    assert (
+        unknown_actor.exit_code == 5 and "no private key 'deadbeefdeadbeef'" in unknown_actor.stderr
+    )
     unknown_target = run("key", "revoke", "deadbeefdeadbeef", "--reason", "x")
     assert unknown_target.exit_code == 5 and "no key named or with id" in unknown_target.stderr
     assert seq_count(workspace) == before
@@ -213,7 +234,10 @@ def test_verify_names_the_tampered_event(run: Runner, workspace: Path) -> None:
     run.ok("key", "new", "ops", "--roles", "operator")
     conn = sqlite3.connect(workspace / ".chassis" / "ledger.db")
     state = conn.execute("SELECT state FROM stored_events WHERE rowid = 2").fetchone()[0]
-    conn.execute("UPDATE stored_events SET state = ? WHERE rowid = 2", (state.replace(b'"operator"', b'"admin"'),))
+    conn.execute(
+        "UPDATE stored_events SET state = ? WHERE rowid = 2",
+        (state.replace(b'"operator"', b'"admin"'),),
+    )
     conn.commit()
     conn.close()
     result = run("ledger", "verify")
@@ -222,4 +246,9 @@ def test_verify_names_the_tampered_event(run: Runner, workspace: Path) -> None:
     as_json = run("ledger", "verify", "--json")
     assert as_json.exit_code == 8
     data = json.loads(as_json.stdout)
-    assert (data["ok"], data["reason"], data["seq"], data["version"]) == (False, "digest-mismatch", 2, 2)
+    assert (data["ok"], data["reason"], data["seq"], data["version"]) == (
+        False,
+        "digest-mismatch",
+        2,
+        2,
+    )

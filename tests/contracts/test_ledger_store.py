@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from ledger.application import Ledger
@@ -27,9 +29,11 @@ def test_events_round_trip_and_chain(ledger: Ledger, root_key: KeyPair) -> None:
     assert loaded.chain_head == book.chain_head
 
     rows = [r for r in ledger.records() if str(r.originator_id) == str(book.id)]
-    records = [parse_record(r.id, r.originator_id, r.originator_version, r.topic, r.state) for r in rows]
+    records = [
+        parse_record(r.id, r.originator_id, r.originator_version, r.topic, r.state) for r in rows
+    ]
     assert records[0].body.prev == GENESIS
-    for earlier, later in zip(records, records[1:], strict=False):
+    for earlier, later in itertools.pairwise(records):
         assert later.body.prev == earlier.digest.hex()
     assert [r.body.keyid for r in records] == [root_key.keyid] * 4
 
@@ -47,7 +51,9 @@ def test_global_order_is_append_order(ledger: Ledger, root_key: KeyPair) -> None
     assert topics == [(str(a.id), 1), (str(b.id), 1), (str(a.id), 2)]
 
 
-def test_conflicting_append_is_refused_and_nothing_is_written(ledger: Ledger, root_key: KeyPair) -> None:
+def test_conflicting_append_is_refused_and_nothing_is_written(
+    ledger: Ledger, root_key: KeyPair
+) -> None:
     ledger.append(Notebook.open("shared", keyid=root_key.keyid))
     first = ledger.load(Notebook, Notebook.id_for("shared"))
     second = ledger.load(Notebook, Notebook.id_for("shared"))
@@ -117,15 +123,23 @@ def test_unknown_aggregate_is_not_found(ledger: Ledger) -> None:
         ledger.load(Notebook, Notebook.id_for("nope"))
 
 
-def test_key_without_role_or_trust_writes_nothing(ledger: Ledger, ledger_url: str, root_key: KeyPair, isolation: object) -> None:
+def test_key_without_role_or_trust_writes_nothing(
+    ledger: Ledger, ledger_url: str, root_key: KeyPair, isolation: object
+) -> None:
     from pathlib import Path
 
     assert isinstance(isolation, Path)
     checkpointer = generate_keypair(isolation, "cp")
     stranger = generate_keypair(isolation, "stranger")
     ledger.update(
-        Trust, Trust.ID,
-        lambda t: t.trust_key(actor=root_key.keyid, name="cp", public_key=checkpointer.public_key, roles=["checkpoint"]),
+        Trust,
+        Trust.ID,
+        lambda t: t.trust_key(
+            actor=root_key.keyid,
+            name="cp",
+            public_key=checkpointer.public_key,
+            roles=["checkpoint"],
+        ),
     )
     before = ledger.max_seq()
     for signer, reason in ((checkpointer, "role-not-allowed"), (stranger, "unknown-key")):
@@ -137,7 +151,9 @@ def test_key_without_role_or_trust_writes_nothing(ledger: Ledger, ledger_url: st
     assert ledger.max_seq() == before
 
 
-def test_reopened_ledger_sees_everything(ledger_url: str, ledger: Ledger, root_key: KeyPair) -> None:
+def test_reopened_ledger_sees_everything(
+    ledger_url: str, ledger: Ledger, root_key: KeyPair
+) -> None:
     book = Notebook.open("persist", keyid=root_key.keyid)
     book.note("kept", keyid=root_key.keyid)
     ledger.append(book)

@@ -16,7 +16,9 @@ from ledger.canonical import canonical_json, event_body, format_timestamp, parse
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(),
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
     max_leaves=25,
 )
 
@@ -37,10 +39,13 @@ def test_key_order_does_not_matter(mapping: dict[str, int]) -> None:
 
 @given(
     st.dictionaries(
-        st.text(alphabet=st.characters(max_codepoint=0xFFFF, exclude_categories=("Cs",)), max_size=6),
+        st.text(
+            alphabet=st.characters(max_codepoint=0xFFFF, exclude_categories=("Cs",)), max_size=6
+        ),
         st.text(alphabet=st.characters(exclude_categories=("Cs",))),
         max_size=6,
-    ))
+    )
+)
 def test_matches_python_sorted_compact_json_in_the_bmp(mapping: dict[str, str]) -> None:
     """An independent verifier can use any JSON library with sorted keys,
     compact separators and raw UTF-8 (the rule in guides/ledger-format.md)."""
@@ -49,7 +54,7 @@ def test_matches_python_sorted_compact_json_in_the_bmp(mapping: dict[str, str]) 
 
 
 def test_escapes_are_fixed() -> None:
-    assert canonical_json("a\"\\\n\t\x01\x7fé/") == b'"a\\"\\\\\\n\\t\\u0001\x7f\xc3\xa9/"'
+    assert canonical_json('a"\\\n\t\x01\x7fé/') == b'"a\\"\\\\\\n\\t\\u0001\x7f\xc3\xa9/"'
 
 
 @given(st.datetimes(min_value=datetime(1970, 1, 1), timezones=st.just(UTC)))

@@ -43,7 +43,7 @@ def test_bad_key_files(isolation: Path, tmp_path: Path) -> None:
     junk = tmp_path / "junk.key"
     junk.write_text("not a key")
     junk.chmod(0o600)
-    with pytest.raises(KeyFileError, match="junk.key: not an unencrypted PEM private key"):
+    with pytest.raises(KeyFileError, match=r"junk\.key: not an unencrypted PEM private key"):
         load_keypair(junk)
     with pytest.raises(KeyFileError, match="no such key file"):
         load_keypair(tmp_path / "missing.key")

@@ -13,7 +13,9 @@ from ledger.trust import Role, Trust, parse_roles
 
 @pytest.fixture
 def trust(root_key: KeyPair) -> Trust:
-    return Trust.establish(keyid=root_key.keyid, name="root", public_key=root_key.public_key, ledger_name="t")
+    return Trust.establish(
+        keyid=root_key.keyid, name="root", public_key=root_key.public_key, ledger_name="t"
+    )
 
 
 def test_root_holds_every_role(trust: Trust, root_key: KeyPair) -> None:
@@ -45,7 +47,9 @@ def test_revoked_and_unknown_keys(trust: Trust, root_key: KeyPair, isolation: Pa
 
 def test_domain_rules(trust: Trust, root_key: KeyPair, isolation: Path) -> None:
     with pytest.raises(DomainRuleError, match="already trusted"):
-        trust.trust_key(actor=root_key.keyid, name="again", public_key=root_key.public_key, roles=["admin"])
+        trust.trust_key(
+            actor=root_key.keyid, name="again", public_key=root_key.public_key, roles=["admin"]
+        )
     with pytest.raises(DomainRuleError, match="last active admin"):
         trust.revoke_key(actor=root_key.keyid, keyid=root_key.keyid, reason="oops")
     with pytest.raises(DomainRuleError, match="roles 'root'"):

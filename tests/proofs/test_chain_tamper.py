@@ -142,8 +142,18 @@ def test_event_signed_after_the_key_was_revoked(
 
     build(ledger, root_key)
     ops = generate_keypair(isolation, "ops")
-    ledger.update(Trust, Trust.ID, lambda t: t.trust_key(actor=root_key.keyid, name="ops", public_key=ops.public_key, roles=["operator"]))
-    ledger.update(Trust, Trust.ID, lambda t: t.revoke_key(actor=root_key.keyid, keyid=ops.keyid, reason="left"))
+    ledger.update(
+        Trust,
+        Trust.ID,
+        lambda t: t.trust_key(
+            actor=root_key.keyid, name="ops", public_key=ops.public_key, roles=["operator"]
+        ),
+    )
+    ledger.update(
+        Trust,
+        Trust.ID,
+        lambda t: t.revoke_key(actor=root_key.keyid, keyid=ops.keyid, reason="left"),
+    )
     as_ops = open_ledger(StorageConfig.from_url(ledger_url), ops)
     book = as_ops.load(Notebook, Notebook.id_for("b"))
     book.note("written after revocation", keyid=ops.keyid)
@@ -154,11 +164,19 @@ def test_event_signed_after_the_key_was_revoked(
     assert (failure.aggregate, failure.version) == (str(Notebook.id_for("b")), 2)
 
 
-def test_role_not_allowed(ledger: Ledger, root_key: KeyPair, isolation: Path, ledger_url: str) -> None:
+def test_role_not_allowed(
+    ledger: Ledger, root_key: KeyPair, isolation: Path, ledger_url: str
+) -> None:
     from ledger.storage import StorageConfig, open_ledger
 
     cp = generate_keypair(isolation, "cp")
-    ledger.update(Trust, Trust.ID, lambda t: t.trust_key(actor=root_key.keyid, name="cp", public_key=cp.public_key, roles=["checkpoint"]))
+    ledger.update(
+        Trust,
+        Trust.ID,
+        lambda t: t.trust_key(
+            actor=root_key.keyid, name="cp", public_key=cp.public_key, roles=["checkpoint"]
+        ),
+    )
     rogue = open_ledger(StorageConfig.from_url(ledger_url), cp)
     rogue.save(Notebook.open("by-cp", keyid=cp.keyid))
     rogue.close()
@@ -167,7 +185,9 @@ def test_role_not_allowed(ledger: Ledger, root_key: KeyPair, isolation: Path, le
     assert failure.seq == 3
 
 
-def test_a_different_root_of_trust_is_detected(ledger: Ledger, root_key: KeyPair, isolation: Path) -> None:
+def test_a_different_root_of_trust_is_detected(
+    ledger: Ledger, root_key: KeyPair, isolation: Path
+) -> None:
     other = generate_keypair(isolation, "other")
     with pytest.raises(LedgerVerificationError) as caught:
         verify_ledger(ledger.records(), pinned_root=other.keyid)
@@ -190,7 +210,11 @@ def test_signatures_checked_in_parallel_report_the_first_bad_one(
 
     url = f"sqlite:///{tmp_path / 'big.db'}"
     big = open_ledger(StorageConfig.from_url(url), root_key, create=True)
-    big.append(Trust.establish(keyid=root_key.keyid, name="root", public_key=root_key.public_key, ledger_name="big"))
+    big.append(
+        Trust.establish(
+            keyid=root_key.keyid, name="root", public_key=root_key.public_key, ledger_name="big"
+        )
+    )
     book = Notebook.open("big", keyid=root_key.keyid)
     for i in range(5000):
         book.note(str(i), keyid=root_key.keyid)
@@ -220,15 +244,21 @@ def small_ledger(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, KeyPair
     key = generate_keypair(directory / "keys", "root")
     url = f"sqlite:///{directory / 'ledger.db'}"
     small = open_ledger(StorageConfig.from_url(url), key, create=True)
-    small.append(Trust.establish(keyid=key.keyid, name="root", public_key=key.public_key, ledger_name="p"))
+    small.append(
+        Trust.establish(keyid=key.keyid, name="root", public_key=key.public_key, ledger_name="p")
+    )
     build(small, key)
     small.close()
     return url, key
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
-def test_any_single_byte_change_is_detected(small_ledger: tuple[str, KeyPair], data: st.DataObject) -> None:
+def test_any_single_byte_change_is_detected(
+    small_ledger: tuple[str, KeyPair], data: st.DataObject
+) -> None:
     from ledger.storage import StorageConfig, open_ledger
 
     url, key = small_ledger

@@ -19,7 +19,14 @@ from chassis.trust_admin import revoke_key
 @click.option("--json", "as_json", is_flag=True, help="Print the key as JSON.")
 @pass_app
 def revoke_command(app: App, key: str, reason: str, as_json: bool) -> None:
-    """Revoke KEY (name, key id or 8+ digit prefix). Events it signs after this fail verification."""
+    """Revoke KEY (name, key id or 8+ digit prefix).
+
+    Events the key signs after this fail verification.
+    """
     revoked = revoke_key(app.ledger(signing=True), key, reason=reason)
     local = revoked.keyid in local_keyids(app.keys_dir)
-    app.emit(key_data(revoked, local=local), as_json=as_json, human=lambda: show_key(revoked, local=local))
+    app.emit(
+        key_data(revoked, local=local),
+        as_json=as_json,
+        human=lambda: show_key(revoked, local=local),
+    )

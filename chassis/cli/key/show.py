@@ -18,4 +18,6 @@ def show_command(app: App, key: str, as_json: bool) -> None:
     """Show KEY (name, key id or 8+ digit prefix) as the ledger knows it."""
     found = require_trust(app.ledger()).find(key)
     local = found.keyid in local_keyids(app.keys_dir)
-    app.emit(key_data(found, local=local), as_json=as_json, human=lambda: show_key(found, local=local))
+    app.emit(
+        key_data(found, local=local), as_json=as_json, human=lambda: show_key(found, local=local)
+    )

@@ -16,11 +16,15 @@ Examples:
   chassis ledger log --aggregate trust --json""",
 )
 @click.option("--aggregate", help="Only events of this aggregate (UUID, or 'trust').")
-@click.option("--since", type=click.IntRange(min=1), default=1, show_default=True, help="First seq.")
+@click.option(
+    "--since", type=click.IntRange(min=1), default=1, show_default=True, help="First seq."
+)
 @click.option("--limit", type=click.IntRange(min=1), help="At most N events.")
 @click.option("--json", "as_json", is_flag=True, help="Print events as JSON.")
 @pass_app
-def log_command(app: App, aggregate: str | None, since: int, limit: int | None, as_json: bool) -> None:
+def log_command(
+    app: App, aggregate: str | None, since: int, limit: int | None, as_json: bool
+) -> None:
     """Events in global order: seq, time, topic, aggregate, version, key id, digest."""
     target = resolve_aggregate(aggregate) if aggregate else None
     entries = ledger_log(app.ledger(), aggregate=target, since=since, limit=limit)
@@ -31,5 +35,7 @@ def log_command(app: App, aggregate: str | None, since: int, limit: int | None, 
     app.emit(
         [e.to_dict() for e in entries],
         as_json=as_json,
-        human=lambda: table(rows, ["SEQ", "TIME", "TOPIC", "AGGREGATE", "VERSION", "KEYID", "DIGEST"]),
+        human=lambda: table(
+            rows, ["SEQ", "TIME", "TOPIC", "AGGREGATE", "VERSION", "KEYID", "DIGEST"]
+        ),
     )

@@ -19,7 +19,9 @@ Examples:
   chassis ledger verify
   chassis ledger verify --json | jq .reason""",
 )
-@click.option("--workers", type=click.IntRange(min=1), help="Signature worker processes [default: cores].")
+@click.option(
+    "--workers", type=click.IntRange(min=1), help="Signature worker processes [default: cores]."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (also on failure).")
 @pass_app
 def verify_command(app: App, workers: int | None, as_json: bool) -> None:
@@ -38,7 +40,10 @@ def verify_command(app: App, workers: int | None, as_json: bool) -> None:
             f"OK: {result.events} events in {result.aggregates} aggregates, "
             f"{result.signatures} signatures verified ({result.workers} worker(s))"
         )
-        click.echo(f"  root of trust: {result.root_keyid}  keys: {result.keys}  last seq: {result.last_seq}")
+        click.echo(
+            f"  root of trust: {result.root_keyid}  keys: {result.keys}  "
+            f"last seq: {result.last_seq}"
+        )
         click.echo(f"  note: {TAIL_NOTE}")
 
     app.emit(data, as_json=as_json, human=human)
