@@ -356,7 +356,7 @@ def verify_rate(ws: Workspace, sizes: Sizes) -> Figure:
     for _ in range(sizes.verify_repeats):
         gc.collect()
         start = time.perf_counter()
-        verified = verify_ledger(ledger.records(), workers=CPUS)
+        verified = verify_ledger(ledger.scan(), workers=CPUS)
         verify_rates.append(events / (time.perf_counter() - start))
         if verified.events != events:
             raise AssertionError(f"verified {verified.events} of {events} events")
@@ -368,7 +368,7 @@ def verify_rate(ws: Workspace, sizes: Sizes) -> Figure:
         title=f"Full ledger verification, {events:,} events",
         unit="events/s",
         measurement=statistics.median(verify_rates),
-        measurement_label=f"verify_ledger(ledger.records(), workers={CPUS}), reads included",
+        measurement_label=f"verify_ledger(ledger.scan(), workers={CPUS}), reads included",
         baseline=statistics.median(bare_rates),
         baseline_label=f"bare cryptography Ed25519 verify, 1 core x {CPUS} cores",
         ratio=ratio,

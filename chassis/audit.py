@@ -76,4 +76,4 @@ def verify_workspace_ledger(
     ws: Workspace, ledger: Ledger, *, workers: int | None
 ) -> VerifiedLedger:
     """Verify the whole ledger against the workspace's pinned root of trust."""
-    return verify_ledger(ledger.records(), pinned_root=ws.settings().root_keyid, workers=workers)
+    return verify_ledger(ledger.scan(), pinned_root=ws.settings().root_keyid, workers=workers)

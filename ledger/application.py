@@ -35,6 +35,8 @@ A = TypeVar("A", bound=LedgerAggregate)
 
 PAGE_SIZE = 2000
 
+RawRow = tuple[int, "UUID | str", int, str, bytes]
+
 
 class Ledger(Application[UUID]):
     """One ledger store, optionally with a signer for appending."""
@@ -117,6 +119,35 @@ class Ledger(Application[UUID]):
             start = batch[-1].id + 1
             if remaining is not None:
                 remaining -= len(batch)
+
+    def scan(self, *, since: int = 1) -> Iterator[RawRow]:
+        """Stored rows as plain tuples ``(seq, originator_id, version, topic,
+        state)`` in global order: the fast path for full verification.
+
+        SQLite is read through its own read-only connection, in one snapshot.
+        """
+        if self.config.kind != "sqlite":
+            for row in self.records(since=since):
+                yield (row.id, row.originator_id, row.originator_version, row.topic, row.state)
+            return
+        uri = f"file:{self.config.path}?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise StorageError(f"{self.config.describe()}: {e}") from None
+        try:
+            conn.execute("BEGIN")  # one consistent snapshot for the whole scan
+            cursor = conn.execute(
+                "SELECT rowid, originator_id, originator_version, topic, state "
+                "FROM stored_events WHERE rowid >= ? ORDER BY rowid",
+                (since,),
+            )
+            while batch := cursor.fetchmany(PAGE_SIZE):
+                yield from batch
+        except sqlite3.Error as e:
+            raise StorageError(f"{self.config.describe()}: {e}") from None
+        finally:
+            conn.close()
 
     def max_seq(self) -> int:
         return self.recorder.max_notification_id() or 0

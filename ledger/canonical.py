@@ -22,7 +22,7 @@ EVENT_DIGEST_TAG = b"chassis.ledger.event.v1\x00"
 GENESIS = "0" * 64
 """The ``prev`` value of version 1 of every aggregate (32 zero bytes, hex)."""
 
-_encoder = msgspec.json.Encoder(order="deterministic")
+_encoder = msgspec.json.Encoder(order="sorted")
 
 
 def canonical_json(value: Any) -> bytes:
@@ -34,14 +34,19 @@ def format_timestamp(moment: datetime) -> str:
     """UTC, always six fractional digits, ``Z`` suffix: one string per instant."""
     if moment.tzinfo is None:
         raise ValueError("ledger timestamps must be timezone-aware")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return f"{moment.isoformat(timespec='microseconds')[:26]}Z"
 
 
 def parse_timestamp(text: str) -> datetime:
     """Inverse of :func:`format_timestamp`. Raises ``ValueError`` on other forms."""
-    if len(text) != 27 or not text.endswith("Z"):
+    if len(text) != 27 or text[-1] != "Z" or text[10] != "T":
         raise ValueError(f"not a canonical ledger timestamp: {text!r}")
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    moment = datetime.fromisoformat(text[:26]).replace(tzinfo=UTC)
+    if format_timestamp(moment) != text:
+        raise ValueError(f"not a canonical ledger timestamp: {text!r}")
+    return moment
 
 
 def event_body(

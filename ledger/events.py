@@ -9,25 +9,28 @@ renaming a class never breaks stored history. Each topic also names the
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from functools import cache
+from typing import Any, ClassVar
 from uuid import UUID
 
 import msgspec
 
-from ledger.canonical import GENESIS, canonical_json, event_body, event_digest
+from ledger.canonical import GENESIS, canonical_json, event_digest, format_timestamp
 from ledger.errors import ChainBreakError
-
-if TYPE_CHECKING:
-    from ledger.aggregate import LedgerAggregate
 
 ENVELOPE_FIELDS = ("originator_id", "originator_version", "timestamp", "prev", "keyid")
 ROLES = ("admin", "operator", "approver", "checkpoint")
+_NO_CANONICAL_FORM = ("float", "datetime", "bytes")
 
 _registry: dict[str, type[LedgerEvent]] = {}
 
 
-class LedgerEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """One signed, chained fact. Subclasses add payload fields and ``apply``."""
+class LedgerEvent(msgspec.Struct, frozen=True, kw_only=True, dict=True):
+    """One signed, chained fact. Subclasses add payload fields and ``apply``.
+
+    ``dict=True`` gives each instance a ``__dict__`` used only to cache its
+    canonical body and digest, so they are computed once per event object.
+    """
 
     originator_id: UUID
     originator_version: int
@@ -44,14 +47,14 @@ class LedgerEvent(msgspec.Struct, frozen=True, kw_only=True):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        for name, kind in cls.__annotations__.items():
+            if any(word in str(getattr(kind, "__name__", kind)) for word in _NO_CANONICAL_FORM):
+                raise TypeError(f"{cls.__qualname__}.{name}: {kind} has no canonical form")
         topic = cls.__dict__.get("TOPIC", "")
         if not topic:
             return
         if cls.ROLE not in ROLES:
             raise TypeError(f"{cls.__qualname__}: ROLE must be one of {ROLES}")
-        for name, kind in cls.__annotations__.items():
-            if kind in (float, "float"):
-                raise TypeError(f"{cls.__qualname__}.{name}: floats have no canonical form")
         existing = _registry.get(topic)
         if existing is not None and existing.__qualname__ != cls.__qualname__:
             raise TypeError(f"topic {topic!r} is already used by {existing.__qualname__}")
@@ -59,31 +62,40 @@ class LedgerEvent(msgspec.Struct, frozen=True, kw_only=True):
 
     def payload(self) -> dict[str, Any]:
         """The event's own fields, as canonical-encodable builtins."""
-        fields: dict[str, Any] = msgspec.to_builtins(self)
-        for name in ENVELOPE_FIELDS:
-            fields.pop(name, None)
+        fields: dict[str, Any] = msgspec.to_builtins(
+            {name: getattr(self, name) for name in _payload_fields(type(self))}
+        )
         return fields
 
     def canonical(self) -> bytes:
+        """The signed body, canonically encoded (``guides/ledger-format.md`` §3)."""
         return canonical_json(
-            event_body(
-                originator_id=self.originator_id,
-                version=self.originator_version,
-                timestamp=self.timestamp,
-                topic=self.TOPIC,
-                payload=self.payload(),
-                prev=self.prev,
-                keyid=self.keyid,
-            )
+            {
+                "id": str(self.originator_id),
+                "keyid": self.keyid,
+                "payload": {name: getattr(self, name) for name in _payload_fields(type(self))},
+                "prev": self.prev,
+                "timestamp": format_timestamp(self.timestamp),
+                "topic": self.TOPIC,
+                "version": self.originator_version,
+            }
         )
 
+    def sealing_input(self) -> tuple[bytes, bytes]:
+        """(canonical body, digest), computed once per event object."""
+        cached: tuple[bytes, bytes] | None = self.__dict__.get("_sealing_input")
+        if cached is None:
+            body = self.canonical()
+            cached = self.__dict__["_sealing_input"] = (body, event_digest(body))
+        return cached
+
     def digest(self) -> bytes:
-        return event_digest(self.canonical())
+        return self.sealing_input()[1]
 
     def apply(self, aggregate: Any) -> None:
         """Evolve ``aggregate``. Pure: it runs again on every replay, so no I/O."""
 
-    def mutate(self, aggregate: LedgerAggregate | None) -> LedgerAggregate | None:
+    def mutate(self, aggregate: Any) -> Any:
         """Check the link, apply, then advance version and chain head.
 
         Raises ``ChainBreakError`` before anything changes when the event
@@ -118,6 +130,11 @@ class LedgerEvent(msgspec.Struct, frozen=True, kw_only=True):
         aggregate.modified_on = self.timestamp
         aggregate.chain_head = self.digest().hex()
         return aggregate
+
+
+@cache
+def _payload_fields(event_type: type[LedgerEvent]) -> tuple[str, ...]:
+    return tuple(f for f in event_type.__struct_fields__ if f not in ENVELOPE_FIELDS)
 
 
 def event_type_for_topic(topic: str) -> type[LedgerEvent] | None:

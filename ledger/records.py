@@ -81,6 +81,15 @@ def sealed_state(digest: bytes, body: bytes, signature: bytes) -> bytes:
     )
 
 
+def dashed_uuid(value: UUID | str) -> str:
+    """``8-4-4-4-12`` form of a UUID given as a UUID or as 32 hex digits (SQLite)."""
+    if isinstance(value, UUID):
+        return str(value)
+    if len(value) == 32:
+        return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}".lower()
+    return value.lower()
+
+
 def parse_record(
     seq: int, originator_id: UUID | str, version: int, topic: str, state: bytes
 ) -> SealedRecord:
@@ -100,10 +109,9 @@ def parse_record(
     # spelling (whitespace, key order, upper-case hex, non-canonical base64).
     if state != sealed_state(digest, body_bytes, signature):
         raise MalformedRecordError("state is not in canonical form")
-    oid = originator_id.hex if isinstance(originator_id, UUID) else originator_id
     return SealedRecord(
         seq=seq,
-        originator_id=str(UUID(oid)),
+        originator_id=dashed_uuid(originator_id),
         version=version,
         topic=topic,
         body=body,

@@ -126,7 +126,7 @@ class Trust(LedgerAggregate):
             keyid=keyid,
             name=name,
             public_key=public_key.hex(),
-            roles=[r.value for r in Role],
+            roles=sorted(r.value for r in Role),
             ledger_name=ledger_name,
         )
 

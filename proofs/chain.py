@@ -16,32 +16,29 @@ record, in this order (the first failure is the one reported):
    genesis that is not the pinned root)
 9. the Ed25519 signature over the digest verifies → ``bad-signature``
 
-Signatures (step 9) are verified in parallel worker processes; the report
-still names the lowest-numbered bad record. A truncated *tail* leaves every
+Signatures (step 9) are verified in parallel threads (libsodium releases the
+GIL); the report still names the lowest-numbered bad record. A truncated *tail* leaves every
 remaining chain intact, so it cannot be seen here: checkpoints close that.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
 from ledger.canonical import GENESIS, event_digest
 from ledger.events import event_type_for_topic
 from ledger.keys import keyid_for
-from ledger.records import MalformedRecordError, SealedRecord, parse_record
+from ledger.records import MalformedRecordError, SealedRecord, dashed_uuid, parse_record
 from ledger.trust import Trust
 from proofs._signatures import SignatureJob, failed_signatures
 
-CHUNK = 1024
-INLINE_LIMIT = 4 * CHUNK
-"""Below this many signatures, worker start-up costs more than it saves."""
+CHUNK = 512
 
 
 class VerifyReason(StrEnum):
@@ -103,19 +100,8 @@ class VerifiedLedger:
         return asdict(self)
 
 
-class StoredRow(Protocol):
-    """What a verifier needs of a stored row (eventsourcing's ``Notification``)."""
-
-    @property
-    def id(self) -> int: ...
-    @property
-    def originator_id(self) -> UUID | str: ...
-    @property
-    def originator_version(self) -> int: ...
-    @property
-    def topic(self) -> str: ...
-    @property
-    def state(self) -> bytes: ...
+StoredRow = tuple[int, UUID | str, int, str, bytes]
+"""(seq, originator_id, originator_version, topic, state): one stored row."""
 
 
 @dataclass
@@ -235,22 +221,12 @@ class _ChainState:
             raise _Failed(VerifyReason.MALFORMED_RECORD, f"trust payload: {e}") from None
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
-
-
 def _parsed(
     rows: Iterable[StoredRow],
 ) -> Iterator[tuple[StoredRow, SealedRecord | MalformedRecordError]]:
     for row in rows:
         try:
-            yield (
-                row,
-                parse_record(
-                    row.id, row.originator_id, row.originator_version, row.topic, row.state
-                ),
-            )
+            yield row, parse_record(*row)
         except MalformedRecordError as e:
             yield row, e
 
@@ -273,19 +249,22 @@ def verify_ledger(
     count = last_seq = 0
     try:
         for row, parsed in _parsed(rows):
-            location = (str(row.originator_id), row.originator_version, row.topic)
+            location = (dashed_uuid(row[1]), row[2], row[3])
             try:
                 if isinstance(parsed, MalformedRecordError):
                     raise _Failed(VerifyReason.MALFORMED_RECORD, str(parsed))
                 batch.add(state.check(parsed), location)
             except _Failed as f:
-                failure = ChainFailure(f.reason, row.id, *location, f.detail)
+                failure = ChainFailure(f.reason, row[0], *location, f.detail)
                 break
             count += 1
-            last_seq = row.id
+            last_seq = row[0]
         bad = batch.finish()
     finally:
         batch.close()
+        close = getattr(rows, "close", None)
+        if callable(close):
+            close()  # release the store's read snapshot now, not at garbage collection
     if bad is not None and (failure is None or bad[0] < failure.seq):
         seq, (aggregate, version, topic) = bad
         failure = ChainFailure(
@@ -313,7 +292,8 @@ Location = tuple[str, int, str]
 
 
 class _SignatureBatches:
-    """Chunks of signature checks, inline for small ledgers, else in a pool."""
+    """Chunks of signature checks: inline for a ledger of one chunk, else
+    verified by a thread pool while the main thread goes on parsing."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -321,8 +301,7 @@ class _SignatureBatches:
         self.locations: dict[int, Location] = {}
         self.done: list[tuple[list[int], dict[int, Location]]] = []
         self.pending: list[tuple[Future[list[int]], dict[int, Location]]] = []
-        self.pool: ProcessPoolExecutor | None = None
-        self.submitted = 0
+        self.pool: ThreadPoolExecutor | None = None
 
     @property
     def used_workers(self) -> int:
@@ -339,9 +318,8 @@ class _SignatureBatches:
         self.jobs, self.locations = [], {}
         if not jobs:
             return
-        self.submitted += len(jobs)
-        if self.pool is None and self.workers > 1 and self.submitted >= INLINE_LIMIT:
-            self.pool = _pool(self.workers)
+        if self.pool is None and self.workers > 1 and len(jobs) >= CHUNK:
+            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="verify")
         if self.pool is None:
             self.done.append((failed_signatures(jobs), locations))
         else:

@@ -63,7 +63,7 @@ def test_retrying_writers_all_land_in_one_valid_chain(
     for i in range(writers):  # every writer's notes, each in its own order
         mine = [line for line in book.lines if line.startswith(f"w{i}:")]
         assert mine == [f"w{i}:{n}" for n in range(each)]
-    assert verify_ledger(ledger.records()).events == 2 + writers * each
+    assert verify_ledger(ledger.scan()).events == 2 + writers * each
 
 
 def test_non_retryable_writers_one_wins_the_rest_get_a_conflict(
@@ -92,7 +92,7 @@ def test_non_retryable_writers_one_wins_the_rest_get_a_conflict(
     assert sum(r["conflicts"] for r in outcome) == writers - 1
     book = ledger.load(Notebook, Notebook.id_for("shared"))
     assert book.version == 2 and len(book.lines) == 1
-    assert verify_ledger(ledger.records()).events == 3
+    assert verify_ledger(ledger.scan()).events == 3
 
 
 def test_concurrent_cli_key_creation(workspace: Path) -> None:

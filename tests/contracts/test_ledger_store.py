@@ -65,7 +65,7 @@ def test_conflicting_append_is_refused_and_nothing_is_written(
         ledger.append(second)
     assert ledger.max_seq() == before
     assert ledger.load(Notebook, first.id).lines == ["mine"]
-    verify_ledger(ledger.records())
+    verify_ledger(ledger.scan())
 
 
 def test_update_retries_a_safe_command_after_a_conflict(ledger: Ledger, root_key: KeyPair) -> None:
@@ -115,7 +115,7 @@ def test_past_versions_and_snapshots_agree(ledger: Ledger, root_key: KeyPair) ->
     latest = ledger.load(Notebook, book.id)
     latest.note("after snapshot", keyid=root_key.keyid)  # links to the restored chain head
     ledger.append(latest)
-    verify_ledger(ledger.records())
+    verify_ledger(ledger.scan())
 
 
 def test_unknown_aggregate_is_not_found(ledger: Ledger) -> None:
@@ -160,5 +160,5 @@ def test_reopened_ledger_sees_everything(
     ledger.close()
     again = open_ledger(StorageConfig.from_url(ledger_url), None)
     assert again.load(Notebook, book.id).lines == ["kept"]
-    assert verify_ledger(again.records(), pinned_root=root_key.keyid).events == 3
+    assert verify_ledger(again.scan(), pinned_root=root_key.keyid).events == 3
     again.close()

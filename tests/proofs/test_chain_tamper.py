@@ -31,7 +31,7 @@ def build(ledger: Ledger, key: KeyPair) -> None:
 
 def failure_of(ledger: Ledger, root: KeyPair) -> LedgerVerificationError:
     with pytest.raises(LedgerVerificationError) as caught:
-        verify_ledger(ledger.records(), pinned_root=root.keyid)
+        verify_ledger(ledger.scan(), pinned_root=root.keyid)
     return caught.value
 
 
@@ -47,7 +47,7 @@ def reseal(row: Row, key: KeyPair, **changes: object) -> bytes:
 
 def test_untampered_ledger_verifies(ledger: Ledger, root_key: KeyPair) -> None:
     build(ledger, root_key)
-    result = verify_ledger(ledger.records(), pinned_root=root_key.keyid)
+    result = verify_ledger(ledger.scan(), pinned_root=root_key.keyid)
     assert (result.events, result.aggregates, result.root_keyid) == (7, 3, root_key.keyid)
 
 
@@ -190,7 +190,7 @@ def test_a_different_root_of_trust_is_detected(
 ) -> None:
     other = generate_keypair(isolation, "other")
     with pytest.raises(LedgerVerificationError) as caught:
-        verify_ledger(ledger.records(), pinned_root=other.keyid)
+        verify_ledger(ledger.scan(), pinned_root=other.keyid)
     assert caught.value.failure.reason is VerifyReason.ROOT_MISMATCH
 
 
@@ -221,7 +221,7 @@ def test_signatures_checked_in_parallel_report_the_first_bad_one(
         if i % 500 == 499:
             big.save(book)  # batches; snapshots not needed here
     big.save(book)
-    assert verify_ledger(big.records(), workers=2).workers == 2
+    assert verify_ledger(big.scan(), workers=2).workers == 2
     store = RawStore(url)
     rows = store.rows()
     for index in (4321, 2345):
@@ -230,7 +230,7 @@ def test_signatures_checked_in_parallel_report_the_first_bad_one(
         bad = bytes([record.signature[0] ^ 1]) + record.signature[1:]
         store.set_state(row.seq, sealed_state(record.digest, record.body_bytes, bad))
     with pytest.raises(LedgerVerificationError) as caught:
-        verify_ledger(big.records(), workers=2)
+        verify_ledger(big.scan(), workers=2)
     assert caught.value.failure.reason is VerifyReason.BAD_SIGNATURE
     assert caught.value.failure.seq == rows[2345].seq
     big.close()
@@ -277,7 +277,7 @@ def test_any_single_byte_change_is_detected(
     reader = open_ledger(StorageConfig.from_url(url), None)
     try:
         with pytest.raises(LedgerVerificationError):
-            verify_ledger(reader.records(), pinned_root=key.keyid)
+            verify_ledger(reader.scan(), pinned_root=key.keyid)
     finally:
         reader.close()
         store.set_state(row.seq, row.state)
