@@ -9,7 +9,7 @@ renaming a class never breaks stored history. Each topic also names the
 from __future__ import annotations
 
 from datetime import datetime
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -71,7 +71,7 @@ class LedgerEvent(msgspec.Struct, frozen=True, kw_only=True, dict=True):
         """The signed body, canonically encoded (``guides/ledger-format.md`` §3)."""
         return canonical_json(
             {
-                "id": str(self.originator_id),
+                "id": _uuid_text(self.originator_id),
                 "keyid": self.keyid,
                 "payload": {name: getattr(self, name) for name in _payload_fields(type(self))},
                 "prev": self.prev,
@@ -130,6 +130,11 @@ class LedgerEvent(msgspec.Struct, frozen=True, kw_only=True, dict=True):
         aggregate.modified_on = self.timestamp
         aggregate.chain_head = self.digest().hex()
         return aggregate
+
+
+@lru_cache(maxsize=4096)
+def _uuid_text(value: UUID) -> str:
+    return str(value)
 
 
 @cache

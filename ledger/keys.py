@@ -15,6 +15,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 from cryptography.hazmat.primitives import serialization

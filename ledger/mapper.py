@@ -8,6 +8,9 @@ or unchained event (chaining itself is enforced by ``LedgerEvent.mutate``).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from uuid import UUID
 
@@ -21,7 +24,7 @@ from eventsourcing.persistence import (
 )
 
 from ledger.aggregate import LedgerSnapshot
-from ledger.canonical import event_digest, parse_timestamp
+from ledger.canonical import parse_timestamp
 from ledger.errors import SigningError
 from ledger.events import LedgerEvent, event_type_for_topic
 from ledger.keys import KeyPair
@@ -40,34 +43,92 @@ class MsgspecTranscoder(Transcoder):
         return msgspec.json.decode(data)
 
 
+PARALLEL_SIGNING_MIN = 64
+"""Batches at least this large are signed on every core."""
+
+
 def seal(event: LedgerEvent, signer: KeyPair) -> bytes:
     """The stored ``state`` bytes of ``event``: canonical, digested, signed."""
-    if event.keyid != signer.keyid:
-        raise SigningError(
-            f"event {event.TOPIC} is attributed to key {event.keyid[:16]} "
-            f"but the signer is {signer.keyid[:16]}"
+    return seal_all([event], signer)[0].state
+
+
+def seal_all(
+    events: Sequence[LedgerEvent],
+    signer: KeyPair,
+    pool: ThreadPoolExecutor | None = None,
+    workers: int = 1,
+) -> list[StoredEvent]:
+    """Seal ``events`` in order; with a pool, large batches sign on ``workers`` threads."""
+    for event in events:
+        if event.keyid != signer.keyid:
+            raise SigningError(
+                f"event {event.TOPIC} is attributed to key {event.keyid[:16]} "
+                f"but the signer is {signer.keyid[:16]}"
+            )
+    inputs = [event.sealing_input() for event in events]
+    digests = [digest for _, digest in inputs]
+    if pool is not None and workers > 1 and len(digests) >= PARALLEL_SIGNING_MIN:
+        # The calling thread signs the first share itself while the pool signs the rest.
+        share = -(-len(digests) // workers)
+        sign_many = _sign_many(signer)
+        rest = [
+            pool.submit(sign_many, digests[i : i + share])
+            for i in range(share, len(digests), share)
+        ]
+        signatures = sign_many(digests[:share])
+        for future in rest:
+            signatures.extend(future.result())
+    else:
+        signatures = [signer.sign(digest) for digest in digests]
+    return [
+        StoredEvent(
+            originator_id=event.originator_id,
+            originator_version=event.originator_version,
+            topic=event.TOPIC,
+            state=sealed_state(digest, body, signature),
         )
-    body = event.canonical()
-    digest = event_digest(body)
-    return sealed_state(digest, body, signer.sign(digest))
+        for event, (body, digest), signature in zip(events, inputs, signatures, strict=True)
+    ]
+
+
+def _sign_many(signer: KeyPair) -> Callable[[list[bytes]], list[bytes]]:
+    def sign(digests: list[bytes]) -> list[bytes]:
+        return [signer.sign(digest) for digest in digests]
+
+    return sign
 
 
 class SealingMapper(Mapper[UUID]):
+    """Every event of the ledger passes here on its way to storage."""
+
     def __init__(self, signer: KeyPair | None) -> None:
         super().__init__(transcoder=MsgspecTranscoder())
         self.signer = signer
+        self._pool: ThreadPoolExecutor | None = None
+        self._workers = os.cpu_count() or 1
 
-    def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
-        if not isinstance(domain_event, LedgerEvent):
-            raise SigningError(f"{type(domain_event).__qualname__} is not a ledger event")
+    def _signer(self) -> KeyPair:
         if self.signer is None:
             raise SigningError("this ledger was opened without a signing key")
-        return StoredEvent(
-            originator_id=domain_event.originator_id,
-            originator_version=domain_event.originator_version,
-            topic=domain_event.TOPIC,
-            state=seal(domain_event, self.signer),
-        )
+        return self.signer
+
+    def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
+        return self.to_stored_events([domain_event])[0]
+
+    def to_stored_events(self, events: Sequence[DomainEventProtocol[UUID]]) -> list[StoredEvent]:
+        ledger_events: list[LedgerEvent] = []
+        for event in events:
+            if not isinstance(event, LedgerEvent):
+                raise SigningError(f"{type(event).__qualname__} is not a ledger event")
+            ledger_events.append(event)
+        if self._pool is None and self._workers > 1 and len(ledger_events) >= PARALLEL_SIGNING_MIN:
+            self._pool = ThreadPoolExecutor(self._workers - 1, thread_name_prefix="sign")
+        return seal_all(ledger_events, self._signer(), self._pool, self._workers)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
         event_class = event_type_for_topic(stored_event.topic)
