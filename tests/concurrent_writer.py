@@ -37,7 +37,11 @@ def main() -> None:
     written = conflicts = 0
     if mode == "retry":
         for i in range(int(count)):
-            ledger.update(Notebook, book_id, lambda b, i=i: b.note(f"{name}:{i}", keyid=key.keyid))
+
+            def note(book: Notebook, line: str = f"{name}:{i}") -> None:
+                book.note(line, keyid=key.keyid)
+
+            ledger.update(Notebook, book_id, note)
             written += 1
     else:
         book = ledger.load(Notebook, book_id)

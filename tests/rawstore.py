@@ -39,9 +39,9 @@ class RawStore:
             import psycopg
 
             base = self.url.split("?")[0]
-            with psycopg.connect(base, autocommit=False) as conn:
-                yield conn
-                conn.commit()
+            with psycopg.connect(base, autocommit=False) as pg:
+                yield pg
+                pg.commit()
 
     @property
     def _table(self) -> str:
