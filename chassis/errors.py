@@ -16,6 +16,10 @@ EXIT_CODES = {
     8: "verification failed (tampering or corruption detected)",
     9: "refused by a rule of the ledger (e.g. key already trusted)",
     10: "not found (no such aggregate in the ledger)",
+    11: "host unreachable or its probe failed (address and cause named)",
+    12: "placement impossible (group, short resource and best host named)",
+    13: "hardware admission rejected (reason codes given)",
+    14: "doctor found a failing check",
 }
 
 

@@ -14,6 +14,7 @@ import msgspec
 
 from chassis.errors import WorkspaceError
 from chassis.keyring import load_acting_key
+from chassis.stack.example import example_stack
 from chassis.workspace import SETTINGS_FILE, STACK_FILE, STATE_DIR, WorkspaceSettings
 from ledger.application import Ledger
 from ledger.errors import NotAuthorisedError
@@ -46,12 +47,20 @@ class InitResult:
 
 
 def init_workspace(
-    directory: Path, *, name: str | None, key_name: str | None, keys: Path, ledger_url: str | None
+    directory: Path,
+    *,
+    name: str | None,
+    key_name: str | None,
+    keys: Path,
+    ledger_url: str | None,
+    example: bool = False,
 ) -> InitResult:
     """Create a workspace and, on a new ledger, its root of trust."""
     root = directory.expanduser().absolute()
     if (root / STATE_DIR / SETTINGS_FILE).exists():
         raise WorkspaceError(f"{root}: already a chassis workspace")
+    if example and (root / STACK_FILE).exists():
+        raise WorkspaceError(f"{root / STACK_FILE}: already exists; --example would overwrite it")
     name = name or re.sub(r"[^a-z0-9-]+", "-", root.name.lower()).strip("-") or "chassis"
     if not WORKSPACE_NAME.match(name):
         raise WorkspaceError(f"workspace name {name!r}: expected lowercase letters, digits and '-'")
@@ -86,7 +95,7 @@ def init_workspace(
             )
             ledger.close()
             root_keyid = signer.keyid
-        _write_workspace_files(root, name, root_keyid, signer.name)
+        _write_workspace_files(root, name, root_keyid, signer.name, example=example)
     except BaseException:
         if generated is not None:
             for suffix in (".key", ".pub"):
@@ -121,10 +130,17 @@ def _join_existing(trust: Trust, keys: Path, key_name: str | None) -> KeyPair:
     return signer
 
 
-def _write_workspace_files(root: Path, name: str, root_keyid: str, default_key: str) -> None:
+def _write_workspace_files(
+    root: Path, name: str, root_keyid: str, default_key: str, *, example: bool
+) -> None:
     stack = root / STACK_FILE
     if not stack.exists():
-        stack.write_text(STACK_TEMPLATE.format(name=name, schema=name.replace("-", "_")))
+        text = (
+            example_stack(name)
+            if example
+            else STACK_TEMPLATE.format(name=name, schema=name.replace("-", "_"))
+        )
+        stack.write_text(text)
     settings = WorkspaceSettings(name=name, root_keyid=root_keyid, default_key=default_key)
     tmp = root / STATE_DIR / f"{SETTINGS_FILE}.tmp"
     tmp.write_bytes(msgspec.json.format(msgspec.json.encode(settings)) + b"\n")

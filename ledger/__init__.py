@@ -16,6 +16,7 @@ from ledger.errors import (
     StorageError,
 )
 from ledger.events import LedgerEvent, event_type_for_topic
+from ledger.hosts import Host, HostSettings
 from ledger.keys import KeyPair, generate_keypair, keyid_for, load_keypair
 from ledger.records import SealedRecord, parse_record
 from ledger.storage import StorageConfig, open_ledger
@@ -25,6 +26,8 @@ __all__ = [
     "EVENT_DIGEST_TAG",
     "GENESIS",
     "ConflictError",
+    "Host",
+    "HostSettings",
     "KeyFileError",
     "KeyPair",
     "Ledger",

@@ -48,6 +48,10 @@ class LedgerEvent(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name, kind in cls.__annotations__.items():
+            if "ClassVar" in str(kind):
+                continue
+            if name not in ENVELOPE_FIELDS and hasattr(LedgerEvent, name):
+                raise TypeError(f"{cls.__qualname__}.{name}: clashes with LedgerEvent.{name}")
             if any(word in str(getattr(kind, "__name__", kind)) for word in _NO_CANONICAL_FORM):
                 raise TypeError(f"{cls.__qualname__}.{name}: {kind} has no canonical form")
         topic = cls.__dict__.get("TOPIC", "")

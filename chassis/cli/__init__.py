@@ -12,9 +12,13 @@ import click
 
 from chassis import __version__
 from chassis.cli.app import App
+from chassis.cli.doctor_cmd import doctor_command
+from chassis.cli.hardware import hardware_group
+from chassis.cli.host import host_group
 from chassis.cli.init_cmd import init_command
 from chassis.cli.key import key_group
 from chassis.cli.ledger import ledger_group
+from chassis.cli.stack import stack_group
 from chassis.config.env import EnvVars
 
 
@@ -66,9 +70,16 @@ def cli(ctx: click.Context, workspace: Path | None, key_ref: str | None) -> None
     ctx.call_on_close(app.close)
 
 
-cli.add_command(init_command)
-cli.add_command(key_group)
-cli.add_command(ledger_group)
+for command in (
+    init_command,
+    key_group,
+    ledger_group,
+    stack_group,
+    host_group,
+    hardware_group,
+    doctor_command,
+):
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from chassis.keyring import load_acting_key
+from chassis.stack.spec import Stack, load_stack
 from chassis.workspace import Workspace, keys_dir
 from ledger.application import Ledger
 from ledger.keys import KeyPair
@@ -25,6 +26,7 @@ class App:
     key_ref: str | None = None
     _workspace: Workspace | None = field(default=None, repr=False)
     _ledger: Ledger | None = field(default=None, repr=False)
+    _stack: Stack | None = field(default=None, repr=False)
 
     @property
     def keys_dir(self) -> Path:
@@ -35,6 +37,12 @@ class App:
         if self._workspace is None:
             self._workspace = Workspace.find(self.workspace_path)
         return self._workspace
+
+    def stack(self) -> Stack:
+        """The workspace's validated stack file."""
+        if self._stack is None:
+            self._stack = load_stack(self.workspace.stack_file)
+        return self._stack
 
     def signer(self) -> KeyPair:
         ref = self.key_ref or self.workspace.settings().default_key

@@ -18,14 +18,20 @@ from chassis.trust_admin import init_workspace
 Examples:
   chassis init                      # workspace in the current directory
   chassis init ./shop --name shop   # new directory, new root key 'shop-root'
+  chassis init ./shop --example     # with a commented example stack file
   CHASSIS_LEDGER=postgresql://chassis@db:5432/chassis?schema=shop \\
     chassis init ./shop --key alice # join a shared ledger with a trusted key""",
 )
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=".")
 @click.option("--name", help="Workspace (and ledger) name; default: the directory name.")
+@click.option(
+    "--example",
+    is_flag=True,
+    help="Write a commented example chassis.toml (3 components, 3 profiles, dev and prod).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_app
-def init_command(app: App, directory: Path, name: str | None, as_json: bool) -> None:
+def init_command(app: App, directory: Path, name: str | None, example: bool, as_json: bool) -> None:
     """Create a workspace and its ledger, with a new root key as the root of trust.
 
     On a new ledger the root key (NAME-root, or --key) signs the genesis of
@@ -38,6 +44,7 @@ def init_command(app: App, directory: Path, name: str | None, as_json: bool) -> 
         key_name=app.key_ref,
         keys=app.keys_dir,
         ledger_url=os.environ.get(EnvVars.LEDGER),
+        example=example,
     )
     data = {
         "workspace": str(result.workspace),

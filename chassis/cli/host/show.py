@@ -1,0 +1,48 @@
+"""``chassis host show``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from chassis.cli.app import App, pass_app
+from chassis.cli.host.render import host_data, summary, where
+from chassis.hosts import get_host, sync_declared
+
+
+@click.command("show", epilog="Example: chassis host show dev-1 --json | jq .facts.gpus")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the host as JSON.")
+@pass_app
+def show_command(app: App, name: str, as_json: bool) -> None:
+    """A host's settings, latest recorded facts and admission results."""
+    ledger = app.ledger(signing=True)
+    sync_declared(ledger, app.stack(), {name})
+    host = get_host(ledger, name)
+
+    def human() -> None:
+        s = host.settings
+        click.echo(
+            f"{host.name} ({s.environment}): {where(host)}, root {s.root}, "
+            f"supervisor {s.supervisor}"
+        )
+        if s.labels:
+            click.echo("  labels: " + ", ".join(f"{k}={v}" for k, v in sorted(s.labels.items())))
+        if host.removed:
+            click.echo(f"  removed: {host.removed_reason}")
+        click.echo(
+            f"  facts: {summary(host)}"
+            + (f" (recorded {host.inventoried_at})" if host.inventoried_at else "")
+        )
+        if host.facts:
+            click.echo(
+                "  " + json.dumps(host.facts, indent=2, sort_keys=True).replace("\n", "\n  ")
+            )
+        for runtime, verdict in sorted(host.admissions.items()):
+            state = (
+                "admitted" if verdict["admitted"] else "rejected: " + "; ".join(verdict["reasons"])
+            )
+            click.echo(f"  runtime {runtime}: {state}")
+
+    app.emit(host_data(host), as_json=as_json, human=human)

@@ -1,0 +1,218 @@
+"""Preflight checks: each reports pass, warn or fail with a one-line fix.
+
+Read-only: doctor appends nothing to the ledger (declared hosts are checked
+from the stack file, not registered).
+"""
+
+from __future__ import annotations
+
+import shlex
+import stat
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+from adapters.errors import ConnectorError
+from chassis.connect import connector_from_settings
+from chassis.errors import ChassisError
+from chassis.hosts import all_hosts, settings_from_spec
+from chassis.keyring import local_key_path
+from chassis.stack.spec import load_stack
+from chassis.workspace import Workspace, keys_dir
+from ledger.errors import LedgerError
+from ledger.hosts import HostSettings
+from ledger.storage import open_ledger
+from proofs.chain import LedgerVerificationError, verify_ledger
+
+Status = Literal["pass", "warn", "fail"]
+OUR_PACKAGES = ("chassis", "ledger", "projections", "adapters", "proofs")
+DISTRIBUTION = "chassis-ledger"
+LOW_DISK_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_doctor(workspace_path: Path | None, key_ref: str | None, timeout: float) -> list[Check]:
+    checks = [check_python(), check_shadowing()]
+    try:
+        ws = Workspace.find(workspace_path)
+    except ChassisError as e:
+        return [
+            *checks,
+            Check("workspace", "fail", str(e), "run 'chassis init' or pass --workspace"),
+        ]
+    checks.append(Check("workspace", "pass", str(ws.root)))
+    checks.append(check_ledger(ws))
+    checks.append(check_keys(ws, key_ref))
+    checks.extend(check_hosts(ws, timeout))
+    return checks
+
+
+def check_python() -> Check:
+    # Older Pythons cannot even import Chassis; report what runs it.
+    version = ".".join(map(str, sys.version_info[:3]))
+    return Check("python", "pass", f"Python {version} at {sys.executable}")
+
+
+def check_shadowing() -> Check:
+    """Another distribution providing one of our top-level packages breaks imports."""
+    owners = metadata.packages_distributions()
+    clashes = sorted(
+        f"{name} (from {dist})"
+        for name in OUR_PACKAGES
+        for dist in owners.get(name, [])
+        if dist.lower().replace("_", "-") != DISTRIBUTION
+    )
+    if clashes:
+        return Check(
+            "package names",
+            "warn",
+            "also installed by another distribution: " + ", ".join(clashes),
+            "install chassis in its own environment (pipx install chassis-ledger)",
+        )
+    return Check(
+        "package names", "pass", "no other distribution shadows " + ", ".join(OUR_PACKAGES)
+    )
+
+
+def check_ledger(ws: Workspace) -> Check:
+    try:
+        ledger = open_ledger(ws.storage(), None)
+        try:
+            result = verify_ledger(ledger.scan(), pinned_root=ws.settings().root_keyid)
+        finally:
+            ledger.close()
+    except LedgerVerificationError as e:
+        return Check("ledger", "fail", str(e), "investigate with 'chassis ledger verify --json'")
+    except (LedgerError, ChassisError) as e:
+        return Check("ledger", "fail", e.diagnostics(), "check CHASSIS_LEDGER / [ledger] url")
+    return Check("ledger", "pass", f"{ws.storage().describe()}: {result.events} events verified")
+
+
+def check_keys(ws: Workspace, key_ref: str | None) -> Check:
+    directory = keys_dir()
+    if not directory.is_dir():
+        return Check("keys", "fail", f"{directory}: no key directory", "run 'chassis init'")
+    mode = stat.S_IMODE(directory.stat().st_mode)
+    ref = key_ref or ws.settings().default_key
+    path = local_key_path(directory, ref)
+    if path is None:
+        return Check("keys", "fail", f"no private key {ref!r} in {directory}", "pass --key NAME")
+    key_mode = stat.S_IMODE(path.stat().st_mode)
+    if key_mode & 0o077:
+        return Check("keys", "fail", f"{path} has mode {key_mode:o}", f"chmod 600 {path}")
+    if mode & 0o077:
+        return Check("keys", "warn", f"{directory} has mode {mode:o}", f"chmod 700 {directory}")
+    return Check("keys", "pass", f"{path} (mode 600)")
+
+
+def _hosts(ws: Workspace) -> list[tuple[str, HostSettings]]:
+    found: dict[str, HostSettings] = {}
+    if ws.stack_file.exists():
+        stack = load_stack(ws.stack_file)
+        for environment, spec in stack.hosts():
+            found[spec.name] = settings_from_spec(environment, spec)
+    try:
+        ledger = open_ledger(ws.storage(), None)
+        try:
+            for host in all_hosts(ledger):
+                found.setdefault(host.name, host.settings)
+        finally:
+            ledger.close()
+    except LedgerError:
+        pass  # reported by the ledger check
+    return sorted(found.items())
+
+
+def check_hosts(ws: Workspace, timeout: float) -> list[Check]:
+    hosts = _hosts(ws)
+    if not hosts:
+        return [
+            Check(
+                "hosts",
+                "warn",
+                "no hosts declared or registered",
+                "add [environments] to chassis.toml",
+            )
+        ]
+    with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
+        per_host = list(pool.map(lambda item: _check_host(ws, item[0], item[1], timeout), hosts))
+    return [check for checks in per_host for check in checks]
+
+
+def _check_host(ws: Workspace, name: str, settings: HostSettings, timeout: float) -> list[Check]:
+    label = f"host {name}"
+    root = settings.root
+    if settings.connector == "local" and not root.startswith("/"):
+        root = str((ws.root / root).resolve())
+    try:
+        with connector_from_settings(name, settings, ws, connect_timeout=timeout) as connector:
+            connector.connect()
+            checks = [Check(f"{label}: reachable", "pass", connector.where())]
+            checks.append(
+                _probe(
+                    label,
+                    "python3",
+                    connector.run,
+                    "command -v python3",
+                    "install python3 on the host (the inventory probe needs it)",
+                )
+            )
+            checks.append(_disk(label, connector.run, root))
+            if settings.supervisor == "systemd":
+                checks.append(
+                    _probe(
+                        label,
+                        "systemd",
+                        connector.run,
+                        "command -v systemctl >/dev/null && test -d /run/systemd/system",
+                        'use supervisor = "direct" or a host booted with systemd',
+                    )
+                )
+            return checks
+    except ConnectorError as e:
+        fix = (
+            "pin its key with 'chassis host trust-key " + name + "'"
+            if "host key" in str(e)
+            else ("check the address, port, user and key file")
+        )
+        return [Check(f"{label}: reachable", "fail", e.diagnostics(), fix)]
+
+
+Runner = Callable[..., Any]
+
+
+def _probe(label: str, what: str, run: Runner, command: str, fix: str) -> Check:
+    result = run(command, timeout=30.0)
+    if result.exit_code == 0:
+        return Check(
+            f"{label}: {what}", "pass", (result.stdout.strip() or "available").splitlines()[0]
+        )
+    return Check(f"{label}: {what}", "fail", f"not usable (exit {result.exit_code})", fix)
+
+
+def _disk(label: str, run: Runner, root: str) -> Check:
+    # The root may not exist before the first deploy: measure its nearest parent.
+    script = 'p="$1"; while [ ! -e "$p" ]; do p=$(dirname "$p"); done; df -Pk "$p" | tail -n 1'
+    result = run(f"sh -c {shlex.quote(script)} _ {shlex.quote(root)}", timeout=30.0)
+    fields = result.stdout.split()
+    if result.exit_code != 0 or len(fields) < 4 or not fields[3].isdigit():
+        return Check(f"{label}: disk", "warn", f"could not measure free space under {root}")
+    free = int(fields[3]) * 1024
+    detail = f"{free / 2**30:.1f} GiB free under {root}"
+    if free < LOW_DISK_BYTES:
+        return Check(f"{label}: disk", "warn", detail, "free space: releases need room")
+    return Check(f"{label}: disk", "pass", detail)

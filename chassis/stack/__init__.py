@@ -1,0 +1,1 @@
+"""The stack file (chassis.toml): schema, validation, the example."""

@@ -1,0 +1,105 @@
+"""The shape of ``chassis.toml``: msgspec Structs, one per table.
+
+Only structure lives here; cross-references (a profile naming a component,
+duplicate host names, sizes) are checked by :mod:`chassis.stack.spec`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class _Table(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """A TOML table: unknown keys are errors, never silently ignored."""
+
+
+class AppSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    name: str
+    description: str = ""
+
+
+class HealthSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    type: Literal["http", "tcp", "command"]
+    port: str | int | None = None
+    """A port name from the component's ``ports``, or a number."""
+    path: str = "/"
+    expect_status: int = 200
+    body_contains: str | None = None
+    command: str | None = None
+    interval_ms: int = 500
+    timeout_ms: int = 2000
+    passes: int = 2
+    """Consecutive passes required."""
+    window_ms: int = 30000
+    """Give up after this long."""
+
+
+class ResourcesSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    cpu: int | float = 0
+    """Cores; fractions allowed (0.5 = 500 millicores)."""
+    memory: int | str = 0
+    """Bytes, or a size such as "512MiB"."""
+    gpus: int = 0
+    vram: int | str = 0
+    """Per GPU: bytes, or a size such as "8GiB"."""
+
+
+class ComponentSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    command: str
+    env: dict[str, str] = {}
+    ports: dict[str, int] = {}
+    health: HealthSpec | None = None
+    resources: ResourcesSpec = ResourcesSpec()
+
+
+class GroupSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    components: list[str]
+    labels: dict[str, str] = {}
+    """Host labels this group requires."""
+
+
+class ProfileSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    description: str = ""
+    groups: dict[str, GroupSpec]
+
+
+class HostSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    name: str
+    connector: Literal["local", "ssh"]
+    root: str
+    address: str | None = None
+    port: int = 22
+    user: str | None = None
+    key: str | None = None
+    """Private key file for ssh (a path; its content never enters the ledger)."""
+    supervisor: Literal["direct", "systemd"] = "direct"
+    labels: dict[str, str] = {}
+
+
+class EnvironmentSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    description: str = ""
+    hosts: list[HostSpec]
+
+
+class ReleaseSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    artifact: str
+    sha256: str | None = None
+    config: dict[str, str] = {}
+
+
+class RuntimeSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    description: str = ""
+    gpu: Literal["nvidia", "none"] = "none"
+    min_gpus: int = 0
+    min_vram: int | str = 0
+    min_compute_capability: str | None = None
+    cuda_driver: str | None = None
+    """A version range such as ">=12.0,<13"."""
+    min_cores: int = 0
+    min_memory: int | str = 0
+
+
+class LedgerSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    url: str | None = None

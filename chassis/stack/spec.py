@@ -1,0 +1,315 @@
+"""Loading and validating ``chassis.toml`` into a :class:`Stack`.
+
+Every error is one line: the file, the key path (``environments.prod.hosts[2].port``),
+what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from chassis.errors import WorkspaceError
+from chassis.stack.schema import (
+    AppSpec,
+    ComponentSpec,
+    EnvironmentSpec,
+    HostSpec,
+    LedgerSpec,
+    ProfileSpec,
+    ReleaseSpec,
+    RuntimeSpec,
+)
+
+T = TypeVar("T")
+
+SECTIONS = ("app", "components", "profiles", "environments", "releases", "runtimes", "ledger")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_TYPE_WORDS = {
+    "int": "an integer",
+    "str": "a string",
+    "float": "a number",
+    "bool": "true or false",
+    "object": "a table",
+    "array": "an array",
+    "null": "nothing",
+}
+
+
+class StackError(WorkspaceError):
+    """``chassis.toml`` is malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What a component (or a node group, summed) needs from its host."""
+
+    cpu_millis: int = 0
+    memory_bytes: int = 0
+    gpus: int = 0
+    vram_bytes: int = 0
+    """Per GPU."""
+
+    def __add__(self, other: Demand) -> Demand:
+        return Demand(
+            self.cpu_millis + other.cpu_millis,
+            self.memory_bytes + other.memory_bytes,
+            self.gpus + other.gpus,
+            max(self.vram_bytes, other.vram_bytes),
+        )
+
+
+@dataclass(frozen=True)
+class Stack:
+    path: Path
+    app: AppSpec
+    components: dict[str, ComponentSpec]
+    profiles: dict[str, ProfileSpec]
+    environments: dict[str, EnvironmentSpec]
+    releases: dict[str, ReleaseSpec]
+    runtimes: dict[str, RuntimeSpec]
+    ledger: LedgerSpec
+
+    def profile(self, name: str) -> ProfileSpec:
+        if name not in self.profiles:
+            raise StackError(
+                f"{self.path}: no profile {name!r} (profiles: {', '.join(self.profiles) or 'none'})"
+            )
+        return self.profiles[name]
+
+    def environment(self, name: str) -> EnvironmentSpec:
+        if name not in self.environments:
+            known = ", ".join(self.environments) or "none"
+            raise StackError(f"{self.path}: no environment {name!r} (environments: {known})")
+        return self.environments[name]
+
+    def demand(self, component: str) -> Demand:
+        resources = self.components[component].resources
+        return Demand(
+            cpu_millis=round(resources.cpu * 1000),
+            memory_bytes=parse_size(resources.memory),
+            gpus=resources.gpus,
+            vram_bytes=parse_size(resources.vram),
+        )
+
+    def group_demand(self, profile: str, group: str) -> Demand:
+        total = Demand()
+        for component in self.profile(profile).groups[group].components:
+            total = total + self.demand(component)
+        return total
+
+    def hosts(self) -> list[tuple[str, HostSpec]]:
+        """Every declared host with its environment, in file order."""
+        return [(env, host) for env, spec in self.environments.items() for host in spec.hosts]
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a string such as ``"512MiB"`` / ``"8GB"``. Raises ``ValueError``."""
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    match = _SIZE.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a size like 512MiB or 8GB")
+    number, unit = match.groups()
+    return int(float(number) * _UNITS[(unit or "B").lower()])
+
+
+def load_stack(path: Path) -> Stack:
+    """Read and validate a stack file. Raises ``StackError`` with one clear line."""
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise StackError(f"{path}: no stack file (run 'chassis init --example')") from None
+    except tomllib.TOMLDecodeError as e:
+        raise StackError(f"{path}: invalid TOML: {e}") from None
+    return validate_stack(raw, path)
+
+
+def validate_stack(raw: dict[str, Any], path: Path) -> Stack:
+    for key in raw:
+        if key not in SECTIONS:
+            raise StackError(
+                f"{path}: {key}: unknown section (expected one of {', '.join(SECTIONS)})"
+            )
+    if "app" not in raw:
+        raise StackError(f'{path}: app: missing section [app] with name = "…"')
+    stack = Stack(
+        path=path,
+        app=_convert(raw["app"], AppSpec, "app", path),
+        components=_table_of(raw, "components", ComponentSpec, path),
+        profiles=_table_of(raw, "profiles", ProfileSpec, path),
+        environments=_table_of(raw, "environments", EnvironmentSpec, path),
+        releases=_table_of(raw, "releases", ReleaseSpec, path),
+        runtimes=_table_of(raw, "runtimes", RuntimeSpec, path),
+        ledger=_convert(raw.get("ledger", {}), LedgerSpec, "ledger", path),
+    )
+    _check_references(stack)
+    return stack
+
+
+def _table_of(raw: dict[str, Any], section: str, kind: type[T], path: Path) -> dict[str, T]:
+    table = raw.get(section, {})
+    if not isinstance(table, dict):
+        raise StackError(f"{path}: {section}: expected a table, found {_describe(table)}")
+    result: dict[str, T] = {}
+    for name, value in table.items():
+        if not _NAME.match(name):
+            raise StackError(
+                f"{path}: {section}.{name}: expected a name of letters, digits, '.', '_' or '-'"
+            )
+        result[name] = _convert(value, kind, f"{section}.{name}", path)
+    return result
+
+
+def _convert(value: Any, kind: type[T], where: str, path: Path) -> T:
+    try:
+        return msgspec.convert(value, kind)
+    except msgspec.ValidationError as e:
+        raise StackError(f"{path}: {_explain(str(e), value, where)}") from None
+
+
+def _explain(message: str, raw: Any, where: str) -> str:
+    """Turn msgspec's ``Expected `int`, got `str` - at `$.hosts[2].port``` into
+    ``environments.prod.hosts[2].port: expected an integer, found "x"``."""
+    detail, _, at = message.partition(" - at `")
+    segments = re.findall(r"\.([^.\[`]+)|\[(\d+|\.\.\.)\]", at.rstrip("`").removeprefix("$"))
+    node: Any = raw
+    parts: list[str] = [where]
+    for key, index in segments:
+        if key:
+            parts.append(f".{key}")
+            node = node.get(key) if isinstance(node, dict) else None
+        elif index == "...":
+            bad = _first_bad_key(node, detail)
+            parts.append(f".{bad}" if bad is not None else "[…]")
+            node = node.get(bad) if isinstance(node, dict) and bad is not None else None
+        else:
+            parts.append(f"[{index}]")
+            node = node[int(index)] if isinstance(node, list) and int(index) < len(node) else None
+    location = "".join(parts)
+    unknown = re.match(r"Object contains unknown field `(.+)`", detail)
+    if unknown:
+        return f"{location}.{unknown.group(1)}: unknown key"
+    missing = re.match(r"Object missing required field `(.+)`", detail)
+    if missing:
+        return f"{location}.{missing.group(1)}: missing required key"
+    expected = re.match(r"Expected `(.+?)`, got `(.+?)`", detail)
+    if expected:
+        wanted = " or ".join(
+            _TYPE_WORDS.get(t.strip(), t.strip()) for t in expected.group(1).split("|")
+        )
+        return f"{location}: expected {wanted}, found {_describe(node)}"
+    return f"{location}: {detail[0].lower()}{detail[1:]}"
+
+
+def _first_bad_key(node: Any, detail: str) -> str | None:
+    """msgspec hides dict keys as ``[...]``: find the entry the error is about."""
+    if not isinstance(node, dict):
+        return None
+    got = re.search(r"got `(\w+)`", detail)
+    kinds = {"str": str, "int": int, "float": float, "bool": bool, "object": dict, "array": list}
+    wanted = kinds.get(got.group(1)) if got else None
+    for key, value in node.items():
+        if wanted is not None and isinstance(value, wanted):
+            return str(key)
+    return str(next(iter(node))) if len(node) == 1 else None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f"string {value!r}"
+    if isinstance(value, int | float):
+        return f"number {value}"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return "nothing" if value is None else type(value).__name__
+
+
+def _check_references(stack: Stack) -> None:
+    path = stack.path
+    for name, component in stack.components.items():
+        where = f"components.{name}"
+        for size_key in ("memory", "vram"):
+            try:
+                parse_size(getattr(component.resources, size_key))
+            except ValueError as e:
+                raise StackError(f"{path}: {where}.resources.{size_key}: {e}") from None
+        if component.resources.cpu < 0 or component.resources.gpus < 0:
+            raise StackError(f"{path}: {where}.resources: cpu and gpus cannot be negative")
+        health = component.health
+        if health is not None:
+            if isinstance(health.port, str) and health.port not in component.ports:
+                raise StackError(
+                    f"{path}: {where}.health.port: expected one of this component's ports "
+                    f"({', '.join(component.ports) or 'none declared'}), found {health.port!r}"
+                )
+            if health.type in ("http", "tcp") and health.port is None:
+                raise StackError(f"{path}: {where}.health.port: required for a {health.type} check")
+            if health.type == "command" and not health.command:
+                raise StackError(f"{path}: {where}.health.command: required for a command check")
+    for name, profile in stack.profiles.items():
+        if not profile.groups:
+            raise StackError(f"{path}: profiles.{name}.groups: expected at least one group")
+        placed: dict[str, str] = {}
+        for group_name, group in profile.groups.items():
+            for i, member in enumerate(group.components):
+                if member not in stack.components:
+                    known = ", ".join(stack.components) or "none"
+                    raise StackError(
+                        f"{path}: profiles.{name}.groups.{group_name}.components[{i}]: "
+                        f"no component {member!r} (components: {known})"
+                    )
+                if member in placed:
+                    raise StackError(
+                        f"{path}: profiles.{name}.groups.{group_name}.components[{i}]: "
+                        f"{member!r} is already in group {placed[member]!r}"
+                    )
+                placed[member] = group_name
+    seen: dict[str, str] = {}
+    for env_name, env in stack.environments.items():
+        for i, host in enumerate(env.hosts):
+            where = f"environments.{env_name}.hosts[{i}]"
+            if not _NAME.match(host.name):
+                raise StackError(f"{path}: {where}.name: expected letters, digits, '.', '_' or '-'")
+            if host.name in seen:
+                raise StackError(
+                    f"{path}: {where}.name: host {host.name!r} is already declared "
+                    f"at {seen[host.name]}"
+                )
+            seen[host.name] = where
+            if host.connector == "ssh":
+                for required in ("address", "user"):
+                    if not getattr(host, required):
+                        raise StackError(f"{path}: {where}.{required}: required for an ssh host")
+            if not 1 <= host.port <= 65535:
+                raise StackError(f"{path}: {where}.port: expected 1-65535, found {host.port}")
+    for name, runtime in stack.runtimes.items():
+        for size_key in ("min_vram", "min_memory"):
+            try:
+                parse_size(getattr(runtime, size_key))
+            except ValueError as e:
+                raise StackError(f"{path}: runtimes.{name}.{size_key}: {e}") from None
