@@ -9,7 +9,6 @@ are still inventoried. Unchanged capacity appends nothing.
 from __future__ import annotations
 
 import json
-import shlex
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +17,9 @@ import msgspec
 
 from adapters.connectors.base import Connector
 from adapters.errors import ConnectorError
+from adapters.facts.inventory import HostInventory
 from adapters.facts.model import FactsError, HostFacts, facts_digest, parse_probe_output
-from adapters.facts.probe import collect, probe_source
+from adapters.facts.probe import collect
 from chassis.connect import DEFAULT_CONNECT_TIMEOUT_S, connector_for
 from chassis.errors import ChassisError
 from chassis.hosts import resolve_root
@@ -62,12 +62,14 @@ def probe(host: Host, ws: Workspace, *, timeout: float = DEFAULT_CONNECT_TIMEOUT
         return probe_remote(host.name, connector, roots)
 
 
-def probe_remote(name: str, connector: Connector, roots: list[str]) -> HostFacts:
-    command = "python3 - " + " ".join(shlex.quote(r) for r in roots)
-    result = connector.run(command, stdin=probe_source().encode(), timeout=PROBE_TIMEOUT_S)
+def probe_remote(
+    name: str, connector: Connector, roots: list[str], *, python: str = "python3"
+) -> HostFacts:
+    command = HostInventory.command(roots, python=python)
+    result = connector.run(command.shell(), stdin=command.stdin, timeout=PROBE_TIMEOUT_S)
     if result.exit_code == 127:
         raise ProbeFailed(
-            f"host {name}: python3 is not installed there; the inventory probe needs it "
+            f"host {name}: {python} is not installed there; the inventory probe needs it "
             "(install python3 on the host)"
         )
     if not result.ok:

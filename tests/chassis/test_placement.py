@@ -16,7 +16,7 @@ hosts_strategy = st.lists(
         HostCapacity,
         name=st.sampled_from([f"h{i}" for i in range(8)]),
         cpu_millis=st.integers(500, 16000),
-        memory_bytes=st.integers(1, 64) .map(lambda g: g * GIB),
+        memory_bytes=st.integers(1, 64).map(lambda g: g * GIB),
         gpu_vram=st.lists(st.sampled_from([8 * GIB, 24 * GIB, 80 * GIB]), max_size=4).map(tuple),
         labels=st.sampled_from([{}, {"role": "batch"}]),
     ),
@@ -45,7 +45,9 @@ groups_strategy = st.lists(
 
 @settings(max_examples=300, deadline=None)
 @given(groups=groups_strategy, hosts=hosts_strategy)
-def test_never_over_commits_and_is_deterministic(groups: list[GroupNeed], hosts: list[HostCapacity]) -> None:
+def test_never_over_commits_and_is_deterministic(
+    groups: list[GroupNeed], hosts: list[HostCapacity]
+) -> None:
     try:
         first = place(groups, hosts)
     except PlacementError as e:

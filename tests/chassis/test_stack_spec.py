@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,11 +14,11 @@ from chassis.stack.spec import StackError, load_stack, parse_size, validate_stac
 FILE = Path("/ws/chassis.toml")
 
 
-def example() -> dict[str, object]:
+def example() -> dict[str, Any]:
     return tomllib.loads(example_stack("shop"))
 
 
-def error_for(raw: dict[str, object]) -> str:
+def error_for(raw: dict[str, Any]) -> str:
     with pytest.raises(StackError) as caught:
         validate_stack(raw, FILE)
     message = str(caught.value)
@@ -39,7 +40,7 @@ def test_example_is_valid_and_complete() -> None:
 
 def test_wrong_type_names_the_key_path() -> None:
     raw = example()
-    raw["environments"]["prod"]["hosts"][2]["port"] = "twenty-two"  # type: ignore[index]
+    raw["environments"]["prod"]["hosts"][2]["port"] = "twenty-two"
     assert error_for(raw) == (
         "environments.prod.hosts[2].port: expected an integer, found string 'twenty-two'"
     )
@@ -47,7 +48,7 @@ def test_wrong_type_names_the_key_path() -> None:
 
 def test_unknown_key() -> None:
     raw = example()
-    raw["components"]["api"]["replicas"] = 3  # type: ignore[index]
+    raw["components"]["api"]["replicas"] = 3
     assert error_for(raw) == "components.api.replicas: unknown key"
 
 
@@ -56,19 +57,19 @@ def test_unknown_section_and_missing_key() -> None:
     raw["deploy"] = {}
     assert error_for(raw).startswith("deploy: unknown section")
     raw = example()
-    del raw["components"]["api"]["command"]  # type: ignore[attr-defined]
+    del raw["components"]["api"]["command"]
     assert error_for(raw) == "components.api.command: missing required key"
 
 
 def test_wrong_type_inside_a_map() -> None:
     raw = example()
-    raw["components"]["gateway"]["env"] = {"LOG_LEVEL": "info", "WORKERS": 4}  # type: ignore[index]
+    raw["components"]["gateway"]["env"] = {"LOG_LEVEL": "info", "WORKERS": 4}
     assert error_for(raw) == "components.gateway.env.WORKERS: expected a string, found number 4"
 
 
 def test_profile_naming_a_missing_component() -> None:
     raw = example()
-    raw["profiles"]["monolith"]["groups"]["all"]["components"].append("cache")  # type: ignore[index]
+    raw["profiles"]["monolith"]["groups"]["all"]["components"].append("cache")
     assert error_for(raw) == (
         "profiles.monolith.groups.all.components[3]: no component 'cache' "
         "(components: gateway, api, worker)"
@@ -77,7 +78,7 @@ def test_profile_naming_a_missing_component() -> None:
 
 def test_two_hosts_with_the_same_name() -> None:
     raw = example()
-    raw["environments"]["prod"]["hosts"][1]["name"] = "dev-2"  # type: ignore[index]
+    raw["environments"]["prod"]["hosts"][1]["name"] = "dev-2"
     assert error_for(raw) == (
         "environments.prod.hosts[1].name: host 'dev-2' is already declared at "
         "environments.dev.hosts[1]"
@@ -86,16 +87,16 @@ def test_two_hosts_with_the_same_name() -> None:
 
 def test_ssh_host_needs_an_address_and_sizes_must_parse() -> None:
     raw = example()
-    del raw["environments"]["prod"]["hosts"][0]["address"]  # type: ignore[attr-defined]
+    del raw["environments"]["prod"]["hosts"][0]["address"]
     assert error_for(raw) == "environments.prod.hosts[0].address: required for an ssh host"
     raw = example()
-    raw["components"]["api"]["resources"]["memory"] = "lots"  # type: ignore[index]
+    raw["components"]["api"]["resources"]["memory"] = "lots"
     assert error_for(raw).startswith("components.api.resources.memory: 'lots' is not a size")
 
 
 def test_health_port_must_be_declared() -> None:
     raw = example()
-    raw["components"]["api"]["health"]["port"] = "admin"  # type: ignore[index]
+    raw["components"]["api"]["health"]["port"] = "admin"
     assert "components.api.health.port: expected one of this component's ports" in error_for(raw)
 
 
@@ -110,7 +111,13 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("512MiB", 512 * 2**20), ("8GiB", 8 * 2**30), ("1.5GB", 1_500_000_000), ("100", 100), (64, 64)],
+    [
+        ("512MiB", 512 * 2**20),
+        ("8GiB", 8 * 2**30),
+        ("1.5GB", 1_500_000_000),
+        ("100", 100),
+        (64, 64),
+    ],
 )
 def test_sizes(text: str | int, size: int) -> None:
     assert parse_size(text) == size

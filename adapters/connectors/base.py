@@ -1,0 +1,121 @@
+"""The connector interface: where commands run and files land.
+
+Host operations are written once against :class:`Connector`; ``local`` and
+``ssh`` implement it with the same semantics (pyinfra's connector ABC, minus
+its global context). Target paths are POSIX strings.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+DEFAULT_TIMEOUT = 60.0
+NEW_FILE_MODE = 0o644
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What one command did; ``command`` is the display text, never secrets."""
+
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def temp_sibling(path: str) -> str:
+    """A fresh hidden name in ``path``'s directory, so a rename onto it is atomic."""
+    directory, base = posixpath.split(path)
+    return posixpath.join(directory, f".{base}.tmp-{secrets.token_hex(6)}")
+
+
+class Connector(ABC):
+    """Run commands and move files on one target host."""
+
+    name: str
+
+    def where(self) -> str:
+        """Where the host is, for messages (``local`` or ``address:port``)."""
+        return "local"
+
+    @abstractmethod
+    def connect(self) -> None:
+        """Open the connection if not yet open (idempotent); raise typed errors."""
+
+    @abstractmethod
+    def run(
+        self,
+        command: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        check: bool = False,
+        display: str | None = None,
+    ) -> CommandResult:
+        """Run ``command`` with ``sh -c`` on the target.
+
+        ``display`` replaces the command text in the result and errors (masking
+        secrets). Past ``timeout`` the command is killed and
+        :class:`~adapters.errors.ConnectorTimeout` raised; with ``check`` a
+        non-zero exit raises :class:`~adapters.errors.CommandFailed`.
+        """
+
+    @abstractmethod
+    def put(self, local: Path, remote: str, *, mode: int | None = None) -> None:
+        """Copy a local file to ``remote`` atomically (temp name + rename).
+
+        ``mode`` None keeps an existing file's mode, else 0644.
+        """
+
+    @abstractmethod
+    def put_bytes(self, data: bytes, remote: str, *, mode: int | None = None) -> None:
+        """Write ``data`` to ``remote`` atomically, like :meth:`put`."""
+
+    @abstractmethod
+    def get(self, remote: str, local: Path) -> None:
+        """Copy ``remote`` to the local file ``local`` (replaced atomically)."""
+
+    @abstractmethod
+    def read_bytes(self, remote: str) -> bytes:
+        """Contents of ``remote``; :class:`~adapters.errors.RemoteFileMissing` if absent."""
+
+    @abstractmethod
+    def exists(self, remote: str) -> bool:
+        """Whether ``remote`` exists (symlinks followed)."""
+
+    @abstractmethod
+    def sha256(self, remote: str) -> str | None:
+        """Hex SHA-256 of ``remote``, computed on the target; None if absent."""
+
+    @abstractmethod
+    def symlink_swap(self, target: str, link: str) -> None:
+        """Point ``link`` at ``target`` atomically (new link + rename over the old)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection; the connector may connect again later."""
+
+    def __enter__(self) -> Self:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

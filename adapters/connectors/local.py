@@ -1,0 +1,208 @@
+"""Local connector: the controller itself is the host (subprocess + filesystem).
+
+Semantics match the SSH connector so host operations are written once:
+``sh -c`` commands, the whole process group killed on timeout, atomic writes
+by temp name + rename in the same directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
+
+from adapters.connectors.base import (
+    DEFAULT_TIMEOUT,
+    NEW_FILE_MODE,
+    CommandResult,
+    Connector,
+    temp_sibling,
+)
+from adapters.errors import CommandFailed, ConnectorError, ConnectorTimeout, RemoteFileMissing
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_REAP_TIMEOUT = 5.0
+_CHUNK = 1 << 20
+
+
+class LocalConnector(Connector):
+    """Runs on this machine; ``name`` is the host's name in messages."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def connect(self) -> None:
+        """Nothing to open locally."""
+
+    def close(self) -> None:
+        """Nothing to release locally."""
+
+    def run(
+        self,
+        command: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        check: bool = False,
+        display: str | None = None,
+    ) -> CommandResult:
+        shown = command if display is None else display
+        full_env = None
+        if env:
+            bad = [name for name in env if not _ENV_NAME.match(name)]
+            if bad:
+                raise ValueError(f"invalid environment variable name(s): {', '.join(sorted(bad))}")
+            full_env = {**os.environ, **env}
+        started = time.monotonic()
+        # A new session makes the shell a process-group leader, so a timeout
+        # can kill everything it started, not just the shell.
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", command],
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            start_new_session=True,
+        )
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            _kill_group(proc)
+            raise ConnectorTimeout(
+                self.name,
+                f"command timed out after {timeout:g}s: {shown}",
+                where=self.where(),
+                timeout=timeout,
+            ) from e
+        except BaseException:
+            _kill_group(proc)
+            raise
+        result = CommandResult(
+            command=shown,
+            exit_code=proc.returncode,
+            stdout=out.decode("utf-8", "replace"),
+            stderr=err.decode("utf-8", "replace"),
+            duration_s=time.monotonic() - started,
+        )
+        if check and not result.ok:
+            raise CommandFailed(
+                self.name,
+                where=self.where(),
+                command=shown,
+                returncode=result.exit_code,
+                stderr=result.stderr,
+            )
+        return result
+
+    # -- files ------------------------------------------------------------
+
+    def _file_error(self, e: OSError, path: str, doing: str) -> ConnectorError:
+        if isinstance(e, FileNotFoundError):
+            return RemoteFileMissing(self.name, path, where=self.where())
+        return ConnectorError(self.name, f"{doing} {path}: {e.strerror or e}", where=self.where())
+
+    def put(self, local: Path, remote: str, *, mode: int | None = None) -> None:
+        with local.open("rb") as fh:
+            self._write(fh, remote, mode)
+
+    def put_bytes(self, data: bytes, remote: str, *, mode: int | None = None) -> None:
+        self._write(None, remote, mode, data=data)
+
+    def _write(
+        self, source: IO[bytes] | None, remote: str, mode: int | None, *, data: bytes = b""
+    ) -> None:
+        if mode is None:
+            try:
+                mode = stat.S_IMODE(Path(remote).stat().st_mode)
+            except FileNotFoundError:
+                mode = NEW_FILE_MODE
+            except OSError as e:
+                raise self._file_error(e, remote, "stat") from e
+        tmp = Path(temp_sibling(remote))
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                os.fchmod(fd, mode)  # explicit: the umask must not change it
+                if source is None:
+                    fh.write(data)
+                else:
+                    shutil.copyfileobj(source, fh, _CHUNK)
+            tmp.replace(remote)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise self._file_error(e, remote, "put") from e
+
+    def get(self, remote: str, local: Path) -> None:
+        tmp = local.with_name(f".{local.name}.tmp-{os.urandom(6).hex()}")
+        try:
+            src = Path(remote).open("rb")  # noqa: SIM115 - closed by the with below
+        except OSError as e:
+            raise self._file_error(e, remote, "get") from e
+        try:
+            with src, tmp.open("wb") as dst:
+                shutil.copyfileobj(src, dst, _CHUNK)
+            tmp.replace(local)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def read_bytes(self, remote: str) -> bytes:
+        try:
+            return Path(remote).read_bytes()
+        except OSError as e:
+            raise self._file_error(e, remote, "read") from e
+
+    def exists(self, remote: str) -> bool:
+        try:
+            Path(remote).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as e:
+            raise self._file_error(e, remote, "stat") from e
+        return True
+
+    def sha256(self, remote: str) -> str | None:
+        digest = hashlib.sha256()
+        try:
+            with Path(remote).open("rb") as fh:
+                while chunk := fh.read(_CHUNK):
+                    digest.update(chunk)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise self._file_error(e, remote, "sha256") from e
+        return digest.hexdigest()
+
+    def symlink_swap(self, target: str, link: str) -> None:
+        tmp = Path(temp_sibling(link))
+        try:
+            tmp.symlink_to(target)
+            tmp.replace(link)  # rename(2) replaces the old link itself, atomically
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise self._file_error(e, link, "symlink") from e
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the command's whole process group, then reap the shell."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        proc.communicate(timeout=_REAP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        # A grandchild left the group (setsid) and holds our pipes: stop reading.
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+        proc.wait(timeout=_REAP_TIMEOUT)

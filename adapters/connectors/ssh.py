@@ -1,0 +1,591 @@
+"""SSH connector on fabric: one connection per host, host keys always checked.
+
+Host keys come only from the workspace's known_hosts file (never
+``~/.ssh/known_hosts``, never an agent or ``~/.ssh/config``). Commands run
+through a small subclass of fabric's ``Remote`` runner that fixes what the
+stock runner gets wrong for us:
+
+- stdin is sent in one write (invoke forwards it one byte per 10 ms and
+  decodes it as text, so binary input is mangled);
+- output is decoded incrementally (invoke decodes each 1000-byte chunk on its
+  own, breaking UTF-8 at chunk edges) and without invoke's watcher scan,
+  which re-joins the whole buffer per chunk (quadratic on large output);
+- a timeout is reported reliably (invoke's check races with its timer thread)
+  and kills the remote process group, not just the channel.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import contextlib
+import errno
+import fcntl
+import hashlib
+import io
+import os
+import re
+import shlex
+import socket
+import stat
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import fabric
+import fabric.runners
+import paramiko
+from invoke.exceptions import CommandTimedOut, ThreadException
+
+from adapters.connectors.base import (
+    DEFAULT_TIMEOUT,
+    NEW_FILE_MODE,
+    CommandResult,
+    Connector,
+    temp_sibling,
+)
+from adapters.errors import (
+    AuthenticationFailed,
+    CommandFailed,
+    ConnectorError,
+    ConnectorTimeout,
+    HostKeyMismatch,
+    HostUnreachable,
+    RemoteFileMissing,
+    UnknownHostKey,
+)
+
+HostKeyPolicy = Literal["reject", "accept-new"]
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_CHUNK = 32768
+_KILL_TIMEOUT = 5.0
+_HASH_TIMEOUT = 600.0  # hashing a multi-GB artifact on a slow disk takes a while
+
+
+@dataclass(frozen=True, kw_only=True)
+class SSHSettings:
+    """How to reach one host; every default lives here."""
+
+    name: str
+    address: str
+    user: str
+    known_hosts: Path
+    port: int = 22
+    key_file: Path | None = None
+    connect_timeout: float = 10.0
+    host_key_policy: HostKeyPolicy = "reject"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"host {self.name}: port {self.port} is not in 1..65535")
+        if self.connect_timeout <= 0:
+            raise ValueError(f"host {self.name}: connect_timeout must be positive")
+        if self.host_key_policy not in ("reject", "accept-new"):
+            raise ValueError(
+                f"host {self.name}: host_key_policy must be 'reject' or 'accept-new', "
+                f"not {self.host_key_policy!r}"
+            )
+
+    @property
+    def where(self) -> str:
+        """``address:port`` for messages (IPv6 in brackets)."""
+        return f"{_bracket(self.address)}:{self.port}"
+
+    @property
+    def known_hosts_name(self) -> str:
+        """The host's name in known_hosts: ``[addr]:port``, or ``addr`` on port 22."""
+        return known_hosts_name(self.address, self.port)
+
+
+def _bracket(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def known_hosts_name(address: str, port: int) -> str:
+    """OpenSSH's known_hosts spelling of a host (plain address on port 22)."""
+    return address if port == 22 else f"[{address}]:{port}"
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's ``SHA256:base64`` fingerprint (no padding) of a public key."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def fetch_host_key(address: str, port: int = 22, timeout: float = 10.0) -> tuple[str, str, str]:
+    """The key a server offers, as ``(keytype, base64, fingerprint)``.
+
+    Only the key exchange is done (no authentication), so a CLI can show a
+    fingerprint for the operator to compare before pinning it.
+    """
+    where = f"{_bracket(address)}:{port}"
+    try:
+        sock = socket.create_connection((address, port), timeout=timeout)
+    except OSError as e:
+        raise HostUnreachable(address, f"unreachable: {_os_cause(e, timeout)}", where=where) from e
+    transport = paramiko.Transport(sock)
+    transport.banner_timeout = timeout
+    try:
+        transport.start_client(timeout=timeout)
+        key = transport.get_remote_server_key()
+    except (paramiko.SSHException, EOFError, OSError) as e:
+        cause = _handshake_cause(e, timeout)
+        raise HostUnreachable(address, f"unreachable: {cause}", where=where) from e
+    finally:
+        transport.close()
+    return key.get_name(), key.get_base64(), fingerprint(key)
+
+
+def add_known_host(
+    known_hosts: Path, address: str, port: int, keytype: str, base64key: str
+) -> None:
+    """Pin a host key in an OpenSSH known_hosts file.
+
+    An existing plain entry for the same host and key type is replaced (the
+    operator re-trusting a reinstalled host); other lines are kept verbatim.
+    Read-modify-write happens under an flock and ends in an atomic rename, so
+    parallel trust-on-first-use connects cannot lose each other's lines.
+    """
+    host = known_hosts_name(address, port)
+    line = f"{host} {keytype} {base64key}\n"
+    known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = known_hosts.with_name(f".{known_hosts.name}.lock")
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            old = known_hosts.read_text(encoding="utf-8").splitlines(keepends=True)
+            mode = stat.S_IMODE(known_hosts.stat().st_mode)
+        except FileNotFoundError:
+            old, mode = [], 0o644
+        kept = [entry for entry in old if not _same_entry(entry, host, keytype)]
+        if kept and not kept[-1].endswith("\n"):
+            kept[-1] += "\n"
+        tmp = known_hosts.with_name(f".{known_hosts.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join([*kept, line]), encoding="utf-8")
+        tmp.chmod(mode)
+        tmp.replace(known_hosts)
+
+
+def _same_entry(line: str, host: str, keytype: str) -> bool:
+    fields = line.split()
+    if len(fields) < 3 or line.lstrip().startswith(("#", "@")):
+        return False
+    return fields[1] == keytype and host in fields[0].split(",")
+
+
+def _os_cause(e: OSError, timeout: float) -> str:
+    if isinstance(e, TimeoutError):
+        return f"connect timed out after {timeout:g}s"
+    if isinstance(e, socket.gaierror):
+        return f"cannot resolve address: {e.strerror or e}"
+    if isinstance(e, paramiko.ssh_exception.NoValidConnectionsError):
+        causes = {sub.strerror or str(sub) for sub in e.errors.values()}
+        return "; ".join(sorted(causes))
+    return e.strerror or str(e) or type(e).__name__
+
+
+def _handshake_cause(e: BaseException, timeout: float) -> str:
+    text = str(e) or type(e).__name__
+    # paramiko's start_client() returns quietly at its timeout; the next call
+    # then fails with "No existing session".
+    if "banner" in text.lower() or text == "No existing session":
+        return f"no SSH handshake within {timeout:g}s ({text})"
+    if isinstance(e, OSError):
+        return _os_cause(e, timeout)
+    return f"ssh handshake failed: {text}"
+
+
+class _CheckHostKey(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
+    """Called only when known_hosts has no key at all for the host.
+
+    (A host that is known under any key type but offers another key makes
+    paramiko raise ``BadHostKeyException`` instead, which we map to a mismatch,
+    so "accept-new" never overrides a changed key.)
+    """
+
+    def __init__(self, settings: SSHSettings) -> None:
+        self.settings = settings
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        s = self.settings
+        if s.host_key_policy == "accept-new":
+            add_known_host(s.known_hosts, s.address, s.port, key.get_name(), key.get_base64())
+            client.get_host_keys().add(hostname, key.get_name(), key)
+            return
+        raise UnknownHostKey(
+            s.name,
+            where=s.where,
+            fingerprint=fingerprint(key),
+            known_hosts=s.known_hosts,
+            key_type=key.get_name(),
+        )
+
+
+class _Runner(fabric.runners.Remote):  # type: ignore[misc]
+    """fabric's Remote with bulk binary stdin, chunk-safe UTF-8 and a reliable timeout."""
+
+    stdin_data: bytes = b""
+    killed_by_timer = False
+    read_chunk_size = _CHUNK  # invoke reads 1000 bytes at a time
+
+    def respond(self, buffer_: list[str]) -> None:
+        # We use no watchers; invoke's respond() joins the whole buffer on
+        # every chunk, which makes large outputs quadratic.
+        return
+
+    def kill(self) -> None:
+        # Only invoke's timeout timer calls kill(). Record it here: invoke's own
+        # `timed_out` asks whether the timer thread is still alive, which races
+        # with the channel closing and then reports a timeout as exit -1.
+        self.killed_by_timer = True
+        super().kill()
+
+    @property
+    def timed_out(self) -> bool:
+        return self.killed_by_timer
+
+    def handle_stdin(self, input_: IO[bytes], output: IO[str], echo: bool = False) -> None:
+        # One sendall then EOF; the command may exit without reading it all.
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            if self.stdin_data:
+                self.channel.sendall(self.stdin_data)
+            self.channel.shutdown_write()
+
+    def read_proc_output(self, reader: Any) -> Iterator[str]:
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        while True:
+            data = reader(self.read_chunk_size)
+            if not data:
+                break
+            text = decoder.decode(data)
+            if text:
+                yield text
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
+
+
+class SSHConnector(Connector):
+    """A host over SSH: one fabric ``Connection`` and one SFTP client, reused."""
+
+    def __init__(self, settings: SSHSettings) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self._conn: fabric.Connection | None = None
+
+    def where(self) -> str:
+        return self.settings.where
+
+    @property
+    def transport(self) -> paramiko.Transport | None:
+        """The live SSH transport (None before connect); shows connection reuse."""
+        return None if self._conn is None else self._conn.transport
+
+    # -- connection -------------------------------------------------------
+
+    def connect(self) -> None:
+        self._connection()
+
+    def _connection(self) -> fabric.Connection:
+        if self._conn is not None:
+            if self._conn.is_connected:
+                return self._conn
+            self.close()  # the transport died: start over
+        s = self.settings
+        if s.key_file is not None and not os.access(s.key_file, os.R_OK):
+            raise AuthenticationFailed(
+                s.name, f"client key file {s.key_file} is missing or unreadable", where=s.where
+            )
+        conn = fabric.Connection(
+            host=s.address,
+            user=s.user,
+            port=s.port,
+            config=fabric.Config(ssh_config=paramiko.SSHConfig(), lazy=True),
+            inline_ssh_env=False,
+            connect_kwargs={
+                "key_filename": [] if s.key_file is None else [str(s.key_file)],
+                "allow_agent": False,
+                "look_for_keys": False,
+                "timeout": s.connect_timeout,
+                "banner_timeout": s.connect_timeout,
+                "auth_timeout": s.connect_timeout,
+                "channel_timeout": s.connect_timeout,
+            },
+        )
+        client: paramiko.SSHClient = conn.client
+        if s.known_hosts.exists():
+            client.load_host_keys(str(s.known_hosts))
+        client.set_missing_host_key_policy(_CheckHostKey(s))
+        try:
+            conn.open()
+        except BaseException as e:
+            handshake_done = _handshake_done(client)
+            conn.close()
+            client.close()
+            raise self._connect_error(e, handshake_done) from e
+        self._conn = conn
+        return conn
+
+    def _connect_error(self, e: BaseException, handshake_done: bool) -> BaseException:
+        s = self.settings
+        if isinstance(e, UnknownHostKey | HostKeyMismatch):
+            return e
+        if isinstance(e, paramiko.BadHostKeyException):
+            return HostKeyMismatch(
+                s.name,
+                where=s.where,
+                fingerprint=fingerprint(e.key),
+                known_hosts=s.known_hosts,
+                expected=fingerprint(e.expected_key),
+            )
+        if isinstance(e, paramiko.AuthenticationException) or (
+            handshake_done and isinstance(e, paramiko.SSHException)  # e.g. a malformed key file
+        ):
+            key = s.key_file if s.key_file is not None else "no key"
+            return AuthenticationFailed(
+                s.name, f"authentication as {s.user} with {key} failed: {e}", where=s.where
+            )
+        if isinstance(e, OSError):
+            return HostUnreachable(
+                s.name, f"unreachable: {_os_cause(e, s.connect_timeout)}", where=s.where
+            )
+        if isinstance(e, paramiko.SSHException | EOFError):
+            cause = _handshake_cause(e, s.connect_timeout)
+            return HostUnreachable(s.name, f"unreachable: {cause}", where=s.where)
+        return e
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _lost(self, e: BaseException, doing: str) -> ConnectorError:
+        """The session broke mid-operation: forget it so the next call reconnects."""
+        self.close()
+        return HostUnreachable(
+            self.name,
+            f"connection lost during {doing}: {e or type(e).__name__}",
+            where=self.where(),
+        )
+
+    # -- commands ---------------------------------------------------------
+
+    def run(
+        self,
+        command: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        check: bool = False,
+        display: str | None = None,
+    ) -> CommandResult:
+        shown = command if display is None else display
+        conn = self._connection()
+        exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in _checked_env(env).items())
+        marker = f"chassis-pid-{os.urandom(6).hex()}"
+        # sshd makes the login shell a session leader, so $$ is the process
+        # group to kill on timeout; `exec` keeps that pid for the POSIX sh.
+        wrapped = (
+            f"printf '%s %s\\n' {marker} $$ >&2; exec /bin/sh -c {shlex.quote(exports + command)}"
+        )
+        runner = _Runner(context=conn, inline_env=False)
+        runner.stdin_data = stdin or b""
+        started = time.monotonic()
+        try:
+            res = runner.run(
+                wrapped,
+                timeout=timeout,
+                warn=True,
+                hide=True,
+                in_stream=io.BytesIO(),
+                env=dict(env or {}),
+                encoding="utf-8",
+                pty=False,
+            )
+        except CommandTimedOut as e:
+            self._kill_remote(runner, marker)
+            raise ConnectorTimeout(
+                self.name,
+                f"command timed out after {timeout:g}s: {shown}",
+                where=self.where(),
+                timeout=timeout,
+            ) from e
+        except KeyboardInterrupt:
+            self._kill_remote(runner, marker)
+            raise
+        except (OSError, EOFError, paramiko.SSHException, ThreadException) as e:
+            raise self._lost(e, f"command {shown!r}") from e
+        stderr, _pid = _strip_marker(res.stderr, marker)
+        result = CommandResult(
+            command=shown,
+            exit_code=int(res.exited),
+            stdout=res.stdout,
+            stderr=stderr,
+            duration_s=time.monotonic() - started,
+        )
+        if check and not result.ok:
+            raise CommandFailed(
+                self.name,
+                where=self.where(),
+                command=shown,
+                returncode=result.exit_code,
+                stderr=result.stderr,
+            )
+        return result
+
+    def _kill_remote(self, runner: _Runner, marker: str) -> None:
+        """Kill an abandoned command's process group over a fresh channel."""
+        pid = _strip_marker("".join(getattr(runner, "stderr", None) or []), marker)[1]
+        if pid is None or self._conn is None:
+            return
+        runner = _Runner(context=self._conn, inline_env=False)
+        with contextlib.suppress(Exception):
+            runner.run(
+                f"kill -s KILL -- -{pid} 2>/dev/null || kill -s KILL {pid} 2>/dev/null; true",
+                timeout=_KILL_TIMEOUT,
+                warn=True,
+                hide=True,
+                in_stream=io.BytesIO(),
+                pty=False,
+            )
+
+    # -- files ------------------------------------------------------------
+
+    def _sftp(self) -> paramiko.SFTPClient:
+        sftp: paramiko.SFTPClient = self._connection().sftp()  # memoized by fabric
+        return sftp
+
+    def _file_error(self, e: OSError, path: str, doing: str) -> ConnectorError:
+        if isinstance(e, FileNotFoundError) or e.errno == errno.ENOENT:
+            return RemoteFileMissing(self.name, path, where=self.where())
+        return ConnectorError(self.name, f"{doing} {path}: {e.strerror or e}", where=self.where())
+
+    def put(self, local: Path, remote: str, *, mode: int | None = None) -> None:
+        with local.open("rb") as fh:
+            self._upload(fh, remote, mode)
+
+    def put_bytes(self, data: bytes, remote: str, *, mode: int | None = None) -> None:
+        self._upload(io.BytesIO(data), remote, mode)
+
+    def _upload(self, source: IO[bytes], remote: str, mode: int | None) -> None:
+        sftp = self._sftp()
+        if mode is None:
+            try:
+                mode = stat.S_IMODE(sftp.stat(remote).st_mode or NEW_FILE_MODE)
+            except FileNotFoundError:
+                mode = NEW_FILE_MODE
+            except OSError as e:
+                raise self._file_error(e, remote, "stat") from e
+        tmp = temp_sibling(remote)
+        try:
+            with sftp.open(tmp, "wb") as fh:
+                fh.chmod(mode)  # before any byte lands, for secrets
+                fh.set_pipelined(True)
+                while chunk := source.read(_CHUNK):
+                    fh.write(chunk)
+            sftp.posix_rename(tmp, remote)
+        except OSError as e:
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                sftp.remove(tmp)
+            raise self._file_error(e, remote, "put") from e
+        except (EOFError, paramiko.SSHException) as e:
+            raise self._lost(e, f"put {remote}") from e
+
+    def get(self, remote: str, local: Path) -> None:
+        sftp = self._sftp()
+        tmp = local.with_name(f".{local.name}.tmp-{os.urandom(6).hex()}")
+        try:
+            with tmp.open("wb") as fh:
+                sftp.getfo(remote, fh)
+            tmp.replace(local)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if e.filename is not None and Path(e.filename) in (tmp, local):
+                raise  # a local problem, not the host's
+            raise self._file_error(e, remote, "get") from e
+        except (EOFError, paramiko.SSHException) as e:
+            tmp.unlink(missing_ok=True)
+            raise self._lost(e, f"get {remote}") from e
+
+    def read_bytes(self, remote: str) -> bytes:
+        sftp = self._sftp()
+        try:
+            with sftp.open(remote, "rb") as fh:
+                fh.prefetch()
+                data: bytes = fh.read()
+                return data
+        except OSError as e:
+            raise self._file_error(e, remote, "read") from e
+        except (EOFError, paramiko.SSHException) as e:
+            raise self._lost(e, f"read {remote}") from e
+
+    def exists(self, remote: str) -> bool:
+        sftp = self._sftp()
+        try:
+            sftp.stat(remote)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise self._file_error(e, remote, "stat") from e
+        except (EOFError, paramiko.SSHException) as e:
+            raise self._lost(e, f"stat {remote}") from e
+        return True
+
+    def sha256(self, remote: str) -> str | None:
+        path = shlex.quote(remote)
+        script = (
+            f"[ -e {path} ] || exit 3; "
+            f"if command -v sha256sum >/dev/null 2>&1; then exec sha256sum < {path}; fi; "
+            f"if command -v shasum >/dev/null 2>&1; then exec shasum -a 256 < {path}; fi; "
+            "exec python3 -c 'import hashlib,sys;"
+            "print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())' < " + path
+        )
+        result = self.run(script, timeout=_HASH_TIMEOUT, display=f"sha256 {remote}")
+        if result.exit_code == 3:
+            return None
+        match = _HEX64.match(result.stdout.strip())
+        if not result.ok or match is None:
+            raise CommandFailed(
+                self.name,
+                where=self.where(),
+                command=result.command,
+                returncode=result.exit_code,
+                stderr=result.stderr or f"unexpected output {result.stdout[:80]!r}",
+            )
+        return match.group(0)
+
+    def symlink_swap(self, target: str, link: str) -> None:
+        tmp = shlex.quote(temp_sibling(link))
+        script = (
+            f"ln -s -- {shlex.quote(target)} {tmp} && mv -T -- {tmp} {shlex.quote(link)}"
+            f" || {{ rc=$?; rm -f -- {tmp}; exit $rc; }}"
+        )
+        self.run(script, check=True, display=f"symlink {link} -> {target}")
+
+
+def _handshake_done(client: paramiko.SSHClient) -> bool:
+    """Whether the key exchange (and host key check) finished: failures after it are auth."""
+    transport = client.get_transport()
+    return transport is not None and transport.host_key is not None
+
+
+def _checked_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    env = dict(env or {})
+    bad = [name for name in env if not _ENV_NAME.match(name)]
+    if bad:
+        raise ValueError(f"invalid environment variable name(s): {', '.join(sorted(bad))}")
+    return env
+
+
+def _strip_marker(stderr: str, marker: str) -> tuple[str, int | None]:
+    """Remove our ``marker PID`` line from stderr and return the pid."""
+    found = re.search(rf"^{marker} (\d+)\n", stderr, flags=re.MULTILINE)
+    if found is None:
+        return stderr, None
+    return stderr[: found.start()] + stderr[found.end() :], int(found.group(1))
