@@ -25,7 +25,7 @@ test: lint
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	$(BIN)/python -m chassis.demo
+	$(BIN)/chassis demo
 
 bench: $(STAMP)
 	$(BIN)/python bench/ledger.py

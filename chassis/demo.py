@@ -1,68 +1,131 @@
-"""``make demo``: the ledger on the embedded default (SQLite), end to end.
+"""``chassis demo``: the main job, end to end, on the embedded default.
 
-Runs the real ``chassis`` commands in ``./.demo``: create a workspace and its
-root of trust, add and revoke keys, read the log, verify it, then tamper with
-a copy of the database and show verification naming the altered event.
-(The deploy engine work replaces this with a multi-node deployment.)
+A fresh workspace (temporary unless ``--workspace``) with a SQLite ledger,
+the sample app's three HTTP services, the ``ternary-split-3`` profile over
+three local hosts with separate roots: deploy v1, then v2, then a v3 whose
+health check fails and is restored to v2 automatically. Status and history
+after each step, then the ledger is verified.
 """
 
 from __future__ import annotations
 
-import os
-import shlex
-import shutil
-import sqlite3
-import subprocess
-import sys
+import socket
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-DEMO = Path(".demo").absolute()
+from adapters.connectors.local import LocalConnector
+from adapters.supervisors.direct import DirectSupervisor
+from chassis.engine.deploy import DeployOptions, deploy
+from chassis.engine.releases import add_release
+from chassis.hosts import environment_hosts, resolve_root
+from chassis.keyring import load_acting_key, local_key_path
+from chassis.sample_app import build_sample_release
+from chassis.stack.spec import load_stack
+from chassis.trust_admin import init_workspace
+from chassis.views import history, installations, status_rows
+from chassis.workspace import Workspace, keys_dir
+from ledger.application import Ledger
+from ledger.storage import open_ledger
+from proofs.chain import verify_ledger
+
+DEMO_KEY = "chassis-demo"
+Say = Callable[[str], None]
 
 
-def chassis(*args: str, cwd: Path, expect: int = 0) -> None:
-    print(f"\n$ chassis {shlex.join(args)}", flush=True)
-    done = subprocess.run([sys.executable, "-m", "chassis", *args], cwd=cwd, check=False)
-    if done.returncode != expect:
-        sys.exit(f"demo: 'chassis {shlex.join(args)}' exited {done.returncode}, expected {expect}")
+@dataclass
+class DemoReport:
+    workspace: Path
+    revisions: list[dict[str, object]] = field(default_factory=list)
+    verified_events: int = 0
+    kept_running: bool = False
 
 
-def tamper(database: Path) -> None:
-    """Change one byte of the second event's payload, as an intruder might."""
-    conn = sqlite3.connect(database)
-    (state,) = conn.execute("SELECT state FROM stored_events WHERE rowid = 2").fetchone()
-    conn.execute(
-        "UPDATE stored_events SET state = ? WHERE rowid = 2",
-        (state.replace(b'"operator"', b'"operatoR"', 1),),
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def run_demo(workspace: Path | None, keep: bool, say: Say) -> DemoReport:
+    root = workspace or Path(tempfile.mkdtemp(prefix="chassis-demo-")) / "demo"
+    keys = keys_dir()
+    key_name = DEMO_KEY if local_key_path(keys, DEMO_KEY) else None
+    say(f"== workspace {root}")
+    # Reuse the demo key across runs; the first run creates it under that name.
+    init_workspace(
+        root, name="demo", key_name=key_name or DEMO_KEY, keys=keys, ledger_url=None, example=True
     )
-    conn.commit()
-    conn.close()
+    ws = Workspace(root)
+    _free_ports(ws)
+    stack = load_stack(ws.stack_file)
+    ledger = open_ledger(ws.storage(), load_acting_key(keys, ws.settings().default_key))
+    report = DemoReport(root)
+    try:
+        dist = root / "dist"
+        for version, config in (("v1", {}), ("v2", {}), ("v3", {"FAIL_HEALTH": "1"})):
+            bundle, _ = build_sample_release(dist, version)
+            add_release(ledger, ws, stack.app.name, version, bundle, config)
+        say("== releases v1, v2 and v3 (v3's health check fails on purpose)")
+        for label in ("v1", "v2", "v3"):
+            say(f"\n== deploy {label} (profile ternary-split-3, env dev: three local hosts)")
+            result = deploy(
+                ledger,
+                ws,
+                stack,
+                app="demo",
+                environment="dev",
+                profile="ternary-split-3",
+                label=label,
+                options=DeployOptions(max_parallel=3),
+                progress=lambda m: say("   " + m),
+            )
+            say(f"   revision {result.revision}: {result.status}: {result.description}")
+            _show(ledger, say)
+        installation = installations(ledger, "demo", "dev")[0]
+        report.revisions = history(installation)["revisions"]
+        verified = verify_ledger(ledger.scan(), pinned_root=ws.settings().root_keyid)
+        report.verified_events = verified.events
+        say(f"\n== ledger verified: {verified.events} events, every signature checked")
+    finally:
+        if not keep:
+            _stop_everything(ws, ledger, say)
+        report.kept_running = keep
+        ledger.close()
+    say(f"\nEverything lives in {root}:")
+    say("  chassis.toml, .chassis/ledger.db, .chassis/hosts/dev-{1,2,3}, dist/")
+    say(f"  inspect: chassis --workspace {root} status | history demo --env dev | ledger log")
+    return report
 
 
-def main() -> None:
-    shutil.rmtree(DEMO, ignore_errors=True)
-    keys = DEMO / "keys"
-    keys.mkdir(parents=True, mode=0o700)
-    os.environ["CHASSIS_KEYS_DIR"] = str(keys)
-    for name in ("CHASSIS_LEDGER", "CHASSIS_KEY", "CHASSIS_WORKSPACE"):
-        os.environ.pop(name, None)
-    shop = DEMO / "shop"
-
-    chassis("init", str(shop), "--name", "shop", cwd=DEMO)
-    chassis("key", "new", "ci-bot", "--roles", "operator,checkpoint", cwd=shop)
-    chassis("key", "new", "release-approver", "--roles", "approver", cwd=shop)
-    chassis("key", "revoke", "release-approver", "--reason", "rotated after the demo", cwd=shop)
-    chassis("--key", "ci-bot", "key", "new", "intruder", "--roles", "admin", cwd=shop, expect=6)
-    chassis("key", "list", cwd=shop)
-    chassis("ledger", "log", cwd=shop)
-    chassis("ledger", "verify", cwd=shop)
-
-    copy = DEMO / "shop-tampered"
-    shutil.copytree(shop, copy)
-    tamper(copy / ".chassis" / "ledger.db")
-    print("\n# one byte of event 2 changed in a copy of the database:")
-    chassis("ledger", "verify", cwd=copy, expect=8)
-    print(f"\nDemo done. Workspace: {shop}  (keys: {keys})")
+def _free_ports(ws: Workspace) -> None:
+    """The example's fixed ports may be taken on this machine: pick free ones."""
+    text = ws.stack_file.read_text()
+    gateway, api = free_port(), free_port()
+    text = text.replace("8080", str(gateway)).replace("8081", str(api))
+    ws.stack_file.write_text(text)
 
 
-if __name__ == "__main__":
-    main()
+def _show(ledger: Ledger, say: Say) -> None:
+    for row in status_rows(ledger, "demo", "dev"):
+        say(
+            f"   {row.host:6} {row.component:8} {row.label:3} rev {row.revision} "
+            f"{row.state}, health {row.health}"
+        )
+    installation = installations(ledger, "demo", "dev")[0]
+    for entry in history(installation)["revisions"]:
+        say(
+            f"   history: rev {entry['revision']} {entry['operation']} {entry['label']}: "
+            f"{entry['status']}"
+        )
+
+
+def _stop_everything(ws: Workspace, ledger: Ledger, say: Say) -> None:
+    stack = load_stack(ws.stack_file)
+    for host in environment_hosts(ledger, "dev"):
+        supervisor = DirectSupervisor(LocalConnector(host.name), resolve_root(host, ws.root))
+        for component in stack.components:
+            supervisor.stop(component)
+    say("\n== stopped every demo process (use --keep to leave them running)")

@@ -17,8 +17,10 @@ from ledger.errors import (
 )
 from ledger.events import LedgerEvent, event_type_for_topic
 from ledger.hosts import Host, HostSettings
+from ledger.installations import Installation, LeaseHeldError
 from ledger.keys import KeyPair, generate_keypair, keyid_for, load_keypair
 from ledger.records import SealedRecord, parse_record
+from ledger.releases import Release
 from ledger.storage import StorageConfig, open_ledger
 from ledger.trust import Role, Trust
 
@@ -28,13 +30,16 @@ __all__ = [
     "ConflictError",
     "Host",
     "HostSettings",
+    "Installation",
     "KeyFileError",
     "KeyPair",
+    "LeaseHeldError",
     "Ledger",
     "LedgerAggregate",
     "LedgerError",
     "LedgerEvent",
     "NotAuthorisedError",
+    "Release",
     "Role",
     "SealedRecord",
     "StorageConfig",

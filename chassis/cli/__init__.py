@@ -12,13 +12,18 @@ import click
 
 from chassis import __version__
 from chassis.cli.app import App
+from chassis.cli.demo_cmd import demo_command
+from chassis.cli.deploy_cmd import deploy_command, plan_command
 from chassis.cli.doctor_cmd import doctor_command
 from chassis.cli.hardware import hardware_group
 from chassis.cli.host import host_group
 from chassis.cli.init_cmd import init_command
 from chassis.cli.key import key_group
+from chassis.cli.lease import lease_group
 from chassis.cli.ledger import ledger_group
+from chassis.cli.release import release_group
 from chassis.cli.stack import stack_group
+from chassis.cli.status_cmd import history_command, status_command
 from chassis.config.env import EnvVars
 
 
@@ -72,12 +77,19 @@ def cli(ctx: click.Context, workspace: Path | None, key_ref: str | None) -> None
 
 for command in (
     init_command,
+    release_group,
+    plan_command,
+    deploy_command,
+    status_command,
+    history_command,
+    lease_group,
     key_group,
     ledger_group,
     stack_group,
     host_group,
     hardware_group,
     doctor_command,
+    demo_command,
 ):
     cli.add_command(command)
 

@@ -18,18 +18,18 @@ description = "Example three-component app: gateway, api, worker"
 command = "python3 app/gateway.py --port 8080 --upstream 127.0.0.1:8081"
 ports = {{ http = 8080 }}
 env = {{ LOG_LEVEL = "info" }}
-health = {{ type = "http", port = "http", path = "/healthz", expect_status = 200, body_contains = "ok" }}
+health = {{ type = "http", port = "http", path = "/healthz", body_contains = "ok", window_ms = 8000 }}
 resources = {{ cpu = 0.25, memory = "256MiB" }}
 
 [components.api]
 command = "python3 app/api.py --port 8081"
 ports = {{ http = 8081 }}
-health = {{ type = "http", port = "http", path = "/healthz", passes = 3 }}
+health = {{ type = "http", port = "http", path = "/healthz", passes = 3, window_ms = 8000 }}
 resources = {{ cpu = 0.5, memory = "512MiB" }}
 
 [components.worker]
 command = "python3 app/worker.py"
-health = {{ type = "command", command = "test -f run/worker.ready", interval_ms = 250 }}
+health = {{ type = "command", command = "test -f ../../run/worker.ready", interval_ms = 250 }}
 resources = {{ cpu = 0.5, memory = "512MiB" }}
 
 # ------------------------------------------------------------------ profiles

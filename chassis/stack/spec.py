@@ -30,6 +30,10 @@ T = TypeVar("T")
 
 SECTIONS = ("app", "components", "profiles", "environments", "releases", "runtimes", "ledger")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+SECRET_KEY = re.compile(
+    r"password|passwd|secret|token|private_key|api_key|authorization|cookie|credential|session",
+    re.IGNORECASE,
+)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _UNITS = {
     "b": 1,
@@ -253,6 +257,12 @@ def _check_references(stack: Stack) -> None:
     path = stack.path
     for name, component in stack.components.items():
         where = f"components.{name}"
+        for key in component.env:
+            if SECRET_KEY.search(key):
+                raise StackError(
+                    f"{path}: {where}.env.{key}: looks like a secret; chassis.toml is shared and "
+                    "recorded, so secrets do not belong in it"
+                )
         for size_key in ("memory", "vram"):
             try:
                 parse_size(getattr(component.resources, size_key))

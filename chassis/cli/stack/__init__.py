@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from chassis.cli.deploy_cmd import deploy_command
 from chassis.cli.stack.show import show_command
 from chassis.cli.stack.validate import validate_command
 
@@ -15,3 +16,4 @@ def stack_group() -> None:
 
 stack_group.add_command(validate_command)
 stack_group.add_command(show_command)
+stack_group.add_command(deploy_command, name="deploy")

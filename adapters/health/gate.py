@@ -1,0 +1,133 @@
+"""The health gate: probe until enough consecutive passes, or give up.
+
+A release becomes active only after its gate passes (DESIGN.md §6). The gate
+calls a probe every ``interval_ms`` (measured from the start of one attempt to
+the start of the next), counts consecutive passes (a failure resets the
+count), and passes as soon as the count reaches ``passes``. No attempt starts
+after ``window_ms`` from the first one; the gate then fails with a reason that
+names the last failure. The clock and sleep are injectable, so tests can
+simulate time; everything recorded is an int or a string.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from adapters.errors import one_line
+from adapters.health.probes import ProbeResult
+
+__all__ = ["KEEP_RESULTS", "GateResult", "HealthGate", "check_timings"]
+
+KEEP_RESULTS = 10
+
+
+def check_timings(interval_ms: int, timeout_ms: int, passes: int, window_ms: int) -> None:
+    """ValueError unless every setting is an int in range (``passes``, ``timeout_ms`` >= 1)."""
+    values = {
+        "interval_ms": (interval_ms, 0),
+        "timeout_ms": (timeout_ms, 1),
+        "passes": (passes, 1),
+        "window_ms": (window_ms, 0),
+    }
+    for name, (value, least) in values.items():
+        if type(value) is not int or value < least:
+            raise ValueError(f"health gate {name} must be an int >= {least}, not {value!r}")
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The gate's verdict and its evidence (the last ``KEEP_RESULTS`` probe results)."""
+
+    passed: bool
+    attempts: int
+    consecutive: int
+    results: list[ProbeResult] = field(default_factory=list)
+    reason: str = ""
+    elapsed_ms: int = 0
+
+
+class HealthGate:
+    """Run a probe until ``passes`` consecutive passes or the end of ``window_ms``.
+
+    ``timeout_ms`` is the per-probe timeout: the probe enforces it (see
+    :func:`~adapters.health.probes.probe_for`); the gate only carries it.
+    """
+
+    def __init__(
+        self,
+        interval_ms: int = 500,
+        timeout_ms: int = 2000,
+        passes: int = 2,
+        window_ms: int = 30000,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        keep: int = KEEP_RESULTS,
+    ) -> None:
+        check_timings(interval_ms, timeout_ms, passes, window_ms)
+        self.interval_ms = interval_ms
+        self.timeout_ms = timeout_ms
+        self.passes = passes
+        self.window_ms = window_ms
+        self._clock = clock
+        self._sleep = sleep
+        self._keep = keep
+
+    def run(self, probe: Callable[[], ProbeResult]) -> GateResult:
+        interval = self.interval_ms / 1000
+        started = self._clock()
+        deadline = started + self.window_ms / 1000
+        results: deque[ProbeResult] = deque(maxlen=self._keep)
+        attempts = consecutive = 0
+        last_failure: ProbeResult | None = None
+        while True:
+            attempt_at = self._clock()
+            result = self._attempt(probe, attempt_at)
+            attempts += 1
+            results.append(result)
+            if result.ok:
+                consecutive += 1
+            else:
+                consecutive = 0
+                last_failure = result
+            elapsed_ms = max(0, round((self._clock() - started) * 1000))
+            if consecutive >= self.passes:
+                return GateResult(
+                    True,
+                    attempts,
+                    consecutive,
+                    list(results),
+                    f"passed: {consecutive} consecutive passes after {attempts} attempts "
+                    f"in {elapsed_ms} ms",
+                    elapsed_ms,
+                )
+            next_at = attempt_at + interval
+            if next_at > deadline or self._clock() >= deadline:
+                failure = (
+                    f"; last failure: {last_failure.detail}"
+                    if last_failure is not None
+                    else "; no attempt failed"
+                )
+                return GateResult(
+                    False,
+                    attempts,
+                    consecutive,
+                    list(results),
+                    f"window of {self.window_ms} ms ended after {attempts} attempts with "
+                    f"{consecutive} of {self.passes} consecutive passes{failure}",
+                    elapsed_ms,
+                )
+            wait = next_at - self._clock()
+            if wait > 0:
+                self._sleep(wait)
+
+    def _attempt(self, probe: Callable[[], ProbeResult], attempt_at: float) -> ProbeResult:
+        try:
+            return probe()
+        except Exception as e:  # a probe must not break the gate: record it as a failure
+            elapsed = max(0, round((self._clock() - attempt_at) * 1000))
+            detail = one_line(f"probe raised {type(e).__name__}: {e}", limit=300)
+            return ProbeResult(False, detail, elapsed)

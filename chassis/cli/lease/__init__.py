@@ -1,0 +1,97 @@
+"""``chassis lease …``: operations in progress, and breaking stale ones."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import click
+
+from chassis.cli.app import App, pass_app, table
+from chassis.errors import ChassisError
+from chassis.views import installations
+from ledger.canonical import format_timestamp
+from ledger.installations import Installation
+
+
+@click.group(
+    "lease", epilog="Example: chassis lease break shop --env dev --reason 'deploy host crashed'"
+)
+def lease_group() -> None:
+    """Leases: one operation at a time per app and environment."""
+
+
+@lease_group.command("list", epilog="Example: chassis lease list --json")
+@click.option("--json", "as_json", is_flag=True, help="Print leases as JSON.")
+@pass_app
+def list_command(app: App, as_json: bool) -> None:
+    """Operations in progress (or crashed) that hold a lease."""
+    now = datetime.now(UTC)
+    data = []
+    for inst in installations(app.ledger()):
+        if inst.lease is None:
+            continue
+        expires = inst.lease_expires()
+        data.append(
+            {
+                "app": inst.app,
+                "environment": inst.environment,
+                **inst.lease,
+                "expires": format_timestamp(expires) if expires else None,
+                "expired": bool(expires and now > expires),
+            }
+        )
+    rows = [
+        [
+            d["app"],
+            d["environment"],
+            d["operation"],
+            str(d["revision"]),
+            d["holder"][:16],
+            d["started"],
+            d["expires"] or "",
+            "expired" if d["expired"] else "live",
+        ]
+        for d in data
+    ]
+    app.emit(
+        data,
+        as_json=as_json,
+        human=lambda: (
+            table(rows, ["APP", "ENV", "OPERATION", "REV", "HOLDER", "STARTED", "EXPIRES", "STATE"])
+            if rows
+            else click.echo("no leases held")
+        ),
+    )
+
+
+@lease_group.command(
+    "break",
+    epilog="""\b
+Only an expired lease can be broken, unless --force. Breaking is recorded and
+marks the operation failed; run 'chassis recover' to reconcile the hosts.
+Example:
+  chassis lease break shop --env dev --reason 'runner died' --force""",
+)
+@click.argument("app_name", metavar="APP")
+@click.option("--env", "environment", required=True)
+@click.option("--reason", required=True, help="Why; recorded in the ledger.")
+@click.option("--force", is_flag=True, help="Break a lease that has not expired.")
+@pass_app
+def break_command(app: App, app_name: str, environment: str, reason: str, force: bool) -> None:
+    """Break the lease of APP in ENV."""
+    ledger = app.ledger(signing=True)
+    assert ledger.signer is not None
+    actor = ledger.signer.keyid
+    key = Installation.id_for(Installation.key(app_name, environment))
+    if ledger.find(Installation, key) is None:
+        raise ChassisError(f"no installation of {app_name} in {environment}")
+    broken: list[dict[str, object]] = []
+    ledger.update(
+        Installation,
+        key,
+        lambda i: broken.append(
+            i.break_lease(actor=actor, reason=reason, force=force, now=datetime.now(UTC))
+        ),
+        retry=False,
+    )
+    click.echo(f"broke the lease of {broken[-1]['operation']} revision {broken[-1]['revision']}")

@@ -1,0 +1,1 @@
+"""The deploy engine: releases, plans, execution on hosts, restore."""

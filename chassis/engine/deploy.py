@@ -1,0 +1,416 @@
+"""Deploying a release: intent and lease first, host steps next, outcome last.
+
+1. Compile the plan (no events if that fails).
+2. Append ``OperationStarted`` (the signed intent, which takes the lease).
+3. Run every host's steps in parallel, appending each step's outcome.
+4. If more hosts fail than ``max_failures`` allows, restore every touched
+   host to its previous release (each restore recorded); otherwise restore
+   only the failed hosts.
+5. Append ``OperationFinished`` (which releases the lease).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from adapters.connectors.base import Connector
+from adapters.errors import ConnectorError
+from adapters.supervisors.base import Supervisor
+from adapters.supervisors.direct import DirectSupervisor
+from adapters.supervisors.systemd import SystemdSupervisor
+from chassis.connect import connector_for
+from chassis.engine.executor import HostDeployment, StepFailed
+from chassis.engine.plan import HostPlan, Plan, build_plan
+from chassis.engine.releases import require_bundle, resolve_release
+from chassis.engine.restore import restore_host
+from chassis.errors import ChassisError
+from chassis.hosts import environment_hosts, get_host, sync_declared
+from chassis.inventory import inventory
+from chassis.stack.spec import Stack
+from chassis.workspace import Workspace
+from ledger.application import Ledger
+from ledger.installations import Installation
+from ledger.releases import release_dir_name
+
+DEFAULT_LEASE_TTL_S = 1800
+
+Progress = Callable[[str], None]
+
+
+class DeployInterrupted(ChassisError):
+    exit_code = 130
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    max_parallel: int = 4
+    max_failures: int = 0
+    lease_ttl_s: int = DEFAULT_LEASE_TTL_S
+
+
+@dataclass
+class DeployResult:
+    app: str
+    environment: str
+    revision: int
+    status: str
+    description: str
+    plan_digest: str
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "app": self.app,
+            "environment": self.environment,
+            "revision": self.revision,
+            "status": self.status,
+            "description": self.description,
+            "plan_digest": self.plan_digest,
+            "hosts": self.hosts,
+        }
+
+
+def prepare(
+    ledger: Ledger,
+    ws: Workspace,
+    stack: Stack,
+    *,
+    app: str,
+    environment: str,
+    profile: str,
+    label: str,
+    progress: Progress,
+) -> tuple[Plan, Path]:
+    """Check names, register declared hosts and the release, inventory hosts
+    never probed, compile the plan. Raises before any intent is recorded."""
+    if app != stack.app.name:
+        raise ChassisError(f"unknown app {app!r} (this workspace deploys {stack.app.name!r})")
+    stack.environment(environment)
+    stack.profile(profile)
+    release = resolve_release(ledger, ws, stack, label)
+    sync_declared(ledger, stack)
+    fresh = [h for h in environment_hosts(ledger, environment) if h.facts is None]
+    if fresh:
+        progress(f"inventorying {', '.join(h.name for h in fresh)}")
+        for result in inventory(ledger, ws, fresh):
+            if result.error:
+                raise ChassisError(result.error)
+    plan = build_plan(stack, ledger, ws, environment=environment, profile=profile, release=release)
+    return plan, require_bundle(ws, release)
+
+
+class _Recorder:
+    """Appends an operation's events, one writer at a time, to an aggregate
+    it keeps in memory (the lease makes this process the only writer)."""
+
+    def __init__(self, ledger: Ledger, installation: Installation, op_id: str) -> None:
+        assert ledger.signer is not None
+        self.ledger = ledger
+        self.installation = installation
+        self.op_id = op_id
+        self.actor = ledger.signer.keyid
+        self.lock = threading.Lock()
+
+    def __call__(self, command: Callable[[Installation], None]) -> None:
+        with self.lock:
+            command(self.installation)
+            self.ledger.append(self.installation)
+
+    def step(self, host: str) -> Callable[[str, bool, str, dict[str, Any]], None]:
+        def record(step: str, ok: bool, detail: str, data: dict[str, Any]) -> None:
+            self(
+                lambda i: i.record_step(
+                    actor=self.actor,
+                    op_id=self.op_id,
+                    host=host,
+                    step=step,
+                    ok=ok,
+                    detail=detail,
+                    data=data,
+                )
+            )
+
+        return record
+
+
+def supervisor_for(plan: Plan, host: HostPlan, connector: Connector) -> Supervisor:
+    if host.supervisor == "systemd":
+        return SystemdSupervisor(connector, host.root, unit_prefix=f"chassis-{plan.app}")
+    return DirectSupervisor(connector, host.root)
+
+
+def deploy(
+    ledger: Ledger,
+    ws: Workspace,
+    stack: Stack,
+    *,
+    app: str,
+    environment: str,
+    profile: str,
+    label: str,
+    options: DeployOptions,
+    progress: Progress,
+) -> DeployResult:
+    if ledger.signer is None:
+        raise ChassisError("deploying needs a signing key")
+    plan, bundle = prepare(
+        ledger,
+        ws,
+        stack,
+        app=app,
+        environment=environment,
+        profile=profile,
+        label=label,
+        progress=progress,
+    )
+    key = Installation.id_for(Installation.key(app, environment))
+    installation = ledger.find(Installation, key)
+    if installation is None:
+        installation = Installation.open(app, environment, actor=ledger.signer.keyid)
+    previous_hosts = {name: dict(entry) for name, entry in installation.hosts.items()}
+    op_id = uuid.uuid4().hex
+    noop = _is_noop(plan, previous_hosts)
+    installation.start_operation(
+        actor=ledger.signer.keyid,
+        op_id=op_id,
+        operation="deploy",
+        label=plan.label,
+        release_id=plan.release_id,
+        profile=profile,
+        placement={group: h.host for h in plan.hosts for group in h.groups},
+        host_components={h.host: [c.name for c in h.components] for h in plan.hosts},
+        plan_digest=plan.digest(),
+        plan=msgspec.to_builtins(plan),
+        lease_ttl_s=options.lease_ttl_s,
+        description=f"deploy {plan.label}" + (" (no change)" if noop else ""),
+        now=datetime.now(UTC),
+    )
+    ledger.append(installation)
+    revision = installation.revision
+    recorder = _Recorder(ledger, installation, op_id)
+    result = DeployResult(app, environment, revision, "pending", "", plan.digest())
+    if noop:
+        recorder(
+            lambda i: i.finish(
+                actor=recorder.actor,
+                op_id=op_id,
+                status="noop",
+                description=f"{plan.label} is already active on every host",
+            )
+        )
+        result.status, result.description = "noop", f"{plan.label} is already active on every host"
+        return result
+    try:
+        _run(
+            ledger,
+            ws,
+            plan,
+            bundle,
+            installation,
+            previous_hosts,
+            recorder,
+            options,
+            progress,
+            result,
+        )
+    except KeyboardInterrupt:
+        raise DeployInterrupted(
+            f"interrupted: revision {revision} of {app}/{environment} is unfinished and its lease "
+            f"is still held; hosts may be mid-deploy. Run 'chassis lease break {app} --env "
+            f"{environment} --force --reason interrupted', then deploy again"
+        ) from None
+    return result
+
+
+def _is_noop(plan: Plan, previous: dict[str, dict[str, Any]]) -> bool:
+    wanted = {h.host: sorted(c.name for c in h.components) for h in plan.hosts}
+    return set(wanted) == set(previous) and all(
+        previous[h]["release_id"] == plan.release_id
+        and sorted(previous[h]["components"]) == wanted[h]
+        for h in wanted
+    )
+
+
+def _previous_plan(
+    installation: Installation, entry: dict[str, Any] | None, host: str
+) -> tuple[HostPlan | None, dict[str, Any] | None]:
+    if entry is None:
+        return None, None
+    revision = installation.revision_entry(int(entry["revision"]))
+    plan = msgspec.convert(revision["plan"], Plan)
+    for host_plan in plan.hosts:
+        if host_plan.host == host:
+            return host_plan, {**entry, "release_dir": release_dir_name(str(entry["release_id"]))}
+    return None, None
+
+
+def _run(
+    ledger: Ledger,
+    ws: Workspace,
+    plan: Plan,
+    bundle: Path,
+    installation: Installation,
+    previous_hosts: dict[str, dict[str, Any]],
+    recorder: _Recorder,
+    options: DeployOptions,
+    progress: Progress,
+    result: DeployResult,
+) -> None:
+    previous_plans = {
+        h.host: _previous_plan(installation, previous_hosts.get(h.host), h.host) for h in plan.hosts
+    }
+    deployments: dict[str, HostDeployment] = {}
+    failures: dict[str, StepFailed | str] = {}
+    lock = threading.Lock()
+
+    def one(host_plan: HostPlan) -> None:
+        name = host_plan.host
+        connector = connector_for(get_host(ledger, name), ws)
+        try:
+            supervisor = supervisor_for(plan, host_plan, connector)
+            prev_plan, prev_entry = previous_plans[name]
+            deployment = HostDeployment(
+                plan=plan,
+                host=host_plan,
+                connector=connector,
+                supervisor=supervisor,
+                bundle=bundle,
+                record=recorder.step(name),
+                previous_components=[c.name for c in prev_plan.components] if prev_plan else [],
+                keep_also=(str(prev_entry["release_dir"]),) if prev_entry else (),
+            )
+            with lock:
+                deployments[name] = deployment
+            progress(f"{name}: deploying {plan.label}")
+            deployment.run()
+            recorder(
+                lambda i: i.activate_host(
+                    actor=recorder.actor,
+                    op_id=recorder.op_id,
+                    host=name,
+                    release_id=plan.release_id,
+                    label=plan.label,
+                    components=[c.name for c in host_plan.components],
+                )
+            )
+            progress(f"{name}: {plan.label} active and healthy")
+        except StepFailed as failed:
+            with lock:
+                failures[name] = failed
+            progress(f"{name}: failed at {failed.step}: {failed.detail}")
+        except ConnectorError as e:
+            with lock:
+                failures[name] = e.diagnostics()
+            recorder.step(name)("connect", False, e.diagnostics(), {})
+            progress(f"{name}: {e.diagnostics()}")
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, options.max_parallel)) as pool:
+            list(pool.map(one, plan.hosts))
+        _settle(
+            plan,
+            deployments,
+            failures,
+            previous_plans,
+            previous_hosts,
+            recorder,
+            options,
+            progress,
+            result,
+        )
+    finally:
+        for deployment in deployments.values():
+            deployment.connector.close()
+
+
+def _settle(
+    plan: Plan,
+    deployments: dict[str, HostDeployment],
+    failures: dict[str, StepFailed | str],
+    previous_plans: dict[str, tuple[HostPlan | None, dict[str, Any] | None]],
+    previous_hosts: dict[str, dict[str, Any]],
+    recorder: _Recorder,
+    options: DeployOptions,
+    progress: Progress,
+    result: DeployResult,
+) -> None:
+    """Restore what must be restored, then record the operation's outcome."""
+    too_many = len(failures) > options.max_failures
+    to_restore = [
+        name for name, d in deployments.items() if d.touched and (too_many or name in failures)
+    ]
+    if to_restore:
+        progress(f"restoring {', '.join(sorted(to_restore))}")
+        _restore(to_restore, deployments, previous_plans, previous_hosts, recorder, progress)
+    for host_plan in plan.hosts:
+        name = host_plan.host
+        failure = failures.get(name)
+        result.hosts[name] = {
+            "ok": failure is None,
+            "step": failure.step if isinstance(failure, StepFailed) else None,
+            "detail": (failure.detail if isinstance(failure, StepFailed) else failure)
+            or "deployed",
+            "restored": name in to_restore,
+        }
+    if too_many:
+        first = sorted(failures)[0]
+        failure = failures[first]
+        why = (
+            f"{first}: {failure.step}: {failure.detail}"
+            if isinstance(failure, StepFailed)
+            else f"{first}: {failure}"
+        )
+        status, description = (
+            "failed",
+            f"deploy {plan.label} failed ({why}); previous release restored",
+        )
+    elif failures:
+        status = "deployed"
+        description = f"deploy {plan.label}; {len(failures)} host(s) failed and were restored"
+    else:
+        status, description = "deployed", f"deploy {plan.label}"
+    recorder(
+        lambda i: i.finish(
+            actor=recorder.actor, op_id=recorder.op_id, status=status, description=description
+        )
+    )
+    result.status, result.description = status, description
+
+
+def _restore(
+    names: list[str],
+    deployments: dict[str, HostDeployment],
+    previous_plans: dict[str, tuple[HostPlan | None, dict[str, Any] | None]],
+    previous_hosts: dict[str, dict[str, Any]],
+    recorder: _Recorder,
+    progress: Progress,
+) -> None:
+    def one(name: str) -> None:
+        deployment = deployments[name]
+        prev_plan, prev_entry = previous_plans[name]
+        ok, detail, _ = restore_host(
+            deployment.connector, deployment.supervisor, deployment.host, prev_plan, prev_entry
+        )
+        recorder(
+            lambda i: i.restore_host(
+                actor=recorder.actor,
+                op_id=recorder.op_id,
+                host=name,
+                previous=previous_hosts.get(name),
+                ok=ok,
+                detail=detail,
+            )
+        )
+        progress(f"{name}: {detail}")
+
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        list(pool.map(one, names))

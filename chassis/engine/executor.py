@@ -1,0 +1,292 @@
+"""Running one host's part of a plan, step by step, and restoring it.
+
+Every step's outcome is handed to ``record`` (which appends it to the ledger)
+before the next step starts. Host operations go through the connector, so
+local and SSH hosts behave the same.
+
+Components listen on fixed ports, so a host cannot run two releases of one
+component at once: the old release is stopped just before the new one
+starts, and restored if the new one fails its health gate. Hosts are
+deployed in parallel (``--max-parallel``), which bounds how many are
+briefly down at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adapters.connectors.base import Connector
+from adapters.errors import ConnectorError
+from adapters.health.gate import GateResult, HealthGate
+from adapters.health.probes import HealthCheck, probe_for
+from adapters.supervisors.base import ProcessSpec, Supervisor, SupervisorError
+from chassis.engine.plan import ComponentPlan, HostPlan, Plan
+
+KEEP_RELEASES = 3
+CRASH_ENV = "CHASSIS_CRASH_AT"
+"""Test hook: ``STEP`` or ``HOST:STEP`` makes the process exit (as if killed)
+right after that step's outcome is recorded."""
+
+Record = Callable[[str, bool, str, dict[str, Any]], None]
+
+
+class StepFailed(Exception):
+    def __init__(self, step: str, detail: str, data: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{step}: {detail}")
+        self.step = step
+        self.detail = detail
+        self.data = data or {}
+
+
+@dataclass
+class HostDeployment:
+    plan: Plan
+    host: HostPlan
+    connector: Connector
+    supervisor: Supervisor
+    bundle: Path
+    record: Record
+    previous_components: list[str] = field(default_factory=list)
+    keep_also: tuple[str, ...] = ()
+    """Release dirs prune must keep besides the new one (the rollback target)."""
+    touched: bool = False
+
+    @property
+    def root(self) -> str:
+        return self.host.root
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def run(self) -> None:
+        """All steps; raises ``StepFailed`` at the first failing one."""
+        for step in self.host.steps:
+            action = getattr(self, "_" + step.replace("-", "_"))
+            try:
+                detail, data = action()
+            except StepFailed as failed:
+                self.record(failed.step, False, failed.detail, failed.data)
+                raise
+            except (ConnectorError, SupervisorError) as e:
+                message = e.diagnostics()
+                self.record(step, False, message, {})
+                raise StepFailed(step, message) from e
+            self.record(step, True, detail, data)
+            crash_point(self.host.host, step)
+
+    # Steps. Each returns (detail, data) for the ledger.
+
+    def _upload(self) -> tuple[str, dict[str, Any]]:
+        dirs = " ".join(shlex.quote(self.path(d)) for d in ("releases", "shared", "run", "logs"))
+        self.connector.run(f"mkdir -p {dirs}", check=True, timeout=30)
+        remote = self._remote_bundle()
+        if self.connector.sha256(remote) == self.plan.bundle_sha256:
+            return "bundle already on host", {"bytes": 0}
+        self.touched = True
+        self.connector.put(self.bundle, remote)
+        return "bundle uploaded", {"bytes": self.plan.bundle_size}
+
+    def _verify(self) -> tuple[str, dict[str, Any]]:
+        found = self.connector.sha256(self._remote_bundle())
+        if found != self.plan.bundle_sha256:
+            raise StepFailed(
+                "verify",
+                f"sha256 of the bundle on {self.host.host} is {found}, expected "
+                f"{self.plan.bundle_sha256}: corrupted in transit or on disk",
+                {"expected": self.plan.bundle_sha256, "found": found or ""},
+            )
+        return "sha256 verified on the host", {"sha256": found}
+
+    def _unpack(self) -> tuple[str, dict[str, Any]]:
+        target = self.path("releases", self.plan.release_dir)
+        marker = f"{target}/.chassis-release"
+        if self.connector.exists(marker):
+            return "already unpacked", {}
+        self.touched = True
+        tmp = f"{target}.unpack"
+        q_tmp, q_target = shlex.quote(tmp), shlex.quote(target)
+        script = (
+            f"rm -rf {q_tmp} && mkdir -p {q_tmp} && "
+            f"tar -xzf {shlex.quote(self._remote_bundle())} -C {q_tmp} && "
+            f"printf '%s\\n' {shlex.quote(self.plan.release_id)} > {q_tmp}/.chassis-release && "
+            f"rm -rf {q_target} && mv {q_tmp} {q_target}"
+        )
+        self.connector.run(script, check=True, timeout=120)
+        return f"unpacked into releases/{self.plan.release_dir}", {}
+
+    def _configure(self) -> tuple[str, dict[str, Any]]:
+        for component in self.host.components:
+            self.connector.put_bytes(
+                env_file_text(self._env(component)).encode(),
+                self._env_file(component.name),
+                mode=0o600,
+            )
+        return f"{len(self.host.components)} env file(s) written (mode 600)", {}
+
+    def _stop_old(self) -> tuple[str, dict[str, Any]]:
+        names = sorted({*self.previous_components, *(c.name for c in self.host.components)})
+        stopped = []
+        for name in names:
+            if self.supervisor.state(name).running:
+                self.touched = True
+                self.supervisor.stop(name)
+                stopped.append(name)
+        return f"stopped {', '.join(stopped) or 'nothing'}", {"stopped": stopped}
+
+    def _start(self) -> tuple[str, dict[str, Any]]:
+        self.touched = True
+        pids: dict[str, int] = {}
+        for component in self.host.components:
+            try:
+                state = self.supervisor.start(self._spec(component))
+            except SupervisorError as e:
+                raise StepFailed(
+                    "start",
+                    f"{component.name} did not start: {e.diagnostics()}",
+                    {
+                        "component": component.name,
+                        "log_tail": self.supervisor.log_tail(component.name),
+                    },
+                ) from e
+            pids[component.name] = state.pid or 0
+        return f"started {', '.join(pids)}", {"pids": pids}
+
+    def _health(self) -> tuple[str, dict[str, Any]]:
+        evidence: dict[str, Any] = {}
+        for component in self.host.components:
+            result = self.gate(component)
+            if result is None:
+                continue
+            evidence[component.name] = gate_evidence(result)
+            if not result.passed:
+                tail = self.supervisor.log_tail(component.name)
+                why = f"failed its health gate: {result.reason}"
+                if not self.supervisor.state(component.name).running:
+                    # The supervisor's own "==> chassis:" lines frame the process's output.
+                    lines = [ln for ln in tail.strip().splitlines() if not ln.startswith("==>")]
+                    last = (lines or ["no output"])[-1]
+                    why = f"exited before passing its health gate: {last}"
+                raise StepFailed(
+                    "health",
+                    f"{component.name} {why}",
+                    {
+                        "component": component.name,
+                        "gate": gate_evidence(result),
+                        "log_tail": tail,
+                    },
+                )
+        return f"healthy: {', '.join(evidence) or 'no checks'}", {"gates": evidence}
+
+    def _swap(self) -> tuple[str, dict[str, Any]]:
+        self.connector.symlink_swap(f"releases/{self.plan.release_dir}", self.path("current"))
+        return f"current -> releases/{self.plan.release_dir}", {}
+
+    def _prune(self) -> tuple[str, dict[str, Any]]:
+        keep = {self.plan.release_dir, *self.keep_also}
+        listing = self.connector.run(
+            f"ls -1t {shlex.quote(self.path('releases'))}", check=True, timeout=30
+        ).stdout.split()
+        dirs = [d for d in listing if not d.endswith((".tar.gz", ".unpack"))]
+        remove = [d for d in dirs[KEEP_RELEASES:] if d not in keep]
+        for name in remove:
+            targets = [self.path("releases", name), self.path("releases", f"{name}.tar.gz")]
+            self.connector.run("rm -rf " + " ".join(shlex.quote(t) for t in targets), check=True)
+        return f"kept {min(len(dirs), KEEP_RELEASES)} release(s), removed {len(remove)}", {
+            "removed": remove
+        }
+
+    # Helpers.
+
+    def gate(self, component: ComponentPlan) -> GateResult | None:
+        # The new release, not ``current``: the gate runs before the swap.
+        workdir = self.path("releases", self.plan.release_dir)
+        return run_gate(component, self.host.address, self.connector, workdir)
+
+    def _remote_bundle(self) -> str:
+        return self.path("releases", f"{self.plan.release_dir}.tar.gz")
+
+    def _env_file(self, component: str) -> str:
+        return self.path("releases", self.plan.release_dir, f".env.{component}")
+
+    def _env(self, component: ComponentPlan) -> dict[str, str]:
+        return {
+            **component.env,
+            "CHASSIS_RELEASE_ID": self.plan.release_id,
+            "CHASSIS_COMPONENT": component.name,
+            "CHASSIS_HOST_ROOT": self.root,
+        }
+
+    def _spec(self, component: ComponentPlan) -> ProcessSpec:
+        return ProcessSpec(
+            component=component.name,
+            release_id=self.plan.release_id,
+            command=component.command,
+            workdir=self.path("releases", self.plan.release_dir),
+            env={},
+            env_file=self._env_file(component.name),
+            root=self.root,
+        )
+
+
+def run_gate(
+    component: ComponentPlan, address: str, connector: Connector, workdir: str
+) -> GateResult | None:
+    health = component.health
+    if health is None:
+        return None
+    port = health.get("port")
+    if isinstance(port, str):
+        port = component.ports[port]
+    check = HealthCheck(
+        type=health["type"],
+        port=port,
+        path=health.get("path", "/"),
+        expect_status=health.get("expect_status", 200),
+        body_contains=health.get("body_contains"),
+        command=_in_dir(workdir, health.get("command")),
+        interval_ms=health.get("interval_ms", 500),
+        timeout_ms=health.get("timeout_ms", 2000),
+        passes=health.get("passes", 2),
+        window_ms=health.get("window_ms", 30000),
+    )
+    gate = HealthGate(
+        interval_ms=check.interval_ms,
+        timeout_ms=check.timeout_ms,
+        passes=check.passes,
+        window_ms=check.window_ms,
+    )
+    return gate.run(probe_for(check, address, connector))
+
+
+def _in_dir(workdir: str, command: str | None) -> str | None:
+    return None if command is None else f"cd {shlex.quote(workdir)} && {command}"
+
+
+def gate_evidence(result: GateResult) -> dict[str, Any]:
+    return {
+        "passed": result.passed,
+        "attempts": result.attempts,
+        "consecutive": result.consecutive,
+        "reason": result.reason,
+        "last": [
+            {"ok": r.ok, "detail": r.detail, "elapsed_ms": r.elapsed_ms}
+            for r in result.results[-3:]
+        ],
+    }
+
+
+def env_file_text(env: dict[str, str]) -> str:
+    """``KEY=VALUE`` lines, values single-quoted for POSIX sh."""
+    return "".join(f"{key}={shlex.quote(value)}\n" for key, value in sorted(env.items()))
+
+
+def crash_point(host: str, step: str) -> None:
+    """The recovery tests' kill -9: exit without cleanup at a step boundary."""
+    target = os.environ.get(CRASH_ENV)
+    if target and target in (step, f"{host}:{step}"):
+        os._exit(137)

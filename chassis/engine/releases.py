@@ -1,0 +1,125 @@
+"""Releases: bundles in a content-addressed store, registered in the ledger.
+
+A release comes from ``[releases.LABEL]`` in ``chassis.toml`` (registered on
+first use) or ``chassis release add``. The bundle is copied into
+``.chassis/bundles/<sha256>.tar.gz`` so a later rollback never depends on the
+original file still being there.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from uuid import UUID
+
+from chassis.bundles import check_bundle, sha256_file
+from chassis.errors import ChassisError
+from chassis.stack.spec import SECRET_KEY, Stack
+from chassis.workspace import Workspace
+from ledger.application import Ledger
+from ledger.errors import NotFoundError
+from ledger.releases import Release
+
+
+class ReleaseError(ChassisError):
+    exit_code = 3
+
+
+def bundle_store(ws: Workspace) -> Path:
+    return ws.state_dir / "bundles"
+
+
+def bundle_path(ws: Workspace, sha256: str) -> Path:
+    return bundle_store(ws) / f"{sha256}.tar.gz"
+
+
+def add_release(
+    ledger: Ledger, ws: Workspace, app: str, label: str, artifact: Path, config: dict[str, str]
+) -> Release:
+    """Store the bundle and register the release; the same content again is a no-op."""
+    if ledger.signer is None:
+        raise ReleaseError("registering a release needs a signing key")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", label):
+        raise ReleaseError(f"release label {label!r}: expected letters, digits, '.', '_' or '-'")
+    for key in config:
+        if SECRET_KEY.search(key):
+            raise ReleaseError(
+                f"release {label}: config key {key!r} looks like a secret; release config is "
+                "recorded in the ledger, so secrets do not belong there"
+            )
+    source = artifact.expanduser()
+    if not source.is_file():
+        raise ReleaseError(f"{source}: release {label}: artifact not found")
+    check_bundle(source)
+    sha256 = sha256_file(source)
+    existing = ledger.find(Release, Release.id_for(Release.key(app, label)))
+    if existing is not None:
+        existing.check_same(sha256, config)
+        return existing
+    stored = bundle_path(ws, sha256)
+    if not stored.exists():
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stored.with_name(f".{stored.name}.tmp")
+        shutil.copyfile(source, tmp)
+        tmp.replace(stored)
+    release = Release.register(
+        app=app,
+        label=label,
+        bundle_sha256=sha256,
+        bundle_size=stored.stat().st_size,
+        config=config,
+        source=str(source),
+        actor=ledger.signer.keyid,
+    )
+    ledger.append(release)
+    return release
+
+
+def resolve_release(ledger: Ledger, ws: Workspace, stack: Stack, label: str) -> Release:
+    """A registered release, registering one declared in the stack file on first use."""
+    app = stack.app.name
+    found = ledger.find(Release, Release.id_for(Release.key(app, label)))
+    declared = stack.releases.get(label)
+    if declared is not None:
+        artifact = Path(declared.artifact)
+        if not artifact.is_absolute():
+            artifact = ws.root / artifact
+        if found is None or artifact.is_file():
+            release = add_release(ledger, ws, app, label, artifact, dict(declared.config))
+            if declared.sha256 and declared.sha256 != release.bundle_sha256:
+                raise ReleaseError(
+                    f"{stack.path}: releases.{label}.sha256: expected {declared.sha256}, "
+                    f"the artifact has {release.bundle_sha256}"
+                )
+            return release
+    if found is None:
+        known = sorted({*stack.releases, *(r.label for r in all_releases(ledger, app))})
+        raise ReleaseError(
+            f"no release {label!r} of {app} (releases: {', '.join(known) or 'none'})"
+        )
+    return found
+
+
+def all_releases(ledger: Ledger, app: str) -> list[Release]:
+    releases: list[Release] = []
+    for row in ledger.recorder.select_notifications(
+        start=None, limit=1_000_000, topics=[Release.Registered.TOPIC]
+    ):
+        try:
+            release = ledger.load(Release, UUID(str(row.originator_id)))
+        except NotFoundError:
+            continue
+        if release.app == app:
+            releases.append(release)
+    return releases
+
+
+def require_bundle(ws: Workspace, release: Release) -> Path:
+    path = bundle_path(ws, release.bundle_sha256)
+    if not path.is_file():
+        raise ReleaseError(
+            f"{path}: the bundle of release {release.label} is gone from the store; "
+            f"add it again with 'chassis release add {release.label} --artifact FILE'"
+        )
+    return path

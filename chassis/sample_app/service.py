@@ -1,0 +1,288 @@
+#!/usr/bin/env python3
+"""Chassis sample app: one small stdlib-only program with three roles.
+
+This file is copied verbatim into a release tree as ``app/gateway.py``,
+``app/api.py`` and ``app/worker.py``; the file name picks the role (``--role``
+overrides it). It runs on target hosts that only have ``python3`` (3.7 or
+later), so it must never import anything but the standard library.
+
+- ``gateway`` and ``api`` serve HTTP (``ThreadingHTTPServer``) on
+  ``--bind``:``--port``: ``GET /healthz`` answers ``ok <service> <version>``,
+  ``GET /`` a JSON document ``{"service", "version", "release"}``. The
+  gateway also proxies ``GET /upstream`` (to the upstream's ``/``) and
+  ``GET /api/...`` to ``--upstream``; its own ``/healthz`` never depends on
+  the upstream, so each host can be health-checked on its own.
+- ``worker`` serves nothing: it writes a ready file once started, removes it
+  when stopped, and ticks once a second.
+
+The version is the ``VERSION`` file of the release directory (the working
+directory, else the tree this file sits in); the release id is
+``$CHASSIS_RELEASE_ID``. ``FAIL_HEALTH=1`` makes ``/healthz`` answer 503 and
+``CRASH_ON_START=1`` makes the program exit with status 3 at once: the demo's
+deliberately broken releases. SIGTERM or SIGINT stop it cleanly with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+ROLES = ("gateway", "api", "worker")
+DEFAULT_PORTS = {"gateway": 8080, "api": 8081}
+DEFAULT_UPSTREAM = "127.0.0.1:8081"
+EXIT_CRASH = 3
+UPSTREAM_TIMEOUT_S = 5.0
+
+
+def log(role: str, message: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    sys.stderr.write(f"{stamp}Z {role}[{os.getpid()}] {message}\n")
+    sys.stderr.flush()
+
+
+def flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def read_version() -> str:
+    for candidate in (Path.cwd() / "VERSION", Path(__file__).resolve().parent.parent / "VERSION"):
+        try:
+            text = candidate.read_text(encoding="utf-8").strip()
+        except OSError:
+            continue
+        if text:
+            return text
+    return "unknown"
+
+
+@dataclass(frozen=True)
+class Identity:
+    role: str
+    version: str
+    release: str | None
+
+    def document(self) -> dict[str, Any]:
+        return {"service": self.role, "version": self.version, "release": self.release}
+
+
+# ---------------------------------------------------------------------- http
+
+
+class SampleServer(ThreadingHTTPServer):
+    daemon_threads = True  # in-flight requests never delay a stop
+
+    def __init__(
+        self, address: tuple[str, int], identity: Identity, upstream: tuple[str, int] | None
+    ) -> None:
+        self.identity = identity
+        self.upstream = upstream
+        self.fail_health = flag("FAIL_HEALTH")
+        super().__init__(address, Handler)
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: SampleServer
+    server_version = "chassis-sample-app"
+
+    def do_GET(self) -> None:
+        identity = self.server.identity
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            if self.server.fail_health:
+                text = f"failing {identity.role} {identity.version} (FAIL_HEALTH=1)\n"
+                self.reply(HTTPStatus.SERVICE_UNAVAILABLE, text.encode())
+            else:
+                text = f"ok {identity.role} {identity.version}\n"
+                self.reply(HTTPStatus.OK, text.encode())
+        elif path == "/":
+            self.reply_json(identity.document())
+        elif self.server.upstream and (path == "/upstream" or path.startswith("/api/")):
+            self.proxy(self.server.upstream, "/" if path == "/upstream" else self.path)
+        elif identity.role == "api" and path.startswith("/api/"):
+            self.reply_json({**identity.document(), "path": path})
+        else:
+            self.reply(HTTPStatus.NOT_FOUND, f"no such path: {path}\n".encode())
+
+    def proxy(self, upstream: tuple[str, int], target: str) -> None:
+        host, port = upstream
+        conn = http.client.HTTPConnection(host, port, timeout=UPSTREAM_TIMEOUT_S)
+        try:
+            conn.request("GET", target, headers={"X-Forwarded-For": self.client_address[0]})
+            response = conn.getresponse()
+            body = response.read()
+        except (OSError, http.client.HTTPException) as e:
+            text = f"upstream {host}:{port} unreachable: {e}\n"
+            self.reply(HTTPStatus.BAD_GATEWAY, text.encode())
+            return
+        finally:
+            conn.close()
+        content_type = response.getheader("Content-Type", "application/octet-stream")
+        self.reply(response.status, body, content_type, {"X-Upstream": f"{host}:{port}"})
+
+    def reply_json(self, document: dict[str, Any]) -> None:
+        body = json.dumps(document, sort_keys=True).encode() + b"\n"
+        self.reply(HTTPStatus.OK, body, "application/json")
+
+    def reply(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "text/plain; charset=utf-8",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log(self.server.identity.role, f"{self.address_string()} {format % args}")
+
+
+# -------------------------------------------------------------------- running
+
+
+def stop_event(role: str) -> threading.Event:
+    """An event set by SIGTERM or SIGINT."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log(role, f"received {signal.Signals(signum).name}, stopping")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def wait(stop: threading.Event) -> None:
+    while not stop.wait(0.5):
+        pass
+
+
+def serve(identity: Identity, bind: str, port: int, upstream: tuple[str, int] | None) -> int:
+    stop = stop_event(identity.role)
+    try:
+        server = SampleServer((bind, port), identity, upstream)
+    except OSError as e:
+        log(identity.role, f"cannot listen on {bind}:{port}: {e}")
+        return 1
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    via = f" upstream {upstream[0]}:{upstream[1]}" if upstream else ""
+    log(
+        identity.role,
+        f"listening on http://{bind}:{server.server_port} version {identity.version}"
+        f" release {identity.release or '-'}{via}",
+    )
+    try:
+        wait(stop)
+    finally:
+        server.shutdown()
+        server.server_close()
+    log(identity.role, "stopped")
+    return 0
+
+
+def work(identity: Identity, ready_file: Path) -> int:
+    stop = stop_event(identity.role)
+    token = f"{os.getpid()} {identity.role} {identity.version} {identity.release or '-'}\n"
+    ready_file.parent.mkdir(parents=True, exist_ok=True)
+    partial = ready_file.with_name(f".{ready_file.name}.{os.getpid()}")
+    partial.write_text(token, encoding="utf-8")
+    partial.replace(ready_file)
+    log(identity.role, f"ready ({ready_file}) version {identity.version}")
+    ticks = 0
+    try:
+        while not stop.wait(1.0):
+            ticks += 1
+            if ticks % 60 == 0:
+                log(identity.role, f"alive, {ticks} ticks")
+    finally:
+        # Leave the file alone if a newer worker has replaced it since.
+        try:
+            if ready_file.read_text(encoding="utf-8") == token:
+                ready_file.unlink()
+        except OSError:
+            pass
+    log(identity.role, f"stopped after {ticks} ticks")
+    return 0
+
+
+def default_ready_file() -> Path:
+    host_root = os.environ.get("CHASSIS_HOST_ROOT")
+    base = Path(host_root) if host_root else Path()
+    return base / "run" / "worker.ready"
+
+
+def upstream_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    stem = Path(__file__).stem
+    parser = argparse.ArgumentParser(description="Chassis sample app service.")
+    parser.add_argument(
+        "--role",
+        choices=ROLES,
+        default=stem if stem in ROLES else None,
+        required=stem not in ROLES,
+        help="which service to run (default: this file's name)",
+    )
+    parser.add_argument("--bind", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, help="port to listen on (0: any free port)")
+    parser.add_argument(
+        "--upstream",
+        type=upstream_address,
+        help=f"gateway: HOST:PORT of the api (default {DEFAULT_UPSTREAM})",
+    )
+    parser.add_argument(
+        "--ready-file",
+        type=Path,
+        help="worker: file written when ready "
+        "(default $CHASSIS_HOST_ROOT/run/worker.ready, else run/worker.ready)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    role: str = args.role
+    if flag("CRASH_ON_START"):
+        sys.stderr.write(
+            f"{role}: CRASH_ON_START=1 is set: exiting with status {EXIT_CRASH}"
+            " (deliberately broken release)\n"
+        )
+        return EXIT_CRASH
+    identity = Identity(role, read_version(), os.environ.get("CHASSIS_RELEASE_ID") or None)
+    if role == "worker":
+        return work(identity, args.ready_file or default_ready_file())
+    port: int = DEFAULT_PORTS[role] if args.port is None else args.port
+    upstream: tuple[str, int] | None = None
+    if role == "gateway":
+        upstream = args.upstream or upstream_address(DEFAULT_UPSTREAM)
+    return serve(identity, args.bind, port, upstream)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

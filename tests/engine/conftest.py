@@ -1,0 +1,41 @@
+"""A workspace with the example stack on free ports and sample releases v1-v3,
+whose processes are always stopped afterwards."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adapters.connectors.local import LocalConnector
+from adapters.supervisors.direct import DirectSupervisor
+from chassis.sample_app import build_sample_release
+from tests.conftest import Runner
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def shop(run: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    root = tmp_path / "shop"
+    run.ok("init", str(root), "--name", "shop", "--example")
+    stack = root / "chassis.toml"
+    text = stack.read_text().replace("8080", str(free_port())).replace("8081", str(free_port()))
+    stack.write_text(text.replace("window_ms = 8000", "window_ms = 4000"))
+    monkeypatch.chdir(root)
+    dist = tmp_path / "dist"
+    for version, config in (("v1", ()), ("v2", ()), ("v3", ("--config", "FAIL_HEALTH=1"))):
+        bundle, _ = build_sample_release(dist, version)
+        run.ok("release", "add", version, "--artifact", str(bundle), *config)
+    yield root
+    for host in ("dev-1", "dev-2", "dev-3"):
+        supervisor = DirectSupervisor(LocalConnector(host), str(root / ".chassis" / "hosts" / host))
+        for component in ("gateway", "api", "worker"):
+            supervisor.stop(component)
