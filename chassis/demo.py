@@ -24,7 +24,7 @@ from chassis.keyring import load_acting_key, local_key_path
 from chassis.sample_app import build_sample_release
 from chassis.stack.spec import load_stack
 from chassis.trust_admin import init_workspace
-from chassis.views import history, installations, status_rows
+from chassis.views import histories, status_rows
 from chassis.workspace import Workspace, keys_dir
 from ledger.application import Ledger
 from ledger.storage import open_ledger
@@ -84,8 +84,7 @@ def run_demo(workspace: Path | None, keep: bool, say: Say) -> DemoReport:
             )
             say(f"   revision {result.revision}: {result.status}: {result.description}")
             _show(ledger, say)
-        installation = installations(ledger, "demo", "dev")[0]
-        report.revisions = history(installation)["revisions"]
+        report.revisions = histories(ledger, "demo", "dev")[0]["revisions"]
         verified = verify_ledger(ledger.scan(), pinned_root=ws.settings().root_keyid)
         report.verified_events = verified.events
         say(f"\n== ledger verified: {verified.events} events, every signature checked")
@@ -114,8 +113,7 @@ def _show(ledger: Ledger, say: Say) -> None:
             f"   {row.host:6} {row.component:8} {row.label:3} rev {row.revision} "
             f"{row.state}, health {row.health}"
         )
-    installation = installations(ledger, "demo", "dev")[0]
-    for entry in history(installation)["revisions"]:
+    for entry in histories(ledger, "demo", "dev")[0]["revisions"]:
         say(
             f"   history: rev {entry['revision']} {entry['operation']} {entry['label']}: "
             f"{entry['status']}"

@@ -1,14 +1,13 @@
-"""What operators read: status (what runs where) and history, derived from
-the installations in the ledger."""
+"""What operators read: status (what runs where) and history, from the
+installation projections (caught up before every read)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
-from uuid import UUID
 
 from ledger.application import Ledger
-from ledger.installations import Installation
+from projections.installations import catch_up, open_views, read_views
 
 
 @dataclass(frozen=True)
@@ -28,51 +27,28 @@ class StatusRow:
         return asdict(self)
 
 
-def installations(
-    ledger: Ledger, app: str | None = None, environment: str | None = None
-) -> list[Installation]:
-    found: list[Installation] = []
-    for row in ledger.recorder.select_notifications(
-        start=None, limit=1_000_000, topics=[Installation.Created.TOPIC]
-    ):
-        installation = ledger.find(Installation, UUID(str(row.originator_id)))
-        if installation is None:
-            continue
-        if app is not None and installation.app != app:
-            continue
-        if environment is not None and installation.environment != environment:
-            continue
-        found.append(installation)
-    return found
+def _views(ledger: Ledger) -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
+    store = open_views(ledger)
+    catch_up(ledger, store)
+    return read_views(store)
 
 
 def status_rows(ledger: Ledger, app: str | None, environment: str | None) -> list[StatusRow]:
-    rows: list[StatusRow] = []
-    for inst in installations(ledger, app, environment):
-        for host, entry in sorted(inst.hosts.items()):
-            for component in entry["components"]:
-                rows.append(
-                    StatusRow(
-                        app=inst.app,
-                        environment=inst.environment,
-                        host=host,
-                        component=component,
-                        label=entry["label"],
-                        release_id=entry["release_id"],
-                        revision=int(entry["revision"]),
-                        state="running",
-                        health="passed",
-                        since=entry["since"],
-                    )
-                )
-    return rows
+    return [
+        StatusRow(**row)
+        for rows, history in _views(ledger)
+        if (app is None or history["app"] == app)
+        and (environment is None or history["environment"] == environment)
+        for row in rows
+    ]
 
 
-def history(inst: Installation) -> dict[str, Any]:
-    return {
-        "app": inst.app,
-        "environment": inst.environment,
-        "last_successful": inst.last_successful,
-        "lease": inst.lease,
-        "revisions": [{k: v for k, v in entry.items() if k != "plan"} for entry in inst.revisions],
-    }
+def histories(
+    ledger: Ledger, app: str | None = None, environment: str | None = None
+) -> list[dict[str, Any]]:
+    return [
+        history
+        for _, history in _views(ledger)
+        if (app is None or history["app"] == app)
+        and (environment is None or history["environment"] == environment)
+    ]

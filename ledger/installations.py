@@ -187,6 +187,28 @@ class Installation(LedgerAggregate):
                     entry["finished"] = format_timestamp(self.timestamp)
                     entry["description"] += f" (lease broken: {self.reason})"
 
+    class OperationResumed(LedgerEvent, frozen=True, kw_only=True):
+        """A recovering process takes over an interrupted operation: the lease
+        stays with the operation (same op_id, same revision) and passes to the
+        signing key, restarted with ``lease_ttl_s``."""
+
+        TOPIC: ClassVar[str] = "chassis.installation.operation-resumed.v1"
+        ROLE: ClassVar[str] = "operator"
+        op_id: str
+        reason: str
+        lease_ttl_s: int
+
+        def apply(self, aggregate: Installation) -> None:
+            lease = aggregate.lease
+            if lease is None or lease["op_id"] != self.op_id:
+                return
+            aggregate.lease = {
+                **lease,
+                "holder": self.keyid,
+                "started": format_timestamp(self.timestamp),
+                "ttl_s": self.lease_ttl_s,
+            }
+
     # Commands.
 
     @classmethod
@@ -350,6 +372,19 @@ class Installation(LedgerAggregate):
             revision=int(self.lease["revision"]),
             status=status,
             description=description,
+        )
+
+    def resume_operation(self, *, actor: str, op_id: str, reason: str, lease_ttl_s: int) -> None:
+        """Take over the operation holding the lease (``chassis recover``)."""
+        self._require_operation(op_id)
+        if not reason.strip():
+            raise DomainRuleError("resuming an operation needs a reason")
+        self.trigger(
+            self.OperationResumed,
+            keyid=actor,
+            op_id=op_id,
+            reason=reason,
+            lease_ttl_s=lease_ttl_s,
         )
 
     def break_lease(self, *, actor: str, reason: str, force: bool, now: datetime) -> dict[str, Any]:

@@ -182,19 +182,28 @@ class StorageConfig:
         processes by an advisory lock, since concurrent DDL on the same
         catalog rows fails ("tuple concurrently updated")."""
 
-        def tables_exist(conn: Any) -> bool:
+        table = "ledger_events"
+        if self.postgres_table_exists(table):
+            return build(False)
+        return self.with_ddl_lock(lambda: build(not self.postgres_table_exists(table)))
+
+    def postgres_table_exists(self, table: str) -> bool:
+        def exists(conn: Any) -> bool:
             row = conn.execute(
-                "SELECT to_regclass(%s) IS NOT NULL", (f"{self.schema}.ledger_events",)
+                "SELECT to_regclass(%s) IS NOT NULL", (f"{self.schema}.{table}",)
             ).fetchone()
             return bool(row[0])
 
-        if self._with_postgres(tables_exist):
-            return build(False)
+        return self._with_postgres(exists)
+
+    def with_ddl_lock(self, action: Callable[[], T]) -> T:
+        """Run ``action`` holding this schema's advisory lock (DDL from two
+        processes at once fails with "tuple concurrently updated")."""
 
         def locked(conn: Any) -> T:
             conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"chassis:{self.schema}",))
             try:
-                return build(not tables_exist(conn))
+                return action()
             finally:
                 conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"chassis:{self.schema}",))
 

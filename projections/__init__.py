@@ -1,3 +1,4 @@
-"""Read models of the ledger (spatial reality, release history, hosts,
-leases), each with a tracked position. Built by the deploy engine work.
+"""Read models of the ledger with tracked positions: spatial reality (what
+runs where) and release history per installation. Catch-up runs before any
+read command; rebuilding from scratch equals incremental catch-up.
 """

@@ -6,7 +6,7 @@ import click
 
 from chassis.cli.app import App, pass_app, table
 from chassis.errors import ChassisError
-from chassis.views import history, installations, status_rows
+from chassis.views import histories, status_rows
 
 
 @click.command("status", epilog="Example: chassis status shop --env dev --json")
@@ -53,10 +53,10 @@ def status_command(app: App, app_name: str | None, environment: str | None, as_j
 def history_command(app: App, app_name: str, environment: str, as_json: bool) -> None:
     """Every revision (time, operation, release, status, description) and the
     last successful one."""
-    found = installations(app.ledger(), app_name, environment)
+    found = histories(app.ledger(), app_name, environment)
     if not found:
         raise ChassisError(f"no installation of {app_name} in {environment}")
-    data = history(found[0])
+    data = found[0]
     rows = [
         [
             str(r["revision"]),

@@ -239,4 +239,5 @@ def test_bad_versions_are_refused(tmp_path: Path) -> None:
     for version in ("", "../up", "1 2", "v1\n"):
         with pytest.raises(ValueError, match="version"):
             build_sample_release(tmp_path, version)
-    assert [p for p in tmp_path.iterdir() if p.name != "home"] == []  # "home": the isolation fixture
+    # "home" is made by the isolation fixture
+    assert [p for p in tmp_path.iterdir() if p.name != "home"] == []

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import click
 
 from chassis.cli.app import App, pass_app, table
 from chassis.errors import ChassisError
-from chassis.views import installations
-from ledger.canonical import format_timestamp
+from chassis.views import histories
+from ledger.canonical import format_timestamp, parse_timestamp
 from ledger.installations import Installation
 
 
@@ -27,17 +27,18 @@ def list_command(app: App, as_json: bool) -> None:
     """Operations in progress (or crashed) that hold a lease."""
     now = datetime.now(UTC)
     data = []
-    for inst in installations(app.ledger()):
-        if inst.lease is None:
+    for history in histories(app.ledger()):
+        lease = history["lease"]
+        if lease is None:
             continue
-        expires = inst.lease_expires()
+        expires = parse_timestamp(lease["started"]) + timedelta(seconds=int(lease["ttl_s"]))
         data.append(
             {
-                "app": inst.app,
-                "environment": inst.environment,
-                **inst.lease,
-                "expires": format_timestamp(expires) if expires else None,
-                "expired": bool(expires and now > expires),
+                "app": history["app"],
+                "environment": history["environment"],
+                **lease,
+                "expires": format_timestamp(expires),
+                "expired": now > expires,
             }
         )
     rows = [

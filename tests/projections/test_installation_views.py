@@ -1,0 +1,111 @@
+"""Projections: incremental catch-up equals a rebuild from scratch, on every backend."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ledger.application import Ledger
+from ledger.installations import Installation
+from ledger.keys import KeyPair
+from projections.installations import catch_up, open_views, read_views, rebuild
+
+_counter = itertools.count()
+
+host_names = st.sampled_from(["h1", "h2", "h3"])
+operation = st.fixed_dictionaries(
+    {
+        "label": st.sampled_from(["v1", "v2", "v3"]),
+        "hosts": st.lists(host_names, min_size=1, max_size=3, unique=True),
+        "activate": st.integers(0, 3),
+        "restore": st.booleans(),
+        "ending": st.sampled_from(["deployed", "failed", "noop", "break", "left-open"]),
+    }
+)
+
+
+def run_operation(ledger: Ledger, key: KeyPair, name: str, op: dict[str, Any], views: Any) -> None:
+    installation_id = Installation.id_for(Installation.key(name, "env"))
+    installation = ledger.find(Installation, installation_id) or Installation.open(
+        name, "env", actor=key.keyid
+    )
+    now = datetime.now(UTC)
+    if installation.lease is not None:
+        installation.break_lease(actor=key.keyid, reason="test", force=True, now=now)
+    op_id = f"op{next(_counter)}"
+    installation.start_operation(
+        actor=key.keyid,
+        op_id=op_id,
+        operation="deploy",
+        label=op["label"],
+        release_id=op["label"] * 8,
+        profile="p",
+        placement={"g": op["hosts"][0]},
+        host_components={h: ["api"] for h in op["hosts"]},
+        plan_digest="0" * 64,
+        plan={},
+        lease_ttl_s=60,
+        description=f"deploy {op['label']}",
+        now=now,
+    )
+    ledger.append(installation)
+    catch_up(ledger, views)  # a reader may look at any point
+    for host in op["hosts"][: op["activate"]]:
+        installation.activate_host(
+            actor=key.keyid,
+            op_id=op_id,
+            host=host,
+            release_id=op["label"] * 8,
+            label=op["label"],
+            components=["api"],
+        )
+        installation.record_step(
+            actor=key.keyid, op_id=op_id, host=host, step="swap", ok=True, detail="", data={}
+        )
+    if op["restore"]:
+        host = op["hosts"][-1]
+        installation.restore_host(
+            actor=key.keyid, op_id=op_id, host=host, previous=None, ok=True, detail="restored"
+        )
+    ledger.append(installation)
+    if op["ending"] == "break":
+        installation.break_lease(actor=key.keyid, reason="crashed", force=True, now=now)
+    elif op["ending"] != "left-open":
+        installation.finish(actor=key.keyid, op_id=op_id, status=op["ending"], description="done")
+    if installation.pending_events:
+        ledger.append(installation)
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(operations=st.lists(operation, min_size=1, max_size=5))
+def test_rebuild_equals_incremental_catch_up(
+    ledger: Ledger, root_key: KeyPair, operations: list[dict[str, Any]]
+) -> None:
+    views = open_views(ledger)
+    name = f"app{next(_counter)}"
+    for op in operations:
+        run_operation(ledger, root_key, name, op, views)
+        catch_up(ledger, views)
+    incremental = read_views(views)
+    assert catch_up(ledger, views) == 0, "caught up means nothing left to apply"
+    rebuild(ledger, views)
+    assert read_views(views) == incremental
+    mine = [history for _, history in incremental if history["app"] == name]
+    assert len(mine) == 1
+    assert [r["revision"] for r in mine[0]["revisions"]] == list(range(1, len(operations) + 1))
+
+
+def test_status_rows_follow_activation_and_restore(ledger: Ledger, root_key: KeyPair) -> None:
+    views = open_views(ledger)
+    op = {"label": "v1", "hosts": ["h1", "h2"], "activate": 2, "restore": True, "ending": "failed"}
+    run_operation(ledger, root_key, "shop", op, views)
+    catch_up(ledger, views)
+    ((rows, history),) = [v for v in read_views(views) if v[1]["app"] == "shop"]
+    assert [(r["host"], r["label"]) for r in rows] == [("h1", "v1")], "h2 was restored to nothing"
+    assert history["revisions"][0]["status"] == "failed" and history["lease"] is None
