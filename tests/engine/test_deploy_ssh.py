@@ -1,0 +1,102 @@
+"""The same deploy flow against three real sshd hosts on 127.0.0.11-13."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adapters.connectors.ssh import SSHConnector
+from adapters.supervisors.direct import DirectSupervisor
+from chassis.sample_app import build_sample_release
+from tests.conftest import Runner
+from tests.engine.conftest import free_port
+from tests.sshd import SSHTestHost
+
+DEPLOY = ("deploy", "lab", "--env", "lab", "--profile", "split")
+
+
+@pytest.fixture
+def lab(
+    run: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ssh_hosts: list[SSHTestHost]
+) -> Iterator[tuple[Path, list[SSHTestHost], dict[str, Path]]]:
+    root = tmp_path / "lab"
+    run.ok("init", str(root), "--name", "lab")
+    roots = {h.name: tmp_path / f"root-{h.name}" for h in ssh_hosts}
+    api, gateway = free_port(), free_port()
+    hosts = "".join(
+        f'  {{ name = "{h.name}", connector = "ssh", address = "{h.address}", port = {h.port}, '
+        f'user = "{h.user}", key = "{h.client_key}", root = "{roots[h.name]}" }},\n'
+        for h in ssh_hosts
+    )
+    (root / "chassis.toml").write_text(
+        '[app]\nname = "lab"\n\n'
+        f'[components.gateway]\ncommand = "python3 app/gateway.py --bind 0.0.0.0 --port {gateway} '
+        f'--upstream 127.0.0.1:{api}"\nports = {{ http = {gateway} }}\n'
+        'health = { type = "http", port = "http", path = "/healthz", window_ms = 4000 }\n\n'
+        f'[components.api]\ncommand = "python3 app/api.py --bind 0.0.0.0 --port {api}"\n'
+        f"ports = {{ http = {api} }}\n"
+        'health = { type = "http", port = "http", path = "/healthz", window_ms = 4000 }\n\n'
+        '[components.worker]\ncommand = "python3 app/worker.py"\n'
+        'health = { type = "command", command = "test -f ../../run/worker.ready" }\n\n'
+        "[profiles.split]\n"
+        'groups.edge = { components = ["gateway"] }\n'
+        'groups.core = { components = ["api"] }\n'
+        'groups.jobs = { components = ["worker"] }\n\n'
+        f"[environments.lab]\nhosts = [\n{hosts}]\n"
+    )
+    monkeypatch.chdir(root)
+    for host in ssh_hosts:
+        run.ok("host", "trust-key", host.name, "--yes")
+    dist = tmp_path / "dist"
+    for version, config in (("v1", ()), ("v2", ()), ("v3", ("--config", "FAIL_HEALTH=1"))):
+        bundle, _ = build_sample_release(dist, version)
+        run.ok("release", "add", version, "--artifact", str(bundle), *config)
+    yield root, ssh_hosts, roots
+    for host in ssh_hosts:
+        with SSHConnector(host.settings()) as connector:
+            supervisor = DirectSupervisor(connector, str(roots[host.name]))
+            for component in ("gateway", "api", "worker"):
+                supervisor.stop(component)
+
+
+def test_deploy_over_ssh_with_restore(
+    run: Runner, lab: tuple[Path, list[SSHTestHost], dict[str, Path]]
+) -> None:
+    _, hosts, roots = lab
+    first = json.loads(run.ok(*DEPLOY, "--release", "v1", "--json").stdout)
+    assert first["status"] == "deployed"
+    rows = json.loads(run.ok("status", "lab", "--env", "lab", "--json").stdout)
+    assert {r["label"] for r in rows} == {"v1"} and len(rows) == 3
+    by_component = {r["component"]: r for r in rows}
+    api_host = next(h for h in hosts if h.name == by_component["api"]["host"])
+    api_port = int(
+        (
+            Path("chassis.toml")
+            .read_text()
+            .split("[components.api]")[1]
+            .split("http = ")[1]
+            .split(" ")[0]
+        )
+    )
+    with urllib.request.urlopen(f"http://{api_host.address}:{api_port}/healthz", timeout=5) as r:
+        assert r.read().decode().startswith("ok api v1")
+    current = roots[api_host.name] / "current"
+    assert (
+        current.is_symlink()
+        and (current / ".chassis-release").read_text().strip() == by_component["api"]["release_id"]
+    )
+
+    run.ok(*DEPLOY, "--release", "v2")
+    failed = run(*DEPLOY, "--release", "v3", "--json")
+    assert failed.exit_code == 16
+    rows = json.loads(run.ok("status", "lab", "--env", "lab", "--json").stdout)
+    assert {r["label"] for r in rows} == {"v2"}
+    with urllib.request.urlopen(f"http://{api_host.address}:{api_port}/healthz", timeout=5) as r:
+        assert "v2" in r.read().decode()
+    again = json.loads(run.ok(*DEPLOY, "--release", "v2", "--json").stdout)
+    assert again["status"] == "noop"
+    run.ok("ledger", "verify")

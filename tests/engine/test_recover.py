@@ -1,0 +1,175 @@
+"""Recovery: kill -9 a deploy at every step boundary, then ``chassis recover``.
+
+The deploy runs in a real subprocess with ``CHASSIS_CRASH_AT`` (the process
+``os._exit(137)``s right after the named step's outcome is recorded). After
+``chassis recover`` the lease is gone, the ledger verifies and the hosts
+agree with ``chassis status``: every component status names runs that
+release (pidfile and ``/proc``), ``current`` points at it, and the HTTP
+services answer with its label.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.connectors.local import LocalConnector
+from adapters.supervisors.direct import DirectSupervisor
+from chassis.engine.plan import STEPS
+from chassis.workspace import Workspace
+from ledger.installations import Installation
+from ledger.releases import release_dir_name
+from ledger.storage import open_ledger
+from tests.conftest import Runner
+from tests.engine.test_deploy_local import DEPLOY, get, port_of
+
+BEFORE_SWAP = STEPS[: STEPS.index("swap")]
+
+
+def crash_deploy(shop: Path, crash_at: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``chassis deploy … --release v2`` in a subprocess that dies at ``crash_at``."""
+    env = {**os.environ, "CHASSIS_CRASH_AT": crash_at}
+    result = subprocess.run(
+        [sys.executable, "-m", "chassis", *DEPLOY, "--release", "v2", *extra],
+        cwd=shop,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 137, (result.returncode, result.stdout, result.stderr)
+    return result
+
+
+def lease(run: Runner) -> dict[str, Any] | None:
+    history = json.loads(run.ok("history", "shop", "--env", "dev", "--json").stdout)
+    found: dict[str, Any] | None = history["lease"]
+    return found
+
+
+def events(shop: Path) -> list[Any]:
+    """The installation's events, decoded."""
+    ledger = open_ledger(Workspace.find(shop).storage(), None)
+    try:
+        key = Installation.id_for(Installation.key("shop", "dev"))
+        return list(ledger.events.get(key))
+    finally:
+        ledger.close()
+
+
+def assert_hosts_agree_with_status(run: Runner, shop: Path, label: str) -> None:
+    assert lease(run) is None
+    run.ok("ledger", "verify")
+    rows = json.loads(run.ok("status", "shop", "--env", "dev", "--json").stdout)
+    assert sorted(r["component"] for r in rows) == ["api", "gateway", "worker"]
+    assert {r["label"] for r in rows} == {label}
+    for row in rows:
+        root = shop / ".chassis" / "hosts" / row["host"]
+        state = DirectSupervisor(LocalConnector(row["host"]), str(root)).state(row["component"])
+        assert state.running, (row, state)
+        assert state.release_id == row["release_id"], (row, state)
+        assert (root / "current").resolve().name == release_dir_name(row["release_id"])
+    for component in ("api", "gateway"):
+        code, body = get(port_of(shop, component), "/healthz")
+        assert code == 200 and body.startswith(f"ok {component} {label}"), (component, body)
+
+
+CASES = [
+    pytest.param("intent", (), "v1", id="intent"),
+    *(pytest.param(step, (), "v1" if step in BEFORE_SWAP else None, id=step) for step in STEPS),
+    # One host at a time: dev-1 and dev-2 are deployed and recorded active
+    # when dev-3 dies, so the outcome is known for every step.
+    *(
+        pytest.param(
+            f"dev-3:{step}",
+            ("--max-parallel", "1"),
+            "v1" if step in BEFORE_SWAP else "v2",
+            id=f"dev-3:{step}-serial",
+        )
+        for step in STEPS
+    ),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("crash_at", "extra", "expected"), CASES)
+def test_recover_after_kill_at_every_step(
+    run: Runner, shop: Path, crash_at: str, extra: tuple[str, ...], expected: str | None
+) -> None:
+    run.ok(*DEPLOY, "--release", "v1")
+    crash_deploy(shop, crash_at, *extra)
+    held = lease(run)
+    assert held is not None and held["revision"] == 2
+
+    outcome = json.loads(run.ok("recover", "shop", "--env", "dev", "--json").stdout)
+    assert outcome["revision"] == 2 and outcome["label"] == "v2"
+    assert outcome["outcome"] in ("completed", "restored"), outcome
+    label = "v2" if outcome["outcome"] == "completed" else "v1"
+    if expected is not None:
+        assert label == expected, outcome
+    assert_hosts_agree_with_status(run, shop, label)
+
+    history = json.loads(run.ok("history", "shop", "--env", "dev", "--json").stdout)
+    last = history["revisions"][-1]
+    assert last["revision"] == 2
+    assert last["status"] == ("deployed" if label == "v2" else "failed")
+    assert "recover" in last["description"]
+    assert history["last_successful"] == (2 if label == "v2" else 1)
+    recorded = events(shop)
+    assert sum(isinstance(e, Installation.OperationResumed) for e in recorded) == 1
+    probes = [
+        e
+        for e in recorded
+        if isinstance(e, Installation.StepRecorded) and e.step == "recover-probe"
+    ]
+    assert sorted(e.host for e in probes) == ["dev-1", "dev-2", "dev-3"]
+    if crash_at == "intent":
+        assert {h["action"] for h in outcome["hosts"].values()} == {"left-running"}
+
+    # The installation is usable again.
+    run.ok(*DEPLOY, "--release", "v2")
+    assert_hosts_agree_with_status(run, shop, "v2")
+
+
+def test_recover_with_nothing_to_recover(run: Runner, shop: Path) -> None:
+    missing = run("recover", "shop", "--env", "dev")
+    assert missing.exit_code == 10 and "no installation of shop in dev" in missing.stderr
+    run.ok(*DEPLOY, "--release", "v1")
+    before = json.loads(run.ok("ledger", "log", "--json").stdout)
+    result = run.ok("recover", "shop", "--env", "dev")
+    assert result.stdout.startswith("nothing to recover")
+    assert "revision 1 is deployed" in result.stdout
+    data = json.loads(run.ok("recover", "shop", "--env", "dev", "--json").stdout)
+    assert data["outcome"] == "nothing-to-recover" and data["revision"] is None
+    assert json.loads(run.ok("ledger", "log", "--json").stdout) == before
+    assert_hosts_agree_with_status(run, shop, "v1")
+
+
+@pytest.mark.slow
+def test_a_crashed_recover_is_recovered(run: Runner, shop: Path) -> None:
+    run.ok(*DEPLOY, "--release", "v1")
+    crash_deploy(shop, "dev-2:start", "--max-parallel", "1")
+    env = {**os.environ, "CHASSIS_CRASH_AT": "dev-1:recover-probe"}
+    died = subprocess.run(
+        [sys.executable, "-m", "chassis", "recover", "shop", "--env", "dev"],
+        cwd=shop,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert died.returncode == 137, died.stderr
+    held = lease(run)
+    assert held is not None and held["revision"] == 2
+
+    outcome = json.loads(run.ok("recover", "shop", "--env", "dev", "--json").stdout)
+    assert outcome["outcome"] == "restored"
+    assert_hosts_agree_with_status(run, shop, "v1")
+    recorded = events(shop)
+    assert sum(isinstance(e, Installation.OperationResumed) for e in recorded) == 2
