@@ -74,13 +74,11 @@ def test_deploy_over_ssh_with_restore(
     by_component = {r["component"]: r for r in rows}
     api_host = next(h for h in hosts if h.name == by_component["api"]["host"])
     api_port = int(
-        (
-            Path("chassis.toml")
-            .read_text()
-            .split("[components.api]")[1]
-            .split("http = ")[1]
-            .split(" ")[0]
-        )
+        Path("chassis.toml")
+        .read_text()
+        .split("[components.api]")[1]
+        .split("http = ")[1]
+        .split(" ")[0]
     )
     with urllib.request.urlopen(f"http://{api_host.address}:{api_port}/healthz", timeout=5) as r:
         assert r.read().decode().startswith("ok api v1")
