@@ -1,0 +1,33 @@
+"""`chassis demo` (what `make demo` runs): v1, v2, a failing v3 restored to v2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from adapters.connectors.local import LocalConnector
+from adapters.supervisors.direct import DirectSupervisor
+from tests.conftest import Runner
+
+
+def test_demo_end_to_end_leaves_nothing_running(run: Runner, tmp_path: Path) -> None:
+    target = tmp_path / "demo"
+    result = run.ok("demo", "--workspace", str(target))
+    out = result.stdout
+    assert "revision 1: deployed: deploy v1" in out
+    assert "revision 2: deployed: deploy v2" in out
+    assert "revision 3: failed: deploy v3 failed" in out and "previous release restored" in out
+    assert "ledger verified" in out and f"Everything lives in {target}" in out
+    history = json.loads(run.ok("--workspace", str(target), "history", "demo", "--env", "dev", "--json").stdout)
+    assert [(r["label"], r["status"]) for r in history["revisions"]] == [
+        ("v1", "superseded"),
+        ("v2", "deployed"),
+        ("v3", "failed"),
+    ]
+    status = json.loads(run.ok("--workspace", str(target), "status", "--json").stdout)
+    assert {r["label"] for r in status} == {"v2"}
+    for host in ("dev-1", "dev-2", "dev-3"):
+        supervisor = DirectSupervisor(LocalConnector(host), str(target / ".chassis" / "hosts" / host))
+        for component in ("gateway", "api", "worker"):
+            assert not supervisor.state(component).running, (host, component)
+    run.ok("--workspace", str(target), "ledger", "verify")
