@@ -9,6 +9,7 @@ after each step, then the ledger is verified.
 
 from __future__ import annotations
 
+import re
 import socket
 import tempfile
 from collections.abc import Callable
@@ -101,10 +102,11 @@ def run_demo(workspace: Path | None, keep: bool, say: Say) -> DemoReport:
 
 def _free_ports(ws: Workspace) -> None:
     """The example's fixed ports may be taken on this machine: pick free ones."""
-    text = ws.stack_file.read_text()
     gateway, api = free_port(), free_port()
-    text = text.replace("8080", str(gateway)).replace("8081", str(api))
-    ws.stack_file.write_text(text)
+    while api == gateway:
+        api = free_port()
+    text = re.sub(r"\b8080\b", str(gateway), ws.stack_file.read_text())
+    ws.stack_file.write_text(re.sub(r"\b8081\b", str(api), text))
 
 
 def _show(ledger: Ledger, say: Say) -> None:

@@ -20,6 +20,9 @@ EXIT_CODES = {
     12: "placement impossible (group, short resource and best host named)",
     13: "hardware admission rejected (reason codes given)",
     14: "doctor found a failing check",
+    15: "a supervisor could not start or stop a process",
+    16: "deploy failed; the previous release was restored",
+    17: "recover could not restore a host; the lease stays held",
 }
 
 

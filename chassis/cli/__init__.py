@@ -21,6 +21,7 @@ from chassis.cli.init_cmd import init_command
 from chassis.cli.key import key_group
 from chassis.cli.lease import lease_group
 from chassis.cli.ledger import ledger_group
+from chassis.cli.recover_cmd import recover_command
 from chassis.cli.release import release_group
 from chassis.cli.stack import stack_group
 from chassis.cli.status_cmd import history_command, status_command
@@ -80,6 +81,7 @@ for command in (
     release_group,
     plan_command,
     deploy_command,
+    recover_command,
     status_command,
     history_command,
     lease_group,

@@ -28,7 +28,7 @@ from adapters.supervisors.base import Supervisor
 from adapters.supervisors.direct import DirectSupervisor
 from adapters.supervisors.systemd import SystemdSupervisor
 from chassis.connect import connector_for
-from chassis.engine.executor import HostDeployment, StepFailed
+from chassis.engine.executor import HostDeployment, StepFailed, crash_point
 from chassis.engine.plan import HostPlan, Plan, build_plan
 from chassis.engine.releases import require_bundle, resolve_release
 from chassis.engine.restore import restore_host
@@ -195,6 +195,7 @@ def deploy(
         now=datetime.now(UTC),
     )
     ledger.append(installation)
+    crash_point("*", "intent")
     revision = installation.revision
     recorder = _Recorder(ledger, installation, op_id)
     result = DeployResult(app, environment, revision, "pending", "", plan.digest())
@@ -225,8 +226,8 @@ def deploy(
     except KeyboardInterrupt:
         raise DeployInterrupted(
             f"interrupted: revision {revision} of {app}/{environment} is unfinished and its lease "
-            f"is still held; hosts may be mid-deploy. Run 'chassis lease break {app} --env "
-            f"{environment} --force --reason interrupted', then deploy again"
+            f"is still held; hosts may be mid-deploy. Run 'chassis recover {app} --env "
+            f"{environment}' to complete it or restore the previous release"
         ) from None
     return result
 
@@ -240,7 +241,7 @@ def _is_noop(plan: Plan, previous: dict[str, dict[str, Any]]) -> bool:
     )
 
 
-def _previous_plan(
+def previous_plan(
     installation: Installation, entry: dict[str, Any] | None, host: str
 ) -> tuple[HostPlan | None, dict[str, Any] | None]:
     if entry is None:
@@ -266,7 +267,7 @@ def _run(
     result: DeployResult,
 ) -> None:
     previous_plans = {
-        h.host: _previous_plan(installation, previous_hosts.get(h.host), h.host) for h in plan.hosts
+        h.host: previous_plan(installation, previous_hosts.get(h.host), h.host) for h in plan.hosts
     }
     deployments: dict[str, HostDeployment] = {}
     failures: dict[str, StepFailed | str] = {}

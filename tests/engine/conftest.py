@@ -3,6 +3,7 @@ whose processes are always stopped afterwards."""
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,14 @@ from adapters.connectors.local import LocalConnector
 from adapters.supervisors.direct import DirectSupervisor
 from chassis.sample_app import build_sample_release
 from tests.conftest import Runner
+
+
+def distinct_free_ports() -> tuple[int, int]:
+    first = free_port()
+    second = free_port()
+    while second == first:
+        second = free_port()
+    return first, second
 
 
 def free_port() -> int:
@@ -27,7 +36,8 @@ def shop(run: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
     root = tmp_path / "shop"
     run.ok("init", str(root), "--name", "shop", "--example")
     stack = root / "chassis.toml"
-    text = stack.read_text().replace("8080", str(free_port())).replace("8081", str(free_port()))
+    gateway, api = distinct_free_ports()
+    text = re.sub(r"\b8081\b", str(api), re.sub(r"\b8080\b", str(gateway), stack.read_text()))
     stack.write_text(text.replace("window_ms = 8000", "window_ms = 4000"))
     monkeypatch.chdir(root)
     dist = tmp_path / "dist"

@@ -18,7 +18,9 @@ def test_demo_end_to_end_leaves_nothing_running(run: Runner, tmp_path: Path) -> 
     assert "revision 2: deployed: deploy v2" in out
     assert "revision 3: failed: deploy v3 failed" in out and "previous release restored" in out
     assert "ledger verified" in out and f"Everything lives in {target}" in out
-    history = json.loads(run.ok("--workspace", str(target), "history", "demo", "--env", "dev", "--json").stdout)
+    history = json.loads(
+        run.ok("--workspace", str(target), "history", "demo", "--env", "dev", "--json").stdout
+    )
     assert [(r["label"], r["status"]) for r in history["revisions"]] == [
         ("v1", "superseded"),
         ("v2", "deployed"),
@@ -27,7 +29,9 @@ def test_demo_end_to_end_leaves_nothing_running(run: Runner, tmp_path: Path) -> 
     status = json.loads(run.ok("--workspace", str(target), "status", "--json").stdout)
     assert {r["label"] for r in status} == {"v2"}
     for host in ("dev-1", "dev-2", "dev-3"):
-        supervisor = DirectSupervisor(LocalConnector(host), str(target / ".chassis" / "hosts" / host))
+        supervisor = DirectSupervisor(
+            LocalConnector(host), str(target / ".chassis" / "hosts" / host)
+        )
         for component in ("gateway", "api", "worker"):
             assert not supervisor.state(component).running, (host, component)
     run.ok("--workspace", str(target), "ledger", "verify")

@@ -69,7 +69,9 @@ def list_command(app: App, as_json: bool) -> None:
     "break",
     epilog="""\b
 Only an expired lease can be broken, unless --force. Breaking is recorded and
-marks the operation failed; run 'chassis recover' to reconcile the hosts.
+marks the operation failed without touching hosts: prefer 'chassis recover',
+which completes or restores the operation; break a lease only when the hosts
+are known to be fine (or will be fixed by the next deploy).
 Example:
   chassis lease break shop --env dev --reason 'runner died' --force""",
 )

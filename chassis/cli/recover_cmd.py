@@ -1,0 +1,58 @@
+"""``chassis recover``: finish or undo an operation whose process died."""
+
+from __future__ import annotations
+
+import click
+
+from chassis.cli.app import App, pass_app, table
+from chassis.engine.recover import RecoveryIncomplete, recover
+
+
+@click.command(
+    "recover",
+    epilog="""\b
+Probes every host of the interrupted operation, then completes it (the new
+release runs, healthy, everywhere) or restores the previous release on every
+host. Everything it finds and does is recorded.
+Exit status: 0 recovered (or nothing to recover), 7 the lease is live and
+held by another key (see --force), 17 a host could not be restored (the lease
+stays held; run recover again once it is fixed).
+Examples:
+  chassis recover shop --env dev
+  chassis recover shop --env prod --json""",
+)
+@click.argument("app_name", metavar="APP")
+@click.option("--env", "environment", required=True)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Take over a live lease held by another key (its process must be gone).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@pass_app
+def recover_command(app: App, app_name: str, environment: str, force: bool, as_json: bool) -> None:
+    """Recover APP in ENV after a crashed deploy: complete it or restore the previous release."""
+    result = recover(
+        app.ledger(signing=True),
+        app.workspace,
+        app=app_name,
+        environment=environment,
+        force=force,
+        progress=app.note,
+    )
+    rows = [
+        [host, r["action"], "ok" if r["ok"] else "FAILED", r["detail"]]
+        for host, r in sorted(result.hosts.items())
+    ]
+
+    def human() -> None:
+        if result.revision is None:
+            click.echo(result.description)
+            return
+        click.echo(f"revision {result.revision}: {result.outcome}: {result.description}")
+        if rows:
+            table(rows, ["HOST", "ACTION", "", "DETAIL"])
+
+    app.emit(result.to_dict(), as_json=as_json, human=human)
+    if result.outcome == "incomplete":
+        raise RecoveryIncomplete(result.description)
