@@ -10,6 +10,7 @@ is a failure instead (DESIGN.md §9). The deploy engine's tests reuse this.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -207,42 +208,56 @@ class SSHDaemon:
         self.proc = None
 
 
-@pytest.fixture(scope="session")
-def ssh_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SSHTestHost]]:
-    """Three running sshd hosts h1..h3 on 127.0.0.11..13 (session-wide)."""
-    binary = require_sshd()
+class SSHDUnavailable(RuntimeError):
+    """sshd is not installed or cannot run here."""
+
+
+@contextlib.contextmanager
+def sshd_hosts(
+    base: Path, count: int, *, first: int = 11, prefix: str = "h"
+) -> Iterator[list[SSHTestHost]]:
+    """Start ``count`` sshd hosts ``h1..hN`` on ``127.0.0.<first>…`` under ``base``.
+
+    Yields them once all listen; stops every sshd started, also on failure.
+    Their pinned host keys are in ``base/known_hosts`` (OpenSSH format).
+    """
+    if not 1 <= count <= 255 - first:
+        raise ValueError(f"host count must be 1..{255 - first}, not {count}")
+    binary = sshd_binary()
+    if binary is None:
+        raise SSHDUnavailable(NOT_INSTALLED)
     try:
         PRIVSEP_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
     except OSError as e:
-        reason = f"sshd needs its privilege separation directory {PRIVSEP_DIR}: {e.strerror}"
-        if IN_CI:
-            pytest.fail(f"CI=true but {reason}")
-        pytest.skip(reason)
-    base = tmp_path_factory.mktemp("sshd")
+        raise SSHDUnavailable(
+            f"sshd needs its privilege separation directory {PRIVSEP_DIR}: {e.strerror}"
+        ) from e
+    base.mkdir(parents=True, exist_ok=True)
     client_key = base / "client_ed25519"
     client_public = write_ed25519_key(client_key, "chassis-tests")
     daemons: list[SSHDaemon] = []
     try:
-        for i in range(1, HOST_COUNT + 1):
-            directory = base / f"h{i}"
+        for i in range(1, count + 1):
+            directory = base / f"{prefix}{i}"
             directory.mkdir()
-            daemon = SSHDaemon(binary, directory, f"127.0.0.{10 + i}", client_public)
+            daemon = SSHDaemon(binary, directory, f"127.0.0.{first + i - 1}", client_public)
             daemons.append(daemon)
             daemon.start()
         known_hosts = base / "known_hosts"
         known_hosts.write_text(
             "".join(f"{known_hosts_name(d.address, d.port)} {d.host_key_line}\n" for d in daemons)
         )
+        user = pwd.getpwuid(os.getuid()).pw_name
         hosts = []
         for i, d in enumerate(daemons, start=1):
-            root = base / f"h{i}-root"
+            root = base / f"{prefix}{i}-root"
             root.mkdir()
             hosts.append(
                 SSHTestHost(
-                    name=f"h{i}",
+                    name=f"{prefix}{i}",
                     address=d.address,
                     port=d.port,
-                    user=pwd.getpwuid(os.getuid()).pw_name,  # root here; sshd runs as us
+                    user=user,
                     client_key=client_key,
                     host_key_fingerprint=openssh_fingerprint(d.host_key_line),
                     host_key_line=d.host_key_line,
@@ -256,6 +271,18 @@ def ssh_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SSHTest
     finally:
         for d in daemons:
             d.stop()
+
+
+@pytest.fixture(scope="session")
+def ssh_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SSHTestHost]]:
+    """Three running sshd hosts h1..h3 on 127.0.0.11..13 (session-wide)."""
+    try:
+        with sshd_hosts(tmp_path_factory.mktemp("sshd"), HOST_COUNT) as hosts:
+            yield hosts
+    except SSHDUnavailable as e:
+        if IN_CI:
+            pytest.fail(f"CI=true but {e}")
+        pytest.skip(str(e))
 
 
 @pytest.fixture
