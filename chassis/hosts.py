@@ -8,7 +8,9 @@ would silently win on the next command.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from chassis.errors import ChassisError
@@ -114,7 +116,35 @@ def environment_hosts(ledger: Ledger, environment: str) -> list[Host]:
     return [h for h in all_hosts(ledger) if h.settings.environment == environment]
 
 
-def resolve_root(host: Host, workspace_root: Path) -> str:
+@dataclass(frozen=True)
+class HostView:
+    """A host as placement sees it, whether or not the ledger knows it yet."""
+
+    name: str
+    settings: HostSettings
+    facts: dict[str, Any] | None
+
+
+HostLike = Host | HostView
+
+
+def declared_views(ledger: Ledger, stack: Stack, environment: str) -> list[HostView]:
+    """The environment's hosts without writing anything: registered ones, with
+    the stack file's settings (and declared but unregistered ones) on top."""
+    views = {
+        h.name: HostView(h.name, h.settings, h.facts)
+        for h in environment_hosts(ledger, environment)
+    }
+    for env, spec in stack.hosts():
+        if env != environment:
+            continue
+        known = ledger.find(Host, Host.id_for(spec.name))
+        facts = known.facts if known is not None and not known.removed else None
+        views[spec.name] = HostView(spec.name, settings_from_spec(env, spec), facts)
+    return [views[name] for name in sorted(views)]
+
+
+def resolve_root(host: HostLike, workspace_root: Path) -> str:
     """Where a host's root is: local roots may be relative to the workspace."""
     root = host.settings.root
     if host.settings.connector == "local" and not root.startswith("/"):

@@ -20,9 +20,9 @@ from adapters.errors import ConnectorError
 from adapters.facts.inventory import HostInventory
 from adapters.facts.model import FactsError, HostFacts, facts_digest, parse_probe_output
 from adapters.facts.probe import collect
-from chassis.connect import DEFAULT_CONNECT_TIMEOUT_S, connector_for
+from chassis.connect import DEFAULT_CONNECT_TIMEOUT_S, connector_from_settings
 from chassis.errors import ChassisError
-from chassis.hosts import resolve_root
+from chassis.hosts import HostLike, resolve_root
 from chassis.workspace import Workspace
 from ledger.application import Ledger
 from ledger.hosts import Host
@@ -53,12 +53,16 @@ class InventoryResult:
         }
 
 
-def probe(host: Host, ws: Workspace, *, timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> HostFacts:
+def probe(
+    host: HostLike, ws: Workspace, *, timeout: float = DEFAULT_CONNECT_TIMEOUT_S
+) -> HostFacts:
     """Facts of one host. Raises ``ConnectorError`` or ``ProbeFailed``."""
     roots = ["/", resolve_root(host, ws.root)]
     if host.settings.connector == "local":
         return _parse(host.name, json.dumps(collect(roots)))
-    with connector_for(host, ws, connect_timeout=timeout) as connector:
+    with connector_from_settings(
+        host.name, host.settings, ws, connect_timeout=timeout
+    ) as connector:
         return probe_remote(host.name, connector, roots)
 
 

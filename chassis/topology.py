@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chassis.hosts import environment_hosts
+from chassis.hosts import HostLike
 from chassis.placement import Assignment, GroupNeed, HostCapacity, PlacementError, place
 from chassis.stack.spec import Demand, Stack
-from ledger.application import Ledger
-from ledger.hosts import Host
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ class Topology:
         }
 
 
-def capacity(host: Host) -> HostCapacity:
+def capacity(host: HostLike) -> HostCapacity:
     facts = host.facts or {}
     return HostCapacity(
         name=host.name,
@@ -52,7 +51,9 @@ def capacity(host: Host) -> HostCapacity:
     )
 
 
-def compile_topology(stack: Stack, ledger: Ledger, profile: str, environment: str) -> Topology:
+def compile_topology(
+    stack: Stack, hosts: Sequence[HostLike], profile: str, environment: str
+) -> Topology:
     """Place every group of ``profile`` on ``environment``'s inventoried hosts.
 
     Raises ``PlacementError`` (nothing recorded) when a group cannot fit or a
@@ -60,7 +61,6 @@ def compile_topology(stack: Stack, ledger: Ledger, profile: str, environment: st
     """
     spec = stack.profile(profile)
     stack.environment(environment)
-    hosts = environment_hosts(ledger, environment)
     missing = [h.name for h in hosts if h.facts is None]
     if missing:
         raise PlacementError(

@@ -41,7 +41,7 @@ def plan_command(
 ) -> None:
     """Compile the deployment plan and print it with its digest; changes nothing."""
     plan, _ = prepare(
-        app.ledger(signing=True),
+        app.ledger(),
         app.workspace,
         app.stack(),
         app=app_name,
@@ -49,6 +49,7 @@ def plan_command(
         profile=profile,
         label=label,
         progress=app.note,
+        record=False,
     )
     data = plan.to_dict()
 

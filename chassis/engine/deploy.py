@@ -30,11 +30,11 @@ from adapters.supervisors.systemd import SystemdSupervisor
 from chassis.connect import connector_for
 from chassis.engine.executor import HostDeployment, StepFailed, crash_point
 from chassis.engine.plan import HostPlan, Plan, build_plan
-from chassis.engine.releases import require_bundle, resolve_release
+from chassis.engine.releases import peek_release, require_bundle, resolve_release
 from chassis.engine.restore import restore_host
 from chassis.errors import ChassisError
-from chassis.hosts import environment_hosts, get_host, sync_declared
-from chassis.inventory import inventory
+from chassis.hosts import HostView, declared_views, environment_hosts, get_host, sync_declared
+from chassis.inventory import ProbeFailed, inventory, probe
 from chassis.stack.spec import Stack
 from chassis.workspace import Workspace
 from ledger.application import Ledger
@@ -89,14 +89,27 @@ def prepare(
     profile: str,
     label: str,
     progress: Progress,
+    record: bool = True,
 ) -> tuple[Plan, Path]:
-    """Check names, register declared hosts and the release, inventory hosts
-    never probed, compile the plan. Raises before any intent is recorded."""
+    """Check names and compile the plan; raises before any intent is recorded.
+
+    With ``record`` (a real deploy) declared hosts and the release are
+    registered and never-probed hosts inventoried, as on any first use.
+    Without it (``plan``, ``--dry-run``) nothing at all is written: hosts
+    without facts are probed live and the release is only looked at.
+    """
     if app != stack.app.name:
         raise ChassisError(f"unknown app {app!r} (this workspace deploys {stack.app.name!r})")
     stack.environment(environment)
     stack.profile(profile)
-    release = resolve_release(ledger, ws, stack, label)
+    if not record:
+        release, bundle = peek_release(ledger, ws, stack, label)
+        hosts = _with_live_facts(declared_views(ledger, stack, environment), ws, progress)
+        plan = build_plan(
+            stack, hosts, ws, environment=environment, profile=profile, release=release
+        )
+        return plan, bundle
+    recorded = resolve_release(ledger, ws, stack, label)
     sync_declared(ledger, stack)
     fresh = [h for h in environment_hosts(ledger, environment) if h.facts is None]
     if fresh:
@@ -104,8 +117,32 @@ def prepare(
         for result in inventory(ledger, ws, fresh):
             if result.error:
                 raise ChassisError(result.error)
-    plan = build_plan(stack, ledger, ws, environment=environment, profile=profile, release=release)
-    return plan, require_bundle(ws, release)
+    plan = build_plan(
+        stack,
+        environment_hosts(ledger, environment),
+        ws,
+        environment=environment,
+        profile=profile,
+        release=recorded,
+    )
+    return plan, require_bundle(ws, recorded)
+
+
+def _with_live_facts(views: list[HostView], ws: Workspace, progress: Progress) -> list[HostView]:
+    """Fill in facts of never-inventoried hosts by probing them, recording nothing."""
+    missing = [v for v in views if v.facts is None]
+    if missing:
+        progress(f"probing {', '.join(v.name for v in missing)} (not recorded: planning only)")
+    result = []
+    for view in views:
+        if view.facts is None:
+            try:
+                facts = msgspec.to_builtins(probe(view, ws))
+            except (ConnectorError, ProbeFailed) as e:
+                raise ChassisError(e.diagnostics()) from None
+            view = HostView(view.name, view.settings, facts)
+        result.append(view)
+    return result
 
 
 class _Recorder:

@@ -9,18 +9,18 @@ releases (which record facts, not intents).
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import msgspec
 
-from chassis.hosts import environment_hosts, resolve_root
+from chassis.hosts import HostLike, resolve_root
 from chassis.stack.schema import HealthSpec
 from chassis.stack.spec import Stack
 from chassis.topology import compile_topology
 from chassis.workspace import Workspace
-from ledger.application import Ledger
 from ledger.canonical import canonical_json
-from ledger.releases import Release, release_dir_name
+from ledger.releases import release_dir_name
 
 PLAN_TAG = b"chassis.plan.v1\x00"
 STEPS = ("upload", "verify", "unpack", "configure", "stop-old", "start", "health", "swap", "prune")
@@ -75,13 +75,34 @@ def health_dict(health: HealthSpec | None) -> dict[str, Any] | None:
     return result
 
 
+class ReleaseLike(Protocol):
+    """A registered release, or one that planning only looked at."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def release_id(self) -> str: ...
+    @property
+    def bundle_sha256(self) -> str: ...
+    @property
+    def bundle_size(self) -> int: ...
+    @property
+    def config(self) -> dict[str, str]: ...
+
+
 def build_plan(
-    stack: Stack, ledger: Ledger, ws: Workspace, *, environment: str, profile: str, release: Release
+    stack: Stack,
+    hosts_in_env: Sequence[HostLike],
+    ws: Workspace,
+    *,
+    environment: str,
+    profile: str,
+    release: ReleaseLike,
 ) -> Plan:
-    """Compile ``profile`` onto ``environment`` for ``release``. Raises on any
-    impossible placement before anything is recorded."""
-    topology = compile_topology(stack, ledger, profile, environment)
-    hosts = {h.name: h for h in environment_hosts(ledger, environment)}
+    """Compile ``profile`` onto ``environment`` for ``release``. Pure: raises
+    on any impossible placement; records nothing."""
+    topology = compile_topology(stack, hosts_in_env, profile, environment)
+    hosts = {h.name: h for h in hosts_in_env}
     by_host: dict[str, list[str]] = {}
     for group, _, _, assignment in topology.groups:
         by_host.setdefault(assignment.host, []).append(group)

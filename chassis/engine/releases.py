@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
@@ -19,7 +20,7 @@ from chassis.stack.spec import SECRET_KEY, Stack
 from chassis.workspace import Workspace
 from ledger.application import Ledger
 from ledger.errors import NotFoundError
-from ledger.releases import Release
+from ledger.releases import Release, release_id_for
 
 
 class ReleaseError(ChassisError):
@@ -40,19 +41,7 @@ def add_release(
     """Store the bundle and register the release; the same content again is a no-op."""
     if ledger.signer is None:
         raise ReleaseError("registering a release needs a signing key")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", label):
-        raise ReleaseError(f"release label {label!r}: expected letters, digits, '.', '_' or '-'")
-    for key in config:
-        if SECRET_KEY.search(key):
-            raise ReleaseError(
-                f"release {label}: config key {key!r} looks like a secret; release config is "
-                "recorded in the ledger, so secrets do not belong there"
-            )
-    source = artifact.expanduser()
-    if not source.is_file():
-        raise ReleaseError(f"{source}: release {label}: artifact not found")
-    check_bundle(source)
-    sha256 = sha256_file(source)
+    source, sha256 = _checked_artifact(label, artifact, config)
     existing = ledger.find(Release, Release.id_for(Release.key(app, label)))
     if existing is not None:
         existing.check_same(sha256, config)
@@ -74,6 +63,62 @@ def add_release(
     )
     ledger.append(release)
     return release
+
+
+def _checked_artifact(label: str, artifact: Path, config: dict[str, str]) -> tuple[Path, str]:
+    """Validate label, config keys and bundle; return the artifact and its sha256."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", label):
+        raise ReleaseError(f"release label {label!r}: expected letters, digits, '.', '_' or '-'")
+    for key in config:
+        if SECRET_KEY.search(key):
+            raise ReleaseError(
+                f"release {label}: config key {key!r} looks like a secret; release config is "
+                "recorded in the ledger, so secrets do not belong there"
+            )
+    source = artifact.expanduser()
+    if not source.is_file():
+        raise ReleaseError(f"{source}: release {label}: artifact not found")
+    check_bundle(source)
+    return source, sha256_file(source)
+
+
+@dataclass(frozen=True)
+class ReleaseRef:
+    """A release as it would be registered: planning must not register it."""
+
+    label: str
+    release_id: str
+    bundle_sha256: str
+    bundle_size: int
+    config: dict[str, str]
+
+
+def peek_release(
+    ledger: Ledger, ws: Workspace, stack: Stack, label: str
+) -> tuple[Release | ReleaseRef, Path]:
+    """The release and its bundle, registering and copying nothing."""
+    app = stack.app.name
+    found = ledger.find(Release, Release.id_for(Release.key(app, label)))
+    declared = stack.releases.get(label)
+    if declared is not None:
+        artifact = Path(declared.artifact)
+        artifact = artifact if artifact.is_absolute() else ws.root / artifact
+        if found is None or artifact.is_file():
+            source, sha256 = _checked_artifact(label, artifact, dict(declared.config))
+            if found is not None:
+                found.check_same(sha256, dict(declared.config))
+                return found, source
+            config = dict(declared.config)
+            ref = ReleaseRef(
+                label, release_id_for(sha256, config), sha256, source.stat().st_size, config
+            )
+            return ref, source
+    if found is None:
+        known = sorted({*stack.releases, *(r.label for r in all_releases(ledger, app))})
+        raise ReleaseError(
+            f"no release {label!r} of {app} (releases: {', '.join(known) or 'none'})"
+        )
+    return found, require_bundle(ws, found)
 
 
 def resolve_release(ledger: Ledger, ws: Workspace, stack: Stack, label: str) -> Release:

@@ -56,9 +56,9 @@ def test_plan_is_data_and_changes_nothing(run: Runner, shop: Path) -> None:
     assert digest == hashlib.sha256(b"chassis.plan.v1\x00" + canonical_json(plan)).hexdigest()
     assert sorted(h["host"] for h in plan["hosts"]) == ["dev-1", "dev-2", "dev-3"]
     after = json.loads(run.ok("ledger", "log", "--json").stdout)
-    intents = [e for e in after if e["topic"].startswith("chassis.installation.")]
-    assert not intents, "planning records no intent"
-    assert len(after) >= len(before)
+    assert after == before, "planning appends nothing: no intent, no host, no inventory"
+    hosts = json.loads(run.ok("host", "list", "--json").stdout)
+    assert all(h["facts"] is None for h in hosts), "hosts probed for a plan are not recorded"
 
 
 def test_deploy_v1_v2_then_failing_v3_is_restored(run: Runner, shop: Path) -> None:

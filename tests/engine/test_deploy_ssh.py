@@ -98,3 +98,33 @@ def test_deploy_over_ssh_with_restore(
     again = json.loads(run.ok(*DEPLOY, "--release", "v2", "--json").stdout)
     assert again["status"] == "noop"
     run.ok("ledger", "verify")
+
+
+def test_a_host_down_during_deploy_restores_the_others(
+    run: Runner,
+    lab: tuple[Path, list[SSHTestHost], dict[str, Path]],
+    closed_port: tuple[str, int],
+) -> None:
+    """h3 is inventoried, then goes away (its address now refuses connections):
+    with --max-failures 0 the hosts that were touched go back to v1."""
+    root, hosts, _ = lab
+    run.ok(*DEPLOY, "--release", "v1")
+    stack = root / "chassis.toml"
+    h3 = hosts[2]
+    stack.write_text(
+        stack.read_text().replace(
+            f'address = "{h3.address}", port = {h3.port}',
+            f'address = "{closed_port[0]}", port = {closed_port[1]}',
+        )
+    )
+    result = run(*DEPLOY, "--release", "v2", "--max-failures", "0", "--json")
+    assert result.exit_code == 16
+    summary = json.loads(result.stdout)
+    assert (
+        summary["hosts"]["h3"]["ok"] is False
+        and "refused" in summary["hosts"]["h3"]["detail"].lower()
+    )
+    restored = [name for name, h in summary["hosts"].items() if h["restored"]]
+    assert sorted(restored) == ["h1", "h2"]
+    rows = json.loads(run.ok("status", "lab", "--env", "lab", "--json").stdout)
+    assert {r["label"] for r in rows} == {"v1"}

@@ -35,7 +35,7 @@ def show_command(app: App, profile: str, environment: str, as_json: bool) -> Non
         for result in inventory(ledger, app.workspace, fresh):
             if result.error:
                 app.note(f"  {result.error}")
-    topology = compile_topology(stack, ledger, profile, environment)
+    topology = compile_topology(stack, environment_hosts(ledger, environment), profile, environment)
     rows = [
         [name, ",".join(components), assignment.host, assignment.reason]
         for name, components, _, assignment in topology.groups
