@@ -7,7 +7,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ledger.application import Ledger
-from projections.installations import catch_up, open_views, read_views
+from projections.fold import documents
+from projections.hosts import HOSTS
+from projections.installations import INSTALLATIONS
 
 
 @dataclass(frozen=True)
@@ -28,9 +30,13 @@ class StatusRow:
 
 
 def _views(ledger: Ledger) -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
-    store = open_views(ledger)
-    catch_up(ledger, store)
-    return read_views(store)
+    return [(doc["status"], doc["history"]) for doc in documents(ledger, INSTALLATIONS)]
+
+
+def host_documents(ledger: Ledger, *, include_removed: bool = False) -> list[dict[str, Any]]:
+    """Registered hosts from the hosts view, in name order."""
+    docs = sorted(documents(ledger, HOSTS), key=lambda d: d["name"])
+    return [d for d in docs if include_removed or not d["removed"]]
 
 
 def status_rows(ledger: Ledger, app: str | None, environment: str | None) -> list[StatusRow]:

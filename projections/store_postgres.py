@@ -7,7 +7,7 @@ from typing import Any
 
 from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresTrackingRecorder
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composed, Identifier
 
 from projections.store import VIEW_TABLE, ViewRow, row_from
 
@@ -17,53 +17,50 @@ class PostgresViewStore(PostgresTrackingRecorder):
         super().__init__(*args, **kwargs)
         self.sql_create_statements.append(
             SQL(
-                "CREATE TABLE IF NOT EXISTS {0}.{1} ("
-                "installation_id text PRIMARY KEY, app text, environment text, "
-                "state bytea, status bytea, history bytea)"
-            ).format(Identifier(self.datastore.schema), Identifier(VIEW_TABLE))
+                "CREATE TABLE IF NOT EXISTS {0} ("
+                "view text, key text, state bytea, doc bytea, PRIMARY KEY (view, key))"
+            ).format(self._table())
         )
 
-    def _table(self) -> Any:
+    def _table(self) -> Composed:
         return SQL("{0}.{1}").format(Identifier(self.datastore.schema), Identifier(VIEW_TABLE))
 
-    def read(self, installation_id: str) -> ViewRow | None:
+    def read(self, view: str, key: str) -> ViewRow | None:
         with self.datastore.transaction(commit=False) as c:
             c.execute(
-                SQL("SELECT * FROM {0} WHERE installation_id = %s").format(self._table()),
-                (installation_id,),
+                SQL("SELECT key, state, doc FROM {0} WHERE view = %s AND key = %s").format(
+                    self._table()
+                ),
+                (view, key),
             )
             found = c.fetchone()
         return row_from(_values(found)) if found else None
 
-    def read_all(self) -> list[ViewRow]:
+    def read_all(self, view: str) -> list[ViewRow]:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(SQL("SELECT * FROM {0} ORDER BY app, environment").format(self._table()))
+            c.execute(
+                SQL("SELECT key, state, doc FROM {0} WHERE view = %s ORDER BY key").format(
+                    self._table()
+                ),
+                (view,),
+            )
             return [row_from(_values(r)) for r in c.fetchall()]
 
-    def write(self, rows: list[ViewRow], tracking: Tracking) -> None:
+    def write(self, view: str, rows: list[ViewRow], tracking: Tracking) -> None:
         with self.datastore.transaction(commit=True) as c:
             for row in rows:
                 c.execute(
                     SQL(
-                        "INSERT INTO {0} VALUES (%s, %s, %s, %s, %s, %s) "
-                        "ON CONFLICT (installation_id) DO UPDATE SET app = EXCLUDED.app, "
-                        "environment = EXCLUDED.environment, state = EXCLUDED.state, "
-                        "status = EXCLUDED.status, history = EXCLUDED.history"
+                        "INSERT INTO {0} VALUES (%s, %s, %s, %s) ON CONFLICT (view, key) "
+                        "DO UPDATE SET state = EXCLUDED.state, doc = EXCLUDED.doc"
                     ).format(self._table()),
-                    (
-                        row.installation_id,
-                        row.app,
-                        row.environment,
-                        row.state,
-                        row.status,
-                        row.history,
-                    ),
+                    (view, row.key, row.state, row.doc),
                 )
             self._insert_tracking(c, tracking)
 
-    def clear(self, tracking_name: str) -> None:
+    def clear(self, view: str, tracking_name: str) -> None:
         with self.datastore.transaction(commit=True) as c:
-            c.execute(SQL("DELETE FROM {0}").format(self._table()))
+            c.execute(SQL("DELETE FROM {0} WHERE view = %s").format(self._table()), (view,))
             c.execute(
                 SQL("DELETE FROM {0}.{1} WHERE application_name = %s").format(
                     Identifier(self.datastore.schema), Identifier(self.tracking_table_name)
@@ -74,6 +71,5 @@ class PostgresViewStore(PostgresTrackingRecorder):
 
 def _values(found: Any) -> tuple[Any, ...]:
     if isinstance(found, dict):
-        keys = ("installation_id", "app", "environment", "state", "status", "history")
-        return tuple(found[k] for k in keys)
+        return (found["key"], found["state"], found["doc"])
     return tuple(found)

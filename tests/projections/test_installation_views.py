@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from ledger.application import Ledger
 from ledger.installations import Installation
 from ledger.keys import KeyPair
-from projections.installations import catch_up, open_views, read_views, rebuild
+from projections.fold import catch_up, open_views, read_documents, rebuild
+from projections.hosts import HOSTS
+from projections.installations import INSTALLATIONS
 
 _counter = itertools.count()
 
@@ -53,7 +55,7 @@ def run_operation(ledger: Ledger, key: KeyPair, name: str, op: dict[str, Any], v
         now=now,
     )
     ledger.append(installation)
-    catch_up(ledger, views)  # a reader may look at any point
+    catch_up(ledger, views, INSTALLATIONS)  # a reader may look at any point
     for host in op["hosts"][: op["activate"]]:
         installation.activate_host(
             actor=key.keyid,
@@ -91,12 +93,12 @@ def test_rebuild_equals_incremental_catch_up(
     name = f"app{next(_counter)}"
     for op in operations:
         run_operation(ledger, root_key, name, op, views)
-        catch_up(ledger, views)
-    incremental = read_views(views)
-    assert catch_up(ledger, views) == 0, "caught up means nothing left to apply"
-    rebuild(ledger, views)
-    assert read_views(views) == incremental
-    mine = [history for _, history in incremental if history["app"] == name]
+        catch_up(ledger, views, INSTALLATIONS)
+    incremental = read_documents(views, INSTALLATIONS)
+    assert catch_up(ledger, views, INSTALLATIONS) == 0, "caught up means nothing left to apply"
+    rebuild(ledger, views, INSTALLATIONS)
+    assert read_documents(views, INSTALLATIONS) == incremental
+    mine = [doc["history"] for doc in incremental if doc["history"]["app"] == name]
     assert len(mine) == 1
     assert [r["revision"] for r in mine[0]["revisions"]] == list(range(1, len(operations) + 1))
 
@@ -105,7 +107,55 @@ def test_status_rows_follow_activation_and_restore(ledger: Ledger, root_key: Key
     views = open_views(ledger)
     op = {"label": "v1", "hosts": ["h1", "h2"], "activate": 2, "restore": True, "ending": "failed"}
     run_operation(ledger, root_key, "shop", op, views)
-    catch_up(ledger, views)
-    ((rows, history),) = [v for v in read_views(views) if v[1]["app"] == "shop"]
+    catch_up(ledger, views, INSTALLATIONS)
+    (doc,) = [d for d in read_documents(views, INSTALLATIONS) if d["history"]["app"] == "shop"]
+    rows, history = doc["status"], doc["history"]
     assert [(r["host"], r["label"]) for r in rows] == [("h1", "v1")], "h2 was restored to nothing"
     assert history["revisions"][0]["status"] == "failed" and history["lease"] is None
+
+
+host_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["register", "facts", "remove", "readd"]), host_names, st.integers(1, 64)
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=host_ops)
+def test_hosts_view_rebuild_equals_incremental(
+    ledger: Ledger, root_key: KeyPair, ops: list[tuple[str, str, int]]
+) -> None:
+    from ledger.hosts import Host, HostSettings
+
+    views = open_views(ledger)
+    prefix = f"x{next(_counter)}-"
+    settings_ = HostSettings(environment="e", connector="local", root="/r")
+    for action, host, cores in ops:
+        name = prefix + host
+        found = ledger.find(Host, Host.id_for(name))
+        if found is None:
+            ledger.append(Host.register(name, settings_, actor=root_key.keyid))
+            found = ledger.load(Host, Host.id_for(name))
+        if action == "facts" and not found.removed:
+            found.record_facts({"cpu_logical": cores}, f"{cores:064x}", actor=root_key.keyid)
+        elif action == "remove" and not found.removed:
+            found.remove("gone", actor=root_key.keyid)
+        elif action == "readd":
+            found.reconfigure(
+                HostSettings(environment="e", connector="local", root=f"/r{cores}"),
+                actor=root_key.keyid,
+            )
+        if found.pending_events:
+            ledger.append(found)
+        catch_up(ledger, views, HOSTS)
+    incremental = read_documents(views, HOSTS)
+    rebuild(ledger, views, HOSTS)
+    assert read_documents(views, HOSTS) == incremental
+    assert {d["name"] for d in incremental if d["name"].startswith(prefix)} == {
+        prefix + h for _, h, _ in ops
+    }

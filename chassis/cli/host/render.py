@@ -8,20 +8,11 @@ import msgspec
 
 from adapters.facts.model import HostFacts
 from ledger.hosts import Host
+from projections.hosts import host_document
 
 
 def host_data(host: Host) -> dict[str, Any]:
-    settings: dict[str, Any] = msgspec.to_builtins(host.settings)
-    return {
-        "name": host.name,
-        **settings,
-        "removed": host.removed,
-        "removed_reason": host.removed_reason,
-        "facts_digest": host.facts_digest,
-        "inventoried_at": host.inventoried_at,
-        "facts": host.facts,
-        "admissions": host.admissions,
-    }
+    return host_document(host)
 
 
 def where(host: Host) -> str:
