@@ -65,3 +65,24 @@ def test_crashed_deploy_leaves_a_lease_that_can_be_broken(run: Runner, shop: Pat
     assert entry["status"] == "failed" and "lease broken: runner died" in entry["description"]
     run.ok(*DEPLOY, "--release", "v1")
     run.ok("ledger", "verify")
+
+
+def test_ctrl_c_leaves_the_lease_for_recover(run: Runner, shop: Path) -> None:
+    import signal
+
+    run.ok(*DEPLOY, "--release", "v1")
+    deploy = chassis(*DEPLOY, "--release", "v3", cwd=shop)
+    deadline = time.monotonic() + 60
+    while not json.loads(run.ok("lease", "list", "--json").stdout):
+        assert deploy.poll() is None, deploy.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    deploy.send_signal(signal.SIGINT)
+    _, err = deploy.communicate(timeout=120)
+    assert deploy.returncode == 130, err
+    assert "chassis recover shop --env dev" in err and "lease" in err
+    run.ok("recover", "shop", "--env", "dev")
+    assert json.loads(run.ok("lease", "list", "--json").stdout) == []
+    rows = json.loads(run.ok("status", "shop", "--env", "dev", "--json").stdout)
+    assert {r["label"] for r in rows} == {"v1"}
+    run.ok("ledger", "verify")
