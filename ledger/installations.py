@@ -20,6 +20,19 @@ OPERATIONS = ("deploy", "rollback", "recover")
 FINAL_STATUSES = ("deployed", "failed", "noop")
 
 
+def _active_entry(
+    release_id: str, label: str, revision: int, components: list[str], since: datetime
+) -> dict[str, Any]:
+    """What ``Installation.hosts`` holds for a host: the release active there."""
+    return {
+        "release_id": release_id,
+        "label": label,
+        "revision": revision,
+        "components": list(components),
+        "since": format_timestamp(since),
+    }
+
+
 class LeaseHeldError(DomainRuleError):
     """Another operation holds the installation's lease."""
 
@@ -120,13 +133,9 @@ class Installation(LedgerAggregate):
         components: list[str]
 
         def apply(self, aggregate: Installation) -> None:
-            aggregate.hosts[self.host] = {
-                "release_id": self.release_id,
-                "label": self.label,
-                "revision": self.revision,
-                "components": list(self.components),
-                "since": format_timestamp(self.timestamp),
-            }
+            aggregate.hosts[self.host] = _active_entry(
+                self.release_id, self.label, self.revision, self.components, self.timestamp
+            )
 
     class HostRestored(LedgerEvent, frozen=True, kw_only=True):
         TOPIC: ClassVar[str] = "chassis.installation.host-restored.v1"
@@ -144,13 +153,9 @@ class Installation(LedgerAggregate):
             if self.release_id is None or self.revision is None or self.label is None:
                 aggregate.hosts.pop(self.host, None)
             else:
-                aggregate.hosts[self.host] = {
-                    "release_id": self.release_id,
-                    "label": self.label,
-                    "revision": self.revision,
-                    "components": list(self.components),
-                    "since": format_timestamp(self.timestamp),
-                }
+                aggregate.hosts[self.host] = _active_entry(
+                    self.release_id, self.label, self.revision, self.components, self.timestamp
+                )
 
     class OperationFinished(LedgerEvent, frozen=True, kw_only=True):
         TOPIC: ClassVar[str] = "chassis.installation.operation-finished.v1"
