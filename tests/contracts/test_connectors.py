@@ -11,16 +11,14 @@ import hashlib
 import secrets
 import shlex
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
 
-from adapters.connectors import Connector, LocalConnector, SSHConnector
+from adapters.connectors import Connector
 from adapters.errors import CommandFailed, ConnectorError, ConnectorTimeout, RemoteFileMissing
-from tests.sshd import SSHTestHost
 
 
 @dataclass(frozen=True)
@@ -36,19 +34,10 @@ class Target:
         return self.connector.run(command, check=True, timeout=30).stdout
 
 
-@pytest.fixture(params=["local", "ssh"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
-    connector: Connector
-    if request.param == "local":
-        root = tmp_path / "local-root"
-        root.mkdir()
-        connector = LocalConnector("local-1")
-    else:
-        host: SSHTestHost = request.getfixturevalue("ssh_host")
-        root = host.root
-        connector = SSHConnector(host.settings())
-    with connector:
-        yield Target(connector, str(root))
+@pytest.fixture
+def target(connected: tuple[Connector, Path]) -> Target:
+    connector, root = connected
+    return Target(connector, str(root))
 
 
 # -- commands -------------------------------------------------------------

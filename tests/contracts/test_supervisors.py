@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from adapters.connectors import Connector, LocalConnector, SSHConnector
+from adapters.connectors import Connector
 from adapters.health import HealthGate, http_probe
 from adapters.supervisors import DirectSupervisor, ProcessSpec, SupervisorError
 from adapters.supervisors.direct import PidRecord, parse_proc_stat, pid_path
-from tests.sshd import SSHTestHost
 
 APP = """\
 import hashlib, http.server, os, sys
@@ -111,26 +110,17 @@ class Host:
         return self.connector.run(command, check=True, timeout=30).stdout
 
 
-@pytest.fixture(params=["local", "ssh"])
-def host(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Host]:
-    connector: Connector
-    if request.param == "local":
-        root = tmp_path / "local-root"
-        root.mkdir()
-        connector = LocalConnector("local-1")
-    else:
-        ssh_host: SSHTestHost = request.getfixturevalue("ssh_host")
-        root = ssh_host.root
-        connector = SSHConnector(ssh_host.settings())
+@pytest.fixture
+def host(connected: tuple[Connector, Path]) -> Iterator[Host]:
+    connector, root = connected
     for sub in ("releases", "shared", "run", "logs"):
         (root / sub).mkdir()
-    with connector:
-        h = Host(connector, str(root), DirectSupervisor(connector, str(root)))
-        try:
-            yield h
-        finally:
-            for component in sorted(h.started):
-                h.supervisor.stop(component, timeout=2)
+    h = Host(connector, str(root), DirectSupervisor(connector, str(root)))
+    try:
+        yield h
+    finally:
+        for component in sorted(h.started):
+            h.supervisor.stop(component, timeout=2)
 
 
 def wait_healthy(port: int, body: str | None = None) -> str:
