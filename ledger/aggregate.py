@@ -107,6 +107,10 @@ class LedgerAggregate:
     def pending_events(self) -> list[LedgerEvent]:
         return list(self._pending)
 
+    def wants_snapshot(self, event: LedgerEvent) -> bool:
+        """Snapshot after ``event`` besides every ``SNAPSHOT_EVERY`` events."""
+        return False
+
     def snapshot_state(self) -> dict[str, Any]:
         state = {k: v for k, v in vars(self).items() if k != "_pending"}
         result: dict[str, Any] = msgspec.to_builtins(state)

@@ -24,6 +24,7 @@ from eventsourcing.utils import Environment, EnvType
 
 from ledger.aggregate import LedgerAggregate, LedgerSnapshot, _kinds
 from ledger.errors import ConflictError, NotAuthorisedError, NotFoundError, StorageError
+from ledger.events import LedgerEvent
 from ledger.mapper import SealingMapper, SnapshotMapper
 from ledger.trust import Trust
 
@@ -88,8 +89,26 @@ class Ledger(Application[UUID]):
                 processing.collect_events(obj)
         recordings = self._record(processing)
         self._take_snapshots(processing)
+        self._take_event_snapshots(processing)
         self._notify(recordings)
         return recordings
+
+    def _take_event_snapshots(self, processing: ProcessingEvent[UUID]) -> None:
+        """Snapshots an aggregate asks for (release snapshots), beyond intervals."""
+        assert self.snapshots is not None
+        for event in processing.events:
+            aggregate = processing.aggregates.get(event.originator_id)
+            if not isinstance(aggregate, LedgerAggregate) or not isinstance(event, LedgerEvent):
+                continue
+            if not aggregate.wants_snapshot(event):
+                continue
+            interval = aggregate.SNAPSHOT_EVERY
+            if interval and event.originator_version % interval == 0:
+                continue  # the interval snapshot already covers this version
+            if aggregate.version == event.originator_version:
+                self.snapshots.put([LedgerSnapshot.take(aggregate)])
+            else:
+                self.take_snapshot(event.originator_id, version=event.originator_version)
 
     def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
         events = processing_event.events

@@ -8,15 +8,17 @@ grow. ``last_successful`` is the newest revision whose operation deployed.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from ledger.aggregate import LedgerAggregate
-from ledger.canonical import format_timestamp, parse_timestamp
+from ledger.canonical import canonical_json, format_timestamp, parse_timestamp
 from ledger.errors import DomainRuleError
 from ledger.events import LedgerEvent
 
-OPERATIONS = ("deploy", "rollback", "recover")
+OPERATIONS = ("deploy", "rollback", "recover", "repair")
+STATE_TAG = b"chassis.installation.state.v1\x00"
 FINAL_STATUSES = ("deployed", "failed", "noop")
 
 
@@ -50,6 +52,8 @@ class Installation(LedgerAggregate):
     revisions: list[dict[str, Any]]
     hosts: dict[str, dict[str, Any]]
     """host → {release_id, label, revision, components, since}: what is active."""
+    drift: dict[str, dict[str, Any]]
+    """host → {observed, differences}: the last drift reconcile saw there."""
 
     class Created(LedgerEvent, frozen=True, kw_only=True):
         TOPIC: ClassVar[str] = "chassis.installation.created.v1"
@@ -66,6 +70,7 @@ class Installation(LedgerAggregate):
             aggregate.lease = None
             aggregate.revisions = []
             aggregate.hosts = {}
+            aggregate.drift = {}
 
     class OperationStarted(LedgerEvent, frozen=True, kw_only=True):
         TOPIC: ClassVar[str] = "chassis.installation.operation-started.v1"
@@ -136,6 +141,7 @@ class Installation(LedgerAggregate):
             aggregate.hosts[self.host] = _active_entry(
                 self.release_id, self.label, self.revision, self.components, self.timestamp
             )
+            aggregate.drift.pop(self.host, None)
 
     class HostRestored(LedgerEvent, frozen=True, kw_only=True):
         TOPIC: ClassVar[str] = "chassis.installation.host-restored.v1"
@@ -150,6 +156,7 @@ class Installation(LedgerAggregate):
         detail: str
 
         def apply(self, aggregate: Installation) -> None:
+            aggregate.drift.pop(self.host, None)
             if self.release_id is None or self.revision is None or self.label is None:
                 aggregate.hosts.pop(self.host, None)
             else:
@@ -167,15 +174,53 @@ class Installation(LedgerAggregate):
 
         def apply(self, aggregate: Installation) -> None:
             aggregate.lease = None
+            undone = None
+            if self.status == "deployed":
+                undone = aggregate.revision_entry(self.revision).get("rollback_from")
             for entry in aggregate.revisions:
-                if entry["revision"] == self.revision:
+                if entry["revision"] == undone and entry["status"] == "deployed":
+                    entry["status"] = "rolled-back"
+                elif entry["revision"] == self.revision:
                     entry["status"] = self.status
                     entry["finished"] = format_timestamp(self.timestamp)
                     entry["description"] = self.description
+                    entry["version"] = self.originator_version
                 elif self.status == "deployed" and entry["status"] == "deployed":
                     entry["status"] = "superseded"
             if self.status == "deployed":
                 aggregate.last_successful = self.revision
+
+    class RollbackTargeted(LedgerEvent, frozen=True, kw_only=True):
+        """A rollback's target, fixed with its intent: the revision, the version
+        its state was replayed at, and that state's digest."""
+
+        TOPIC: ClassVar[str] = "chassis.installation.rollback-targeted.v1"
+        ROLE: ClassVar[str] = "operator"
+        op_id: str
+        from_revision: int | None
+        target_revision: int
+        target_version: int
+        target_state_digest: str
+
+        def apply(self, aggregate: Installation) -> None:
+            for entry in aggregate.revisions:
+                if entry["op_id"] == self.op_id:
+                    entry["rollback_to"] = self.target_revision
+                    entry["rollback_from"] = self.from_revision
+
+    class DriftObserved(LedgerEvent, frozen=True, kw_only=True):
+        """``chassis reconcile`` found a host that differs from the ledger."""
+
+        TOPIC: ClassVar[str] = "chassis.installation.drift-observed.v1"
+        ROLE: ClassVar[str] = "operator"
+        host: str
+        differences: list[dict[str, Any]]
+
+        def apply(self, aggregate: Installation) -> None:
+            aggregate.drift[self.host] = {
+                "observed": format_timestamp(self.timestamp),
+                "differences": list(self.differences),
+            }
 
     class LeaseBroken(LedgerEvent, frozen=True, kw_only=True):
         TOPIC: ClassVar[str] = "chassis.installation.lease-broken.v1"
@@ -213,6 +258,15 @@ class Installation(LedgerAggregate):
                 "started": format_timestamp(self.timestamp),
                 "ttl_s": self.lease_ttl_s,
             }
+
+    def wants_snapshot(self, event: LedgerEvent) -> bool:
+        """A release snapshot whenever a release becomes active."""
+        return isinstance(event, self.OperationFinished) and event.status == "deployed"
+
+    @classmethod
+    def restore(cls, state: dict[str, Any]) -> Installation:
+        state.setdefault("drift", {})  # snapshots taken before drift was kept
+        return super().restore(state)
 
     # Commands.
 
@@ -414,3 +468,54 @@ class Installation(LedgerAggregate):
             if entry["revision"] == revision:
                 return entry
         raise DomainRuleError(f"{self.app}/{self.environment} has no revision {revision}")
+
+    def target_rollback(
+        self, *, actor: str, op_id: str, target_revision: int, target_version: int, digest: str
+    ) -> None:
+        self._require_operation(op_id)
+        self.trigger(
+            self.RollbackTargeted,
+            keyid=actor,
+            op_id=op_id,
+            from_revision=self.last_successful,
+            target_revision=target_revision,
+            target_version=target_version,
+            target_state_digest=digest,
+        )
+
+    def observe_drift(self, *, actor: str, host: str, differences: list[dict[str, Any]]) -> None:
+        self.trigger(self.DriftObserved, keyid=actor, host=host, differences=differences)
+
+    # Reading.
+
+    def spatial_state(self) -> dict[str, Any]:
+        """What runs where, without times or revision numbers: the part of the
+        state a rollback must restore exactly (profile and placement are those
+        of the last successful revision; the release id covers the config)."""
+        profile: str | None = None
+        placement: dict[str, str] = {}
+        if self.last_successful is not None:
+            entry = self.revision_entry(self.last_successful)
+            profile, placement = entry["profile"], dict(entry["placement"])
+        return {
+            "app": self.app,
+            "environment": self.environment,
+            "profile": profile,
+            "placement": placement,
+            "hosts": {
+                host: {
+                    "release_id": e["release_id"],
+                    "label": e["label"],
+                    "components": sorted(e["components"]),
+                }
+                for host, e in sorted(self.hosts.items())
+            },
+        }
+
+    def state_digest(self) -> str:
+        """``sha256(STATE_TAG ‖ canonical(spatial_state()))``, hex."""
+        return hashlib.sha256(STATE_TAG + canonical_json(self.spatial_state())).hexdigest()
+
+    def successful_revisions(self) -> list[dict[str, Any]]:
+        """Revisions whose operation deployed, oldest first (noops excluded)."""
+        return [e for e in self.revisions if e["status"] in ("deployed", "superseded")]

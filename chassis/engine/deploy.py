@@ -145,7 +145,7 @@ def _with_live_facts(views: list[HostView], ws: Workspace, progress: Progress) -
     return result
 
 
-class _Recorder:
+class OperationRecorder:
     """Appends an operation's events, one writer at a time, to an aggregate
     it keeps in memory (the lease makes this process the only writer)."""
 
@@ -234,7 +234,7 @@ def deploy(
     ledger.append(installation)
     crash_point("*", "intent")
     revision = installation.revision
-    recorder = _Recorder(ledger, installation, op_id)
+    recorder = OperationRecorder(ledger, installation, op_id)
     result = DeployResult(app, environment, revision, "pending", "", plan.digest())
     if noop:
         recorder(
@@ -298,7 +298,7 @@ def _run(
     bundle: Path,
     installation: Installation,
     previous_hosts: dict[str, dict[str, Any]],
-    recorder: _Recorder,
+    recorder: OperationRecorder,
     options: DeployOptions,
     progress: Progress,
     result: DeployResult,
@@ -376,7 +376,7 @@ def _settle(
     failures: dict[str, StepFailed | str],
     previous_plans: dict[str, tuple[HostPlan | None, dict[str, Any] | None]],
     previous_hosts: dict[str, dict[str, Any]],
-    recorder: _Recorder,
+    recorder: OperationRecorder,
     options: DeployOptions,
     progress: Progress,
     result: DeployResult,
@@ -429,7 +429,7 @@ def _restore(
     deployments: dict[str, HostDeployment],
     previous_plans: dict[str, tuple[HostPlan | None, dict[str, Any] | None]],
     previous_hosts: dict[str, dict[str, Any]],
-    recorder: _Recorder,
+    recorder: OperationRecorder,
     progress: Progress,
 ) -> None:
     def one(name: str) -> None:
