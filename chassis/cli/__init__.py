@@ -23,6 +23,7 @@ from chassis.cli.lease import lease_group
 from chassis.cli.ledger import ledger_group
 from chassis.cli.recover_cmd import recover_command
 from chassis.cli.release import release_group
+from chassis.cli.rollback_cmd import rollback_command
 from chassis.cli.stack import stack_group
 from chassis.cli.status_cmd import history_command, status_command
 from chassis.config.env import EnvVars
@@ -82,6 +83,7 @@ for command in (
     plan_command,
     deploy_command,
     recover_command,
+    rollback_command,
     status_command,
     history_command,
     lease_group,

@@ -1,0 +1,531 @@
+"""Rollback: replay the installation to an earlier revision, then converge on it.
+
+1. Choose the target: ``--to REV|LABEL``, or the newest successful revision
+   before the current one that is not itself rolled back and whose state
+   differs from the current state.
+2. Replay: the target state is ``Installation`` loaded at the version whose
+   ``operation-finished`` made that revision deployed (a release snapshot is
+   taken there, so this is one snapshot load).
+3. Diff: per host, the release (and components) the target ran there against
+   what runs now; hosts only the current state has are retired.
+4. Check every bundle needed is in the store, before anything is recorded.
+5. Execute as a new revision ``rollback to REV``, through the same health-gated
+   host steps as a deploy, restoring the pre-rollback release on failure.
+"""
+
+from __future__ import annotations
+
+import shlex
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from adapters.connectors.base import Connector
+from adapters.errors import ConnectorError
+from adapters.supervisors.base import SupervisorError
+from chassis.connect import connector_for
+from chassis.engine.deploy import (
+    DEFAULT_LEASE_TTL_S,
+    DeployInterrupted,
+    OperationRecorder,
+    Progress,
+    previous_plan,
+    supervisor_for,
+)
+from chassis.engine.executor import HostDeployment, StepFailed, crash_point
+from chassis.engine.plan import HostPlan, Plan
+from chassis.engine.releases import require_bundle
+from chassis.engine.restore import restore_host
+from chassis.errors import ChassisError
+from chassis.hosts import get_host
+from chassis.workspace import Workspace
+from ledger.application import Ledger
+from ledger.installations import Installation
+from ledger.releases import Release
+
+SUCCESSFUL = ("deployed", "superseded", "rolled-back")
+"""Statuses of revisions whose operation deployed (a rolled-back one did too)."""
+
+
+class RollbackRefused(ChassisError):
+    """The rollback cannot be planned; nothing was recorded or changed."""
+
+    exit_code = 9
+
+
+class RevisionNotFound(ChassisError):
+    exit_code = 10
+
+
+@dataclass(frozen=True)
+class Target:
+    revision: int
+    version: int
+    label: str
+    state: Installation
+    state_digest: str
+    reason: str
+    skipped: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class HostChange:
+    host: str
+    action: str
+    """``deploy`` (run the target release there), ``retire`` (the target ran
+    nothing there) or ``unchanged``."""
+    current: dict[str, Any] | None
+    target: dict[str, Any] | None
+    plan: Plan | None
+    host_plan: HostPlan | None
+
+    def to_dict(self) -> dict[str, Any]:
+        def brief(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+            if entry is None:
+                return None
+            return {
+                "label": entry["label"],
+                "release_id": entry["release_id"],
+                "revision": entry["revision"],
+                "components": sorted(entry["components"]),
+            }
+
+        return {
+            "host": self.host,
+            "action": self.action,
+            "current": brief(self.current),
+            "target": brief(self.target),
+        }
+
+
+@dataclass
+class RollbackPlan:
+    app: str
+    environment: str
+    from_revision: int
+    target: Target
+    changes: list[HostChange]
+    bundles: dict[str, Path]
+    """release id → bundle in the store, for every release a host must get."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "app": self.app,
+            "environment": self.environment,
+            "from_revision": self.from_revision,
+            "target_revision": self.target.revision,
+            "target_version": self.target.version,
+            "target_label": self.target.label,
+            "target_state_digest": self.target.state_digest,
+            "reason": self.target.reason,
+            "skipped": self.target.skipped,
+            "hosts": [c.to_dict() for c in self.changes],
+        }
+
+
+@dataclass
+class RollbackResult:
+    app: str
+    environment: str
+    revision: int
+    status: str
+    description: str
+    plan: RollbackPlan
+    state_digest: str = ""
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.plan.to_dict(),
+            "revision": self.revision,
+            "status": self.status,
+            "description": self.description,
+            "state_digest": self.state_digest,
+            "restored_exactly": self.state_digest == self.plan.target.state_digest,
+            "hosts": self.hosts,
+        }
+
+
+def installation_id(app: str, environment: str) -> UUID:
+    return Installation.id_for(Installation.key(app, environment))
+
+
+def load_installation(ledger: Ledger, app: str, environment: str) -> Installation:
+    found = ledger.find(Installation, installation_id(app, environment))
+    if found is None:
+        raise RevisionNotFound(f"{app}/{environment} has never been deployed")
+    return found
+
+
+def state_at(ledger: Ledger, installation: Installation, version: int) -> Installation:
+    """The installation replayed to ``version`` (from the nearest snapshot)."""
+    return ledger.load(Installation, installation.id, version=version)
+
+
+def choose_target(ledger: Ledger, installation: Installation, to: str | None) -> Target:
+    name = f"{installation.app}/{installation.environment}"
+    current = installation.last_successful
+    if current is None:
+        raise RollbackRefused(f"{name} has no successful revision to roll back from")
+    current_digest = installation.state_digest()
+    if to is not None:
+        entry = _named(installation, to)
+        if entry["revision"] == current or entry["revision"] == installation.revision:
+            raise RollbackRefused(
+                f"revision {entry['revision']} of {name} is the current revision; "
+                f"pick an earlier one (chassis history {installation.app} "
+                f"--env {installation.environment})"
+            )
+        if entry["status"] not in SUCCESSFUL or "version" not in entry:
+            raise RollbackRefused(
+                f"revision {entry['revision']} of {name} is {entry['status']}: only a revision "
+                "that deployed can be rolled back to"
+            )
+        return _target(ledger, installation, entry, f"--to {to}", [])
+    skipped: list[dict[str, Any]] = []
+    for entry in reversed(installation.revisions):
+        if entry["revision"] >= current:
+            continue
+        why = _skip_reason(entry)
+        if why is None:
+            target = _target(ledger, installation, entry, "", skipped)
+            if target.state_digest != current_digest:
+                reason = f"last successful revision before {current}"
+                return Target(**{**target.__dict__, "reason": reason})
+            why = "same state as the current revision"
+        skipped.append({"revision": entry["revision"], "label": entry["label"], "why": why})
+    raise RollbackRefused(
+        f"{name} has no successful revision before {current} to roll back to"
+        + (f" (skipped: {_describe(skipped)})" if skipped else "")
+    )
+
+
+def _skip_reason(entry: dict[str, Any]) -> str | None:
+    status = str(entry["status"])
+    if status == "rolled-back":
+        return "rolled back"
+    if status not in SUCCESSFUL or "version" not in entry:
+        return status
+    return None
+
+
+def _describe(skipped: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{s['revision']} ({s['why']})" for s in skipped)
+
+
+def _named(installation: Installation, to: str) -> dict[str, Any]:
+    name = f"{installation.app}/{installation.environment}"
+    if to.isdigit():
+        for entry in installation.revisions:
+            if entry["revision"] == int(to):
+                found: dict[str, Any] = entry
+                return found
+        raise RevisionNotFound(
+            f"{name} has no revision {to} (revisions 1..{installation.revision})"
+        )
+    current = installation.last_successful
+    for entry in reversed(installation.revisions):
+        usable = _skip_reason(entry) in (None, "rolled back")
+        if entry["label"] == to and entry["revision"] != current and usable:
+            named: dict[str, Any] = entry
+            return named
+    raise RevisionNotFound(f"{name} has no successful earlier revision of release {to!r}")
+
+
+def _target(
+    ledger: Ledger,
+    installation: Installation,
+    entry: dict[str, Any],
+    reason: str,
+    skipped: list[dict[str, Any]],
+) -> Target:
+    version = int(entry["version"])
+    state = state_at(ledger, installation, version)
+    return Target(
+        revision=int(entry["revision"]),
+        version=version,
+        label=str(entry["label"]),
+        state=state,
+        state_digest=state.state_digest(),
+        reason=reason,
+        skipped=list(skipped),
+    )
+
+
+def plan_rollback(
+    ledger: Ledger, ws: Workspace, installation: Installation, to: str | None
+) -> RollbackPlan:
+    """Choose, replay and diff; raises before anything is recorded."""
+    target = choose_target(ledger, installation, to)
+    changes: list[HostChange] = []
+    bundles: dict[str, Path] = {}
+    for host in sorted({*installation.hosts, *target.state.hosts}):
+        current = installation.hosts.get(host)
+        wanted = target.state.hosts.get(host)
+        if wanted is None:
+            changes.append(HostChange(host, "retire", current, None, None, None))
+            continue
+        if current is not None and _same(current, wanted):
+            changes.append(HostChange(host, "unchanged", current, wanted, None, None))
+            continue
+        host_plan, _ = previous_plan(target.state, wanted, host)
+        if host_plan is None:
+            raise RollbackRefused(
+                f"revision {wanted['revision']} recorded no plan for {host}; cannot roll back"
+            )
+        plan = msgspec.convert(target.state.revision_entry(int(wanted["revision"]))["plan"], Plan)
+        if plan.release_id not in bundles:
+            release_key = Release.id_for(Release.key(installation.app, plan.label))
+            release = ledger.load(Release, release_key)
+            bundles[plan.release_id] = require_bundle(ws, release)
+        changes.append(HostChange(host, "deploy", current, wanted, plan, host_plan))
+    return RollbackPlan(
+        installation.app,
+        installation.environment,
+        int(installation.last_successful or 0),
+        target,
+        changes,
+        bundles,
+    )
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a["release_id"] == b["release_id"] and sorted(a["components"]) == sorted(
+        b["components"]
+    )
+
+
+def rollback(
+    ledger: Ledger,
+    ws: Workspace,
+    *,
+    app: str,
+    environment: str,
+    to: str | None,
+    max_parallel: int,
+    progress: Progress,
+    lease_ttl_s: int = DEFAULT_LEASE_TTL_S,
+) -> RollbackResult:
+    if ledger.signer is None:
+        raise ChassisError("rolling back needs a signing key")
+    installation = load_installation(ledger, app, environment)
+    installation.check_lease_free(datetime.now(UTC))
+    plan = plan_rollback(ledger, ws, installation, to)
+    target = plan.target
+    progress(
+        f"rolling back {app}/{environment} from revision {plan.from_revision} to revision "
+        f"{target.revision} ({target.label}; {target.reason})"
+    )
+    for skip in target.skipped:
+        progress(f"  skipped revision {skip['revision']} ({skip['label']}): {skip['why']}")
+    recorded = target.state.revision_entry(target.revision)
+    op_id = uuid.uuid4().hex
+    actor = ledger.signer.keyid
+    installation.start_operation(
+        actor=actor,
+        op_id=op_id,
+        operation="rollback",
+        label=target.label,
+        release_id=str(recorded["release_id"]),
+        profile=str(recorded["profile"]),
+        placement=dict(recorded["placement"]),
+        host_components={h: sorted(e["components"]) for h, e in target.state.hosts.items()},
+        plan_digest=str(recorded["plan_digest"]),
+        plan=dict(recorded["plan"]),
+        lease_ttl_s=lease_ttl_s,
+        description=f"rollback to {target.revision}",
+        now=datetime.now(UTC),
+    )
+    installation.target_rollback(
+        actor=actor,
+        op_id=op_id,
+        target_revision=target.revision,
+        target_version=target.version,
+        digest=target.state_digest,
+    )
+    ledger.append(installation)
+    crash_point("*", "intent")
+    recorder = OperationRecorder(ledger, installation, op_id)
+    result = RollbackResult(
+        app, environment, installation.revision, "pending", "", plan, hosts={}
+    )
+    try:
+        _execute(ledger, ws, plan, recorder, max_parallel, progress, result)
+    except KeyboardInterrupt:
+        raise DeployInterrupted(
+            f"interrupted: rollback revision {result.revision} of {app}/{environment} is "
+            f"unfinished and its lease is still held. Run 'chassis recover {app} --env "
+            f"{environment}'"
+        ) from None
+    result.state_digest = installation.state_digest()
+    return result
+
+
+def _execute(
+    ledger: Ledger,
+    ws: Workspace,
+    plan: RollbackPlan,
+    recorder: OperationRecorder,
+    max_parallel: int,
+    progress: Progress,
+    result: RollbackResult,
+) -> None:
+    installation = recorder.installation
+    target = plan.target
+    failures: dict[str, str] = {}
+    touched: dict[str, tuple[HostDeployment, HostChange]] = {}
+    lock = threading.Lock()
+
+    def one(change: HostChange) -> None:
+        name = change.host
+        if change.action == "unchanged":
+            result.hosts[name] = {"action": "unchanged", "ok": True, "detail": "already there"}
+            return
+        connector = connector_for(get_host(ledger, name), ws)
+        try:
+            if change.action == "retire":
+                _retire(installation, change, connector, recorder, result)
+                return
+            assert change.plan is not None and change.host_plan is not None
+            current_plan, current_entry = previous_plan(installation, change.current, name)
+            deployment = HostDeployment(
+                plan=change.plan,
+                host=change.host_plan,
+                connector=connector,
+                supervisor=supervisor_for(change.plan, change.host_plan, connector),
+                bundle=plan.bundles[change.plan.release_id],
+                record=recorder.step(name),
+                previous_components=[c.name for c in current_plan.components]
+                if current_plan
+                else [],
+                keep_also=(str(current_entry["release_dir"]),) if current_entry else (),
+            )
+            with lock:
+                touched[name] = (deployment, change)
+            progress(f"{name}: rolling back to {change.plan.label}")
+            deployment.run()
+            recorder(
+                lambda i: i.activate_host(
+                    actor=recorder.actor,
+                    op_id=recorder.op_id,
+                    host=name,
+                    release_id=change.plan.release_id if change.plan else "",
+                    label=change.plan.label if change.plan else "",
+                    components=[c.name for c in change.host_plan.components]
+                    if change.host_plan
+                    else [],
+                )
+            )
+            result.hosts[name] = {"action": "deploy", "ok": True, "detail": "restored target"}
+            progress(f"{name}: {change.plan.label} active and healthy")
+        except StepFailed as failed:
+            with lock:
+                failures[name] = f"{failed.step}: {failed.detail}"
+            progress(f"{name}: failed at {failed.step}: {failed.detail}")
+        except (ConnectorError, SupervisorError) as e:
+            with lock:
+                failures[name] = e.diagnostics()
+            recorder.step(name)("connect", False, e.diagnostics(), {})
+            progress(f"{name}: {e.diagnostics()}")
+        finally:
+            if name not in touched:
+                connector.close()
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, max_parallel)) as pool:
+            list(pool.map(one, plan.changes))
+        if failures:
+            _undo(installation, touched, recorder, progress, result)
+            first = sorted(failures)[0]
+            status = "failed"
+            description = (
+                f"rollback to {target.revision} failed ({first}: {failures[first]}); "
+                "the pre-rollback release was restored"
+            )
+            for name, why in failures.items():
+                result.hosts[name] = {**result.hosts.get(name, {}), "ok": False, "detail": why}
+        else:
+            status, description = "deployed", f"rollback to {target.revision} ({target.label})"
+        recorder(
+            lambda i: i.finish(
+                actor=recorder.actor, op_id=recorder.op_id, status=status, description=description
+            )
+        )
+        result.status, result.description = status, description
+    finally:
+        for deployment, _ in touched.values():
+            deployment.connector.close()
+
+
+def _retire(
+    installation: Installation,
+    change: HostChange,
+    connector: Connector,
+    recorder: OperationRecorder,
+    result: RollbackResult,
+) -> None:
+    """The target ran nothing on this host: stop what runs and unlink ``current``."""
+    name = change.host
+    assert change.current is not None
+    recorded = installation.revision_entry(int(change.current["revision"]))
+    plan = msgspec.convert(recorded["plan"], Plan)
+    host_plan = next((h for h in plan.hosts if h.host == name), None)
+    if host_plan is not None:
+        supervisor = supervisor_for(plan, host_plan, connector)
+        for component in host_plan.components:
+            supervisor.stop(component.name)
+        root = host_plan.root.rstrip("/")
+        connector.run(f"rm -f {shlex.quote(root + '/current')}", check=True, timeout=30)
+    recorder(
+        lambda i: i.restore_host(
+            actor=recorder.actor,
+            op_id=recorder.op_id,
+            host=name,
+            previous=None,
+            ok=True,
+            detail="retired: the target revision ran nothing here",
+        )
+    )
+    result.hosts[name] = {"action": "retire", "ok": True, "detail": "retired"}
+
+
+def _undo(
+    installation: Installation,
+    touched: dict[str, tuple[HostDeployment, HostChange]],
+    recorder: OperationRecorder,
+    progress: Progress,
+    result: RollbackResult,
+) -> None:
+    """Put every host the rollback touched back on its pre-rollback release."""
+
+    def one(name: str) -> None:
+        deployment, change = touched[name]
+        if not deployment.touched:
+            return
+        prev_plan, prev_entry = previous_plan(installation, change.current, name)
+        ok, detail, _ = restore_host(
+            deployment.connector, deployment.supervisor, deployment.host, prev_plan, prev_entry
+        )
+        recorder(
+            lambda i: i.restore_host(
+                actor=recorder.actor,
+                op_id=recorder.op_id,
+                host=name,
+                previous=change.current,
+                ok=ok,
+                detail=detail,
+            )
+        )
+        result.hosts[name] = {**result.hosts.get(name, {}), "restored": ok, "restore": detail}
+        progress(f"{name}: {detail}")
+
+    with ThreadPoolExecutor(max_workers=max(1, len(touched))) as pool:
+        list(pool.map(one, sorted(touched)))
+

@@ -1,0 +1,118 @@
+"""Rollback by replay on local hosts: real processes, real files, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Runner
+from tests.engine.test_deploy_local import get, port_of, status
+
+DEPLOY = ("deploy", "shop", "--env", "dev", "--profile", "ternary-split-3")
+ROLLBACK = ("rollback", "shop", "--env", "dev")
+
+
+def host_snapshot(shop: Path) -> dict[str, Any]:
+    """Per host: where ``current`` points and every file under it (config included)."""
+    result: dict[str, Any] = {}
+    for host in sorted((shop / ".chassis" / "hosts").iterdir()):
+        current = host / "current"
+        if not current.exists():
+            continue
+        files = {
+            str(p.relative_to(current.resolve())): p.read_bytes()
+            for p in sorted(current.resolve().rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts
+        }
+        result[host.name] = {"target": current.readlink().as_posix(), "files": files}
+    return result
+
+
+def history(run: Runner) -> list[dict[str, Any]]:
+    data = json.loads(run.ok("history", "shop", "--env", "dev", "--json").stdout)
+    revisions: list[dict[str, Any]] = data["revisions"]
+    return revisions
+
+
+def test_rollback_skips_failed_restores_exactly_and_can_be_rolled_back(
+    run: Runner, shop: Path
+) -> None:
+    api = port_of(shop, "api")
+    run.ok(*DEPLOY, "--release", "v1")
+    v1_hosts = host_snapshot(shop)
+    assert run(*DEPLOY, "--release", "v3").exit_code == 16  # fails its health gate
+    run.ok(*DEPLOY, "--release", "v2")
+    v2_hosts = host_snapshot(shop)
+    assert "v2" in get(api, "/healthz")[1]
+
+    dry = json.loads(run.ok(*ROLLBACK, "--dry-run", "--json").stdout)
+    assert dry["target_revision"] == 1 and dry["from_revision"] == 3
+    assert [s["revision"] for s in dry["skipped"]] == [2], "the failed revision is skipped"
+    assert {h["action"] for h in dry["hosts"]} == {"deploy"}
+    assert host_snapshot(shop) == v2_hosts, "--dry-run changes nothing"
+
+    done = run(*ROLLBACK, "--json")
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.stdout)
+    assert result["revision"] == 4 and result["status"] == "deployed"
+    assert result["restored_exactly"] is True
+    assert result["state_digest"] == result["target_state_digest"]
+    assert "skipped revision 2" in done.stderr
+    assert host_snapshot(shop) == v1_hosts, "current, files and config are v1's again"
+    code, body = get(api, "/healthz")
+    assert code == 200 and body.startswith("ok api v1")
+    assert {r["label"] for r in status(run).values()} == {"v1"}
+    revisions = {r["revision"]: r for r in history(run)}
+    assert revisions[4]["description"].startswith("rollback to 1")
+    assert revisions[4]["operation"] == "rollback"
+    assert revisions[3]["status"] == "rolled-back"
+
+    # Rolling back again: 3 is rolled back, 2 failed, 1 is the current state.
+    refused = run(*ROLLBACK)
+    assert refused.exit_code == 9
+    assert "no successful revision before 4" in refused.stderr
+
+    # Rolling back the rollback: explicitly to the revision it undid.
+    undo = json.loads(run.ok(*ROLLBACK, "--to", "3", "--json").stdout)
+    assert undo["revision"] == 5 and undo["restored_exactly"] is True
+    assert host_snapshot(shop) == v2_hosts
+    assert "v2" in get(api, "/healthz")[1]
+    assert {r["revision"]: r for r in history(run)}[4]["status"] == "rolled-back"
+    run.ok("ledger", "verify")
+
+
+def test_rollback_bad_targets_change_nothing(run: Runner, shop: Path) -> None:
+    never = run(*ROLLBACK)
+    assert never.exit_code == 10 and "never been deployed" in never.stderr
+    run.ok(*DEPLOY, "--release", "v1")
+    alone = run(*ROLLBACK)
+    assert alone.exit_code == 9 and "no successful revision before 1" in alone.stderr
+    run.ok(*DEPLOY, "--release", "v2")
+    log_before = run.ok("ledger", "log", "--json").stdout
+    missing = run(*ROLLBACK, "--to", "99")
+    assert missing.exit_code == 10 and "no revision 99" in missing.stderr
+    current = run(*ROLLBACK, "--to", "2")
+    assert current.exit_code == 9 and "current revision" in current.stderr
+    label = run(*ROLLBACK, "--to", "v9")
+    assert label.exit_code == 10
+    for bundle in (shop / ".chassis" / "bundles").iterdir():
+        bundle.rename(bundle.with_suffix(".moved"))
+    gone = run(*ROLLBACK)
+    assert gone.exit_code == 3 and "gone from the store" in gone.stderr
+    assert run.ok("ledger", "log", "--json").stdout == log_before, "nothing was recorded"
+    assert {r["label"] for r in status(run).values()} == {"v2"}
+
+
+def test_rollback_reuploads_a_release_dir_the_host_lost(run: Runner, shop: Path) -> None:
+    run.ok(*DEPLOY, "--release", "v1")
+    v1_hosts = host_snapshot(shop)
+    run.ok(*DEPLOY, "--release", "v2")
+    for host in (shop / ".chassis" / "hosts").iterdir():
+        target = (host / v1_hosts[host.name]["target"]).resolve()
+        shutil.rmtree(target)
+        (target.parent / f"{target.name}.tar.gz").unlink(missing_ok=True)
+    run.ok(*ROLLBACK, "--to", "v1")
+    assert host_snapshot(shop) == v1_hosts
+    assert "v1" in get(port_of(shop, "api"), "/healthz")[1]
