@@ -12,6 +12,7 @@ import click
 
 from chassis import __version__
 from chassis.cli.app import App
+from chassis.cli.audit import audit_group
 from chassis.cli.demo_cmd import demo_command
 from chassis.cli.deploy_cmd import deploy_command, plan_command
 from chassis.cli.doctor_cmd import doctor_command
@@ -84,6 +85,7 @@ for command in (
     deploy_command,
     recover_command,
     rollback_command,
+    audit_group,
     status_command,
     history_command,
     lease_group,

@@ -81,6 +81,36 @@ def test_rollback_skips_failed_restores_exactly_and_can_be_rolled_back(
     assert "v2" in get(api, "/healthz")[1]
     assert {r["revision"]: r for r in history(run)}[4]["status"] == "rolled-back"
     run.ok("ledger", "verify")
+    check_audit_replay(run)
+
+
+def replay_at(run: Runner, at: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(
+        run.ok("audit", "replay", "shop", "--env", "dev", "--at", at, "--json").stdout
+    )
+    return data
+
+
+def check_audit_replay(run: Runner) -> None:
+    log_before = run.ok("ledger", "log", "--json").stdout
+    one, three, four, five = (replay_at(run, str(n)) for n in (1, 3, 4, 5))
+    assert one["state_digest"] == four["state_digest"] != three["state_digest"]
+    assert three["state_digest"] == five["state_digest"]
+    assert {h["label"] for h in one["hosts"].values()} == {"v1"}
+    assert {h["label"] for h in three["hosts"].values()} == {"v2"}
+    assert set(one["placement"].values()) == {"dev-1", "dev-2", "dev-3"}
+    assert one["profile"] == "ternary-split-3"
+    assert one["releases"]["v1"]["config_digest"]
+    components = {c for h in one["hosts"].values() for c in h["components"]}
+    assert components == {"gateway", "api", "worker"}
+    first = replay_at(run, "v:1")
+    assert first["hosts"] == {} and first["version"] == 1
+    by_time = replay_at(run, four["time"])
+    assert by_time["state_digest"] == four["state_digest"]
+    for bad in ("99", "v:0", "yesterday", "2020-01-01T00:00:00Z"):
+        result = run("audit", "replay", "shop", "--env", "dev", "--at", bad)
+        assert result.exit_code == 10, (bad, result.output)
+    assert run.ok("ledger", "log", "--json").stdout == log_before, "replay is read-only"
 
 
 def test_rollback_bad_targets_change_nothing(run: Runner, shop: Path) -> None:
