@@ -1,0 +1,114 @@
+"""in-toto Statement v1: the payload of every receipt envelope.
+
+A Statement binds a predicate (what happened) to subjects (which artifacts,
+by digest)::
+
+    {"_type": "https://in-toto.io/Statement/v1",
+     "subject": [{"name": "...", "digest": {"sha256": "<64 hex>"}}],
+     "predicateType": "<URI>",
+     "predicate": {...}}
+
+Statements are serialised as canonical JSON (``ledger.canonical``): sorted
+keys, no whitespace, no floats, so the signed bytes are reproducible and any
+in-toto tooling can read them. Subjects must be named and carry lowercase hex
+digests; the length is checked for the usual algorithms.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ledger.canonical import canonical_json
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+RECEIPT_PREDICATE = "https://chassis.dev/receipt/v1"
+ROLLBACK_PROOF_PREDICATE = "https://chassis.dev/rollback-proof/v1"
+
+_HEX = re.compile(r"[0-9a-f]+")
+_HEX_LENGTHS = {"sha1": 40, "sha224": 56, "sha256": 64, "sha384": 96, "sha512": 128}
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
+
+
+def subject(name: str, sha256: str) -> dict[str, Any]:
+    """One subject resource descriptor; checked like every other subject."""
+    descriptor = {"name": name, "digest": {"sha256": sha256}}
+    _check_subject(descriptor, 0)
+    return descriptor
+
+
+def _check_subject(descriptor: object, index: int) -> None:
+    where = f"subject {index}"
+    if not isinstance(descriptor, Mapping):
+        raise ValueError(f"{where}: expected an object")
+    name = descriptor.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}: 'name' must be a non-empty string")
+    digest = descriptor.get("digest")
+    if not isinstance(digest, Mapping) or not digest:
+        raise ValueError(f"{where} ({name}): 'digest' must be a non-empty object")
+    for algorithm, value in digest.items():
+        if not isinstance(algorithm, str) or not algorithm:
+            raise ValueError(f"{where} ({name}): digest algorithm must be a non-empty string")
+        if not isinstance(value, str) or not _HEX.fullmatch(value):
+            raise ValueError(f"{where} ({name}): {algorithm} digest must be lowercase hex")
+        expected = _HEX_LENGTHS.get(algorithm)
+        if expected is not None and len(value) != expected:
+            raise ValueError(
+                f"{where} ({name}): {algorithm} digest has {len(value)} hex digits, "
+                f"expected {expected}"
+            )
+
+
+def _check_no_floats(value: object, path: str) -> None:
+    if isinstance(value, float):
+        raise ValueError(f"{path}: floats are not allowed in canonical JSON")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{path}: object keys must be strings")
+            _check_no_floats(item, f"{path}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_no_floats(item, f"{path}[{index}]")
+
+
+def statement(
+    subjects: list[dict[str, Any]], predicate_type: str, predicate: dict[str, Any]
+) -> dict[str, Any]:
+    """A validated Statement v1 (deep copies of the inputs)."""
+    return check_statement(
+        {
+            "_type": STATEMENT_TYPE,
+            "subject": copy.deepcopy(subjects),
+            "predicateType": predicate_type,
+            "predicate": copy.deepcopy(predicate),
+        }
+    )
+
+
+def check_statement(value: object) -> dict[str, Any]:
+    """Return ``value`` as a Statement v1 dict, or raise ``ValueError`` saying what is wrong."""
+    if not isinstance(value, dict):
+        raise ValueError("a statement must be a JSON object")
+    if value.get("_type") != STATEMENT_TYPE:
+        raise ValueError(f"'_type' must be {STATEMENT_TYPE!r}")
+    subjects = value.get("subject")
+    if not isinstance(subjects, list) or not subjects:
+        raise ValueError("'subject' must be a non-empty list")
+    for index, descriptor in enumerate(subjects):
+        _check_subject(descriptor, index)
+    predicate_type = value.get("predicateType")
+    if not isinstance(predicate_type, str) or not _URI.fullmatch(predicate_type):
+        raise ValueError("'predicateType' must be an absolute URI")
+    if not isinstance(value.get("predicate"), dict):
+        raise ValueError("'predicate' must be a JSON object")
+    _check_no_floats(value, "statement")
+    return value
+
+
+def statement_bytes(st: Mapping[str, Any]) -> bytes:
+    """The canonical JSON of a checked statement: the DSSE payload."""
+    return canonical_json(check_statement(dict(st)))
