@@ -23,6 +23,7 @@ EXIT_CODES = {
     15: "a supervisor could not start or stop a process",
     16: "deploy failed; the previous release was restored",
     17: "recover could not restore a host; the lease stays held",
+    18: "reconcile found drift (differences listed)",
 }
 
 

@@ -9,9 +9,17 @@ from projections.fold import FoldedView
 
 
 def status_of(installation: Installation) -> list[dict[str, Any]]:
+    """One row per component. On a host where ``chassis reconcile`` recorded
+    drift, ``state`` is ``drifted`` and ``health`` names what differed there
+    (the component's own differences and the host's), until an operation
+    touches the host again."""
     rows = []
     for host, entry in sorted(installation.hosts.items()):
+        drift = installation.drift.get(host)
         for component in entry["components"]:
+            state, health = "running", "passed"
+            if drift is not None:
+                state, health = "drifted", _drift_health(drift["differences"], component)
             rows.append(
                 {
                     "app": installation.app,
@@ -21,12 +29,22 @@ def status_of(installation: Installation) -> list[dict[str, Any]]:
                     "label": entry["label"],
                     "release_id": entry["release_id"],
                     "revision": int(entry["revision"]),
-                    "state": "running",
-                    "health": "passed",
+                    "state": state,
+                    "health": health,
                     "since": entry["since"],
                 }
             )
     return rows
+
+
+def _drift_health(differences: list[dict[str, Any]], component: str) -> str:
+    """``passed`` or ``failed``, then ``(drift: what, ...)`` for this component's
+    differences and the host-wide ones (``current``, ``release-dir``)."""
+    mine = [d for d in differences if d.get("component") in (None, component)]
+    failed = any(d["what"] == "health" for d in mine if d.get("component") == component)
+    whats = sorted({str(d["what"]) for d in mine})
+    verdict = "failed" if failed else "passed"
+    return f"{verdict} (drift: {', '.join(whats)})" if whats else verdict
 
 
 def history_of(installation: Installation) -> dict[str, Any]:

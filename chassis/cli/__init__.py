@@ -22,6 +22,7 @@ from chassis.cli.init_cmd import init_command
 from chassis.cli.key import key_group
 from chassis.cli.lease import lease_group
 from chassis.cli.ledger import ledger_group
+from chassis.cli.reconcile_cmd import prune_command, reconcile_command
 from chassis.cli.recover_cmd import recover_command
 from chassis.cli.release import release_group
 from chassis.cli.rollback_cmd import rollback_command
@@ -84,6 +85,8 @@ for command in (
     plan_command,
     deploy_command,
     recover_command,
+    reconcile_command,
+    prune_command,
     rollback_command,
     audit_group,
     status_command,

@@ -1,0 +1,133 @@
+"""``chassis reconcile`` (do the hosts match the ledger?) and ``chassis prune``."""
+
+from __future__ import annotations
+
+import click
+
+from chassis.cli.app import App, pass_app, table
+from chassis.engine.executor import KEEP_RELEASES
+from chassis.engine.prune import prune
+from chassis.engine.reconcile import DriftFound, HostsUnchecked, reconcile
+
+
+@click.command(
+    "reconcile",
+    epilog="""\b
+Compares every host of the installation with what the ledger records there:
+where 'current' points, the release directory and its marker, whether each
+component's process runs that release, and each health check (one pass
+within 1.5 s). Drift is recorded (one drift-observed event per host) and
+shown by 'chassis status'. --repair runs a 'repair' operation that puts the
+recorded release back (re-uploaded from the bundle store if needed, health
+gated), then checks again.
+Exit status: 0 every host matches (after --repair: matches now), 7 an
+operation holds the lease, 10 no such installation, 11 a host could not be
+checked (wins over 18), 18 drift found (differences listed).
+Examples:
+  chassis reconcile shop --env dev
+  chassis reconcile shop --env prod --json
+  chassis reconcile shop --env prod --repair""",
+)
+@click.argument("app_name", metavar="APP")
+@click.option("--env", "environment", required=True)
+@click.option("--repair", is_flag=True, help="Restore the recorded release on drifted hosts.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@pass_app
+def reconcile_command(
+    app: App, app_name: str, environment: str, repair: bool, as_json: bool
+) -> None:
+    """Check that the hosts of APP in ENV run what the ledger says; record any drift."""
+    result = reconcile(
+        app.ledger(signing=True),
+        app.workspace,
+        app=app_name,
+        environment=environment,
+        repair=repair,
+        progress=app.note,
+    )
+
+    def human() -> None:
+        for host, outcome in sorted(result.repaired.items()):
+            click.echo(f"{host}: repair {'ok' if outcome['ok'] else 'FAILED'}: {outcome['detail']}")
+        for line in result.lines():
+            click.echo(line)
+        checked = len(result.checks) - len(result.unreachable)
+        if not result.drift and not result.unreachable:
+            click.echo(f"{app_name}/{environment}: {checked} host(s) match the ledger")
+        for host in result.stale:
+            click.echo(f"{host}: drift recorded earlier is no longer seen")
+
+    app.emit(result.to_dict(), as_json=as_json, human=human)
+    if result.unreachable:
+        hosts = ", ".join(result.unreachable)
+        raise HostsUnchecked(f"{app_name}/{environment}: could not check {hosts}")
+    if result.drift:
+        hosts = ", ".join(result.drift)
+        hint = "" if repair else f"; 'chassis reconcile {app_name} --env {environment} --repair'"
+        raise DriftFound(f"{app_name}/{environment}: drift on {hosts}{hint}")
+
+
+@click.command(
+    "prune",
+    epilog=f"""\b
+Removes old release directories (releases/<id> and releases/<id>.tar.gz) on
+every host of the installation, keeping the newest N by revision order and,
+whatever N is (0 included), the release active on the host, the last
+successful release, the default rollback target and any release a process
+still runs. Entries the ledger never knew are left alone and listed.
+Records nothing; refused while an operation holds the lease.
+Exit status: 0 pruned (or nothing to prune), 7 an operation holds the lease,
+10 no such installation, 11 a host could not be reached (others are pruned).
+Examples:
+  chassis prune shop --env dev --dry-run
+  chassis prune shop --env prod --keep 1 --json
+Default --keep: {KEEP_RELEASES}.""",
+)
+@click.argument("app_name", metavar="APP")
+@click.option("--env", "environment", required=True)
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    default=KEEP_RELEASES,
+    show_default=True,
+    help="Newest releases to keep per host besides the protected ones.",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@pass_app
+def prune_command(
+    app: App, app_name: str, environment: str, keep: int, dry_run: bool, as_json: bool
+) -> None:
+    """Remove old release directories of APP in ENV from its hosts."""
+    result = prune(
+        app.ledger(),
+        app.workspace,
+        app=app_name,
+        environment=environment,
+        keep=keep,
+        dry_run=dry_run,
+        progress=app.note,
+    )
+    removed = "would remove" if dry_run else "removed"
+    rows: list[list[str]] = []
+    for host, outcome in result.hosts.items():
+        rows += [[host, removed, r["label"], r["dir"], ""] for r in outcome["removed"]]
+        rows += [
+            [host, "kept", r["label"], r["dir"], "; ".join(r["reasons"])] for r in outcome["kept"]
+        ]
+        rows += [
+            [host, "unknown", "-", d, "not a release the ledger knows"] for d in outcome["unknown"]
+        ]
+        if outcome["error"]:
+            rows.append([host, "error", "-", "-", outcome["error"]])
+
+    def human() -> None:
+        if rows:
+            table(rows, ["HOST", "ACTION", "RELEASE", "DIR", "WHY"])
+        else:
+            click.echo(f"{app_name}/{environment}: nothing deployed, nothing to prune")
+
+    app.emit(result.to_dict(), as_json=as_json, human=human)
+    if result.unreachable:
+        hosts = ", ".join(result.unreachable)
+        raise HostsUnchecked(f"{app_name}/{environment}: could not prune {hosts}")
