@@ -209,7 +209,7 @@ hash never changes once all its leaves exist, so the cache needs no invalidation
 LEAF_BATCH = 1024
 """Perfect subtrees up to this many leaves are read in one ``leaf_hashes`` call."""
 
-CACHE_MIN = 256
+CACHE_MIN = 64
 """Only subtrees of at least this many leaves are cached: smaller ones are cheap."""
 
 

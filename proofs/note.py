@@ -108,7 +108,7 @@ def vkey_for(name: str, public_key: bytes) -> str:
 
 def parse_vkey(text: str) -> NoteVerifier:
     """Parse ``name+hexid+base64key``; the key id must match the key and name."""
-    parts = text.strip().split("+")
+    parts = text.strip().split("+", 2)
     if len(parts) != 3:
         raise NoteError(NoteReason.MALFORMED_KEY, "a verifier key is name+keyid+key")
     name, hex_id, encoded = parts
