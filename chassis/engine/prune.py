@@ -37,9 +37,10 @@ from adapters.supervisors.base import SupervisorError
 from chassis.connect import connector_for
 from chassis.engine.deploy import previous_plan, supervisor_for
 from chassis.engine.executor import KEEP_RELEASES
-from chassis.engine.reconcile import HostsUnchecked, recorded_plan
+from chassis.engine.reconcile import HostsUnchecked, plan_data, recorded_plan
 from chassis.errors import ChassisError
 from chassis.hosts import get_host
+from chassis.views import histories
 from chassis.workspace import Workspace
 from ledger.application import Ledger
 from ledger.errors import NotFoundError
@@ -104,8 +105,11 @@ def prune(
     if installation is None:
         raise NotFoundError(f"no installation of {app} in {environment}")
     installation.check_lease_free(datetime.now(UTC))
-    known = known_releases(installation)
-    protected = protected_everywhere(ledger, installation)
+    # The projection keeps every revision; the aggregate only recent and referenced ones.
+    found = histories(ledger, app, environment)
+    revisions: list[dict[str, Any]] = found[0]["revisions"] if found else installation.revisions
+    known = known_releases(revisions)
+    protected = protected_everywhere(ledger, installation, revisions)
     result = PruneResult(app, environment, keep, dry_run)
     lock = threading.Lock()
 
@@ -129,9 +133,9 @@ def prune(
     return result
 
 
-def known_releases(installation: Installation) -> dict[str, Known]:
+def known_releases(revisions: list[dict[str, Any]]) -> dict[str, Known]:
     known: dict[str, Known] = {}
-    for entry in installation.revisions:
+    for entry in sorted(revisions, key=lambda e: int(e["revision"])):
         release_id = str(entry["release_id"])
         known[release_dir_name(release_id)] = Known(
             release_id, str(entry["label"]), int(entry["revision"])
@@ -139,15 +143,18 @@ def known_releases(installation: Installation) -> dict[str, Known]:
     return known
 
 
-def protected_everywhere(ledger: Ledger, installation: Installation) -> dict[str, Any]:
+def protected_everywhere(
+    ledger: Ledger, installation: Installation, revisions: list[dict[str, Any]]
+) -> dict[str, Any]:
     """What every host keeps: the last successful release, and the default
     rollback target (its release, and per host what the host runs in its state)."""
     current = installation.last_successful
     if current is None:
         return {"last_successful": None, "target": None}
-    last = installation.revision_entry(current)
+    ordered = sorted(revisions, key=lambda e: int(e["revision"]))
+    last = next(e for e in ordered if e["revision"] == current)
     digest = installation.state_digest()
-    for entry in reversed(installation.revisions):
+    for entry in reversed(ordered):
         if entry["revision"] >= current or entry["status"] not in ROLLBACK_STATUSES:
             continue
         if "version" not in entry:
@@ -254,10 +261,11 @@ def _prune_host(
 
 
 def _components_on(installation: Installation, host: str) -> list[str]:
-    """Every component any recorded plan ever placed on ``host``."""
+    """Every component a plan the installation still holds places on ``host``
+    (for supervisors that keep something per release, such as systemd units)."""
     names: set[str] = set()
-    for entry in installation.revisions:
-        for host_plan in entry["plan"].get("hosts", []):
+    for revision in sorted({int(e["revision"]) for e in installation.hosts.values()}):
+        for host_plan in plan_data(installation, revision).get("hosts", []):
             if host_plan["host"] == host:
                 names.update(c["name"] for c in host_plan["components"])
     return sorted(names)

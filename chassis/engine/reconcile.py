@@ -292,7 +292,17 @@ def quick(component: ComponentPlan) -> ComponentPlan:
 
 
 def recorded_plan(installation: Installation, revision: int) -> Plan:
-    return msgspec.convert(installation.revision_entry(revision)["plan"], Plan)
+    """The plan ``revision`` recorded (a revision active on a host keeps it)."""
+    return msgspec.convert(plan_data(installation, revision), Plan)
+
+
+def plan_data(installation: Installation, revision: int) -> dict[str, Any]:
+    # Newer aggregates keep plans apart from the (bounded) revision entries.
+    plan_of = getattr(installation, "plan_of", None)
+    data: dict[str, Any] = (
+        plan_of(revision) if plan_of else installation.revision_entry(revision)["plan"]
+    )
+    return data
 
 
 # Repairing.
@@ -327,7 +337,6 @@ def _repair_revision(
 ) -> dict[str, dict[str, Any]]:
     assert ledger.signer is not None
     actor = ledger.signer.keyid
-    entry = installation.revision_entry(revision)
     plan = recorded_plan(installation, revision)
     release = ledger.find(Release, Release.id_for(Release.key(plan.app, plan.label)))
     if release is None or release.release_id != plan.release_id:
@@ -345,8 +354,8 @@ def _repair_revision(
         operation="repair",
         label=plan.label,
         release_id=plan.release_id,
-        profile=str(entry["profile"]),
-        placement=dict(entry["placement"]),
+        profile=plan.profile,
+        placement={group: h.host for h in plan.hosts for group in h.groups},
         host_components={h.host: [c.name for c in h.components] for h in plan.hosts},
         plan_digest=plan.digest(),
         plan=msgspec.to_builtins(plan),
