@@ -118,7 +118,7 @@ def fast_verify(rows: Iterable[StoredRow]) -> FastVerified:
             if all(_structure_ok(s) for s in states):
                 try:
                     links = _many.decode(b"[" + b",".join(bodies) + b"]")
-                except msgspec.DecodeError:
+                except (msgspec.DecodeError, UnicodeDecodeError):
                     links = None
                 if links is not None and len(links) != len(batch):
                     links = None  # a body that is really two objects: check one by one
@@ -133,7 +133,7 @@ def fast_verify(rows: Iterable[StoredRow]) -> FastVerified:
                             raise _Failed(VerifyReason.MALFORMED_RECORD, "not a sealed record")
                         try:
                             body = _one.decode(body_bytes)
-                        except msgspec.DecodeError as e:
+                        except (msgspec.DecodeError, UnicodeDecodeError) as e:
                             raise _Failed(VerifyReason.MALFORMED_RECORD, str(e)) from None
                     aggregate = ids.get(originator)
                     if aggregate is None:
