@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from chassis.engine.rollback import full_history
 from chassis.errors import ChassisError
 from ledger.application import Ledger
 from ledger.canonical import format_timestamp
@@ -76,7 +77,7 @@ def resolve_at(ledger: Ledger, installation: Installation, at: str) -> tuple[int
     text = at.strip()
     if text.isdigit() or text.startswith("rev:"):
         number = int(text.removeprefix("rev:")) if text.removeprefix("rev:").isdigit() else -1
-        for entry in installation.revisions:
+        for entry in full_history(ledger, installation):
             if entry["revision"] == number:
                 if "version" not in entry:
                     raise ReplayPointError(f"revision {number} of {name} never finished")

@@ -42,14 +42,24 @@ class LeaseHeldError(DomainRuleError):
 
 
 class Installation(LedgerAggregate):
+    """State stays bounded however long the history: revision entries beyond
+    the last ``REVISION_WINDOW`` are dropped unless still referenced (active on
+    a host, holding the lease, last successful), and a plan is kept only while
+    its revision is referenced. Snapshots are then O(1) each, and the full
+    history lives in the installations projection."""
+
     KIND = "installation"
     SNAPSHOT_EVERY = 100
+    REVISION_WINDOW: ClassVar[int] = 32
     app: str
     environment: str
     revision: int
     last_successful: int | None
     lease: dict[str, Any] | None
     revisions: list[dict[str, Any]]
+    """The recent and still-referenced revisions (see REVISION_WINDOW), oldest first."""
+    plans: dict[str, dict[str, Any]]
+    """str(revision) → the plan it recorded, for referenced revisions only."""
     hosts: dict[str, dict[str, Any]]
     """host → {release_id, label, revision, components, since}: what is active."""
     drift: dict[str, dict[str, Any]]
@@ -69,6 +79,7 @@ class Installation(LedgerAggregate):
             aggregate.last_successful = None
             aggregate.lease = None
             aggregate.revisions = []
+            aggregate.plans = {}
             aggregate.hosts = {}
             aggregate.drift = {}
 
@@ -113,9 +124,11 @@ class Installation(LedgerAggregate):
                     "finished": None,
                     "description": self.description,
                     "plan_digest": self.plan_digest,
-                    "plan": self.plan,
+                    "started_version": self.originator_version,
                 }
             )
+            aggregate.plans[str(self.revision)] = self.plan
+            aggregate.compact()
 
     class StepRecorded(LedgerEvent, frozen=True, kw_only=True):
         TOPIC: ClassVar[str] = "chassis.installation.step-recorded.v1"
@@ -142,6 +155,7 @@ class Installation(LedgerAggregate):
                 self.release_id, self.label, self.revision, self.components, self.timestamp
             )
             aggregate.drift.pop(self.host, None)
+            aggregate.compact()
 
     class HostRestored(LedgerEvent, frozen=True, kw_only=True):
         TOPIC: ClassVar[str] = "chassis.installation.host-restored.v1"
@@ -163,6 +177,7 @@ class Installation(LedgerAggregate):
                 aggregate.hosts[self.host] = _active_entry(
                     self.release_id, self.label, self.revision, self.components, self.timestamp
                 )
+            aggregate.compact()
 
     class OperationFinished(LedgerEvent, frozen=True, kw_only=True):
         TOPIC: ClassVar[str] = "chassis.installation.operation-finished.v1"
@@ -189,6 +204,7 @@ class Installation(LedgerAggregate):
                     entry["status"] = "superseded"
             if self.status == "deployed":
                 aggregate.last_successful = self.revision
+            aggregate.compact()
 
     class RollbackTargeted(LedgerEvent, frozen=True, kw_only=True):
         """A rollback's target, fixed with its intent: the revision, the version
@@ -236,6 +252,7 @@ class Installation(LedgerAggregate):
                     entry["status"] = "failed"
                     entry["finished"] = format_timestamp(self.timestamp)
                     entry["description"] += f" (lease broken: {self.reason})"
+            aggregate.compact()
 
     class OperationResumed(LedgerEvent, frozen=True, kw_only=True):
         """A recovering process takes over an interrupted operation: the lease
@@ -266,7 +283,36 @@ class Installation(LedgerAggregate):
     @classmethod
     def restore(cls, state: dict[str, Any]) -> Installation:
         state.setdefault("drift", {})  # snapshots taken before drift was kept
+        state.setdefault("plans", {})
         return super().restore(state)
+
+    def referenced(self) -> set[int]:
+        """Revisions the state still needs: active on a host, leased, last successful."""
+        keep = {int(e["revision"]) for e in self.hosts.values()}
+        if self.lease is not None:
+            keep.add(int(self.lease["revision"]))
+        if self.last_successful is not None:
+            keep.add(self.last_successful)
+        return keep
+
+    def compact(self) -> None:
+        """Drop plans no longer referenced and revisions beyond the window."""
+        keep = self.referenced()
+        self.plans = {k: v for k, v in self.plans.items() if int(k) in keep}
+        if len(self.revisions) > self.REVISION_WINDOW:
+            recent = self.revisions[-self.REVISION_WINDOW :]
+            older = [e for e in self.revisions[: -self.REVISION_WINDOW] if e["revision"] in keep]
+            self.revisions = older + recent
+
+    def plan_of(self, revision: int) -> dict[str, Any]:
+        """The plan a referenced revision recorded."""
+        try:
+            return self.plans[str(revision)]
+        except KeyError:
+            raise DomainRuleError(
+                f"{self.app}/{self.environment}: revision {revision} is no longer referenced; "
+                "its plan is in its operation-started event"
+            ) from None
 
     # Commands.
 
@@ -495,8 +541,9 @@ class Installation(LedgerAggregate):
         profile: str | None = None
         placement: dict[str, str] = {}
         if self.last_successful is not None:
-            entry = self.revision_entry(self.last_successful)
-            profile, placement = entry["profile"], dict(entry["placement"])
+            plan = self.plan_of(self.last_successful)
+            profile = str(plan["profile"])
+            placement = {g: str(h["host"]) for h in plan["hosts"] for g in h["groups"]}
         return {
             "app": self.app,
             "environment": self.environment,

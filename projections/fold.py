@@ -31,6 +31,11 @@ class FoldedView(Generic[A]):
     aggregate: type[A]
     topic_prefix: str
     document: Callable[[A], Any]
+    accumulate: Callable[[Any, A], Any] | None = None
+    """For aggregates whose state forgets (a bounded window): called after
+    every event with the previous document (None at first) and the new
+    state; returns the document, keeping what the state no longer holds.
+    Per event, so page boundaries never change the result."""
 
     @property
     def tracking_name(self) -> str:
@@ -68,19 +73,27 @@ def catch_up(ledger: Ledger, store: ViewStore, view: FoldedView[A]) -> int:
         if not page:
             return applied
         states: dict[str, A] = {}
+        docs: dict[str, Any] = {}
         for notification in page:
             key = str(UUID(str(notification.originator_id)))
-            state = states.get(key) or _load(store, view, key)
+            if key in states:
+                state: A | None = states[key]
+            else:
+                state, docs[key] = _load(store, view, key)
             event = ledger.mapper.to_domain_event(notification)
             folded = event.mutate(state)  # type: ignore[attr-defined]
             assert isinstance(folded, view.aggregate)
             states[key] = folded
+            if view.accumulate is not None:
+                docs[key] = view.accumulate(docs.get(key), folded)
         position = page[-1].id
         rows = [
             ViewRow(
                 key,
                 msgspec.json.encode(state.snapshot_state()),
-                msgspec.json.encode(view.document(state)),
+                msgspec.json.encode(
+                    docs[key] if view.accumulate is not None else view.document(state)
+                ),
             )
             for key, state in states.items()
         ]
@@ -88,11 +101,13 @@ def catch_up(ledger: Ledger, store: ViewStore, view: FoldedView[A]) -> int:
         applied += len(page)
 
 
-def _load(store: ViewStore, view: FoldedView[A], key: str) -> A | None:
+def _load(store: ViewStore, view: FoldedView[A], key: str) -> tuple[A | None, Any]:
+    """The folded state and document stored for ``key`` (None, None if new)."""
     row = store.read(view.name, key)
     if row is None:
-        return None
-    return view.aggregate.restore(msgspec.json.decode(row.state))
+        return None, None
+    state = view.aggregate.restore(msgspec.json.decode(row.state))
+    return state, msgspec.json.decode(row.doc)
 
 
 def rebuild(ledger: Ledger, store: ViewStore, view: FoldedView[A]) -> int:

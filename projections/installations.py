@@ -48,18 +48,38 @@ def _drift_health(differences: list[dict[str, Any]], component: str) -> str:
 
 
 def history_of(installation: Installation) -> dict[str, Any]:
+    """History as the aggregate still holds it (its window of revisions)."""
     return {
         "app": installation.app,
         "environment": installation.environment,
         "last_successful": installation.last_successful,
         "lease": installation.lease,
-        "revisions": [{k: v for k, v in e.items() if k != "plan"} for e in installation.revisions],
+        "revisions": list(installation.revisions),
     }
+
+
+def _document(installation: Installation) -> dict[str, Any]:
+    return {"status": status_of(installation), "history": history_of(installation)}
+
+
+def _accumulate(previous: dict[str, Any] | None, installation: Installation) -> dict[str, Any]:
+    """Keep every revision: revision numbers run 1, 2, 3… so revision N is at
+    index N-1; the entries the aggregate still holds replace the kept ones."""
+    revisions: list[dict[str, Any]] = previous["history"]["revisions"] if previous else []
+    for entry in installation.revisions:
+        index = int(entry["revision"]) - 1
+        if index < len(revisions):
+            revisions[index] = entry
+        else:
+            revisions.append(entry)
+    history = {**history_of(installation), "revisions": revisions}
+    return {"status": status_of(installation), "history": history}
 
 
 INSTALLATIONS = FoldedView(
     name="installations",
     aggregate=Installation,
     topic_prefix="chassis.installation.",
-    document=lambda i: {"status": status_of(i), "history": history_of(i)},
+    document=_document,
+    accumulate=_accumulate,
 )

@@ -283,8 +283,7 @@ def previous_plan(
 ) -> tuple[HostPlan | None, dict[str, Any] | None]:
     if entry is None:
         return None, None
-    revision = installation.revision_entry(int(entry["revision"]))
-    plan = msgspec.convert(revision["plan"], Plan)
+    plan = msgspec.convert(installation.plan_of(int(entry["revision"])), Plan)
     for host_plan in plan.hosts:
         if host_plan.host == host:
             return host_plan, {**entry, "release_dir": release_dir_name(str(entry["release_id"]))}

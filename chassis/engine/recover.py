@@ -188,7 +188,7 @@ def recover(
     op_id = str(lease["op_id"])
     revision = int(lease["revision"])
     entry = installation.revision_entry(revision)
-    plan = msgspec.convert(entry["plan"], Plan)
+    plan = msgspec.convert(installation.plan_of(revision), Plan)
     operation = str(entry["operation"])
     previous_hosts = _hosts_before(ledger, installation, op_id)
     previous_plans: PreviousPlans = {

@@ -45,6 +45,7 @@ from chassis.engine.releases import require_bundle
 from chassis.engine.restore import restore_host
 from chassis.errors import ChassisError
 from chassis.hosts import get_host
+from chassis.views import histories
 from chassis.workspace import Workspace
 from ledger.application import Ledger
 from ledger.installations import Installation
@@ -169,14 +170,21 @@ def state_at(ledger: Ledger, installation: Installation, version: int) -> Instal
     return ledger.load(Installation, installation.id, version=version)
 
 
+def full_history(ledger: Ledger, installation: Installation) -> list[dict[str, Any]]:
+    """Every revision, from the installations view (the aggregate keeps a window)."""
+    found = histories(ledger, installation.app, installation.environment)
+    return list(found[0]["revisions"]) if found else list(installation.revisions)
+
+
 def choose_target(ledger: Ledger, installation: Installation, to: str | None) -> Target:
     name = f"{installation.app}/{installation.environment}"
+    revisions = full_history(ledger, installation)
     current = installation.last_successful
     if current is None:
         raise RollbackRefused(f"{name} has no successful revision to roll back from")
     current_digest = installation.state_digest()
     if to is not None:
-        entry = _named(installation, to)
+        entry = _named(installation, revisions, to)
         if entry["revision"] == current or entry["revision"] == installation.revision:
             raise RollbackRefused(
                 f"revision {entry['revision']} of {name} is the current revision; "
@@ -190,7 +198,7 @@ def choose_target(ledger: Ledger, installation: Installation, to: str | None) ->
             )
         return _target(ledger, installation, entry, f"--to {to}", [])
     skipped: list[dict[str, Any]] = []
-    for entry in reversed(installation.revisions):
+    for entry in reversed(revisions):
         if entry["revision"] >= current:
             continue
         why = _skip_reason(entry)
@@ -220,10 +228,10 @@ def _describe(skipped: list[dict[str, Any]]) -> str:
     return ", ".join(f"{s['revision']} ({s['why']})" for s in skipped)
 
 
-def _named(installation: Installation, to: str) -> dict[str, Any]:
+def _named(installation: Installation, revisions: list[dict[str, Any]], to: str) -> dict[str, Any]:
     name = f"{installation.app}/{installation.environment}"
     if to.isdigit():
-        for entry in installation.revisions:
+        for entry in revisions:
             if entry["revision"] == int(to):
                 found: dict[str, Any] = entry
                 return found
@@ -231,7 +239,7 @@ def _named(installation: Installation, to: str) -> dict[str, Any]:
             f"{name} has no revision {to} (revisions 1..{installation.revision})"
         )
     current = installation.last_successful
-    for entry in reversed(installation.revisions):
+    for entry in reversed(revisions):
         usable = _skip_reason(entry) in (None, "rolled back")
         if entry["label"] == to and entry["revision"] != current and usable:
             named: dict[str, Any] = entry
@@ -280,7 +288,7 @@ def plan_rollback(
             raise RollbackRefused(
                 f"revision {wanted['revision']} recorded no plan for {host}; cannot roll back"
             )
-        plan = msgspec.convert(target.state.revision_entry(int(wanted["revision"]))["plan"], Plan)
+        plan = msgspec.convert(target.state.plan_of(int(wanted["revision"])), Plan)
         if plan.release_id not in bundles:
             release_key = Release.id_for(Release.key(installation.app, plan.label))
             release = ledger.load(Release, release_key)
@@ -326,6 +334,7 @@ def rollback(
     for skip in target.skipped:
         progress(f"  skipped revision {skip['revision']} ({skip['label']}): {skip['why']}")
     recorded = target.state.revision_entry(target.revision)
+    target_plan = target.state.plan_of(target.revision)
     op_id = uuid.uuid4().hex
     actor = ledger.signer.keyid
     installation.start_operation(
@@ -334,11 +343,11 @@ def rollback(
         operation="rollback",
         label=target.label,
         release_id=str(recorded["release_id"]),
-        profile=str(recorded["profile"]),
-        placement=dict(recorded["placement"]),
+        profile=str(target_plan["profile"]),
+        placement={g: str(h["host"]) for h in target_plan["hosts"] for g in h["groups"]},
         host_components={h: sorted(e["components"]) for h, e in target.state.hosts.items()},
         plan_digest=str(recorded["plan_digest"]),
-        plan=dict(recorded["plan"]),
+        plan=dict(target_plan),
         lease_ttl_s=lease_ttl_s,
         description=f"rollback to {target.revision}",
         now=datetime.now(UTC),
@@ -474,8 +483,7 @@ def _retire(
     """The target ran nothing on this host: stop what runs and unlink ``current``."""
     name = change.host
     assert change.current is not None
-    recorded = installation.revision_entry(int(change.current["revision"]))
-    plan = msgspec.convert(recorded["plan"], Plan)
+    plan = msgspec.convert(installation.plan_of(int(change.current["revision"])), Plan)
     host_plan = next((h for h in plan.hosts if h.host == name), None)
     if host_plan is not None:
         supervisor = supervisor_for(plan, host_plan, connector)
