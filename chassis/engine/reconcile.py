@@ -372,8 +372,9 @@ def _repair_revision(
     def one(check: HostCheck) -> None:
         name = check.host
         host_plan = repair_steps(plan.host(name), check.differences)
-        connector = connector_for(get_host(ledger, name), ws)
+        connector: Connector | None = None
         try:
+            connector = connector_for(get_host(ledger, name), ws)
             deployment = HostDeployment(
                 plan=plan,
                 host=host_plan,
@@ -397,11 +398,12 @@ def _repair_revision(
             ok, detail = True, f"{plan.label} restored and healthy"
         except StepFailed as failed:
             ok, detail = False, f"repair failed at {failed.step}: {failed.detail}"
-        except ConnectorError as e:
+        except (ConnectorError, ChassisError) as e:
             recorder.step(name)("connect", False, e.diagnostics(), {})
             ok, detail = False, f"repair failed: {e.diagnostics()}"
         finally:
-            connector.close()
+            if connector is not None:
+                connector.close()
         if not ok:
             # The recorded entry stays; the next reconcile records what is still wrong.
             recorder(
