@@ -31,6 +31,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet 'ansible-core>=2.19,<2.20'
 	$(BIN)/python bench/ledger.py
+	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/deploy.py
 
 clean:
