@@ -98,6 +98,46 @@ def _batches(rows: Iterable[StoredRow]) -> Iterator[list[StoredRow]]:
         yield batch
 
 
+def _decode_one(state: bytes, body: bytes) -> _Links:
+    if not _structure_ok(state):
+        raise _Failed(VerifyReason.MALFORMED_RECORD, "not a sealed record")
+    try:
+        return _one.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        raise _Failed(VerifyReason.MALFORMED_RECORD, str(e)) from None
+
+
+def _append_leaves(stack: list[bytes], size: int, leaves: list[bytes]) -> int:
+    """Append leaf hashes to the frontier ``stack`` of a tree of ``size``
+    leaves; returns the new size. A batch that fills a whole aligned perfect
+    subtree is reduced level by level (list comprehensions, no per-leaf loop)
+    and joins the frontier as one node; any other batch goes leaf by leaf
+    exactly as ``CompactRange.append``."""
+    sha256 = hashlib.sha256
+    count = len(leaves)
+    if count and count & (count - 1) == 0 and size % count == 0:
+        level = leaves
+        while len(level) > 1:
+            level = [
+                sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level), 2)
+            ]
+        h = level[0]
+        s = size // count
+        while s & 1:
+            h = sha256(b"\x01" + stack.pop() + h).digest()
+            s >>= 1
+        stack.append(h)
+        return size + count
+    for h in leaves:
+        s = size
+        while s & 1:
+            h = sha256(b"\x01" + stack.pop() + h).digest()
+            s >>= 1
+        stack.append(h)
+        size += 1
+    return size
+
+
 def fast_verify(rows: Iterable[StoredRow]) -> FastVerified:
     """Check digests and links of every record in global order and compute the
     Merkle root. Raises ``LedgerVerificationError`` naming the first bad record.
@@ -114,6 +154,8 @@ def fast_verify(rows: Iterable[StoredRow]) -> FastVerified:
         for batch in _batches(rows):
             states = [row[4] for row in batch]
             bodies = [s[_BODY_AT:-_TAIL] for s in states]
+            digests = [sha256(tag + b).digest() for b in bodies]
+            hexes = [d.hex() for d in digests]
             links: list[_Links] | None = None
             if all(_structure_ok(s) for s in states):
                 try:
@@ -123,18 +165,12 @@ def fast_verify(rows: Iterable[StoredRow]) -> FastVerified:
                 if links is not None and len(links) != len(batch):
                     links = None  # a body that is really two objects: check one by one
             for position, row in enumerate(batch):
-                seq, originator, version, topic, state = row
-                body_bytes = bodies[position]
+                _, originator, version, topic, state = row
                 try:
                     if links is not None:
                         body = links[position]
                     else:
-                        if not _structure_ok(state):
-                            raise _Failed(VerifyReason.MALFORMED_RECORD, "not a sealed record")
-                        try:
-                            body = _one.decode(body_bytes)
-                        except (msgspec.DecodeError, UnicodeDecodeError) as e:
-                            raise _Failed(VerifyReason.MALFORMED_RECORD, str(e)) from None
+                        body = _decode_one(state, bodies[position])
                     aggregate = ids.get(originator)
                     if aggregate is None:
                         aggregate = ids[originator] = dashed_uuid(originator)
@@ -148,14 +184,17 @@ def fast_verify(rows: Iterable[StoredRow]) -> FastVerified:
                             VerifyReason.VERSION_MISMATCH,
                             f"stored as version {version} but signed as version {body.version}",
                         )
-                    digest = sha256(tag + body_bytes).digest()
-                    digest_hex = digest.hex()
+                    digest_hex = hexes[position]
                     if state[_DIGEST_AT : _DIGEST_AT + 64] != digest_hex.encode():
                         raise _Failed(
                             VerifyReason.DIGEST_MISMATCH,
                             "the event's bytes do not hash to its digest",
                         )
-                    last_version, last_hex = heads.get(aggregate, (0, genesis))
+                    last = heads.get(aggregate)
+                    if last is None:
+                        last_version, last_hex = 0, genesis
+                    else:
+                        last_version, last_hex = last
                     if version != last_version + 1:
                         missing = (
                             "no earlier version" if last_version == 0 else f"version {last_version}"
@@ -172,15 +211,8 @@ def fast_verify(rows: Iterable[StoredRow]) -> FastVerified:
                 except _Failed as failed:
                     raise LedgerVerificationError(_failure(row, failed)) from None
                 heads[aggregate] = (version, digest_hex)
-                # Append leaf sha256(0x00 || digest) to the frontier (merkle.CompactRange.append).
-                h = sha256(b"\x00" + digest).digest()
-                s = size
-                while s & 1:
-                    h = sha256(b"\x01" + stack.pop() + h).digest()
-                    s >>= 1
-                stack.append(h)
-                size += 1
-                last_seq = seq
+            size = _append_leaves(stack, size, [sha256(b"\x00" + d).digest() for d in digests])
+            last_seq = batch[-1][0]
     finally:
         close = getattr(rows, "close", None)
         if callable(close):
