@@ -7,7 +7,8 @@ shows only that the stored records hang together; it becomes evidence when
 the root is compared with a *signed* checkpoint: the checkpoint's signature
 covers the root, the root covers every digest, and each digest covers its
 event. (What it does not look at is the ``sig`` field's content, which a
-checkpoint does not cover either; full verification checks it.)
+checkpoint does not cover either, nor whether the body holds exactly the
+documented keys: both are full verification's job.)
 
 It must run at ≥ 200,000 events/s on one CPython core, so the happy path is
 written for speed: rows are cut at fixed offsets (a record has exactly one
