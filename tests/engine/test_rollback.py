@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -146,3 +148,58 @@ def test_rollback_reuploads_a_release_dir_the_host_lost(run: Runner, shop: Path)
     run.ok(*ROLLBACK, "--to", "v1")
     assert host_snapshot(shop) == v1_hosts
     assert "v1" in get(port_of(shop, "api"), "/healthz")[1]
+
+
+def test_rollback_proof_verifies_and_fails_closed(run: Runner, shop: Path, tmp_path: Path) -> None:
+    run.ok(*DEPLOY, "--release", "v1")
+    run.ok(*DEPLOY, "--release", "v2")
+    run.ok(*ROLLBACK)
+    proof = tmp_path / "rollback.dsse.json"
+    run.ok("proof", "rollback", "shop", "--env", "dev", "--out", str(proof))
+    envelope = json.loads(proof.read_text())
+    assert envelope["payloadType"] == "application/vnd.in-toto+json"
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    assert statement["_type"] == "https://in-toto.io/Statement/v1"
+    predicate = statement["predicate"]
+    assert predicate["restored_exactly"] is True
+    assert predicate["target"]["revision"] == 1 and predicate["rollback"]["revision"] == 3
+    subjects = {s["digest"]["sha256"] for s in statement["subject"]}
+    assert predicate["target"]["release_id"] in subjects
+    assert predicate["ledger"]["verified"] is True
+    assert set(predicate["health"]) == {"dev-1", "dev-2", "dev-3"}
+    cited_versions = {e["version"] for e in predicate["events"]}
+    assert predicate["target"]["version"] in cited_versions
+
+    checks = json.loads(run.ok("proof", "verify", str(proof), "--json").stdout)
+    assert {"signature", "cited-events", "replay"} <= {c["check"] for c in checks["checks"]}
+
+    # Offline with the public key only.
+    keys = tmp_path / "trusted"
+    keys.mkdir()
+    public = next(Path(os.environ["CHASSIS_KEYS_DIR"]).glob("*.pub"))
+    shutil.copy(public, keys / public.name)
+    run.ok("proof", "verify", str(proof), "--trusted-keys", str(keys))
+
+    # One byte changed anywhere: the check that failed is named.
+    raw = proof.read_bytes()
+    payload_at = raw.index(b'"payload": "') + len(b'"payload": "') + 40
+    flipped = raw[:payload_at] + bytes([raw[payload_at] ^ 0x01]) + raw[payload_at + 1 :]
+    tampered = tmp_path / "tampered.json"
+    tampered.write_bytes(flipped)
+    failed = run("proof", "verify", str(tampered))
+    assert failed.exit_code == 8 and "signature" in failed.stderr
+
+    # An untrusted key, then a revoked one.
+    empty = tmp_path / "other"
+    empty.mkdir()
+    run.ok("key", "new", "ops2", "--roles", "operator")
+    other = next(Path(os.environ["CHASSIS_KEYS_DIR"]).glob("ops2*.pub"))
+    shutil.copy(other, empty / other.name)
+    untrusted = run("proof", "verify", str(proof), "--trusted-keys", str(empty))
+    assert untrusted.exit_code == 8 and "unknown-key" in untrusted.stderr
+    by_ops2 = tmp_path / "by-ops2.json"
+    run.ok("--key", "ops2", "proof", "rollback", "shop", "--env", "dev", "--out", str(by_ops2))
+    run.ok("proof", "verify", str(by_ops2))
+    run.ok("key", "revoke", "ops2", "--reason", "left the team")
+    revoked = run("proof", "verify", str(by_ops2))
+    assert revoked.exit_code == 8 and "revoked" in revoked.stderr

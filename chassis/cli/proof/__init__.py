@@ -1,0 +1,132 @@
+"""``chassis proof …``: issuing and verifying proofs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from chassis.cli.app import App, pass_app
+from chassis.errors import WorkspaceError
+from chassis.rollback_proof import (
+    ProofReport,
+    keys_from_dir,
+    keys_from_trust,
+    load_envelope,
+    rollback_proof,
+    verify_rollback_envelope,
+)
+from proofs.rollback import ProofCheckError
+
+
+@click.group("proof", epilog="Example: chassis proof rollback shop --env prod --out rb.json")
+def proof_group() -> None:
+    """Issue and verify proofs that strangers can check offline."""
+
+
+@proof_group.command(
+    "rollback",
+    epilog="""\b
+Verifies the whole ledger, replays the target state again, and signs (with the
+acting key) a DSSE envelope holding an in-toto Statement: subject the target
+release, predicate the verification result, target revision and version, both
+state digests, health evidence and the ledger positions of the events cited.
+Exit status: 0, 8 the ledger does not verify, 10 no such rollback.
+Examples:
+  chassis proof rollback shop --env prod --out rollback.dsse.json
+  chassis proof rollback shop --env prod --revision 7""",
+)
+@click.argument("app_name", metavar="APP")
+@click.option("--env", "environment", required=True)
+@click.option(
+    "--revision", type=click.IntRange(min=1), help="The rollback revision [default: newest]."
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here, not stdout."
+)
+@pass_app
+def rollback_command(
+    app: App, app_name: str, environment: str, revision: int | None, out: Path | None
+) -> None:
+    """Write a signed proof that a rollback restored exactly its target's state."""
+    envelope = rollback_proof(
+        app.ledger(),
+        app.workspace,
+        app.signer(),
+        app=app_name,
+        environment=environment,
+        revision=revision,
+    )
+    text = json.dumps(envelope, indent=2, sort_keys=True) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    app.note(f"wrote {out}")
+
+
+@proof_group.command(
+    "verify",
+    epilog="""\b
+Checks, in order, failing closed at the first that fails (named in the error):
+the DSSE signature against trusted keys (a revoked key fails), the statement
+and its internal consistency, then, with the workspace's ledger at hand, that
+every cited event exists at its position with its digest and that replaying
+the ledger gives both state digests.
+Trusted keys: --trusted-keys DIR (*.pub files, offline, no ledger) or the
+workspace's trust state (the default inside a workspace).
+Exit status: 0 verified, 8 a check failed, 3 no keys to verify with.
+Examples:
+  chassis proof verify rollback.dsse.json
+  chassis proof verify rollback.dsse.json --trusted-keys ./operator-keys --json""",
+)
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--trusted-keys",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory of trusted *.pub keys (offline: the ledger is not consulted).",
+)
+@click.option(
+    "--workspace", "use_workspace", is_flag=True, help="Use the workspace's trust and ledger."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@pass_app
+def verify_command(
+    app: App, file: Path, trusted_keys: Path | None, use_workspace: bool, as_json: bool
+) -> None:
+    """Verify a proof file offline."""
+    envelope = load_envelope(file)
+    try:
+        report = _verify(app, envelope, trusted_keys, use_workspace)
+    except ProofCheckError as e:
+        if as_json:
+            failed = {"ok": False, "check": e.check, "detail": e.detail}
+            app.emit(failed, as_json=True, human=lambda: None)
+        raise
+
+    def human() -> None:
+        click.echo(f"OK: {report.kind} signed by {report.keyid[:16]}")
+        for check in report.checks:
+            click.echo(f"  {check.name}: {check.detail}")
+
+    app.emit(report.to_dict(), as_json=as_json, human=human)
+
+
+def _verify(
+    app: App, envelope: dict[str, object], trusted_keys: Path | None, use_workspace: bool
+) -> ProofReport:
+    if trusted_keys is not None and not use_workspace:
+        return verify_rollback_envelope(envelope, keys_from_dir(trusted_keys))
+    try:
+        ledger = app.ledger()
+    except WorkspaceError:
+        raise WorkspaceError(
+            "no workspace here: give --trusted-keys DIR to verify offline"
+        ) from None
+    keys, revoked = keys_from_trust(ledger.trust(), "operator")
+    if trusted_keys is not None:
+        keys = {k: v for k, v in keys_from_dir(trusted_keys).items() if k not in revoked}
+    return verify_rollback_envelope(envelope, keys, revoked=revoked, ledger=ledger)

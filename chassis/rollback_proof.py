@@ -1,0 +1,241 @@
+"""Issuing and verifying rollback proofs (format: guides/proofs.md).
+
+Issuing verifies the whole ledger first, replays the target state again,
+and cites the stored positions of every event of the rollback operation and
+of the event that made the target revision deployed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chassis.audit import verify_workspace_ledger
+from chassis.engine.rollback import full_history, load_installation, state_at
+from chassis.errors import ChassisError, WorkspaceError
+from chassis.replay import positions
+from chassis.workspace import Workspace
+from ledger.aggregate import now
+from ledger.application import Ledger
+from ledger.canonical import format_timestamp
+from ledger.installations import Installation
+from ledger.keys import KeyPair, keyid_for, load_public_key
+from ledger.records import MalformedRecordError, SealedRecord, parse_record
+from ledger.trust import Trust
+from proofs.dsse import PAYLOAD_TYPE_INTOTO, EnvelopeError, sign_envelope, verify_envelope
+from proofs.intoto import ROLLBACK_PROOF_PREDICATE, statement, statement_bytes, subject
+from proofs.rollback import Check, ProofCheckError, check_cited_events, check_rollback_statement
+
+FINISHED = ("deployed", "failed")
+
+
+class ProofError(ChassisError):
+    exit_code = 10
+
+
+def rollback_proof(
+    ledger: Ledger, ws: Workspace, signer: KeyPair, *, app: str, environment: str,
+    revision: int | None,
+) -> dict[str, Any]:
+    """The signed DSSE envelope proving rollback ``revision`` (default: the newest)."""
+    installation = load_installation(ledger, app, environment)
+    entry = _rollback_entry(ledger, installation, revision)
+    verified = verify_workspace_ledger(ws, ledger, workers=None)
+    started, finished = int(entry["started_version"]), int(entry["version"])
+    events = list(ledger.events.get(installation.id, gt=started - 1, lte=finished))
+    targeted = next(e for e in events if isinstance(e, Installation.RollbackTargeted))
+    target_state = state_at(ledger, installation, targeted.target_version)
+    replayed = target_state.state_digest()
+    post = state_at(ledger, installation, finished).state_digest()
+    health: dict[str, Any] = {}
+    for event in events:
+        if isinstance(event, Installation.StepRecorded) and event.step == "health":
+            health[event.host] = {"ok": event.ok, "detail": event.detail, **event.data}
+    cited = positions(
+        ledger, installation.id, {targeted.target_version, *range(started, finished + 1)}
+    )
+    target_entry = target_state.revision_entry(targeted.target_revision)
+    releases = {e["release_id"]: e["label"] for e in target_state.hosts.values()}
+    releases.setdefault(str(target_entry["release_id"]), str(target_entry["label"]))
+    trust = ledger.trust()
+    predicate = {
+        "ledger": {
+            "name": trust.ledger_name if trust else "",
+            "verified": True,
+            "events": verified.events,
+            "last_seq": verified.last_seq,
+            "root_keyid": verified.root_keyid,
+            "signatures": verified.signatures,
+        },
+        "installation": {"app": app, "environment": environment, "id": str(installation.id)},
+        "rollback": {
+            "revision": int(entry["revision"]),
+            "op_id": entry["op_id"],
+            "status": entry["status"],
+            "description": entry["description"],
+            "from_revision": targeted.from_revision,
+            "started_version": started,
+            "finished_version": finished,
+        },
+        "target": {
+            "revision": targeted.target_revision,
+            "version": targeted.target_version,
+            "label": str(target_entry["label"]),
+            "release_id": str(target_entry["release_id"]),
+            "state_digest": replayed,
+            "recorded_state_digest": targeted.target_state_digest,
+            "state": target_state.spatial_state(),
+        },
+        "post_state_digest": post,
+        "restored_exactly": replayed == post,
+        "health": health,
+        "events": [p.to_dict() for p in cited],
+        "issued": format_timestamp(now()),
+        "issuer": signer.keyid,
+    }
+    subjects = [
+        subject(f"{app}/{environment}@{label}", release_id)
+        for release_id, label in sorted(releases.items())
+    ]
+    body = statement(subjects, ROLLBACK_PROOF_PREDICATE, predicate)
+    return sign_envelope(statement_bytes(body), PAYLOAD_TYPE_INTOTO, signer)
+
+
+def _rollback_entry(
+    ledger: Ledger, installation: Installation, revision: int | None
+) -> dict[str, Any]:
+    name = f"{installation.app}/{installation.environment}"
+    rollbacks = [
+        e for e in full_history(ledger, installation)
+        if e["operation"] == "rollback" and "version" in e
+    ]
+    if revision is not None:
+        for entry in rollbacks:
+            if entry["revision"] == revision:
+                return entry
+        raise ProofError(f"revision {revision} of {name} is not a finished rollback")
+    if not rollbacks:
+        raise ProofError(f"{name} has no finished rollback to prove")
+    return rollbacks[-1]
+
+
+# Verifying.
+
+
+@dataclass
+class ProofReport:
+    kind: str
+    keyid: str
+    checks: list[Check] = field(default_factory=list)
+    statement: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "kind": self.kind,
+            "keyid": self.keyid,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+
+
+def keys_from_dir(directory: Path) -> dict[str, bytes]:
+    """Trusted public keys: every ``*.pub`` file in ``directory``."""
+    if not directory.is_dir():
+        raise WorkspaceError(f"--trusted-keys {directory}: not a directory")
+    keys = {}
+    for path in sorted(directory.glob("*.pub")):
+        public = load_public_key(path)
+        keys[keyid_for(public)] = public
+    if not keys:
+        raise WorkspaceError(f"--trusted-keys {directory}: no *.pub public key files")
+    return keys
+
+
+def keys_from_trust(trust: Trust | None, role: str) -> tuple[dict[str, bytes], dict[str, str]]:
+    """Active keys holding ``role``; and revoked key ids with their reason."""
+    if trust is None:
+        raise WorkspaceError("this ledger has no root of trust (run 'chassis init')")
+    active = {
+        k.keyid: bytes.fromhex(k.public_key)
+        for k in trust.keys.values()
+        if k.active and (role in k.roles or "admin" in k.roles)
+    }
+    revoked = {
+        k.keyid: f"revoked at {k.revoked_at}: {k.revoked_reason}"
+        for k in trust.keys.values()
+        if not k.active
+    }
+    return active, revoked
+
+
+def verify_rollback_envelope(
+    envelope: Mapping[str, Any],
+    keys: Mapping[str, bytes],
+    *,
+    revoked: Mapping[str, str] | None = None,
+    ledger: Ledger | None = None,
+) -> ProofReport:
+    """Signature, then statement, then (with the ledger) the cited events and replays."""
+    signed_by = [str(s.get("keyid", "")) for s in envelope.get("signatures", []) or []]
+    for keyid in signed_by:
+        if revoked and keyid in revoked:
+            raise ProofCheckError("signature", f"signed by key {keyid[:16]}, {revoked[keyid]}")
+    try:
+        verified = verify_envelope(envelope, keys)
+    except EnvelopeError as e:
+        raise ProofCheckError("signature", e.diagnostics()) from None
+    body = verified.statement
+    if body is None:
+        raise ProofCheckError("statement", "the envelope holds no in-toto statement")
+    report = ProofReport("rollback-proof", verified.keyid, statement=body)
+    report.checks.append(Check("signature", f"DSSE signature by trusted key {verified.keyid[:16]}"))
+    report.checks.extend(check_rollback_statement(body))
+    if ledger is not None:
+        report.checks.append(check_cited_events(body, lambda seq: _record_at(ledger, seq)))
+        report.checks.append(_check_replay(ledger, body))
+    return report
+
+
+def _record_at(ledger: Ledger, seq: int) -> SealedRecord | None:
+    for row in ledger.records(since=seq, limit=1):
+        if row.id != seq:
+            return None
+        try:
+            return parse_record(
+                row.id, row.originator_id, row.originator_version, row.topic, row.state
+            )
+        except MalformedRecordError:
+            return None
+    return None
+
+
+def _check_replay(ledger: Ledger, body: Mapping[str, Any]) -> Check:
+    """Replay the installation again at both versions the proof names."""
+    predicate = body["predicate"]
+    installation = load_installation(
+        ledger, predicate["installation"]["app"], predicate["installation"]["environment"]
+    )
+    target = state_at(ledger, installation, int(predicate["target"]["version"])).state_digest()
+    if target != predicate["target"]["state_digest"]:
+        raise ProofCheckError("replay", "replaying the ledger gives another target state")
+    post = state_at(
+        ledger, installation, int(predicate["rollback"]["finished_version"])
+    ).state_digest()
+    if post != predicate["post_state_digest"]:
+        raise ProofCheckError("replay", "replaying the ledger gives another post-rollback state")
+    return Check("replay", "replaying this ledger gives both state digests")
+
+
+def load_envelope(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_bytes())
+    except OSError as e:
+        raise WorkspaceError(f"{path}: {e.strerror}") from None
+    except ValueError as e:
+        raise ProofCheckError("format", f"{path}: not JSON ({e})") from None
+    if not isinstance(data, dict) or "payloadType" not in data:
+        raise ProofCheckError("format", f"{path}: not a DSSE envelope (no payloadType)")
+    return data

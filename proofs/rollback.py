@@ -1,0 +1,119 @@
+"""The rollback proof: an in-toto Statement, in a DSSE envelope, that a
+rollback restored exactly the state its target revision had.
+
+Checks here need only the statement (and, where given, a way to look up
+stored records): someone who does not trust the operator runs them with the
+operator's public key and, optionally, a copy of the ledger.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ledger.records import SealedRecord
+from proofs.intoto import ROLLBACK_PROOF_PREDICATE, STATEMENT_TYPE
+
+HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class ProofCheckError(Exception):
+    """A named check of a proof failed."""
+
+    exit_code = 8
+
+    def __init__(self, check: str, detail: str) -> None:
+        super().__init__(f"proof check {check} failed: {detail}")
+        self.check = check
+        self.detail = detail
+
+    def diagnostics(self) -> str:
+        return str(self)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"check": self.name, "detail": self.detail}
+
+
+def check_rollback_statement(statement: Mapping[str, Any]) -> list[Check]:
+    """Structure and internal consistency; raises ``ProofCheckError``."""
+    if statement.get("_type") != STATEMENT_TYPE:
+        raise ProofCheckError("statement-type", f"expected _type {STATEMENT_TYPE}")
+    if statement.get("predicateType") != ROLLBACK_PROOF_PREDICATE:
+        raise ProofCheckError(
+            "predicate-type",
+            f"expected {ROLLBACK_PROOF_PREDICATE}, found {statement.get('predicateType')!r}",
+        )
+    predicate = statement.get("predicate")
+    if not isinstance(predicate, Mapping):
+        raise ProofCheckError("predicate", "missing predicate object")
+    try:
+        target = predicate["target"]
+        post = str(predicate["post_state_digest"])
+        claimed = bool(predicate["restored_exactly"])
+        verified = predicate["ledger"]["verified"]
+        events = predicate["events"]
+        subjects = statement["subject"]
+    except (KeyError, TypeError) as e:
+        raise ProofCheckError("predicate", f"missing field {e}") from None
+    if verified is not True:
+        raise ProofCheckError("ledger-verified", "the ledger did not verify when issued")
+    replayed = str(target.get("state_digest"))
+    if not HEX64.fullmatch(replayed) or not HEX64.fullmatch(post):
+        raise ProofCheckError("state-digests", "state digests must be 64 hex digits")
+    if replayed != target.get("recorded_state_digest"):
+        raise ProofCheckError(
+            "replay-digest", "the replayed target state differs from the one recorded at intent"
+        )
+    if claimed != (replayed == post):
+        raise ProofCheckError(
+            "restored-exactly", f"claims restored_exactly={claimed} but the digests say otherwise"
+        )
+    digests = {s.get("digest", {}).get("sha256") for s in subjects if isinstance(s, Mapping)}
+    if target.get("release_id") not in digests:
+        raise ProofCheckError("subject", "the subject does not name the target release digest")
+    if not isinstance(events, list) or not events:
+        raise ProofCheckError("events", "the proof cites no ledger events")
+    return [
+        Check("statement", "in-toto Statement v1 with the rollback-proof predicate"),
+        Check("replay-digest", f"replayed target state {replayed[:16]}… as recorded at intent"),
+        Check(
+            "restored-exactly",
+            f"post-rollback state {post[:16]}… "
+            + ("equals" if claimed else "differs from")
+            + " the target state",
+        ),
+    ]
+
+
+def check_cited_events(
+    statement: Mapping[str, Any], lookup: Callable[[int], SealedRecord | None]
+) -> Check:
+    """Every cited event exists at its sequence number with its digest."""
+    events = statement["predicate"]["events"]
+    for cited in events:
+        seq = int(cited["seq"])
+        record = lookup(seq)
+        if record is None:
+            raise ProofCheckError("event-missing", f"the ledger has no event at seq {seq}")
+        if record.digest.hex() != cited["digest"]:
+            raise ProofCheckError(
+                "event-digest",
+                f"event {seq} has digest {record.digest.hex()[:16]}…, the proof cites "
+                f"{str(cited['digest'])[:16]}…",
+            )
+        same_place = (
+            record.originator_id.replace("-", "") == str(cited["originator_id"]).replace("-", "")
+            and record.version == int(cited["version"])
+            and record.topic == cited["topic"]
+        )
+        if not same_place:
+            raise ProofCheckError("event-position", f"event {seq} is not the one the proof cites")
+    return Check("cited-events", f"{len(events)} cited events exist with those digests")
