@@ -22,8 +22,8 @@ from chassis.cli.init_cmd import init_command
 from chassis.cli.key import key_group
 from chassis.cli.lease import lease_group
 from chassis.cli.ledger import ledger_group
-from chassis.cli.reconcile_cmd import prune_command, reconcile_command
 from chassis.cli.proof import proof_group
+from chassis.cli.reconcile_cmd import prune_command, reconcile_command
 from chassis.cli.recover_cmd import recover_command
 from chassis.cli.release import release_group
 from chassis.cli.rollback_cmd import rollback_command
