@@ -3,12 +3,14 @@
 A fresh workspace (temporary unless ``--workspace``) with a SQLite ledger,
 the sample app's three HTTP services, the ``ternary-split-3`` profile over
 three local hosts with separate roots: deploy v1, then v2, then a v3 whose
-health check fails and is restored to v2 automatically. Status and history
-after each step, then the ledger is verified.
+health check fails and is restored to v2 automatically. Last act: roll back
+to v1 (replayed from its release snapshot), issue the rollback proof and
+verify it. Status and history after each step; the ledger is verified.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import tempfile
@@ -20,8 +22,10 @@ from adapters.connectors.local import LocalConnector
 from adapters.supervisors.direct import DirectSupervisor
 from chassis.engine.deploy import DeployOptions, deploy
 from chassis.engine.releases import add_release
+from chassis.engine.rollback import rollback
 from chassis.hosts import environment_hosts, resolve_root
 from chassis.keyring import load_acting_key, local_key_path
+from chassis.rollback_proof import keys_from_trust, rollback_proof, verify_rollback_envelope
 from chassis.sample_app import build_sample_release
 from chassis.stack.spec import load_stack
 from chassis.trust_admin import init_workspace
@@ -41,6 +45,8 @@ class DemoReport:
     revisions: list[dict[str, object]] = field(default_factory=list)
     verified_events: int = 0
     kept_running: bool = False
+    proof: Path | None = None
+    proof_checks: list[str] = field(default_factory=list)
 
 
 def free_port() -> int:
@@ -85,6 +91,7 @@ def run_demo(workspace: Path | None, keep: bool, say: Say) -> DemoReport:
             )
             say(f"   revision {result.revision}: {result.status}: {result.description}")
             _show(ledger, say)
+        _last_act(ledger, ws, report, say)
         report.revisions = histories(ledger, "demo", "dev")[0]["revisions"]
         verified = verify_ledger(ledger.scan(), pinned_root=ws.settings().root_keyid)
         report.verified_events = verified.events
@@ -95,9 +102,35 @@ def run_demo(workspace: Path | None, keep: bool, say: Say) -> DemoReport:
         report.kept_running = keep
         ledger.close()
     say(f"\nEverything lives in {root}:")
-    say("  chassis.toml, .chassis/ledger.db, .chassis/hosts/dev-{1,2,3}, dist/")
+    say("  chassis.toml, .chassis/ledger.db, .chassis/hosts/dev-{1,2,3}, dist/,")
+    say("  rollback-proof.dsse.json (check it: chassis proof verify rollback-proof.dsse.json)")
     say(f"  inspect: chassis --workspace {root} status | history demo --env dev | ledger log")
     return report
+
+
+def _last_act(ledger: Ledger, ws: Workspace, report: DemoReport, say: Say) -> None:
+    """Roll back to v1, then prove it and verify the proof as a stranger would."""
+    say("\n== rollback to v1 (the state replayed from revision 1's release snapshot)")
+    result = rollback(
+        ledger, ws, app="demo", environment="dev", to="v1", max_parallel=3,
+        progress=lambda m: say("   " + m),
+    )
+    same = "equals" if result.state_digest == result.plan.target.state_digest else "DIFFERS from"
+    say(f"   revision {result.revision}: {result.status}: {result.description}")
+    say(f"   state digest {result.state_digest[:16]}... {same} revision 1's")
+    _show(ledger, say)
+    assert ledger.signer is not None
+    envelope = rollback_proof(
+        ledger, ws, ledger.signer, app="demo", environment="dev", revision=result.revision
+    )
+    report.proof = ws.root / "rollback-proof.dsse.json"
+    report.proof.write_text(json.dumps(envelope, indent=2, sort_keys=True) + "\n")
+    say(f"\n== rollback proof written to {report.proof.name} (DSSE, in-toto Statement v1)")
+    keys, revoked = keys_from_trust(ledger.trust(), "operator")
+    checked = verify_rollback_envelope(envelope, keys, revoked=revoked, ledger=ledger)
+    report.proof_checks = [c.name for c in checked.checks]
+    for check in checked.checks:
+        say(f"   verified {check.name}: {check.detail}")
 
 
 def _free_ports(ws: Workspace) -> None:

@@ -1,4 +1,5 @@
-"""`chassis demo` (what `make demo` runs): v1, v2, a failing v3 restored to v2."""
+"""`chassis demo` (what `make demo` runs): v1, v2, a failing v3 restored to v2,
+then a rollback to v1 with its proof, verified."""
 
 from __future__ import annotations
 
@@ -23,11 +24,17 @@ def test_demo_end_to_end_leaves_nothing_running(run: Runner, tmp_path: Path) -> 
     )
     assert [(r["label"], r["status"]) for r in history["revisions"]] == [
         ("v1", "superseded"),
-        ("v2", "deployed"),
+        ("v2", "rolled-back"),
         ("v3", "failed"),
+        ("v1", "deployed"),
     ]
+    assert "revision 4: deployed: rollback to 1 (v1)" in out
+    assert "equals revision 1's" in out
+    assert "verified cited-events" in out and "verified replay" in out
     status = json.loads(run.ok("--workspace", str(target), "status", "--json").stdout)
-    assert {r["label"] for r in status} == {"v2"}
+    assert {r["label"] for r in status} == {"v1"}
+    proof = target / "rollback-proof.dsse.json"
+    run.ok("--workspace", str(target), "proof", "verify", str(proof))
     for host in ("dev-1", "dev-2", "dev-3"):
         supervisor = DirectSupervisor(
             LocalConnector(host), str(target / ".chassis" / "hosts" / host)
