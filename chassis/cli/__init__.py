@@ -23,6 +23,7 @@ from chassis.cli.key import key_group
 from chassis.cli.lease import lease_group
 from chassis.cli.ledger import ledger_group
 from chassis.cli.proof import proof_group
+from chassis.cli.receipts import receipts_group
 from chassis.cli.reconcile_cmd import prune_command, reconcile_command
 from chassis.cli.recover_cmd import recover_command
 from chassis.cli.release import release_group
@@ -91,6 +92,7 @@ for command in (
     rollback_command,
     audit_group,
     proof_group,
+    receipts_group,
     status_command,
     history_command,
     lease_group,

@@ -1,0 +1,78 @@
+"""``chassis receipts …``: the signed receipt of every completed operation."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from chassis.cli.app import App, pass_app, table
+from chassis.receipts import ReceiptStore
+
+
+@click.group(
+    "receipts",
+    epilog="""\b
+Every completed deploy, rollback, recover, repair, lease break, inventory
+change and hardware admission yields a receipt: a DSSE envelope holding an
+in-toto Statement v1, signed by the acting key, with secrets redacted.
+Examples:
+  chassis receipts list
+  chassis receipts show 3f9a1c2e --statement""",
+)
+def receipts_group() -> None:
+    """List, show and export operation receipts."""
+
+
+@receipts_group.command("list", epilog="Example: chassis receipts list --json | jq '.[].digest'")
+@click.option("--app", "app_name", help="Only this app's receipts.")
+@click.option("--env", "environment", help="Only this environment's receipts.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_app
+def list_command(app: App, app_name: str | None, environment: str | None, as_json: bool) -> None:
+    """Receipts in ledger order."""
+    receipts = [
+        r
+        for r in ReceiptStore(app.ledger()).all()
+        if (app_name is None or r.app == app_name)
+        and (environment is None or r.environment == environment)
+    ]
+    data = [r.summary() for r in receipts]
+
+    def human() -> None:
+        rows = [
+            [
+                str(r["seq"]),
+                r["digest"][:16],
+                r["operation"],
+                r["status"],
+                f"{r['app']}/{r['environment']}",
+                str(r["revision"] or ""),
+                r["label"] or "",
+                r["created"],
+            ]
+            for r in data
+        ]
+        table(rows, ["SEQ", "DIGEST", "OPERATION", "STATUS", "WHERE", "REV", "RELEASE", "AT"])
+
+    app.emit(data, as_json=as_json, human=human)
+
+
+@receipts_group.command(
+    "show",
+    epilog="""\b
+RECEIPT is a digest (8+ hex digits) or seq:N (the ledger position of the event
+that completed the operation).
+Exit status: 0, 10 no such receipt.
+Examples:
+  chassis receipts show seq:42
+  chassis receipts show 3f9a1c2e --statement""",
+)
+@click.argument("ref", metavar="RECEIPT")
+@click.option("--statement", "decoded", is_flag=True, help="Print the decoded statement instead.")
+@pass_app
+def show_command(app: App, ref: str, decoded: bool) -> None:
+    """Print a receipt's DSSE envelope (or its statement)."""
+    receipt = ReceiptStore(app.ledger()).get(ref)
+    body = receipt.statement if decoded else receipt.envelope
+    click.echo(json.dumps(body, indent=2, sort_keys=True))

@@ -1,0 +1,583 @@
+"""Receipts: a signed DSSE envelope for every completed operation.
+
+Receipts are derived from the ledger, not written by each command: after a
+command that appended events (and after the checkpoint it triggers), the
+events since the last receipt position are scanned for the events that
+complete an operation:
+
+* ``operation-finished`` — deploy, rollback, recover (an operation that was
+  resumed) or repair;
+* ``lease-broken``;
+* ``host.inventoried`` whose facts digest changed (an inventory change);
+* ``host.admission-evaluated`` (hardware admission).
+
+Each becomes an in-toto Statement (predicate ``RECEIPT_PREDICATE``), redacted,
+signed by the acting key, stored in ``chassis_receipts`` with the export
+record the tracing plane gets. A crashed command's operations get their
+receipts from the next signing command, so none is lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from chassis.errors import ChassisError
+from chassis.workspace import Workspace
+from ledger.application import Ledger
+from ledger.canonical import format_timestamp
+from ledger.events import LedgerEvent
+from ledger.hosts import Host
+from ledger.installations import Installation
+from ledger.keys import KeyPair
+from ledger.records import MalformedRecordError, parse_record
+from ledger.tables import SideTables
+from proofs.dsse import PAYLOAD_TYPE_INTOTO, envelope_digest, sign_envelope
+from proofs.intoto import RECEIPT_PREDICATE, statement, statement_bytes, subject
+from proofs.redaction import Redactor
+
+REDACTION_KEY_FILE = "redaction.key"
+
+COMPLETING_TOPICS = (
+    Installation.OperationFinished.TOPIC,
+    Installation.LeaseBroken.TOPIC,
+    Host.Inventoried.TOPIC,
+    Host.AdmissionEvaluated.TOPIC,
+)
+
+Note = Callable[[str], None]
+
+
+class ReceiptNotFound(ChassisError):
+    exit_code = 10
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where the event that completed an operation sits in the ledger."""
+
+    seq: int
+    digest: str
+    tree_size: int | None
+    root: str | None
+    origin: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "event_digest": self.digest,
+            "tree_size": self.tree_size,
+            "root": self.root,
+            "origin": self.origin,
+        }
+
+
+@dataclass(frozen=True)
+class StoredReceipt:
+    digest: str
+    seq: int
+    operation: str
+    app: str
+    environment: str
+    created: str
+    record: dict[str, Any]
+    """The export record (``proofs.export``): envelope, statement and summary."""
+
+    @property
+    def envelope(self) -> dict[str, Any]:
+        envelope: dict[str, Any] = self.record["envelope"]
+        return envelope
+
+    @property
+    def statement(self) -> dict[str, Any]:
+        body: dict[str, Any] = self.record["statement"]
+        return body
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "digest": self.digest,
+            "seq": self.seq,
+            "operation": self.operation,
+            "status": self.record["status"],
+            "app": self.app,
+            "environment": self.environment,
+            "revision": self.record.get("revision"),
+            "label": self.record.get("label"),
+            "created": self.created,
+        }
+
+
+class ReceiptStore:
+    def __init__(self, ledger: Ledger) -> None:
+        self.tables = SideTables(ledger)
+        self.tables.create(
+            "CREATE TABLE IF NOT EXISTS {chassis_receipts} (digest TEXT PRIMARY KEY, "
+            "seq BIGINT UNIQUE, operation TEXT, app TEXT, environment TEXT, created TEXT, "
+            "record {blob})",
+            "CREATE TABLE IF NOT EXISTS {chassis_receipt_position} (name TEXT PRIMARY KEY, "
+            "seq BIGINT)",
+        )
+
+    def position(self) -> int:
+        with self.tables.transaction(commit=False) as c:
+            c.execute("SELECT seq FROM {chassis_receipt_position} WHERE name = ?", ("receipts",))
+            row = c.fetchone()
+        return int(row[0]) if row else 0
+
+    def add(self, receipts: list[StoredReceipt], position: int) -> None:
+        """Store receipts and the new scan position together; a receipt already
+        stored (another process got there first) is kept as it is."""
+        with self.tables.transaction(commit=True) as c:
+            c.execute("SELECT seq FROM {chassis_receipt_position} WHERE name = ?", ("receipts",))
+            row = c.fetchone()
+            if row is not None and int(row[0]) >= position:
+                return
+            for r in receipts:
+                c.execute("SELECT 1 FROM {chassis_receipts} WHERE seq = ?", (r.seq,))
+                if c.fetchone() is not None:
+                    continue
+                c.execute(
+                    "INSERT INTO {chassis_receipts} VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        r.digest,
+                        r.seq,
+                        r.operation,
+                        r.app,
+                        r.environment,
+                        r.created,
+                        json.dumps(r.record, sort_keys=True).encode(),
+                    ),
+                )
+            if row is None:
+                c.execute(
+                    "INSERT INTO {chassis_receipt_position} VALUES (?, ?)", ("receipts", position)
+                )
+            else:
+                c.execute(
+                    "UPDATE {chassis_receipt_position} SET seq = ? WHERE name = ?",
+                    (position, "receipts"),
+                )
+
+    def all(self, *, since_seq: int = 0) -> list[StoredReceipt]:
+        with self.tables.transaction(commit=False) as c:
+            c.execute(
+                "SELECT digest, seq, operation, app, environment, created, record "
+                "FROM {chassis_receipts} WHERE seq > ? ORDER BY seq",
+                (since_seq,),
+            )
+            rows = c.fetchall()
+        return [_stored(r) for r in rows]
+
+    def get(self, ref: str) -> StoredReceipt:
+        """By digest (or a unique prefix of at least 8 hex digits) or ``seq:N``."""
+        select = "SELECT digest, seq, operation, app, environment, created, record FROM "
+        with self.tables.transaction(commit=False) as c:
+            if ref.startswith("seq:") and ref[4:].isdigit():
+                c.execute(select + "{chassis_receipts} WHERE seq = ?", (int(ref[4:]),))
+            elif len(ref) >= 8 and all(ch in "0123456789abcdef" for ch in ref):
+                c.execute(select + "{chassis_receipts} WHERE digest LIKE ?", (ref + "%",))
+            else:
+                raise ReceiptNotFound(
+                    f"receipt {ref!r}: expected a digest (8+ hex digits) or seq:N"
+                )
+            rows = c.fetchall()
+        if len(rows) != 1:
+            why = "no receipt" if not rows else f"{len(rows)} receipts"
+            raise ReceiptNotFound(f"{why} match {ref!r} (see chassis receipts list)")
+        return _stored(rows[0])
+
+
+def _stored(row: Any) -> StoredReceipt:
+    return StoredReceipt(
+        digest=str(row[0]),
+        seq=int(row[1]),
+        operation=str(row[2]),
+        app=str(row[3]),
+        environment=str(row[4]),
+        created=str(row[5]),
+        record=json.loads(bytes(row[6])),
+    )
+
+
+def redaction_key(ws: Workspace) -> bytes:
+    """The workspace's HMAC key for redaction markers (created once, mode 600)."""
+    path = ws.state_dir / REDACTION_KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(secrets.token_bytes(32))
+        try:
+            os.link(tmp, path)  # first writer wins
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_bytes()
+
+
+def redactor_for(ws: Workspace) -> Redactor:
+    return Redactor(redaction_key(ws))
+
+
+# Issuing.
+
+
+@dataclass(frozen=True)
+class LedgerPosition:
+    """What the log says about the ledger right now (size, root, origin)."""
+
+    tree_size: int | None
+    root: str | None
+    origin: str | None
+    leaf_index: Callable[[int], int | None]
+
+
+PositionSource = Callable[[Ledger], LedgerPosition]
+
+
+def issue_pending(
+    ledger: Ledger,
+    ws: Workspace,
+    signer: KeyPair,
+    note: Note,
+    position: PositionSource | None = None,
+) -> list[StoredReceipt]:
+    """Receipts for every operation completed since the last scan."""
+    store = ReceiptStore(ledger)
+    start = store.position()
+    last = ledger.max_seq()
+    if last <= start:
+        return []
+    where = position(ledger) if position else LedgerPosition(None, None, None, lambda _: None)
+    redactor = redactor_for(ws)
+    issued: list[StoredReceipt] = []
+    previous_facts: dict[str, str | None] = {}
+    for seq, originator, version, topic, state in ledger.scan(since=start + 1):
+        if topic not in COMPLETING_TOPICS:
+            continue
+        try:
+            record = parse_record(seq, originator, version, topic, state)
+        except MalformedRecordError as e:
+            note(f"warning: no receipt for event {seq}: {e}")
+            continue
+        aggregate_id = UUID(str(originator))
+        digest = record.digest.hex()
+        built = _build(ledger, topic, aggregate_id, version, previous_facts)
+        if built is None:
+            continue
+        ledger_position = Position(seq, digest, where.tree_size, where.root, where.origin)
+        issued.append(_sign(built, ledger_position, where, signer, redactor))
+    store.add(issued, last)
+    if issued:
+        note(f"receipts: {len(issued)} issued ({', '.join(r.operation for r in issued)})")
+    return issued
+
+
+@dataclass
+class _Built:
+    operation: str
+    status: str
+    op_id: str
+    app: str
+    environment: str
+    revision: int | None
+    label: str | None
+    release_id: str | None
+    started: str
+    finished: str
+    subjects: list[dict[str, Any]]
+    hosts: dict[str, dict[str, Any]]
+    predicate: dict[str, Any]
+    first: bool = False
+
+
+def _build(
+    ledger: Ledger,
+    topic: str,
+    aggregate_id: UUID,
+    version: int,
+    previous_facts: dict[str, str | None],
+) -> _Built | None:
+    if topic == Installation.OperationFinished.TOPIC:
+        return _operation(ledger, aggregate_id, version)
+    if topic == Installation.LeaseBroken.TOPIC:
+        return _lease_break(ledger, aggregate_id, version)
+    return _host_event(ledger, topic, aggregate_id, version, previous_facts)
+
+
+def _events(ledger: Ledger, aggregate_id: UUID, first: int, last: int) -> Iterator[LedgerEvent]:
+    for event in ledger.events.get(aggregate_id, gt=first - 1, lte=last):
+        assert isinstance(event, LedgerEvent)
+        yield event
+
+
+def _brief(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    if entry is None:
+        return None
+    return {"label": entry["label"], "release_id": entry["release_id"]}
+
+
+def _operation(ledger: Ledger, aggregate_id: UUID, version: int) -> _Built:
+    after = ledger.load(Installation, aggregate_id, version=version)
+    entry = after.revisions[-1]
+    for candidate in after.revisions:
+        if candidate.get("version") == version:
+            entry = candidate
+    started_version = int(entry["started_version"])
+    before = ledger.load(Installation, aggregate_id, version=started_version - 1)
+    events = list(_events(ledger, aggregate_id, started_version, version))
+    finished = events[-1]
+    assert isinstance(finished, Installation.OperationFinished)
+    operation = str(entry["operation"])
+    if any(isinstance(e, Installation.OperationResumed) for e in events):
+        operation = "recover"
+    hosts: dict[str, dict[str, Any]] = {}
+    health: dict[str, Any] = {}
+    for event in events:
+        host = getattr(event, "host", None)
+        if not isinstance(host, str):
+            continue
+        outcome = hosts.setdefault(
+            host,
+            {
+                "status": "pending",
+                "started": format_timestamp(event.timestamp),
+                "before": _brief(before.hosts.get(host)),
+            },
+        )
+        outcome["finished"] = format_timestamp(event.timestamp)
+        if isinstance(event, Installation.StepRecorded):
+            if not event.ok:
+                outcome["status"] = "failed"
+                outcome["failed_step"] = event.step
+            if event.step == "health":
+                health[host] = {"ok": event.ok, "detail": event.detail, **event.data}
+        elif isinstance(event, Installation.HostActivated):
+            outcome["status"] = "succeeded"
+        elif isinstance(event, Installation.HostRestored):
+            outcome["status"] = "restored" if event.ok else "failed"
+    for host, outcome in hosts.items():
+        active = after.hosts.get(host)
+        outcome["after"] = _brief(active)
+        outcome["release_id"] = active["release_id"] if active else None
+    status = "failed" if finished.status == "failed" else "succeeded"
+    app, environment = after.app, after.environment
+    subjects = [
+        subject(f"{app}/{environment}/{host}", str(e["release_id"]))
+        for host, e in sorted(after.hosts.items())
+    ] or [subject(f"{app}/{environment}", str(entry["release_id"]))]
+    releases_before = sorted({str(e["label"]) for e in before.hosts.values()})
+    releases_after = sorted({str(e["label"]) for e in after.hosts.values()})
+    predicate = {
+        "operation": operation,
+        "status": status,
+        "outcome": finished.status,
+        "description": finished.description,
+        "installation": {"app": app, "environment": environment, "id": str(aggregate_id)},
+        "revision": int(entry["revision"]),
+        "op_id": finished.op_id,
+        "plan_digest": entry["plan_digest"],
+        "hosts": hosts,
+        "releases": {"before": releases_before, "after": releases_after},
+        "health": health,
+        "state_digest": after.state_digest(),
+        "actor": finished.keyid,
+    }
+    if operation == "rollback" and entry.get("rollback_to") is not None:
+        predicate["rollback_to"] = entry["rollback_to"]
+    return _Built(
+        operation=operation,
+        status=status,
+        op_id=finished.op_id,
+        app=app,
+        environment=environment,
+        revision=int(entry["revision"]),
+        label=str(entry["label"]),
+        release_id=str(entry["release_id"]),
+        started=str(entry["started"]),
+        finished=format_timestamp(finished.timestamp),
+        subjects=subjects,
+        hosts=hosts,
+        predicate=predicate,
+        first=operation == "deploy" and before.last_successful is None and status == "succeeded",
+    )
+
+
+def _lease_break(ledger: Ledger, aggregate_id: UUID, version: int) -> _Built:
+    [event] = list(_events(ledger, aggregate_id, version, version))
+    assert isinstance(event, Installation.LeaseBroken)
+    before = ledger.load(Installation, aggregate_id, version=version - 1)
+    lease = before.lease or {}
+    entry = next((e for e in before.revisions if e["op_id"] == event.op_id), None)
+    release_id = str(entry["release_id"]) if entry else None
+    at = format_timestamp(event.timestamp)
+    app, environment = before.app, before.environment
+    predicate = {
+        "operation": "lease-break",
+        "status": "succeeded",
+        "installation": {"app": app, "environment": environment, "id": str(aggregate_id)},
+        "broken": {
+            "op_id": event.op_id,
+            "holder": lease.get("holder"),
+            "operation": lease.get("operation"),
+            "revision": lease.get("revision"),
+            "started": lease.get("started"),
+        },
+        "reason": event.reason,
+        "forced": event.forced,
+        "actor": event.keyid,
+    }
+    return _Built(
+        operation="lease-break",
+        status="succeeded",
+        op_id=_derived_op_id(event),
+        app=app,
+        environment=environment,
+        revision=int(lease["revision"]) if lease.get("revision") is not None else None,
+        label=str(entry["label"]) if entry else None,
+        release_id=release_id,
+        started=at,
+        finished=at,
+        subjects=[subject(f"{app}/{environment}", release_id or _sha(event.op_id))],
+        hosts={},
+        predicate=predicate,
+    )
+
+
+def _host_event(
+    ledger: Ledger,
+    topic: str,
+    aggregate_id: UUID,
+    version: int,
+    previous_facts: dict[str, str | None],
+) -> _Built | None:
+    [event] = list(_events(ledger, aggregate_id, version, version))
+    host = ledger.load(Host, aggregate_id, version=version)
+    at = format_timestamp(event.timestamp)
+    environment = host.settings.environment
+    if isinstance(event, Host.Inventoried):
+        key = str(aggregate_id)
+        if key not in previous_facts:
+            earlier = ledger.load(Host, aggregate_id, version=version - 1)
+            previous_facts[key] = earlier.facts_digest
+        changed = previous_facts[key] != event.facts_digest
+        previous_facts[key] = event.facts_digest
+        if not changed:
+            return None
+        predicate: dict[str, Any] = {
+            "operation": "inventory",
+            "status": "succeeded",
+            "host": host.name,
+            "facts_digest": event.facts_digest,
+            "previous_facts_digest": previous_facts.get(key),
+            "actor": event.keyid,
+        }
+        operation, digest = "inventory", event.facts_digest
+    elif isinstance(event, Host.AdmissionEvaluated):
+        predicate = {
+            "operation": "admission",
+            "status": "succeeded" if event.admitted else "failed",
+            "host": host.name,
+            "runtime": event.runtime,
+            "admitted": event.admitted,
+            "reasons": list(event.reasons),
+            "requirements": event.requirements,
+            "facts_digest": event.facts_digest,
+            "actor": event.keyid,
+        }
+        operation, digest = "admission", event.facts_digest
+    else:
+        return None
+    return _Built(
+        operation=operation,
+        status=str(predicate["status"]),
+        op_id=_derived_op_id(event),
+        app="chassis",
+        environment=environment,
+        revision=None,
+        label=None,
+        release_id=None,
+        started=at,
+        finished=at,
+        subjects=[subject(f"host/{host.name}", digest)],
+        hosts={host.name: {"status": predicate["status"], "started": at, "finished": at}},
+        predicate=predicate,
+    )
+
+
+def _derived_op_id(event: LedgerEvent) -> str:
+    """A stable trace id for single-event operations: from the event's identity."""
+    return _sha(f"{event.originator_id}/{event.originator_version}")[:32]
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _sign(
+    built: _Built,
+    position: Position,
+    where: LedgerPosition,
+    signer: KeyPair,
+    redactor: Redactor,
+) -> StoredReceipt:
+    predicate = redactor.data({**built.predicate, "ledger": position.to_dict()})
+    leaf = where.leaf_index(position.seq)
+    if leaf is not None:
+        predicate["ledger"]["leaf_index"] = leaf
+    body = statement(built.subjects, RECEIPT_PREDICATE, predicate)
+    envelope = sign_envelope(statement_bytes(body), PAYLOAD_TYPE_INTOTO, signer)
+    digest = envelope_digest(envelope)
+    hosts = {
+        name: {
+            "status": str(outcome.get("status", "unknown")),
+            "release_id": outcome.get("release_id"),
+            "started": outcome.get("started", built.started),
+            "finished": outcome.get("finished", built.finished),
+        }
+        for name, outcome in built.hosts.items()
+    }
+    record: dict[str, Any] = redactor.data(
+        {
+            "receipt_digest": digest,
+            "envelope": envelope,
+            "statement": body,
+            "operation": built.operation,
+            "status": built.status,
+            "op_id": built.op_id,
+            "app": built.app,
+            "environment": built.environment,
+            "revision": built.revision,
+            "label": built.label,
+            "release_id": built.release_id,
+            "started": built.started,
+            "finished": built.finished,
+            "hosts": hosts,
+            "first": built.first,
+        }
+    )
+    record["envelope"], record["statement"] = envelope, body  # signed as redacted already
+    return StoredReceipt(
+        digest=digest,
+        seq=position.seq,
+        operation=built.operation,
+        app=built.app,
+        environment=built.environment,
+        created=built.finished,
+        record=msgspec.json.decode(msgspec.json.encode(record)),
+    )
+
+
+def receipt_file_name(receipt: StoredReceipt) -> Path:
+    return Path(f"receipt-{receipt.seq}-{receipt.operation}-{receipt.digest[:12]}.dsse.json")
