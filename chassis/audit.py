@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from chassis.checkpoints import LedgerReport, verify_checkpoints
 from chassis.errors import WorkspaceError
 from chassis.workspace import Workspace
 from ledger.application import Ledger
@@ -77,3 +80,17 @@ def verify_workspace_ledger(
 ) -> VerifiedLedger:
     """Verify the whole ledger against the workspace's pinned root of trust."""
     return verify_ledger(ledger.scan(), pinned_root=ws.settings().root_keyid, workers=workers)
+
+
+def verify_workspace(
+    ws: Workspace,
+    ledger: Ledger,
+    *,
+    workers: int | None,
+    fast: bool = False,
+    against: Sequence[Path] = (),
+) -> LedgerReport:
+    """``chassis ledger verify``: the records (every signature, or with ``fast``
+    chains and Merkle root only) and, from the same read, every checkpoint
+    that applies, so a truncated tail or a rewritten past is caught too."""
+    return verify_checkpoints(ledger, ws, against=against, fast=fast, workers=workers)

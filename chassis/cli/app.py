@@ -57,8 +57,14 @@ class App:
 
     def close(self) -> None:
         if self._ledger is not None:
-            self._ledger.close()
-            self._ledger = None
+            try:
+                if self._ledger.signer is not None:
+                    from chassis.aftermath import after_command
+
+                    after_command(self)  # checkpoint what this command appended
+            finally:
+                self._ledger.close()
+                self._ledger = None
 
     # Output.
 

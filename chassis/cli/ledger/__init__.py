@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from chassis.cli.ledger.checkpoint import checkpoint_command
 from chassis.cli.ledger.log import log_command
 from chassis.cli.ledger.verify import verify_command
 
@@ -13,5 +14,6 @@ def ledger_group() -> None:
     """Inspect and verify the event ledger."""
 
 
+ledger_group.add_command(checkpoint_command)
 ledger_group.add_command(log_command)
 ledger_group.add_command(verify_command)

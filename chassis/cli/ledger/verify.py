@@ -2,48 +2,89 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from chassis.audit import verify_workspace_ledger
+from chassis.audit import verify_workspace
+from chassis.checkpoints import CheckpointError
 from chassis.cli.app import App, pass_app
 from proofs.chain import LedgerVerificationError
-
-TAIL_NOTE = "chains cannot show a truncated tail; compare with a checkpoint for that"
 
 
 @click.command(
     "verify",
     epilog="""\b
-Exit status: 0 verified, 8 verification failed (first bad event named).
+Checks every record (digest, link, key, signature; --fast: digests and links
+only) and then, from the same read, the checkpoints: the latest stored one
+(signature, and its root recomputed from the records), the last one this
+workspace saw (.chassis/last-checkpoint) and each --against file (signature,
+and a consistency proof to the current tree). Reasons: truncated,
+root-mismatch, inconsistent, bad-checkpoint-signature, unknown-checkpoint-key.
+Exit status: 0 verified, 8 verification failed (first bad event or checkpoint
+named).
 Examples:
   chassis ledger verify
-  chassis ledger verify --json | jq .reason""",
+  chassis ledger verify --fast --against shop-2026-05-01.checkpoint
+  chassis ledger verify --json | jq .checkpoints""",
 )
 @click.option(
     "--workers", type=click.IntRange(min=1), help="Signature worker processes [default: cores]."
 )
+@click.option(
+    "--fast",
+    is_flag=True,
+    help="Chains and Merkle root without event signatures; checkpoints still checked.",
+)
+@click.option(
+    "--against",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A checkpoint note kept earlier; the ledger must extend it (repeatable).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (also on failure).")
 @pass_app
-def verify_command(app: App, workers: int | None, as_json: bool) -> None:
+def verify_command(
+    app: App, workers: int | None, fast: bool, against: tuple[Path, ...], as_json: bool
+) -> None:
     """Recompute every digest and link; check every signature against trust as of its event."""
     ledger = app.ledger()
     try:
-        result = verify_workspace_ledger(app.workspace, ledger, workers=workers)
+        report = verify_workspace(
+            app.workspace, ledger, workers=workers, fast=fast, against=against
+        )
     except LedgerVerificationError as e:
         if as_json:
             app.emit({"ok": False, **e.failure.to_dict()}, as_json=True, human=lambda: None)
         raise
-    data = {"ok": True, **result.to_dict(), "note": TAIL_NOTE}
+    except CheckpointError as e:
+        if as_json:
+            app.emit({"ok": False, **e.to_dict()}, as_json=True, human=lambda: None)
+        raise
+    data = {"ok": True, **report.to_dict()}
+    chain = report.chain
 
     def human() -> None:
-        click.echo(
-            f"OK: {result.events} events in {result.aggregates} aggregates, "
-            f"{result.signatures} signatures verified ({result.workers} worker(s))"
-        )
-        click.echo(
-            f"  root of trust: {result.root_keyid}  keys: {result.keys}  "
-            f"last seq: {result.last_seq}"
-        )
-        click.echo(f"  note: {TAIL_NOTE}")
+        if report.mode == "fast":
+            click.echo(
+                f"OK (fast): {chain['events']} events in {chain['aggregates']} aggregates, "
+                "every digest and link (event signatures not checked)"
+            )
+        else:
+            click.echo(
+                f"OK: {chain['events']} events in {chain['aggregates']} aggregates, "
+                f"{chain['signatures']} signatures verified ({chain['workers']} worker(s))"
+            )
+            click.echo(
+                f"  root of trust: {chain['root_keyid']}  keys: {chain['keys']}  "
+                f"last seq: {chain['last_seq']}"
+            )
+        click.echo(f"  tree: {report.size} leaves, root {report.root.hex()}")
+        for checked in report.checked:
+            click.echo(
+                f"  {checked.source}: size {checked.size}, signed by {checked.signer}: "
+                f"{checked.check}"
+            )
+        click.echo(f"  checkpoints: {report.note}")
 
     app.emit(data, as_json=as_json, human=human)

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from chassis.cli.app import App, pass_app
+from chassis.cli.proof.tlog import consistency_command, inclusion_command, verify_tlog
 from chassis.errors import WorkspaceError
 from chassis.rollback_proof import (
     ProofReport,
@@ -18,6 +19,7 @@ from chassis.rollback_proof import (
     verify_rollback_envelope,
 )
 from proofs.rollback import ProofCheckError
+from proofs.tlog_proof import HEADER as TLOG_PROOF_HEADER
 
 
 @click.group("proof", epilog="Example: chassis proof rollback shop --env prod --out rb.json")
@@ -78,10 +80,17 @@ every cited event exists at its position with its digest and that replaying
 the ledger gives both state digests.
 Trusted keys: --trusted-keys DIR (*.pub files, offline, no ledger) or the
 workspace's trust state (the default inside a workspace).
-Exit status: 0 verified, 8 a check failed, 3 no keys to verify with.
+A .tlog-proof file (from 'chassis proof inclusion') is checked with --key
+alone, offline: its layout (proof-format), the checkpoint's signature
+(checkpoint-signature), then the event digest's inclusion under its root
+(inclusion). KEYFILE is a signed-note verifier key (name+id+key, from
+'chassis ledger checkpoint --json') or a .pub key file.
+Exit status: 0 verified, 8 a check failed, 3 no keys to verify with, 5 bad key
+file, 2 a .tlog-proof without --key.
 Examples:
   chassis proof verify rollback.dsse.json
-  chassis proof verify rollback.dsse.json --trusted-keys ./operator-keys --json""",
+  chassis proof verify rollback.dsse.json --trusted-keys ./operator-keys --json
+  chassis proof verify event-42.tlog-proof --key shop.vkey""",
 )
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option(
@@ -92,12 +101,27 @@ Examples:
 @click.option(
     "--workspace", "use_workspace", is_flag=True, help="Use the workspace's trust and ledger."
 )
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="For a .tlog-proof: the log's verifier key (vkey) or .pub file.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @pass_app
 def verify_command(
-    app: App, file: Path, trusted_keys: Path | None, use_workspace: bool, as_json: bool
+    app: App,
+    file: Path,
+    trusted_keys: Path | None,
+    use_workspace: bool,
+    key_file: Path | None,
+    as_json: bool,
 ) -> None:
     """Verify a proof file offline."""
+    head = file.read_bytes()[: len(TLOG_PROOF_HEADER)]
+    if head == TLOG_PROOF_HEADER.encode():
+        verify_tlog(app, file.read_text(encoding="utf-8", errors="replace"), key_file, as_json)
+        return
     envelope = load_envelope(file)
     try:
         report = _verify(app, envelope, trusted_keys, use_workspace)
@@ -130,3 +154,7 @@ def _verify(
     if trusted_keys is not None:
         keys = {k: v for k, v in keys_from_dir(trusted_keys).items() if k not in revoked}
     return verify_rollback_envelope(envelope, keys, revoked=revoked, ledger=ledger)
+
+
+proof_group.add_command(inclusion_command)
+proof_group.add_command(consistency_command)
