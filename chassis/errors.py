@@ -24,6 +24,7 @@ EXIT_CODES = {
     16: "deploy failed; the previous release was restored",
     17: "recover could not restore a host; the lease stays held",
     18: "reconcile found drift (differences listed)",
+    19: "export could not be delivered (items stay queued)",
 }
 
 

@@ -103,3 +103,15 @@ class RuntimeSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True)
 
 class LedgerSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
     url: str | None = None
+
+
+class ExportSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Where receipts go for the tracing plane (``chassis receipts export``)."""
+
+    format: str = "otlp-json"
+    """One of ``proofs.export.FORMATS``; checked with the allowed names."""
+    to: str | None = None
+    """An http(s):// URL (OTLP: the collector base) or a file path (relative to the workspace)."""
+    auto: bool = False
+    """Export new receipts after every signing command."""
+    timeout_ms: int = 2000

@@ -8,27 +8,39 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 
 from chassis.errors import WorkspaceError
+from chassis.export.delivery import DestinationError, parse_destination
 from chassis.stack.schema import (
     AppSpec,
     ComponentSpec,
     EnvironmentSpec,
+    ExportSpec,
     HostSpec,
     LedgerSpec,
     ProfileSpec,
     ReleaseSpec,
     RuntimeSpec,
 )
+from proofs.export import FORMATS
 
 T = TypeVar("T")
 
-SECTIONS = ("app", "components", "profiles", "environments", "releases", "runtimes", "ledger")
+SECTIONS = (
+    "app",
+    "components",
+    "profiles",
+    "environments",
+    "releases",
+    "runtimes",
+    "ledger",
+    "export",
+)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 SECRET_KEY = re.compile(
     r"password|passwd|secret|token|private_key|api_key|authorization|cookie|credential|session",
@@ -90,6 +102,7 @@ class Stack:
     releases: dict[str, ReleaseSpec]
     runtimes: dict[str, RuntimeSpec]
     ledger: LedgerSpec
+    export: ExportSpec = field(default_factory=ExportSpec)
 
     def profile(self, name: str) -> ProfileSpec:
         if name not in self.profiles:
@@ -166,6 +179,7 @@ def validate_stack(raw: dict[str, Any], path: Path) -> Stack:
         releases=_table_of(raw, "releases", ReleaseSpec, path),
         runtimes=_table_of(raw, "runtimes", RuntimeSpec, path),
         ledger=_convert(raw.get("ledger", {}), LedgerSpec, "ledger", path),
+        export=_convert(raw.get("export", {}), ExportSpec, "export", path),
     )
     _check_references(stack)
     return stack
@@ -253,8 +267,26 @@ def _describe(value: Any) -> str:
     return "nothing" if value is None else type(value).__name__
 
 
+def _check_export(stack: Stack) -> None:
+    path, export = stack.path, stack.export
+    if export.format not in FORMATS:
+        raise StackError(
+            f"{path}: export.format: expected one of {', '.join(FORMATS)}, found {export.format!r}"
+        )
+    if export.to is not None:
+        try:
+            parse_destination(export.to, path.parent)
+        except DestinationError as e:
+            raise StackError(f"{path}: export.to: {e}") from None
+    elif export.auto:
+        raise StackError(f"{path}: export.to: required when export.auto is true")
+    if not 1 <= export.timeout_ms <= 60000:
+        raise StackError(f"{path}: export.timeout_ms: expected 1-60000, found {export.timeout_ms}")
+
+
 def _check_references(stack: Stack) -> None:
     path = stack.path
+    _check_export(stack)
     for name, component in stack.components.items():
         where = f"components.{name}"
         for key in component.env:

@@ -7,6 +7,7 @@ import json
 import click
 
 from chassis.cli.app import App, pass_app, table
+from chassis.cli.receipts.export import export_command
 from chassis.receipts import ReceiptStore
 
 
@@ -76,3 +77,6 @@ def show_command(app: App, ref: str, decoded: bool) -> None:
     receipt = ReceiptStore(app.ledger()).get(ref)
     body = receipt.statement if decoded else receipt.envelope
     click.echo(json.dumps(body, indent=2, sort_keys=True))
+
+
+receipts_group.add_command(export_command)
