@@ -69,6 +69,18 @@ def positions(
     return found
 
 
+def replay_from_events(ledger: Ledger, aggregate_id: UUID, version: int) -> Installation:
+    """The installation at ``version`` folded from its signed events alone.
+
+    Snapshots are a cache, never evidence: verifiers use this instead."""
+    state: Any = None
+    for event in ledger.events.get(aggregate_id, lte=version):
+        state = event.mutate(state)  # type: ignore[attr-defined]
+    if not isinstance(state, Installation) or state.version != version:
+        raise ReplayPointError(f"installation {aggregate_id} has no version {version}")
+    return state
+
+
 def resolve_at(ledger: Ledger, installation: Installation, at: str) -> tuple[int, str]:
     """``--at`` → (version, what it named). Forms: ``N`` or ``rev:N`` (the
     version at which revision N finished), ``v:N`` (an aggregate version),

@@ -16,7 +16,7 @@ from typing import Any
 from chassis.audit import verify_workspace_ledger
 from chassis.engine.rollback import full_history, load_installation, state_at
 from chassis.errors import ChassisError, WorkspaceError
-from chassis.replay import positions
+from chassis.replay import positions, replay_from_events
 from chassis.workspace import Workspace
 from ledger.aggregate import now
 from ledger.application import Ledger
@@ -213,20 +213,21 @@ def _record_at(ledger: Ledger, seq: int) -> SealedRecord | None:
 
 
 def _check_replay(ledger: Ledger, body: Mapping[str, Any]) -> Check:
-    """Replay the installation again at both versions the proof names."""
+    """Replay the installation again, from its events alone (snapshots are a
+    cache, not evidence), at both versions the proof names."""
     predicate = body["predicate"]
     installation = load_installation(
         ledger, predicate["installation"]["app"], predicate["installation"]["environment"]
     )
-    target = state_at(ledger, installation, int(predicate["target"]["version"])).state_digest()
+    target_version = int(predicate["target"]["version"])
+    target = replay_from_events(ledger, installation.id, target_version).state_digest()
     if target != predicate["target"]["state_digest"]:
         raise ProofCheckError("replay", "replaying the ledger gives another target state")
-    post = state_at(
-        ledger, installation, int(predicate["rollback"]["finished_version"])
-    ).state_digest()
+    finished_version = int(predicate["rollback"]["finished_version"])
+    post = replay_from_events(ledger, installation.id, finished_version).state_digest()
     if post != predicate["post_state_digest"]:
         raise ProofCheckError("replay", "replaying the ledger gives another post-rollback state")
-    return Check("replay", "replaying this ledger gives both state digests")
+    return Check("replay", "replaying the signed events gives both state digests")
 
 
 def load_envelope(path: Path) -> dict[str, Any]:
