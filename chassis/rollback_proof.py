@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from chassis.audit import verify_workspace_ledger
-from chassis.engine.rollback import full_history, load_installation, state_at
+from chassis.engine.rollback import full_history, load_installation
 from chassis.errors import ChassisError, WorkspaceError
 from chassis.replay import positions, replay_from_events
 from chassis.workspace import Workspace
@@ -47,9 +47,10 @@ def rollback_proof(
     started, finished = int(entry["started_version"]), int(entry["version"])
     events = list(ledger.events.get(installation.id, gt=started - 1, lte=finished))
     targeted = next(e for e in events if isinstance(e, Installation.RollbackTargeted))
-    target_state = state_at(ledger, installation, targeted.target_version)
+    # Evidence is folded from the signed events alone, never from snapshots.
+    target_state = replay_from_events(ledger, installation.id, targeted.target_version)
     replayed = target_state.state_digest()
-    post = state_at(ledger, installation, finished).state_digest()
+    post = replay_from_events(ledger, installation.id, finished).state_digest()
     health: dict[str, Any] = {}
     for event in events:
         if isinstance(event, Installation.StepRecorded) and event.step == "health":
