@@ -225,7 +225,8 @@ class Installation(LedgerAggregate):
                     entry["rollback_from"] = self.from_revision
 
     class DriftObserved(LedgerEvent, frozen=True, kw_only=True):
-        """``chassis reconcile`` found a host that differs from the ledger."""
+        """``chassis reconcile`` found a host that differs from the ledger (or,
+        with no differences, that a host recorded as drifted matches again)."""
 
         TOPIC: ClassVar[str] = "chassis.installation.drift-observed.v1"
         ROLE: ClassVar[str] = "operator"
@@ -233,6 +234,9 @@ class Installation(LedgerAggregate):
         differences: list[dict[str, Any]]
 
         def apply(self, aggregate: Installation) -> None:
+            if not self.differences:  # observed clean again
+                aggregate.drift.pop(self.host, None)
+                return
             aggregate.drift[self.host] = {
                 "observed": format_timestamp(self.timestamp),
                 "differences": list(self.differences),

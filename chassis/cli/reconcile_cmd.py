@@ -55,7 +55,7 @@ def reconcile_command(
         if not result.drift and not result.unreachable:
             click.echo(f"{app_name}/{environment}: {checked} host(s) match the ledger")
         for host in result.stale:
-            click.echo(f"{host}: drift recorded earlier is no longer seen")
+            click.echo(f"{host}: drift recorded earlier is gone (recorded as clean)")
 
     app.emit(result.to_dict(), as_json=as_json, human=human)
     if result.unreachable:

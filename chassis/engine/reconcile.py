@@ -182,7 +182,7 @@ def _check_and_record(
             progress(f"{host}: {check.label} as recorded")
     drift = result.drift
     result.stale = sorted(h for h in installation.drift if h in result.checks and h not in drift)
-    if not drift:
+    if not drift and not result.stale:
         return
     assert ledger.signer is not None
     actor = ledger.signer.keyid
@@ -191,6 +191,8 @@ def _check_and_record(
         i.check_lease_free(datetime.now(UTC))
         for host, differences in drift.items():
             i.observe_drift(actor=actor, host=host, differences=differences)
+        for host in result.stale:  # seen clean again: an empty observation clears it
+            i.observe_drift(actor=actor, host=host, differences=[])
 
     ledger.update(Installation, installation.id, observe)
     result.recorded = sorted(drift)
