@@ -112,7 +112,7 @@ def _malformed(row: RawRow, error: MalformedRecordError) -> LedgerVerificationEr
 def sync_log(ledger: Ledger, log: TransparencyLog) -> tuple[int, str | None]:
     """Append the records not yet in the log; returns the log size and the key
     id that signed the newest record (None for an empty ledger)."""
-    last = log.last_seq()
+    size, last, _ = log.state()
     entries: list[tuple[int, bytes]] = []
     newest_keyid: str | None = None
     for row in ledger.scan(since=max(1, last)):
@@ -120,10 +120,37 @@ def sync_log(ledger: Ledger, log: TransparencyLog) -> tuple[int, str | None]:
             record = parse_record(*row)
         except MalformedRecordError as e:
             raise _malformed(row, e) from None
+        if not entries and size:
+            _check_last_leaf(log, size, last, record.seq, record.digest)
         entries.append((record.seq, record.digest))
         newest_keyid = record.body.keyid
+    if not entries and size:
+        _check_last_leaf(log, size, last, None, None)
     size = log.extend(entries) if entries and entries[-1][0] > last else log.size()
     return size, newest_keyid
+
+
+def _check_last_leaf(
+    log: TransparencyLog, size: int, last: int, seq: int | None, digest: bytes | None
+) -> None:
+    """The last logged event must still be there, unchanged: otherwise the log
+    would go on from records that no longer exist, and a checkpoint of it
+    would bless (or hide) a cut or rewritten ledger."""
+    source = "the stored Merkle log"
+    if seq != last or digest is None:
+        raise CheckpointError(
+            CheckpointReason.TRUNCATED,
+            source,
+            f"its last event (seq {last}, leaf {size - 1}) is no longer in the ledger; "
+            "not extending it ('chassis ledger verify' says more)",
+        )
+    if leaf_hash(digest) != log.leaf_hashes(size - 1, size)[0]:
+        raise CheckpointError(
+            CheckpointReason.ROOT_MISMATCH,
+            source,
+            f"its last event (seq {last}, leaf {size - 1}) has changed; "
+            "not extending it ('chassis ledger verify' says more)",
+        )
 
 
 def checkpoint_origin(ledger: Ledger) -> str:
