@@ -5,7 +5,8 @@ by id (``Idempotency-Key``; for CloudEvents also ``ce-id``, the event id).
 Items go out in receipt order and each is marked delivered right after it
 succeeds. A connection error, timeout, 5xx, 408 or 429 means the endpoint is
 not taking items now: the item is rescheduled with exponential backoff and
-jitter and the round stops, leaving the rest queued, untouched. Any other
+jitter and the round stops; the rest stay queued, untouched, and automatic
+rounds leave them until the same time. Any other
 4xx (or a 3xx: redirects are not followed, a POST body would be dropped)
 is the endpoint refusing that item: it is rescheduled too, but after
 ``MAX_ATTEMPTS`` such refusals it is marked failed and reported instead of
@@ -180,6 +181,7 @@ def deliver(
                 if outcome.ok:
                     outbox.mark_delivered(item)
                     result.delivered += 1
+                    retry_at = None
                 else:
                     error = scrub_text(outcome.error)[:ERROR_CHARS]
                     result.errors.append(f"{item.item_id}: {error}")
@@ -190,7 +192,10 @@ def deliver(
                 if progress is not None:
                     progress(n, len(items), item)
                 if not outcome.ok and not outcome.refused:
+                    # The endpoint is down: the rest waits as long as this item.
                     result.stopped = scrub_text(outcome.error)[:ERROR_CHARS]
+                    if retry_at is not None:
+                        outbox.postpone(destination.key, token, retry_at)
                     break
     finally:
         outbox.release(destination.key, token)

@@ -176,6 +176,16 @@ class Outbox:
             rows = c.fetchall()
         return token, [_item(r) for r in rows]
 
+    def postpone(self, destination: str, token: str, until: datetime) -> None:
+        """Move the claimed items not yet due by ``until`` there: the endpoint is
+        down, so automatic rounds leave the whole destination alone till then."""
+        with self.tables.transaction(commit=True) as c:
+            c.execute(
+                "UPDATE {chassis_outbox} SET next_attempt = ? WHERE destination = ? "
+                "AND claim = ? AND delivered IS NULL AND next_attempt < ?",
+                (stamp(until), destination, token, stamp(until)),
+            )
+
     def release(self, destination: str, token: str) -> None:
         """Hand back what a round claimed but did not get to."""
         with self.tables.transaction(commit=True) as c:
@@ -215,7 +225,9 @@ class Outbox:
     def counts(self, destination: str) -> Counts:
         with self.tables.transaction(commit=False) as c:
             c.execute(
-                "SELECT delivered IS NOT NULL, failed IS NOT NULL, COUNT(*), MIN(next_attempt) "
+                # Named columns: PostgreSQL rows come back as dicts.
+                "SELECT delivered IS NOT NULL AS done, failed IS NOT NULL AS gave_up, "
+                "COUNT(*) AS n, MIN(next_attempt) AS earliest "
                 "FROM {chassis_outbox} WHERE destination = ? "
                 "GROUP BY delivered IS NOT NULL, failed IS NOT NULL",
                 (destination,),
