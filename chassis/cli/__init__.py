@@ -31,6 +31,7 @@ from chassis.cli.rollback_cmd import rollback_command
 from chassis.cli.stack import stack_group
 from chassis.cli.status_cmd import history_command, status_command
 from chassis.config.env import EnvVars
+from proofs.redaction import scrub_text
 
 
 class ChassisGroup(click.Group):
@@ -49,7 +50,7 @@ class ChassisGroup(click.Group):
                 raise
             diagnostics = getattr(e, "diagnostics", None)
             message = diagnostics() if callable(diagnostics) else str(e)
-            click.echo(f"chassis: error: {message}", err=True)
+            click.echo(f"chassis: error: {scrub_text(message)}", err=True)
             raise click.exceptions.Exit(code) from None
 
 

@@ -12,12 +12,14 @@ from typing import Any
 
 import click
 
+from chassis.engine.executor import scrubbed_data
 from chassis.keyring import load_acting_key
 from chassis.stack.spec import Stack, load_stack
 from chassis.workspace import Workspace, keys_dir
 from ledger.application import Ledger
 from ledger.keys import KeyPair
 from ledger.storage import open_ledger
+from proofs.redaction import scrub_text
 
 
 @dataclass
@@ -71,12 +73,12 @@ class App:
     def emit(self, data: Any, *, as_json: bool, human: Callable[[], None]) -> None:
         """Print ``data`` as JSON with ``--json``, else let ``human`` render it."""
         if as_json:
-            click.echo(json.dumps(data, indent=2, sort_keys=True))
+            click.echo(json.dumps(scrubbed_data(data), indent=2, sort_keys=True))
         else:
             human()
 
     def note(self, message: str) -> None:
-        click.echo(message, err=True)
+        click.echo(scrub_text(message), err=True)
 
 
 pass_app = click.make_pass_decorator(App)

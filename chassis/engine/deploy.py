@@ -28,7 +28,13 @@ from adapters.supervisors.base import Supervisor
 from adapters.supervisors.direct import DirectSupervisor
 from adapters.supervisors.systemd import SystemdSupervisor
 from chassis.connect import connector_for
-from chassis.engine.executor import HostDeployment, StepFailed, crash_point
+from chassis.engine.executor import (
+    HostDeployment,
+    StepFailed,
+    crash_point,
+    scrubbed,
+    scrubbed_data,
+)
 from chassis.engine.plan import HostPlan, Plan, build_plan
 from chassis.engine.releases import peek_release, require_bundle, resolve_release
 from chassis.engine.restore import restore_host
@@ -171,8 +177,8 @@ class OperationRecorder:
                     host=host,
                     step=step,
                     ok=ok,
-                    detail=detail,
-                    data=data,
+                    detail=scrubbed(detail),
+                    data=scrubbed_data(data),
                 )
             )
 
@@ -444,10 +450,10 @@ def _restore(
                 host=name,
                 previous=previous_hosts.get(name),
                 ok=ok,
-                detail=detail,
+                detail=scrubbed(detail),
             )
         )
-        progress(f"{name}: {detail}")
+        progress(f"{name}: {scrubbed(detail)}")
 
     with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
         list(pool.map(one, names))

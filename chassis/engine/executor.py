@@ -26,6 +26,7 @@ from adapters.health.gate import GateResult, HealthGate
 from adapters.health.probes import HealthCheck, probe_for
 from adapters.supervisors.base import ProcessSpec, Supervisor, SupervisorError
 from chassis.engine.plan import ComponentPlan, HostPlan, Plan
+from proofs.redaction import scrub_text
 
 KEEP_RELEASES = 3
 CRASH_ENV = "CHASSIS_CRASH_AT"
@@ -283,6 +284,23 @@ def gate_evidence(result: GateResult) -> dict[str, Any]:
 def env_file_text(env: dict[str, str]) -> str:
     """``KEY=VALUE`` lines, values single-quoted for POSIX sh."""
     return "".join(f"{key}={shlex.quote(value)}\n" for key, value in sorted(env.items()))
+
+
+def scrubbed(text: str) -> str:
+    """A detail bound for the ledger with secret-looking parts (PEM keys,
+    bearer tokens, URL passwords, ``password=…``) replaced: process output and
+    error messages end up in step records, receipts and exports."""
+    return scrub_text(text)
+
+
+def scrubbed_data(data: Any) -> Any:
+    if isinstance(data, str):
+        return scrub_text(data)
+    if isinstance(data, dict):
+        return {k: scrubbed_data(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [scrubbed_data(v) for v in data]
+    return data
 
 
 def crash_point(host: str, step: str) -> None:

@@ -48,7 +48,7 @@ from chassis.engine.deploy import (
     previous_plan,
     supervisor_for,
 )
-from chassis.engine.executor import HostDeployment, StepFailed, run_gate
+from chassis.engine.executor import HostDeployment, StepFailed, run_gate, scrubbed
 from chassis.engine.plan import ComponentPlan, HostPlan, Plan
 from chassis.engine.releases import require_bundle
 from chassis.errors import ChassisError
@@ -415,7 +415,7 @@ def _repair_revision(
                     host=name,
                     previous=recorded[name],
                     ok=False,
-                    detail=detail,
+                    detail=scrubbed(detail),
                 )
             )
         progress(f"{name}: {detail}")

@@ -39,7 +39,7 @@ from adapters.errors import ConnectorError
 from adapters.supervisors.base import SupervisorError
 from chassis.connect import connector_for
 from chassis.engine.deploy import DEFAULT_LEASE_TTL_S, previous_plan, supervisor_for
-from chassis.engine.executor import crash_point, gate_evidence, run_gate
+from chassis.engine.executor import crash_point, gate_evidence, run_gate, scrubbed, scrubbed_data
 from chassis.engine.plan import ComponentPlan, HostPlan, Plan
 from chassis.engine.restore import restore_host
 from chassis.errors import ChassisError
@@ -237,8 +237,8 @@ def _probe_recorder(probe: _Probe, actor: str, op_id: str) -> Command:
             host=probe.host,
             step=PROBE_STEP,
             ok=probe.error is None,
-            detail=probe.summary(),
-            data=probe.data(),
+            detail=scrubbed(probe.summary()),
+            data=scrubbed_data(probe.data()),
         )
 
     return command
@@ -492,7 +492,12 @@ def _undo(
             )
         record(
             lambda i: i.restore_host(
-                actor=actor, op_id=op_id, host=name, previous=previous, ok=ok, detail=detail
+                actor=actor,
+                op_id=op_id,
+                host=name,
+                previous=previous,
+                ok=ok,
+                detail=scrubbed(detail),
             )
         )
         result.hosts[name] = {"action": "restored", "ok": ok, "detail": detail}

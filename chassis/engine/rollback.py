@@ -39,7 +39,7 @@ from chassis.engine.deploy import (
     previous_plan,
     supervisor_for,
 )
-from chassis.engine.executor import HostDeployment, StepFailed, crash_point
+from chassis.engine.executor import HostDeployment, StepFailed, crash_point, scrubbed
 from chassis.engine.plan import HostPlan, Plan
 from chassis.engine.releases import require_bundle
 from chassis.engine.restore import restore_host
@@ -528,7 +528,7 @@ def _undo(
                 host=name,
                 previous=change.current,
                 ok=ok,
-                detail=detail,
+                detail=scrubbed(detail),
             )
         )
         result.hosts[name] = {**result.hosts.get(name, {}), "restored": ok, "restore": detail}
