@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from binascii import unhexlify
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -45,7 +46,7 @@ from proofs.fast import FastVerified, fast_verify
 from proofs.log import StoredCheckpoint, TransparencyLog
 from proofs.merkle import (
     HASH_SIZE,
-    CompactRange,
+    LeafHashes,
     ProofError,
     SubtreeCache,
     consistency_proof,
@@ -295,46 +296,31 @@ def _unverified(note: str) -> Checkpoint:
 
 @dataclass
 class _Tap:
-    """Watches the rows a verification reads: Merkle roots at the sizes asked
-    for, every leaf hash (32 bytes each, for proofs) and the trust records."""
+    """Watches the rows a verification reads, at little cost per row: keeps
+    each stored digest (hex, at its fixed offset: a record has one spelling)
+    and the trust records. Leaf hashes are computed in bulk afterwards, and
+    only once the records verified."""
 
-    wanted: set[int]
-    frontier: CompactRange = field(default_factory=CompactRange)
-    leaves: bytearray = field(default_factory=bytearray)
-    roots: dict[int, bytes] = field(default_factory=dict)
+    hexes: list[bytes] = field(default_factory=list)
     trust_rows: list[RawRow] = field(default_factory=list)
-    broken: bool = False
 
     def rows(self, source: Iterator[RawRow]) -> Iterator[RawRow]:
-        sha256 = hashlib.sha256
-        frontier = self.frontier
-        wanted = self.wanted
+        keep = self.hexes.append
+        trust = self.trust_rows.append
         try:
-            if 0 in wanted:
-                self.roots[0] = frontier.root()
             for row in source:
-                state = row[4]
-                try:
-                    digest = bytes.fromhex(state[11:75].decode("ascii"))
-                except (ValueError, UnicodeDecodeError):
-                    self.broken = True  # the verification itself names this record
-                    digest = bytes(HASH_SIZE)
-                leaf = sha256(b"\x00" + digest).digest()
-                self.leaves += leaf
-                frontier.append(leaf)
-                if frontier.size in wanted:
-                    self.roots[frontier.size] = frontier.root()
+                keep(row[4][11:75])
                 if row[3].startswith("chassis.trust."):
-                    self.trust_rows.append(row)
+                    trust(row)
                 yield row
         finally:
             close = getattr(source, "close", None)
             if callable(close):
-                close()
+                close()  # release the store's read snapshot now
 
-    def leaf_hashes(self, start: int, end: int) -> Sequence[bytes]:
-        buffer = self.leaves
-        return [bytes(buffer[i * HASH_SIZE : (i + 1) * HASH_SIZE]) for i in range(start, end)]
+    def leaves(self) -> LeafHashes:
+        sha256 = hashlib.sha256
+        return LeafHashes([sha256(b"\x00" + unhexlify(h)).digest() for h in self.hexes])
 
 
 @dataclass(frozen=True)
@@ -444,7 +430,7 @@ def verify_checkpoints(
                 CheckpointReason.MALFORMED, _describe(kind, file), e.detail
             ) from None
 
-    tap = _Tap({c.size for _, _, _, c in parsed})
+    tap = _Tap()
     chain: dict[str, Any]
     rows = tap.rows(ledger.scan())
     if fast:
@@ -463,15 +449,25 @@ def verify_checkpoints(
         result = verify_ledger(rows, pinned_root=pinned, workers=workers)
         assert isinstance(result, VerifiedLedger)
         chain = result.to_dict()
-    size, root = tap.frontier.size, tap.frontier.root()
-    if fast and isinstance(result, FastVerified) and (result.size, result.root) != (size, root):
-        raise AssertionError("two computations of the Merkle root disagree")
+    size = len(tap.hexes)
+    cache: SubtreeCache = {}  # shared: roots at several sizes reuse their subtrees
+    hashed: list[LeafHashes] = []
+
+    def leaves() -> LeafHashes:
+        """Leaf hashes, computed only when a checkpoint is older than the tree."""
+        if not hashed:
+            hashed.append(tap.leaves())
+        return hashed[0]
+
+    root = result.root if isinstance(result, FastVerified) else tree_root(size, leaves(), cache)
+
+    def root_at(n: int) -> bytes:
+        return root if n == size else tree_root(n, leaves(), cache)
 
     origin = origin_for(_ledger_name(tap.trust_rows))
     keys = _checkpoint_keys(tap.trust_rows)
     verifiers = [NoteVerifier(origin, public) for _, public in keys.values()]
     names = {NoteVerifier(origin, public).key_id: name for name, public in keys.values()}
-    cache: SubtreeCache = {}
     checked: list[CheckedCheckpoint] = []
     for kind, file, note, _claimed in parsed:
         source = _describe(kind, file)
@@ -484,9 +480,8 @@ def verify_checkpoints(
                 f"it covers {checkpoint.size} events but the ledger now has {size}: "
                 "events were removed from the end",
             )
-        recomputed = tap.roots[checkpoint.size]
         if kind == LATEST:
-            if recomputed != checkpoint.root:
+            if root_at(checkpoint.size) != checkpoint.root:
                 raise CheckpointError(
                     CheckpointReason.ROOT_MISMATCH,
                     source,
@@ -507,7 +502,11 @@ def verify_checkpoints(
         if checkpoint.size == 0:
             checked.append(CheckedCheckpoint(kind, file, 0, checkpoint.root, signer, "empty tree"))
             continue
-        proof = consistency_proof(checkpoint.size, size, tap, cache)
+        proof = (
+            []
+            if checkpoint.size == size
+            else consistency_proof(checkpoint.size, size, leaves(), cache)
+        )
         try:
             verify_consistency(checkpoint.size, size, checkpoint.root, root, proof)
         except ProofError as e:
