@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.application import Ledger
+from ledger.keys import _keypair
 from ledger.storage import StorageConfig, open_ledger
 from ledger.tables import SideTables
 from proofs.log import TransparencyLog
@@ -20,6 +24,8 @@ from proofs.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from proofs.note import Checkpoint, parse_vkey, sign_checkpoint, verify_checkpoint
+from proofs.tlog_proof import verify_proof
 
 
 def digests(n: int, start: int = 0) -> list[tuple[int, bytes]]:
@@ -125,3 +131,28 @@ def test_concurrent_extend_from_two_ledgers_is_safe(
     assert first.root() == second.root() == scratch_root(400)
     assert [first.seq_at(i) for i in (0, 199, 399)] == [1, 598, 1198]
     assert list(first.leaf_hashes(0, 400)) == [leaf_hash(d) for _, d in entries]
+
+
+def test_the_proofs_guide_worked_example_recomputes() -> None:
+    """guides/proofs.md's worked example is checked from its own text."""
+    guide = (Path(__file__).resolve().parents[2] / "guides" / "proofs.md").read_text()
+    example = guide[guide.index("### Worked example") : guide.index("## Verifying with")]
+    blocks = re.findall(r"```text\n(.*?)```", example, re.DOTALL)
+    values = dict(re.findall(r"^([^:\n]+?):\s+(\S+)$", blocks[0], re.MULTILINE))
+    digest = bytes.fromhex(values["leaf 0 input (the digest)"])
+    assert leaf_hash(digest).hex() == values["leaf 0 hash = root (size 1)"]
+    verifier = parse_vkey(values["vkey"])
+    assert verifier.key_id.hex() == values["note key id"]
+    key = _keypair("example-root", Ed25519PrivateKey.from_private_bytes(bytes(range(32))))
+    assert verifier.public_key == key.public_key
+    origin = "chassis.ledger/example"
+    note = blocks[1]
+    assert note == sign_checkpoint(Checkpoint(origin, 1, leaf_hash(digest)), origin, key)
+    assert verify_checkpoint(note, [verifier]).size == 1
+    named = dict(re.findall(r"^(\w+(?:\(\d\))?) = .*?([0-9a-f]{64})$", blocks[2], re.MULTILINE))
+    d1, d2 = (hashlib.sha256(f"example event {i}".encode()).digest() for i in (1, 2))
+    assert (named["D1"], named["D2"]) == (d1.hex(), d2.hex())
+    source = LeafHashes([leaf_hash(d) for d in (digest, d1, d2)])
+    assert named["root(3)"] == tree_root(3, source).hex()
+    checkpoint = verify_proof(blocks[3], leaf_hash(d1), [verifier])
+    assert (checkpoint.size, checkpoint.root.hex()) == (3, named["root(3)"])
