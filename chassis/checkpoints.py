@@ -198,15 +198,25 @@ def checkpoint_now(ledger: Ledger, ws: Workspace, signer: KeyPair) -> Checkpoint
     _require_role(ledger, signer)
     origin = checkpoint_origin(ledger)
     log = open_log(ledger)
-    size, _ = sync_log(ledger, log)
-    latest = log.latest_checkpoint()
-    if latest is not None and latest.size == size:
-        return Checkpointed(latest, new=False)
-    _refuse_smaller(size, latest, read_last_seen(ws))
-    _, _, frontier = log.state()
-    note = sign_checkpoint(Checkpoint(origin, size, frontier.root()), origin, signer)
+    sync_log(ledger, log)
+    for attempt in range(2):
+        # One state read gives a size and root that belong together, even
+        # while another process extends the log.
+        _, _, frontier = log.state()
+        size, root = frontier.size, frontier.root()
+        latest = log.latest_checkpoint()
+        if latest is not None and latest.size == size:
+            return Checkpointed(latest, new=False)
+        try:
+            _refuse_smaller(size, latest, read_last_seen(ws))
+            break
+        except CheckpointError:
+            if attempt:
+                raise
+            sync_log(ledger, log)  # another writer may have signed a larger tree meanwhile
+    note = sign_checkpoint(Checkpoint(origin, size, root), origin, signer)
     created = format_timestamp(now())
-    log.put_checkpoint(size, frontier.root(), note, signer.keyid, created)
+    log.put_checkpoint(size, root, note, signer.keyid, created)
     stored = log.checkpoint_at(size)
     assert stored is not None
     remember(ws, stored.note)
