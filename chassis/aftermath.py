@@ -10,19 +10,39 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from chassis.checkpoints import checkpoint_after
+from chassis.checkpoints import checkpoint_after, checkpoint_origin, open_log, sync_log
+from chassis.receipts import LedgerPosition, issue_pending
+from ledger.application import Ledger
 
 if TYPE_CHECKING:
     from chassis.cli.app import App
 
 
 def after_command(app: App) -> None:
-    """Checkpoint what the command appended (further steps go after it)."""
+    """Checkpoint what the command appended, then issue the receipts of the
+    operations it completed (which cite that checkpoint)."""
     ledger = app._ledger
     if ledger is None or ledger.signer is None:
         return
     signer = ledger.signer
     _step(app, "checkpoint", lambda: checkpoint_after(ledger, app.workspace, signer, app.note))
+    _step(
+        app,
+        "receipts",
+        lambda: issue_pending(ledger, app.workspace, signer, app.note, position=log_position),
+    )
+
+
+def log_position(ledger: Ledger) -> LedgerPosition:
+    """The tree a receipt cites: the latest signed checkpoint if it covers the
+    whole log, else the log itself (unsigned: the acting key lacks the role)."""
+    log = open_log(ledger)
+    size, _ = sync_log(ledger, log)
+    origin = checkpoint_origin(ledger)
+    latest = log.latest_checkpoint()
+    if latest is not None and latest.size == size:
+        return LedgerPosition(latest.size, latest.root.hex(), origin, log.leaf_index)
+    return LedgerPosition(size or None, log.root().hex() if size else None, origin, log.leaf_index)
 
 
 def _step(app: App, name: str, action: Callable[[], object]) -> None:

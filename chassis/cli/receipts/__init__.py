@@ -6,6 +6,7 @@ import json
 
 import click
 
+from chassis.checkpoints import inclusion_for
 from chassis.cli.app import App, pass_app, table
 from chassis.cli.receipts.export import export_command
 from chassis.receipts import ReceiptStore
@@ -19,7 +20,8 @@ change and hardware admission yields a receipt: a DSSE envelope holding an
 in-toto Statement v1, signed by the acting key, with secrets redacted.
 Examples:
   chassis receipts list
-  chassis receipts show 3f9a1c2e --statement""",
+  chassis receipts show 3f9a1c2e --statement
+  chassis receipts show seq:42 --proof > deploy.tlog-proof""",
 )
 def receipts_group() -> None:
     """List, show and export operation receipts."""
@@ -71,10 +73,20 @@ Examples:
 )
 @click.argument("ref", metavar="RECEIPT")
 @click.option("--statement", "decoded", is_flag=True, help="Print the decoded statement instead.")
+@click.option(
+    "--proof",
+    "with_proof",
+    is_flag=True,
+    help="Print the inclusion proof (C2SP tlog-proof) of its event instead.",
+)
 @pass_app
-def show_command(app: App, ref: str, decoded: bool) -> None:
-    """Print a receipt's DSSE envelope (or its statement)."""
-    receipt = ReceiptStore(app.ledger()).get(ref)
+def show_command(app: App, ref: str, decoded: bool, with_proof: bool) -> None:
+    """Print a receipt's DSSE envelope (or its statement, or its inclusion proof)."""
+    ledger = app.ledger()
+    receipt = ReceiptStore(ledger).get(ref)
+    if with_proof:
+        click.echo(inclusion_for(ledger, app.workspace, None, str(receipt.seq)).text(), nl=False)
+        return
     body = receipt.statement if decoded else receipt.envelope
     click.echo(json.dumps(body, indent=2, sort_keys=True))
 
