@@ -134,7 +134,8 @@ class Round:
     errors: list[str] = field(default_factory=list)
 
 
-Progress = Callable[[int, int, Item], None]
+Progress = Callable[[int, int, Item, bool], None]
+"""Called after each attempt: (n, of m, the item, delivered?)."""
 
 
 def backoff(attempts: int) -> timedelta:
@@ -190,7 +191,7 @@ def deliver(
                     outbox.mark_attempt(item, error, retry_at=retry_at)
                     result.failed += give_up
                 if progress is not None:
-                    progress(n, len(items), item)
+                    progress(n, len(items), item, outcome.ok)
                 if not outcome.ok and not outcome.refused:
                     # The endpoint is down: the rest waits as long as this item.
                     result.stopped = scrub_text(outcome.error)[:ERROR_CHARS]

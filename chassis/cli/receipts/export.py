@@ -85,8 +85,8 @@ def export_command(
             click.echo(body.decode())
         return
 
-    def progress(n: int, total: int, item: Item) -> None:
-        app.note(f"export: {n} of {total} {item.item_id}")
+    def progress(n: int, total: int, item: Item, delivered: bool) -> None:
+        app.note(f"export: {n} of {total} {item.item_id} {'ok' if delivered else 'not delivered'}")
 
     result = export_receipts(
         app.ledger(),
