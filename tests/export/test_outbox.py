@@ -5,6 +5,7 @@ is down, refusals that end as failed, claims, crash-safe file appends."""
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from ledger.canonical import canonical_json
 from ledger.keys import KeyPair
 from proofs.dsse import PAYLOAD_TYPE_INTOTO, envelope_digest, sign_envelope
 from proofs.intoto import RECEIPT_PREDICATE, statement, statement_bytes, subject
-from tests.export import Receiver, free_port
+from tests.export import REPO, Receiver, free_port
 
 RELEASE = "ab" * 32
 
@@ -257,9 +258,14 @@ def test_export_table_errors_name_the_key(
     assert str(caught.value).startswith(f"{path}: {message}")
 
 
-def test_export_table_defaults(tmp_path: Path) -> None:
+def test_export_table_defaults_and_the_guide_example(tmp_path: Path) -> None:
     stack = validate_stack({"app": {"name": "shop"}}, tmp_path / "chassis.toml")
     assert stack.export == ExportSpec(format="otlp-json", to=None, auto=False, timeout_ms=2000)
+    guide = (REPO / "guides" / "boundary.md").read_text()
+    example = guide.split("```toml\n", 1)[1].split("```", 1)[0]
+    raw = {"app": {"name": "shop"}, **tomllib.loads(example)}
+    documented = validate_stack(raw, tmp_path / "chassis.toml").export
+    assert documented == ExportSpec(to="http://127.0.0.1:4318", auto=True)
 
 
 def test_export_after_never_fails_the_command(
