@@ -41,6 +41,7 @@ from chassis.engine.restore import restore_host
 from chassis.errors import ChassisError
 from chassis.hosts import HostView, declared_views, environment_hosts, get_host, sync_declared
 from chassis.inventory import ProbeFailed, inventory, probe
+from chassis.secrets import check_available
 from chassis.stack.spec import Stack
 from chassis.workspace import Workspace
 from ledger.application import Ledger
@@ -215,6 +216,7 @@ def deploy(
         label=label,
         progress=progress,
     )
+    check_available((c.name, c.secrets) for h in plan.hosts for c in h.components)
     key = Installation.id_for(Installation.key(app, environment))
     installation = ledger.find(Installation, key)
     if installation is None:

@@ -26,6 +26,7 @@ from adapters.health.gate import GateResult, HealthGate
 from adapters.health.probes import HealthCheck, probe_for
 from adapters.supervisors.base import ProcessSpec, Supervisor, SupervisorError
 from chassis.engine.plan import ComponentPlan, HostPlan, Plan
+from chassis.secrets import SecretUnavailable, resolve_all
 from proofs.redaction import scrub_text
 
 KEEP_RELEASES = 3
@@ -215,8 +216,13 @@ class HostDeployment:
         return self.path("releases", self.plan.release_dir, f".env.{component}")
 
     def _env(self, component: ComponentPlan) -> dict[str, str]:
+        try:
+            secrets = resolve_all(component.secrets, component=component.name)
+        except SecretUnavailable as e:
+            raise StepFailed("configure", e.diagnostics()) from None
         return {
             **component.env,
+            **secrets,
             "CHASSIS_RELEASE_ID": self.plan.release_id,
             "CHASSIS_COMPONENT": component.name,
             "CHASSIS_HOST_ROOT": self.root,

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 import msgspec
 
 from chassis.hosts import HostLike, resolve_root
-from chassis.stack.schema import HealthSpec
+from chassis.secrets import reference
+from chassis.stack.schema import HealthSpec, SecretRefSpec
 from chassis.stack.spec import Stack
 from chassis.topology import compile_topology
 from chassis.workspace import Workspace
@@ -32,6 +33,8 @@ class ComponentPlan(msgspec.Struct, frozen=True, kw_only=True):
     env: dict[str, str]
     ports: dict[str, int]
     health: dict[str, Any] | None
+    secrets: dict[str, str] = {}
+    """env name → reference (``env:VAR`` or ``file:/abs/path``), never a value."""
 
 
 class HostPlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -117,9 +120,18 @@ def build_plan(
                     ComponentPlan(
                         name=name,
                         command=spec.command,
-                        env={**release.config, **spec.env},
+                        env={
+                            k: v
+                            for k, v in {**release.config, **spec.env}.items()
+                            if isinstance(v, str)
+                        },
                         ports=dict(spec.ports),
                         health=health_dict(spec.health),
+                        secrets={
+                            k: reference(v.from_env, v.from_file, ws.root)
+                            for k, v in spec.env.items()
+                            if isinstance(v, SecretRefSpec)
+                        },
                     )
                 )
         plans.append(

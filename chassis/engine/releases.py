@@ -16,7 +16,7 @@ from uuid import UUID
 
 from chassis.bundles import check_bundle, sha256_file
 from chassis.errors import ChassisError
-from chassis.stack.spec import SECRET_KEY, Stack
+from chassis.stack.spec import SECRET_KEY, Stack, looks_secret
 from chassis.workspace import Workspace
 from ledger.application import Ledger
 from ledger.errors import NotFoundError
@@ -69,11 +69,12 @@ def _checked_artifact(label: str, artifact: Path, config: dict[str, str]) -> tup
     """Validate label, config keys and bundle; return the artifact and its sha256."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", label):
         raise ReleaseError(f"release label {label!r}: expected letters, digits, '.', '_' or '-'")
-    for key in config:
-        if SECRET_KEY.search(key):
+    for key, value in config.items():
+        if SECRET_KEY.search(key) or looks_secret(value):
+            what = f"config key {key!r}" if SECRET_KEY.search(key) else f"the value of {key!r}"
             raise ReleaseError(
-                f"release {label}: config key {key!r} looks like a secret; release config is "
-                "recorded in the ledger, so secrets do not belong there"
+                f"release {label}: {what} looks like a secret; release config is recorded in "
+                'the ledger, so give the component a secret reference ({ from_env = "VAR" })'
             )
     source = artifact.expanduser()
     if not source.is_file():

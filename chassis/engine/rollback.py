@@ -45,6 +45,7 @@ from chassis.engine.releases import require_bundle
 from chassis.engine.restore import restore_host
 from chassis.errors import ChassisError
 from chassis.hosts import get_host
+from chassis.secrets import check_available
 from chassis.views import histories
 from chassis.workspace import Workspace
 from ledger.application import Ledger
@@ -293,6 +294,7 @@ def plan_rollback(
             release_key = Release.id_for(Release.key(installation.app, plan.label))
             release = ledger.load(Release, release_key)
             bundles[plan.release_id] = require_bundle(ws, release)
+        check_available((c.name, c.secrets) for c in host_plan.components)
         changes.append(HostChange(host, "deploy", current, wanted, plan, host_plan))
     return RollbackPlan(
         installation.app,

@@ -46,9 +46,18 @@ class ResourcesSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     """Per GPU: bytes, or a size such as "8GiB"."""
 
 
+class SecretRefSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``{ from_env = "VAR" }`` or ``{ from_file = "PATH" }``: a secret resolved
+    on the machine running chassis at deploy time; only the reference is
+    recorded, never the value."""
+
+    from_env: str | None = None
+    from_file: str | None = None
+
+
 class ComponentSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
     command: str
-    env: dict[str, str] = {}
+    env: dict[str, str | SecretRefSpec] = {}
     ports: dict[str, int] = {}
     health: HealthSpec | None = None
     resources: ResourcesSpec = ResourcesSpec()

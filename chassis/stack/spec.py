@@ -26,8 +26,10 @@ from chassis.stack.schema import (
     ProfileSpec,
     ReleaseSpec,
     RuntimeSpec,
+    SecretRefSpec,
 )
 from proofs.export import FORMATS
+from proofs.redaction import scrub_text
 
 T = TypeVar("T")
 
@@ -42,6 +44,7 @@ SECTIONS = (
     "export",
 )
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_KEY = re.compile(
     r"password|passwd|secret|token|private_key|api_key|authorization|cookie|credential|session",
     re.IGNORECASE,
@@ -284,17 +287,53 @@ def _check_export(stack: Stack) -> None:
         raise StackError(f"{path}: export.timeout_ms: expected 1-60000, found {export.timeout_ms}")
 
 
+def _check_secret_ref(path: Path, where: str, ref: SecretRefSpec) -> None:
+    if (ref.from_env is None) == (ref.from_file is None):
+        raise StackError(f"{path}: {where}: expected exactly one of from_env or from_file")
+    if ref.from_env is not None and not _ENV_NAME.match(ref.from_env):
+        raise StackError(
+            f"{path}: {where}.from_env: expected an environment variable name, "
+            f"found {ref.from_env!r}"
+        )
+    if ref.from_file is not None and not ref.from_file.strip():
+        raise StackError(f"{path}: {where}.from_file: expected a file path")
+
+
+def looks_secret(value: str) -> bool:
+    """A PEM private key, a bearer token, a URL with a password, ``password=…``…"""
+    return scrub_text(value) != value
+
+
+def _refuse_secret_value(path: Path, where: str, value: str) -> None:
+    if looks_secret(value):
+        raise StackError(
+            f"{path}: {where}: the value looks like a secret (a password, token or private "
+            "key); chassis.toml is shared and recorded, so give a reference instead: "
+            '{ from_env = "VAR" } or { from_file = "PATH" }'
+        )
+
+
 def _check_references(stack: Stack) -> None:
     path = stack.path
     _check_export(stack)
     for name, component in stack.components.items():
         where = f"components.{name}"
-        for key in component.env:
+        for key, value in component.env.items():
+            if not _ENV_NAME.match(key):
+                raise StackError(
+                    f"{path}: {where}.env.{key}: expected an environment variable name "
+                    "(letters, digits, '_'; not starting with a digit)"
+                )
+            if isinstance(value, SecretRefSpec):
+                _check_secret_ref(path, f"{where}.env.{key}", value)
+                continue
             if SECRET_KEY.search(key):
                 raise StackError(
                     f"{path}: {where}.env.{key}: looks like a secret; chassis.toml is shared and "
-                    "recorded, so secrets do not belong in it"
+                    f'recorded, so give a reference instead: {key} = {{ from_env = "VAR" }} '
+                    'or { from_file = "PATH" }'
                 )
+            _refuse_secret_value(path, f"{where}.env.{key}", value)
         for size_key in ("memory", "vram"):
             try:
                 parse_size(getattr(component.resources, size_key))
@@ -331,6 +370,9 @@ def _check_references(stack: Stack) -> None:
                         f"{member!r} is already in group {placed[member]!r}"
                     )
                 placed[member] = group_name
+            for label, value in group.labels.items():
+                where = f"profiles.{name}.groups.{group_name}.labels.{label}"
+                _refuse_secret_value(path, where, value)
     seen: dict[str, str] = {}
     for env_name, env in stack.environments.items():
         for i, host in enumerate(env.hosts):
@@ -349,6 +391,11 @@ def _check_references(stack: Stack) -> None:
                         raise StackError(f"{path}: {where}.{required}: required for an ssh host")
             if not 1 <= host.port <= 65535:
                 raise StackError(f"{path}: {where}.port: expected 1-65535, found {host.port}")
+            for label, value in host.labels.items():
+                _refuse_secret_value(path, f"{where}.labels.{label}", value)
+    for label_name, release in stack.releases.items():
+        for key, value in release.config.items():
+            _refuse_secret_value(path, f"releases.{label_name}.config.{key}", value)
     for name, runtime in stack.runtimes.items():
         for size_key in ("min_vram", "min_memory"):
             try:

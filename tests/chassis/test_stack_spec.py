@@ -64,7 +64,9 @@ def test_unknown_section_and_missing_key() -> None:
 def test_wrong_type_inside_a_map() -> None:
     raw = example()
     raw["components"]["gateway"]["env"] = {"LOG_LEVEL": "info", "WORKERS": 4}
-    assert error_for(raw) == "components.gateway.env.WORKERS: expected a string, found number 4"
+    assert error_for(raw) == (
+        "components.gateway.env.WORKERS: expected a string or a table, found number 4"
+    )
 
 
 def test_profile_naming_a_missing_component() -> None:
