@@ -267,8 +267,18 @@ class _FileSink:
         self.path = path
         self.seen: set[tuple[str, str]] = set()
         self.handle: IO[bytes] | None = None
+        self.error: str | None = None
 
     def __enter__(self) -> _FileSink:
+        try:
+            self._open()
+        except OSError as e:
+            # Reported per item like an unreachable endpoint: retried later.
+            self.error = f"{self.path}: {e.strerror or e}"
+            self.__exit__()
+        return self
+
+    def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
         handle = self.path.open("a+b")
@@ -287,14 +297,15 @@ class _FileSink:
             with contextlib.suppress(ValueError, TypeError, KeyError):
                 document = json.loads(line)
                 self.seen.add((str(document["format"]), str(document["id"])))
-        return self
 
     def __exit__(self, *exc: object) -> None:
         if self.handle is not None:
             self.handle.close()  # closing drops the lock
+            self.handle = None
 
     def send(self, item: Item, timeout: float) -> Outcome:
-        assert self.handle is not None
+        if self.handle is None:
+            return Outcome(ok=False, error=self.error or f"{self.path}: not open")
         if (item.format, item.item_id) in self.seen:
             return Outcome(ok=True)
         try:

@@ -51,34 +51,30 @@ def issue(root: Path) -> list[StoredReceipt]:
 @pytest.fixture
 def shop(run: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The sample app deployed twice (v1, v2) on three local hosts, with secrets
-    planted in a component's env, a release's config and a health check's
-    URL (which reaches the receipts through the health evidence)."""
+    planted in a health check's URL (which reaches the receipts through the
+    health evidence) and, where Chassis accepts them there at all, in a
+    component's env and a release's config."""
     root = tmp_path / "shop"
     run.ok("init", str(root), "--name", "shop", "--example")
     stack = root / "chassis.toml"
     gateway, api = distinct_free_ports()
     text = re.sub(r"\b8081\b", str(api), re.sub(r"\b8080\b", str(gateway), stack.read_text()))
     db_url = f"postgres://u:{DB_PASSWORD}@db/x"
-    text = text.replace(
+    text = text.replace('path = "/healthz"', f'path = "/healthz?token={BEARER}&db={db_url}"', 1)
+    assert BEARER in text
+    monkeypatch.chdir(root)
+    planted = text.replace(
         'env = { LOG_LEVEL = "info" }', f'env = {{ LOG_LEVEL = "info", DATABASE_URL = "{db_url}" }}'
     )
-    # The gateway's health URL is recorded whole in the health evidence.
-    text = text.replace('path = "/healthz"', f'path = "/healthz?token={BEARER}&db={db_url}"', 1)
-    assert db_url in text and BEARER in text
-    stack.write_text(text)
-    monkeypatch.chdir(root)
+    stack.write_text(planted)
+    if run("stack", "validate").exit_code != 0:  # refused as a secret: it cannot leave either
+        stack.write_text(text)
     dist = tmp_path / "dist"
     for version in ("v1", "v2"):
         bundle, _ = build_sample_release(dist, version)
-        run.ok(
-            "release",
-            "add",
-            version,
-            "--artifact",
-            str(bundle),
-            "--config",
-            f"UPSTREAM=Bearer {BEARER}",
-        )
+        add = ("release", "add", version, "--artifact", str(bundle))
+        if run(*add, "--config", f"UPSTREAM=Bearer {BEARER}").exit_code != 0:
+            run.ok(*add)
     try:
         run.ok(*DEPLOY, "--release", "v1")
         run.ok(*DEPLOY, "--release", "v2")
