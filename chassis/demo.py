@@ -20,11 +20,14 @@ from pathlib import Path
 
 from adapters.connectors.local import LocalConnector
 from adapters.supervisors.direct import DirectSupervisor
+from chassis.aftermath import log_position
+from chassis.checkpoints import checkpoint_now
 from chassis.engine.deploy import DeployOptions, deploy
 from chassis.engine.releases import add_release
 from chassis.engine.rollback import rollback
 from chassis.hosts import environment_hosts, resolve_root
 from chassis.keyring import load_acting_key, local_key_path
+from chassis.receipts import issue_pending
 from chassis.rollback_proof import keys_from_trust, rollback_proof, verify_rollback_envelope
 from chassis.sample_app import build_sample_release
 from chassis.stack.spec import load_stack
@@ -91,6 +94,7 @@ def run_demo(workspace: Path | None, keep: bool, say: Say) -> DemoReport:
             )
             say(f"   revision {result.revision}: {result.status}: {result.description}")
             _show(ledger, say)
+            _settle(ledger, ws, say)
         _last_act(ledger, ws, report, say)
         report.revisions = histories(ledger, "demo", "dev")[0]["revisions"]
         verified = verify_ledger(ledger.scan(), pinned_root=ws.settings().root_keyid)
@@ -104,6 +108,7 @@ def run_demo(workspace: Path | None, keep: bool, say: Say) -> DemoReport:
     say(f"\nEverything lives in {root}:")
     say("  chassis.toml, .chassis/ledger.db, .chassis/hosts/dev-{1,2,3}, dist/,")
     say("  rollback-proof.dsse.json (check it: chassis proof verify rollback-proof.dsse.json)")
+    say("  receipts: chassis receipts list; checkpoints: chassis ledger checkpoint --json")
     say(f"  inspect: chassis --workspace {root} status | history demo --env dev | ledger log")
     return report
 
@@ -119,6 +124,7 @@ def _last_act(ledger: Ledger, ws: Workspace, report: DemoReport, say: Say) -> No
     say(f"   revision {result.revision}: {result.status}: {result.description}")
     say(f"   state digest {result.state_digest[:16]}... {same} revision 1's")
     _show(ledger, say)
+    _settle(ledger, ws, say)
     assert ledger.signer is not None
     envelope = rollback_proof(
         ledger, ws, ledger.signer, app="demo", environment="dev", revision=result.revision
@@ -131,6 +137,18 @@ def _last_act(ledger: Ledger, ws: Workspace, report: DemoReport, say: Say) -> No
     report.proof_checks = [c.name for c in checked.checks]
     for check in checked.checks:
         say(f"   verified {check.name}: {check.detail}")
+
+
+def _settle(ledger: Ledger, ws: Workspace, say: Say) -> None:
+    """What every writing command does after it: sign a checkpoint of the
+    Merkle log, then issue the receipts of the operations just completed."""
+    assert ledger.signer is not None
+    checkpointed = checkpoint_now(ledger, ws, ledger.signer).checkpoint
+    issued = issue_pending(ledger, ws, ledger.signer, lambda _: None, position=log_position)
+    say(
+        f"   checkpoint: tree size {checkpointed.size}, root {checkpointed.root.hex()[:16]}...; "
+        f"receipts: {', '.join(r.operation for r in issued) or 'none'}"
+    )
 
 
 def _free_ports(ws: Workspace) -> None:

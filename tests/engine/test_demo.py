@@ -35,6 +35,17 @@ def test_demo_end_to_end_leaves_nothing_running(run: Runner, tmp_path: Path) -> 
     assert {r["label"] for r in status} == {"v1"}
     proof = target / "rollback-proof.dsse.json"
     run.ok("--workspace", str(target), "proof", "verify", str(proof))
+    assert "checkpoint: tree size" in out
+    assert "receipts: inventory, inventory, inventory, deploy" in out
+    listed = json.loads(run.ok("--workspace", str(target), "receipts", "list", "--json").stdout)
+    assert [r["operation"] for r in listed if r["operation"] != "inventory"] == [
+        "deploy",
+        "deploy",
+        "deploy",
+        "rollback",
+    ]
+    verified = json.loads(run.ok("--workspace", str(target), "ledger", "verify", "--json").stdout)
+    assert verified["checkpoints"]["checked"], verified
     for host in ("dev-1", "dev-2", "dev-3"):
         supervisor = DirectSupervisor(
             LocalConnector(host), str(target / ".chassis" / "hosts" / host)
