@@ -11,6 +11,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from chassis.checkpoints import checkpoint_after, checkpoint_origin, open_log, sync_log
+from chassis.errors import ChassisError
+from chassis.export import export_after
 from chassis.receipts import LedgerPosition, issue_pending
 from ledger.application import Ledger
 
@@ -19,8 +21,9 @@ if TYPE_CHECKING:
 
 
 def after_command(app: App) -> None:
-    """Checkpoint what the command appended, then issue the receipts of the
-    operations it completed (which cite that checkpoint)."""
+    """Checkpoint what the command appended, issue the receipts of the
+    operations it completed (which cite that checkpoint), then export them
+    when ``[export] auto`` is on."""
     ledger = app._ledger
     if ledger is None or ledger.signer is None:
         return
@@ -31,6 +34,15 @@ def after_command(app: App) -> None:
         "receipts",
         lambda: issue_pending(ledger, app.workspace, signer, app.note, position=log_position),
     )
+    _step(app, "export", lambda: _export(app, ledger))
+
+
+def _export(app: App, ledger: Ledger) -> None:
+    try:
+        settings = app.stack().export
+    except ChassisError:
+        return  # a stack that does not validate is reported by the commands that need it
+    export_after(ledger, app.workspace, settings, app.note)
 
 
 def log_position(ledger: Ledger) -> LedgerPosition:

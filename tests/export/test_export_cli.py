@@ -357,3 +357,24 @@ def test_planted_secrets_never_leave(
     for secret in SECRETS:
         assert secret not in haystack
         assert not any(secret in store for store in sent)
+
+
+def test_auto_export_runs_after_every_writing_command(
+    run: Runner, shop: Path, tmp_path: Path
+) -> None:
+    """With ``[export] auto = true`` a deploy's receipts reach the destination
+    without any export command: checkpoint, receipts, export, in that order."""
+    sink = tmp_path / "exported.jsonl"
+    stack = shop / "chassis.toml"
+    stack.write_text(
+        stack.read_text() + f'\n[export]\nformat = "dsse"\nto = "{sink}"\nauto = true\n'
+    )
+    deploy = ("deploy", "shop", "--env", "dev", "--profile", "ternary-split-3")
+    run.ok(*deploy, "--release", "v1")
+    listed = json.loads(run.ok("receipts", "list", "--json").stdout)
+    exported = [json.loads(line)["id"] for line in sink.read_text().splitlines()]
+    assert exported == [r["digest"] for r in listed], "every receipt so far, in ledger order"
+    assert listed[-1]["operation"] == "deploy" and listed[-1]["label"] == "v1"
+    run.ok(*deploy, "--release", "v2")
+    again = [json.loads(line)["id"] for line in sink.read_text().splitlines()]
+    assert len(again) == len(exported) + 1 and len(set(again)) == len(again)
