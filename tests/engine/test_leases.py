@@ -63,6 +63,14 @@ def test_crashed_deploy_leaves_a_lease_that_can_be_broken(run: Runner, shop: Pat
     history = json.loads(run.ok("history", "shop", "--env", "dev", "--json").stdout)
     (entry,) = history["revisions"]
     assert entry["status"] == "failed" and "lease broken: runner died" in entry["description"]
+    receipts = json.loads(run.ok("receipts", "list", "--json").stdout)
+    assert receipts[-1]["operation"] == "lease-break" and receipts[-1]["revision"] == 1
+    statement = json.loads(
+        run.ok("receipts", "show", receipts[-1]["digest"], "--statement").stdout
+    )
+    predicate = statement["predicate"]
+    assert predicate["reason"] == "runner died" and predicate["forced"] is True
+    assert predicate["broken"]["operation"] == "deploy"
     run.ok(*DEPLOY, "--release", "v1")
     run.ok("ledger", "verify")
 
