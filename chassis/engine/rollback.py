@@ -18,6 +18,7 @@ from __future__ import annotations
 import shlex
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -449,11 +450,16 @@ def _execute(
             if name not in touched:
                 connector.close()
 
+    retiring = [c for c in plan.changes if c.action == "retire"]
     try:
+        # Retire first: a component moving to another host may need its port.
         with ThreadPoolExecutor(max_workers=max(1, max_parallel)) as pool:
-            list(pool.map(one, plan.changes))
+            list(pool.map(one, retiring))
+            if not failures:
+                list(pool.map(one, [c for c in plan.changes if c.action != "retire"]))
         if failures:
             _undo(installation, touched, recorder, progress, result)
+            _unretire(ledger, ws, installation, retiring, failures, recorder, progress, result)
             first = sorted(failures)[0]
             status = "failed"
             description = (
@@ -504,6 +510,48 @@ def _retire(
         )
     )
     result.hosts[name] = {"action": "retire", "ok": True, "detail": "retired"}
+
+
+def _unretire(
+    ledger: Ledger,
+    ws: Workspace,
+    installation: Installation,
+    retired: list[HostChange],
+    failures: dict[str, str],
+    recorder: OperationRecorder,
+    progress: Progress,
+    result: RollbackResult,
+) -> None:
+    """The rollback failed: start what the retired hosts ran before again."""
+    for change in retired:
+        if change.host in failures or change.current is None:
+            continue
+        host_plan, entry = previous_plan(installation, change.current, change.host)
+        if host_plan is None:
+            continue
+        plan = msgspec.convert(installation.plan_of(int(change.current["revision"])), Plan)
+        with connector_for(get_host(ledger, change.host), ws) as connector:
+            supervisor = supervisor_for(plan, host_plan, connector)
+            ok, detail, _ = restore_host(connector, supervisor, host_plan, host_plan, entry)
+        recorder(_restored(recorder, change.host, change.current, ok, detail))
+        result.hosts[change.host] = {"action": "retire", "ok": ok, "restore": detail}
+        progress(f"{change.host}: {detail}")
+
+
+def _restored(
+    recorder: OperationRecorder, host: str, previous: dict[str, Any], ok: bool, detail: str
+) -> Callable[[Installation], None]:
+    def command(installation: Installation) -> None:
+        installation.restore_host(
+            actor=recorder.actor,
+            op_id=recorder.op_id,
+            host=host,
+            previous=previous,
+            ok=ok,
+            detail=scrubbed(detail),
+        )
+
+    return command
 
 
 def _undo(

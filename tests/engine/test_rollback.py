@@ -9,6 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import Runner
 from tests.engine.test_deploy_local import get, port_of, status
 
@@ -203,3 +205,55 @@ def test_rollback_proof_verifies_and_fails_closed(run: Runner, shop: Path, tmp_p
     run.ok("key", "revoke", "ops2", "--reason", "left the team")
     revoked = run("proof", "verify", str(by_ops2))
     assert revoked.exit_code == 8 and "revoked" in revoked.stderr
+
+
+def test_rollback_across_a_profile_change_retires_hosts_the_target_never_used(
+    run: Runner, shop: Path
+) -> None:
+    mono = ("deploy", "shop", "--env", "dev", "--profile", "monolith", "--max-parallel", "1")
+    run.ok(*mono, "--release", "v1")
+    (mono_host,) = {r["host"] for r in status(run).values()}
+    v1_hosts = host_snapshot(shop)
+    run.ok(*DEPLOY, "--release", "v2", "--max-parallel", "1")
+    assert len({r["host"] for r in status(run).values()}) == 3
+
+    result = json.loads(run.ok(*ROLLBACK, "--json").stdout)
+    actions = {host: outcome["action"] for host, outcome in result["hosts"].items()}
+    assert actions[mono_host] == "deploy"
+    assert {a for h, a in actions.items() if h != mono_host} == {"retire"}
+    assert result["restored_exactly"] is True
+    assert {r["host"] for r in status(run).values()} == {mono_host}
+    assert host_snapshot(shop) == v1_hosts, "only the monolith host has a current link"
+    assert "v1" in get(port_of(shop, "api"), "/healthz")[1]
+
+
+def test_a_rollback_that_fails_its_health_gate_restores_the_pre_rollback_release(
+    run: Runner, shop: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The api's FAIL_HEALTH comes from a secret reference, so the same target
+    # release can be made unhealthy at rollback time.
+    stack = shop / "chassis.toml"
+    stack.write_text(
+        stack.read_text().replace(
+            "[components.api]\n",
+            '[components.api]\nenv = { FAIL_HEALTH = { from_env = "SHOP_FAIL_API" } }\n',
+            1,
+        )
+    )
+    monkeypatch.setenv("SHOP_FAIL_API", "0")
+    run.ok(*DEPLOY, "--release", "v1")
+    run.ok(*DEPLOY, "--release", "v2")
+    v2_hosts = host_snapshot(shop)
+    monkeypatch.setenv("SHOP_FAIL_API", "1")
+    failed = run(*ROLLBACK, "--json")
+    assert failed.exit_code == 16, failed.output
+    result = json.loads(failed.stdout)
+    assert result["status"] == "failed"
+    assert "pre-rollback release was restored" in result["description"]
+    assert host_snapshot(shop) == v2_hosts
+    assert "v2" in get(port_of(shop, "api"), "/healthz")[1]
+    revisions = {r["revision"]: r for r in history(run)}
+    assert revisions[3]["status"] == "failed" and revisions[2]["status"] == "deployed"
+    monkeypatch.setenv("SHOP_FAIL_API", "0")
+    again = json.loads(run.ok(*ROLLBACK, "--json").stdout)
+    assert again["target_revision"] == 1 and again["restored_exactly"] is True
