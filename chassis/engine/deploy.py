@@ -22,22 +22,25 @@ from typing import Any
 
 import msgspec
 
-from adapters.connectors.base import Connector
 from adapters.errors import ConnectorError
-from adapters.supervisors.base import Supervisor
-from adapters.supervisors.direct import DirectSupervisor
-from adapters.supervisors.systemd import SystemdSupervisor
+from adapters.supervisors.base import SupervisorError
 from chassis.connect import connector_for
 from chassis.engine.executor import (
     HostDeployment,
     StepFailed,
     crash_point,
     scrubbed,
-    scrubbed_data,
 )
+from chassis.engine.operation import OperationRecorder, previous_plan, supervisor_for
 from chassis.engine.plan import HostPlan, Plan, build_plan
 from chassis.engine.releases import peek_release, require_bundle, resolve_release
 from chassis.engine.restore import restore_host
+from chassis.engine.retire import (
+    evict_components,
+    recorded_plan,
+    retire_host,
+    unretire_host,
+)
 from chassis.errors import ChassisError
 from chassis.hosts import HostView, declared_views, environment_hosts, get_host, sync_declared
 from chassis.inventory import ProbeFailed, inventory, probe
@@ -46,7 +49,6 @@ from chassis.stack.spec import Stack
 from chassis.workspace import Workspace
 from ledger.application import Ledger
 from ledger.installations import Installation
-from ledger.releases import release_dir_name
 
 DEFAULT_LEASE_TTL_S = 1800
 
@@ -152,46 +154,6 @@ def _with_live_facts(views: list[HostView], ws: Workspace, progress: Progress) -
     return result
 
 
-class OperationRecorder:
-    """Appends an operation's events, one writer at a time, to an aggregate
-    it keeps in memory (the lease makes this process the only writer)."""
-
-    def __init__(self, ledger: Ledger, installation: Installation, op_id: str) -> None:
-        assert ledger.signer is not None
-        self.ledger = ledger
-        self.installation = installation
-        self.op_id = op_id
-        self.actor = ledger.signer.keyid
-        self.lock = threading.Lock()
-
-    def __call__(self, command: Callable[[Installation], None]) -> None:
-        with self.lock:
-            command(self.installation)
-            self.ledger.append(self.installation)
-
-    def step(self, host: str) -> Callable[[str, bool, str, dict[str, Any]], None]:
-        def record(step: str, ok: bool, detail: str, data: dict[str, Any]) -> None:
-            self(
-                lambda i: i.record_step(
-                    actor=self.actor,
-                    op_id=self.op_id,
-                    host=host,
-                    step=step,
-                    ok=ok,
-                    detail=scrubbed(detail),
-                    data=scrubbed_data(data),
-                )
-            )
-
-        return record
-
-
-def supervisor_for(plan: Plan, host: HostPlan, connector: Connector) -> Supervisor:
-    if host.supervisor == "systemd":
-        return SystemdSupervisor(connector, host.root, unit_prefix=f"chassis-{plan.app}")
-    return DirectSupervisor(connector, host.root)
-
-
 def deploy(
     ledger: Ledger,
     ws: Workspace,
@@ -286,18 +248,6 @@ def _is_noop(plan: Plan, previous: dict[str, dict[str, Any]]) -> bool:
     )
 
 
-def previous_plan(
-    installation: Installation, entry: dict[str, Any] | None, host: str
-) -> tuple[HostPlan | None, dict[str, Any] | None]:
-    if entry is None:
-        return None, None
-    plan = msgspec.convert(installation.plan_of(int(entry["revision"])), Plan)
-    for host_plan in plan.hosts:
-        if host_plan.host == host:
-            return host_plan, {**entry, "release_dir": release_dir_name(str(entry["release_id"]))}
-    return None, None
-
-
 def _run(
     ledger: Ledger,
     ws: Workspace,
@@ -332,6 +282,7 @@ def _run(
                 record=recorder.step(name),
                 previous_components=[c.name for c in prev_plan.components] if prev_plan else [],
                 keep_also=(str(prev_entry["release_dir"]),) if prev_entry else (),
+                touched=name in evicted,
             )
             with lock:
                 deployments[name] = deployment
@@ -358,9 +309,46 @@ def _run(
             recorder.step(name)("connect", False, e.diagnostics(), {})
             progress(f"{name}: {e.diagnostics()}")
 
+    # Hosts the new placement no longer uses are retired first: a component
+    # moving to another host may need its port there.
+    wanted = {h.host for h in plan.hosts}
+    leaving = {
+        name: (recorded_plan(installation, entry), entry)
+        for name, entry in sorted(previous_hosts.items())
+        if name not in wanted
+    }
+    retired: list[str] = []
+    evicted: set[str] = set()
+    placed = {h.host: {c.name for c in h.components} for h in plan.hosts}
+    for name, entry in sorted(previous_hosts.items()):
+        moving = sorted(set(entry["components"]) - placed.get(name, set()))
+        if name not in placed or not moving:
+            continue
+        try:
+            host_was = recorded_plan(installation, entry)
+            evict_components(ledger, ws, host_was, name, moving, recorder.step(name))
+        except (ConnectorError, SupervisorError) as e:
+            failures[name] = e.diagnostics()
+            continue
+        evicted.add(name)
+    for name, (host_was, _) in leaving.items():
+        try:
+            detail = retire_host(ledger, ws, host_was, name, recorder)
+        except (ConnectorError, SupervisorError) as e:
+            failures[name] = e.diagnostics()
+            continue
+        retired.append(name)
+        result.hosts[name] = {"ok": True, "step": None, "detail": detail, "restored": False}
+        progress(f"{name}: {detail}")
     try:
-        with ThreadPoolExecutor(max_workers=max(1, options.max_parallel)) as pool:
-            list(pool.map(one, plan.hosts))
+        if len(failures) <= options.max_failures:
+            with ThreadPoolExecutor(max_workers=max(1, options.max_parallel)) as pool:
+                list(pool.map(one, plan.hosts))
+        if len(failures) > options.max_failures:
+            for name in retired:  # the deploy is undone: they run their release again
+                host_was, entry = leaving[name]
+                ok, detail = unretire_host(ledger, ws, host_was, name, entry, recorder)
+                result.hosts[name] = {"ok": ok, "step": None, "detail": detail, "restored": ok}
         _settle(
             plan,
             deployments,

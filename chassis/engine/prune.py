@@ -35,8 +35,8 @@ from typing import Any
 from adapters.errors import ConnectorError
 from adapters.supervisors.base import SupervisorError
 from chassis.connect import connector_for
-from chassis.engine.deploy import previous_plan, supervisor_for
 from chassis.engine.executor import KEEP_RELEASES
+from chassis.engine.operation import previous_plan, supervisor_for
 from chassis.engine.reconcile import HostsUnchecked, plan_data, recorded_plan
 from chassis.errors import ChassisError
 from chassis.hosts import get_host

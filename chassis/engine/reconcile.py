@@ -41,14 +41,9 @@ from adapters.connectors.base import Connector
 from adapters.errors import ConnectorError, RemoteFileMissing
 from adapters.supervisors.base import Supervisor, SupervisorError
 from chassis.connect import connector_for
-from chassis.engine.deploy import (
-    DEFAULT_LEASE_TTL_S,
-    DeployInterrupted,
-    OperationRecorder,
-    previous_plan,
-    supervisor_for,
-)
+from chassis.engine.deploy import DEFAULT_LEASE_TTL_S, DeployInterrupted
 from chassis.engine.executor import HostDeployment, StepFailed, run_gate, scrubbed
+from chassis.engine.operation import OperationRecorder, previous_plan, supervisor_for
 from chassis.engine.plan import ComponentPlan, HostPlan, Plan
 from chassis.engine.releases import require_bundle
 from chassis.errors import ChassisError

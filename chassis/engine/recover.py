@@ -38,8 +38,9 @@ from adapters.connectors.base import Connector
 from adapters.errors import ConnectorError
 from adapters.supervisors.base import SupervisorError
 from chassis.connect import connector_for
-from chassis.engine.deploy import DEFAULT_LEASE_TTL_S, previous_plan, supervisor_for
+from chassis.engine.deploy import DEFAULT_LEASE_TTL_S
 from chassis.engine.executor import crash_point, gate_evidence, run_gate, scrubbed, scrubbed_data
+from chassis.engine.operation import previous_plan, supervisor_for
 from chassis.engine.plan import ComponentPlan, HostPlan, Plan
 from chassis.engine.restore import restore_host
 from chassis.errors import ChassisError

@@ -15,10 +15,8 @@
 
 from __future__ import annotations
 
-import shlex
 import threading
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,22 +26,16 @@ from uuid import UUID
 
 import msgspec
 
-from adapters.connectors.base import Connector
 from adapters.errors import ConnectorError
 from adapters.supervisors.base import SupervisorError
 from chassis.connect import connector_for
-from chassis.engine.deploy import (
-    DEFAULT_LEASE_TTL_S,
-    DeployInterrupted,
-    OperationRecorder,
-    Progress,
-    previous_plan,
-    supervisor_for,
-)
+from chassis.engine.deploy import DEFAULT_LEASE_TTL_S, DeployInterrupted, Progress
 from chassis.engine.executor import HostDeployment, StepFailed, crash_point, scrubbed
+from chassis.engine.operation import OperationRecorder, previous_plan, supervisor_for
 from chassis.engine.plan import HostPlan, Plan
 from chassis.engine.releases import require_bundle
 from chassis.engine.restore import restore_host
+from chassis.engine.retire import recorded_plan, retire_host, unretire_host
 from chassis.errors import ChassisError
 from chassis.hosts import get_host
 from chassis.secrets import check_available
@@ -400,11 +392,19 @@ def _execute(
         if change.action == "unchanged":
             result.hosts[name] = {"action": "unchanged", "ok": True, "detail": "already there"}
             return
+        if change.action == "retire":
+            assert change.current is not None
+            try:
+                detail = retire_host(ledger, ws, retiring_plans[name], name, recorder)
+            except (ConnectorError, SupervisorError) as e:
+                with lock:
+                    failures[name] = e.diagnostics()
+                return
+            result.hosts[name] = {"action": "retire", "ok": True, "detail": detail}
+            progress(f"{name}: {detail}")
+            return
         connector = connector_for(get_host(ledger, name), ws)
         try:
-            if change.action == "retire":
-                _retire(installation, change, connector, recorder, result)
-                return
             assert change.plan is not None and change.host_plan is not None
             current_plan, current_entry = previous_plan(installation, change.current, name)
             deployment = HostDeployment(
@@ -451,6 +451,9 @@ def _execute(
                 connector.close()
 
     retiring = [c for c in plan.changes if c.action == "retire"]
+    retiring_plans = {
+        c.host: recorded_plan(installation, c.current) for c in retiring if c.current is not None
+    }
     try:
         # Retire first: a component moving to another host may need its port.
         with ThreadPoolExecutor(max_workers=max(1, max_parallel)) as pool:
@@ -459,7 +462,7 @@ def _execute(
                 list(pool.map(one, [c for c in plan.changes if c.action != "retire"]))
         if failures:
             _undo(installation, touched, recorder, progress, result)
-            _unretire(ledger, ws, installation, retiring, failures, recorder, progress, result)
+            _unretire(ledger, ws, retiring_plans, retiring, failures, recorder, progress, result)
             first = sorted(failures)[0]
             status = "failed"
             description = (
@@ -481,41 +484,10 @@ def _execute(
             deployment.connector.close()
 
 
-def _retire(
-    installation: Installation,
-    change: HostChange,
-    connector: Connector,
-    recorder: OperationRecorder,
-    result: RollbackResult,
-) -> None:
-    """The target ran nothing on this host: stop what runs and unlink ``current``."""
-    name = change.host
-    assert change.current is not None
-    plan = msgspec.convert(installation.plan_of(int(change.current["revision"])), Plan)
-    host_plan = next((h for h in plan.hosts if h.host == name), None)
-    if host_plan is not None:
-        supervisor = supervisor_for(plan, host_plan, connector)
-        for component in host_plan.components:
-            supervisor.stop(component.name)
-        root = host_plan.root.rstrip("/")
-        connector.run(f"rm -f {shlex.quote(root + '/current')}", check=True, timeout=30)
-    recorder(
-        lambda i: i.restore_host(
-            actor=recorder.actor,
-            op_id=recorder.op_id,
-            host=name,
-            previous=None,
-            ok=True,
-            detail="retired: the target revision ran nothing here",
-        )
-    )
-    result.hosts[name] = {"action": "retire", "ok": True, "detail": "retired"}
-
-
 def _unretire(
     ledger: Ledger,
     ws: Workspace,
-    installation: Installation,
+    plans: dict[str, Plan],
     retired: list[HostChange],
     failures: dict[str, str],
     recorder: OperationRecorder,
@@ -526,32 +498,11 @@ def _unretire(
     for change in retired:
         if change.host in failures or change.current is None:
             continue
-        host_plan, entry = previous_plan(installation, change.current, change.host)
-        if host_plan is None:
-            continue
-        plan = msgspec.convert(installation.plan_of(int(change.current["revision"])), Plan)
-        with connector_for(get_host(ledger, change.host), ws) as connector:
-            supervisor = supervisor_for(plan, host_plan, connector)
-            ok, detail, _ = restore_host(connector, supervisor, host_plan, host_plan, entry)
-        recorder(_restored(recorder, change.host, change.current, ok, detail))
+        ok, detail = unretire_host(
+            ledger, ws, plans[change.host], change.host, change.current, recorder
+        )
         result.hosts[change.host] = {"action": "retire", "ok": ok, "restore": detail}
         progress(f"{change.host}: {detail}")
-
-
-def _restored(
-    recorder: OperationRecorder, host: str, previous: dict[str, Any], ok: bool, detail: str
-) -> Callable[[Installation], None]:
-    def command(installation: Installation) -> None:
-        installation.restore_host(
-            actor=recorder.actor,
-            op_id=recorder.op_id,
-            host=host,
-            previous=previous,
-            ok=ok,
-            detail=scrubbed(detail),
-        )
-
-    return command
 
 
 def _undo(

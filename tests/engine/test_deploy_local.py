@@ -177,3 +177,24 @@ def test_unknown_names_are_refused_before_any_event(run: Runner, shop: Path) -> 
         result = run(*args)
         assert result.exit_code != 0 and message in result.stderr, (args, result.stderr)
     assert len(json.loads(run.ok("ledger", "log", "--json").stdout)) == before
+
+
+def test_a_profile_change_retires_the_hosts_the_new_placement_leaves(
+    run: Runner, shop: Path
+) -> None:
+    run.ok(*DEPLOY, "--release", "v1")
+    assert len({host for host, _ in status(run)}) == 3
+    mono = ("deploy", "shop", "--env", "dev", "--profile", "monolith")
+    result = json.loads(run.ok(*mono, "--release", "v2", "--json").stdout)
+    retired = {h for h, r in result["hosts"].items() if r["detail"].startswith("retired")}
+    rows = status(run)
+    (kept,) = {host for host, _ in rows}
+    assert retired == {"dev-1", "dev-2", "dev-3"} - {kept}
+    assert {component for _, component in rows} == {"gateway", "api", "worker"}
+    for host in retired:
+        assert not (shop / ".chassis" / "hosts" / host / "current").exists()
+    assert "v2" in get(port_of(shop, "api"), "/healthz")[1]
+    run.ok(*DEPLOY, "--release", "v1")
+    assert len({host for host, _ in status(run)}) == 3
+    assert "v1" in get(port_of(shop, "api"), "/healthz")[1]
+    run.ok("ledger", "verify")
