@@ -35,7 +35,12 @@ from chassis.engine.operation import OperationRecorder, previous_plan, superviso
 from chassis.engine.plan import HostPlan, Plan
 from chassis.engine.releases import require_bundle
 from chassis.engine.restore import restore_host
-from chassis.engine.retire import recorded_plan, retire_host, unretire_host
+from chassis.engine.retire import (
+    evict_components,
+    recorded_plan,
+    retire_host,
+    unretire_host,
+)
 from chassis.errors import ChassisError
 from chassis.hosts import get_host
 from chassis.secrets import check_available
@@ -385,6 +390,7 @@ def _execute(
     target = plan.target
     failures: dict[str, str] = {}
     touched: dict[str, tuple[HostDeployment, HostChange]] = {}
+    evicted: set[str] = set()
     lock = threading.Lock()
 
     def one(change: HostChange) -> None:
@@ -418,6 +424,7 @@ def _execute(
                 if current_plan
                 else [],
                 keep_also=(str(current_entry["release_dir"]),) if current_entry else (),
+                touched=name in evicted,
             )
             with lock:
                 touched[name] = (deployment, change)
@@ -455,9 +462,12 @@ def _execute(
         c.host: recorded_plan(installation, c.current) for c in retiring if c.current is not None
     }
     try:
-        # Retire first: a component moving to another host may need its port.
+        # Retire and evict first: a component moving to another host may need its port.
         with ThreadPoolExecutor(max_workers=max(1, max_parallel)) as pool:
             list(pool.map(one, retiring))
+            for change in plan.changes:
+                if _evict_moving(ledger, ws, installation, change, recorder, failures):
+                    evicted.add(change.host)
             if not failures:
                 list(pool.map(one, [c for c in plan.changes if c.action != "retire"]))
         if failures:
@@ -482,6 +492,30 @@ def _execute(
     finally:
         for deployment, _ in touched.values():
             deployment.connector.close()
+
+
+def _evict_moving(
+    ledger: Ledger,
+    ws: Workspace,
+    installation: Installation,
+    change: HostChange,
+    recorder: OperationRecorder,
+    failures: dict[str, str],
+) -> bool:
+    """Stop components the target runs elsewhere before any host starts."""
+    if change.action != "deploy" or change.current is None or change.host_plan is None:
+        return False
+    staying = {c.name for c in change.host_plan.components}
+    moving = sorted(set(change.current["components"]) - staying)
+    if not moving:
+        return False
+    try:
+        was = recorded_plan(installation, change.current)
+        evict_components(ledger, ws, was, change.host, moving, recorder.step(change.host))
+    except (ConnectorError, SupervisorError) as e:
+        failures[change.host] = e.diagnostics()
+        return False
+    return True
 
 
 def _unretire(

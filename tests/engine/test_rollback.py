@@ -257,3 +257,15 @@ def test_a_rollback_that_fails_its_health_gate_restores_the_pre_rollback_release
     monkeypatch.setenv("SHOP_FAIL_API", "0")
     again = json.loads(run.ok(*ROLLBACK, "--json").stdout)
     assert again["target_revision"] == 1 and again["restored_exactly"] is True
+
+
+def test_rollback_from_monolith_back_to_three_hosts(run: Runner, shop: Path) -> None:
+    run.ok(*DEPLOY, "--release", "v1")
+    v1_hosts = host_snapshot(shop)
+    run.ok("deploy", "shop", "--env", "dev", "--profile", "monolith", "--release", "v2")
+    assert len({r["host"] for r in status(run).values()}) == 1
+    result = json.loads(run.ok(*ROLLBACK, "--json").stdout)
+    assert result["restored_exactly"] is True
+    assert host_snapshot(shop) == v1_hosts
+    assert len({r["host"] for r in status(run).values()}) == 3
+    assert "v1" in get(port_of(shop, "api"), "/healthz")[1]
