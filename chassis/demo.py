@@ -107,8 +107,9 @@ def run_demo(workspace: Path | None, keep: bool, say: Say) -> DemoReport:
         ledger.close()
     say(f"\nEverything lives in {root}:")
     say("  chassis.toml, .chassis/ledger.db, .chassis/hosts/dev-{1,2,3}, dist/,")
-    say("  rollback-proof.dsse.json (check it: chassis proof verify rollback-proof.dsse.json)")
-    say("  receipts: chassis receipts list; checkpoints: chassis ledger checkpoint --json")
+    say("  rollback-proof.dsse.json, the signed proof of the rollback; check it with")
+    say(f"    chassis --workspace {root} proof verify {root}/rollback-proof.dsse.json")
+    say(f"  receipts: chassis --workspace {root} receipts list")
     say(f"  inspect: chassis --workspace {root} status | history demo --env dev | ledger log")
     return report
 
