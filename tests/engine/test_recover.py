@@ -232,3 +232,38 @@ def test_a_host_that_cannot_be_restored_keeps_the_lease(run: Runner, fast: Path)
     outcome = json.loads(run.ok("recover", "shop", "--env", "dev", "--json").stdout)
     assert outcome["outcome"] == "restored"
     assert_hosts_agree_with_status(run, shop, "v1")
+
+
+@pytest.mark.parametrize(("crash_at", "label"), [("dev-2:start", "v2"), ("dev-3:swap", "v1")])
+def test_a_crashed_rollback_is_recovered(
+    run: Runner, fast: Path, crash_at: str, label: str
+) -> None:
+    """A rollback killed mid-way: recover completes it (every host already on
+    the target, swapped) or puts the pre-rollback release back, and the
+    history says which."""
+    shop = fast
+    run.ok(*DEPLOY, "--release", "v1")
+    run.ok(*DEPLOY, "--release", "v2")
+    env = {**os.environ, "CHASSIS_CRASH_AT": crash_at}
+    crashed = subprocess.run(
+        [sys.executable, "-m", "chassis", "rollback", "shop", "--env", "dev", "--max-parallel", "1"],
+        cwd=shop,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert crashed.returncode == 137, crashed.stderr
+    held = lease(run)
+    assert held is not None and held["operation"] == "rollback" and held["revision"] == 3
+    outcome = json.loads(run.ok("recover", "shop", "--env", "dev", "--json").stdout)
+    expected = "restored" if label == "v2" else "completed"
+    assert outcome["outcome"] == expected, outcome
+    assert_hosts_agree_with_status(run, shop, label)
+    revisions = json.loads(run.ok("history", "shop", "--env", "dev", "--json").stdout)["revisions"]
+    last = revisions[-1]
+    assert last["operation"] == "rollback" and last["revision"] == 3
+    if label == "v1":
+        assert last["status"] == "deployed" and revisions[1]["status"] == "rolled-back"
+    else:
+        assert last["status"] == "failed" and revisions[1]["status"] == "deployed"
