@@ -245,8 +245,9 @@ def test_a_crashed_rollback_is_recovered(
     run.ok(*DEPLOY, "--release", "v1")
     run.ok(*DEPLOY, "--release", "v2")
     env = {**os.environ, "CHASSIS_CRASH_AT": crash_at}
+    rollback = ("rollback", "shop", "--env", "dev", "--max-parallel", "1")
     crashed = subprocess.run(
-        [sys.executable, "-m", "chassis", "rollback", "shop", "--env", "dev", "--max-parallel", "1"],
+        [sys.executable, "-m", "chassis", *rollback],
         cwd=shop,
         env=env,
         capture_output=True,
