@@ -40,9 +40,10 @@ from adapters.supervisors.base import SupervisorError
 from chassis.connect import connector_for
 from chassis.engine.deploy import DEFAULT_LEASE_TTL_S
 from chassis.engine.executor import crash_point, gate_evidence, run_gate, scrubbed, scrubbed_data
-from chassis.engine.operation import previous_plan, supervisor_for
+from chassis.engine.operation import OperationRecorder, previous_plan, supervisor_for
 from chassis.engine.plan import ComponentPlan, HostPlan, Plan
 from chassis.engine.restore import restore_host
+from chassis.engine.retire import unretire_host
 from chassis.errors import ChassisError
 from chassis.hosts import get_host
 from chassis.workspace import Workspace
@@ -191,7 +192,14 @@ def recover(
     entry = installation.revision_entry(revision)
     plan = msgspec.convert(installation.plan_of(revision), Plan)
     operation = str(entry["operation"])
-    previous_hosts = _hosts_before(ledger, installation, op_id)
+    before = _state_before(ledger, installation, op_id)
+    previous_hosts = {name: dict(entry) for name, entry in before.hosts.items()}
+    placed = {h.host for h in plan.hosts}
+    retired = {
+        name: entry
+        for name, entry in previous_hosts.items()
+        if name not in placed and name not in installation.hosts
+    }
     previous_plans: PreviousPlans = {
         h.host: previous_plan(installation, previous_hosts.get(h.host), h.host) for h in plan.hosts
     }
@@ -220,7 +228,19 @@ def recover(
         if all(p.on_new and p.healthy is not False for p in probes.values()):
             _complete(plan, previous_hosts, record, actor, op_id, result, progress)
         else:
-            _undo(plan, probes, previous_plans, previous_hosts, record, actor, op_id, result)
+            def unretire() -> None:
+                recorder = OperationRecorder(ledger, installation, op_id)
+                for name, entry in sorted(retired.items()):
+                    was = msgspec.convert(before.plan_of(int(entry["revision"])), Plan)
+                    try:
+                        ok, detail = unretire_host(ledger, ws, was, name, entry, recorder)
+                    except (ConnectorError, SupervisorError) as e:
+                        ok, detail = False, e.diagnostics()
+                    result.hosts[name] = {"action": "restored", "ok": ok, "detail": detail}
+
+            _undo(
+                plan, probes, previous_plans, previous_hosts, record, actor, op_id, result, unretire
+            )
             for name, outcome in sorted(result.hosts.items()):
                 progress(f"{name}: {outcome['detail']}")
     finally:
@@ -256,16 +276,14 @@ def _nothing(installation: Installation) -> str:
     return text
 
 
-def _hosts_before(
-    ledger: Ledger, installation: Installation, op_id: str
-) -> dict[str, dict[str, Any]]:
-    """What was active on each host just before ``op_id`` started: the
-    installation replayed to the version before its ``OperationStarted``."""
+def _state_before(ledger: Ledger, installation: Installation, op_id: str) -> Installation:
+    """The installation just before ``op_id`` started (what each host ran,
+    and the plans it ran them with): replayed to the version before its
+    ``OperationStarted``."""
     for event in ledger.events.get(installation.id, desc=True):
         if isinstance(event, Installation.OperationStarted) and event.op_id == op_id:
             version = event.originator_version - 1
-            before = ledger.load(Installation, installation.id, version=version)
-            return {name: dict(entry) for name, entry in before.hosts.items()}
+            return ledger.load(Installation, installation.id, version=version)
     raise ChassisError(f"the ledger has no start of operation {op_id}")
 
 
@@ -462,10 +480,13 @@ def _undo(
     actor: str,
     op_id: str,
     result: RecoverResult,
+    unretire: Callable[[], None],
 ) -> None:
     """Put every host of the plan back on what it ran before the operation.
     A host found there, healthy, keeps running; the others are restored as a
-    failed deploy restores them, each outcome recorded as it happens."""
+    failed deploy restores them, each outcome recorded as it happens. Hosts
+    the operation had retired (a placement change) then run their release
+    again (``unretire``)."""
     installation = record.installation
 
     def one(host_plan: HostPlan) -> None:
@@ -505,6 +526,7 @@ def _undo(
 
     with ThreadPoolExecutor(max_workers=max(1, len(plan.hosts))) as pool:
         list(pool.map(one, plan.hosts))
+    unretire()
     what = f"{result.operation} {plan.label}"
     failed = sorted(name for name, outcome in result.hosts.items() if not outcome["ok"])
     if failed:

@@ -268,3 +268,28 @@ def test_a_crashed_rollback_is_recovered(
         assert last["status"] == "deployed" and revisions[1]["status"] == "rolled-back"
     else:
         assert last["status"] == "failed" and revisions[1]["status"] == "deployed"
+
+
+def test_an_interrupted_placement_change_is_undone_on_retired_hosts_too(
+    run: Runner, fast: Path
+) -> None:
+    """A deploy to another profile retires the hosts it leaves before it
+    starts the others; killed after that, recover undoes it everywhere."""
+    shop = fast
+    run.ok(*DEPLOY, "--release", "v1")
+    mono = ("deploy", "shop", "--env", "dev", "--profile", "monolith", "--release", "v2")
+    env = {**os.environ, "CHASSIS_CRASH_AT": "start"}
+    crashed = subprocess.run(
+        [sys.executable, "-m", "chassis", *mono],
+        cwd=shop,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert crashed.returncode == 137, crashed.stderr
+    outcome = json.loads(run.ok("recover", "shop", "--env", "dev", "--json").stdout)
+    assert outcome["outcome"] == "restored", outcome
+    assert len(outcome["hosts"]) == 3, "the two retired hosts are restored as well"
+    assert_hosts_agree_with_status(run, shop, "v1")
+    assert len({r["host"] for r in json.loads(run.ok("status", "--json").stdout)}) == 3
