@@ -293,10 +293,19 @@ def parse_launch(output: str) -> tuple[int, ProcStat | None]:
 STOP_SCRIPT = """\
 [ -f "$f" ] || { echo none; exit 0; }
 IFS= read -r rec < "$f"
+# Remove the pidfile only if it still holds the record read above: a stop that
+# waited (or was orphaned by a killed chassis) must not remove the pidfile of
+# a process started since.
+forget() {
+  now=
+  { IFS= read -r now || :; } 2>/dev/null < "$f"
+  [ "$now" = "$rec" ] && rm -f -- "$f"
+  return 0
+}
 pg=${rec#'{"pid":'}; pg=${pg%%[!0-9]*}
 start=${rec#*'"start":'}; start=${start%%[!0-9]*}
 if [ -z "$pg" ] || [ -z "$start" ] || [ "$pg" -le 1 ]; then
-  rm -f -- "$f"; echo unreadable; exit 0
+  forget; echo unreadable; exit 0
 fi
 member() {
   kill -s 0 -- "-$pg" 2>/dev/null || return 1
@@ -309,9 +318,9 @@ member() {
 }
 if { IFS= read -r l < "/proc/$pg/stat"; } 2>/dev/null; then
   l=${l##*) }; set -- $l
-  if [ "${20}" != "$start" ]; then rm -f -- "$f"; echo foreign; exit 0; fi
+  if [ "${20}" != "$start" ]; then forget; echo foreign; exit 0; fi
 fi
-member || { rm -f -- "$f"; echo gone; exit 0; }
+member || { forget; echo gone; exit 0; }
 kill -s TERM -- "-$pg" 2>/dev/null
 i=0
 while member; do
@@ -322,11 +331,11 @@ while member; do
       [ "$i" -ge "$kill_ticks" ] && { echo "survived $pg"; exit 0; }
       sleep "$poll"; i=$((i + 1))
     done
-    rm -f -- "$f"; echo killed; exit 0
+    forget; echo killed; exit 0
   fi
   sleep "$poll"; i=$((i + 1))
 done
-rm -f -- "$f"; echo stopped
+forget; echo stopped
 """
 
 STOP_OUTCOMES = frozenset({"none", "unreadable", "foreign", "gone", "stopped", "killed"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -275,3 +276,32 @@ def test_env_glob_sweeps_only_its_component(tmp_path: Path) -> None:
         (run / name).write_text("x")
     subprocess.run(["/bin/sh", "-c", f"rm -f -- {env_glob(str(tmp_path), 'api')}"], check=True)
     assert sorted(p.name for p in run.iterdir()) == sorted(names[1:])
+
+
+def test_a_late_stop_never_removes_the_pidfile_of_a_newer_process(tmp_path: Path) -> None:
+    """A stop that is still waiting (or was orphaned by a killed chassis) when
+    the component is started again must leave the new pidfile in place."""
+    stubborn = subprocess.Popen(
+        ["/bin/sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"], start_new_session=True
+    )
+    try:
+        stat = parse_proc_stat(Path(f"/proc/{stubborn.pid}/stat").read_text())
+        pidfile = tmp_path / "api.pid"
+        pidfile.write_bytes(PidRecord(stubborn.pid, stat.starttime, "a" * 64, "api").to_bytes())
+        stopping = subprocess.Popen(
+            ["/bin/sh", "-c", stop_command(str(pidfile), 0.6)], stdout=subprocess.PIPE, text=True
+        )
+        newer = PidRecord(os.getpid(), 1, "b" * 64, "api").to_bytes()
+        time.sleep(0.3)  # the stop has read the old record and waits for TERM to work
+        pidfile.write_bytes(newer)
+        out, _ = stopping.communicate(timeout=20)
+        assert out.strip() == "killed"
+        assert pidfile.read_bytes() == newer
+    finally:
+        stubborn.kill()
+        stubborn.wait()
+    # Without a newer record the pidfile goes, as before.
+    gone = subprocess.run(
+        ["/bin/sh", "-c", stop_command(str(pidfile), 0.1)], capture_output=True, text=True
+    )
+    assert gone.stdout.strip() in ("foreign", "gone") and not pidfile.exists()
