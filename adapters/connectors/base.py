@@ -8,6 +8,7 @@ its global context). Target paths are POSIX strings.
 from __future__ import annotations
 
 import posixpath
+import re
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -18,6 +19,17 @@ from typing import Self
 
 DEFAULT_TIMEOUT = 60.0
 NEW_FILE_MODE = 0o644
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+"""A POSIX environment variable name (what ``sh`` and systemd accept)."""
+
+
+def checked_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """``env`` as a dict; ``ValueError`` naming every invalid variable name."""
+    found = dict(env or {})
+    bad = sorted(name for name in found if not ENV_NAME.match(name))
+    if bad:
+        raise ValueError(f"invalid environment variable name(s): {', '.join(bad)}")
+    return found
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import shutil
 import signal
 import stat
@@ -25,11 +24,11 @@ from adapters.connectors.base import (
     NEW_FILE_MODE,
     CommandResult,
     Connector,
+    checked_env,
     temp_sibling,
 )
 from adapters.errors import CommandFailed, ConnectorError, ConnectorTimeout, RemoteFileMissing
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _REAP_TIMEOUT = 5.0
 _CHUNK = 1 << 20
 
@@ -57,12 +56,8 @@ class LocalConnector(Connector):
         display: str | None = None,
     ) -> CommandResult:
         shown = command if display is None else display
-        full_env = None
-        if env:
-            bad = [name for name in env if not _ENV_NAME.match(name)]
-            if bad:
-                raise ValueError(f"invalid environment variable name(s): {', '.join(sorted(bad))}")
-            full_env = {**os.environ, **env}
+        extra = checked_env(env)
+        full_env = {**os.environ, **extra} if extra else None
         started = time.monotonic()
         # A new session makes the shell a process-group leader, so a timeout
         # can kill everything it started, not just the shell.

@@ -44,6 +44,7 @@ from adapters.connectors.base import (
     NEW_FILE_MODE,
     CommandResult,
     Connector,
+    checked_env,
     temp_sibling,
 )
 from adapters.errors import (
@@ -58,7 +59,6 @@ from adapters.errors import (
 )
 
 HostKeyPolicy = Literal["reject", "accept-new"]
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 32768
 _KILL_TIMEOUT = 5.0
@@ -387,7 +387,7 @@ class SSHConnector(Connector):
     ) -> CommandResult:
         shown = command if display is None else display
         conn = self._connection()
-        exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in _checked_env(env).items())
+        exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in checked_env(env).items())
         marker = f"chassis-pid-{os.urandom(6).hex()}"
         # sshd makes the login shell a session leader, so $$ is the process
         # group to kill on timeout; `exec` keeps that pid for the POSIX sh.
@@ -573,14 +573,6 @@ def _handshake_done(client: paramiko.SSHClient) -> bool:
     """Whether the key exchange (and host key check) finished: failures after it are auth."""
     transport = client.get_transport()
     return transport is not None and transport.host_key is not None
-
-
-def _checked_env(env: Mapping[str, str] | None) -> dict[str, str]:
-    env = dict(env or {})
-    bad = [name for name in env if not _ENV_NAME.match(name)]
-    if bad:
-        raise ValueError(f"invalid environment variable name(s): {', '.join(sorted(bad))}")
-    return env
 
 
 def _strip_marker(stderr: str, marker: str) -> tuple[str, int | None]:

@@ -18,10 +18,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from adapters.connectors.base import ENV_NAME
+
 __all__ = ["ENV_FILE_MODE", "parse_env_file", "quote_env_value", "render_env_file"]
 
 ENV_FILE_MODE = 0o600
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _ESCAPED = re.compile(r'([\\"$`])')
 
 
@@ -37,7 +38,7 @@ def render_env_file(env: Mapping[str, str]) -> bytes:
 
     Raises ValueError naming the bad variable *name* (never a value).
     """
-    bad = sorted(name for name in env if not _NAME.match(name))
+    bad = sorted(name for name in env if not ENV_NAME.match(name))
     if bad:
         raise ValueError(f"invalid environment variable name(s): {', '.join(bad)}")
     lines = []
@@ -69,7 +70,7 @@ def parse_env_file(data: bytes) -> dict[str, str]:
             continue
         eq = text.find('="', i)
         name = text[i:eq] if eq >= 0 else ""
-        if not _NAME.match(name):
+        if not ENV_NAME.match(name):
             raise ValueError(f"malformed environment file entry at offset {i}")
         i = eq + 2
         value: list[str] = []

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from adapters.connectors.base import ENV_NAME
 from chassis.errors import WorkspaceError
 from chassis.export.delivery import DestinationError, parse_destination
 from chassis.stack.schema import (
@@ -44,7 +45,6 @@ SECTIONS = (
     "export",
 )
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_KEY = re.compile(
     r"password|passwd|secret|token|private_key|api_key|authorization|cookie|credential|session",
     re.IGNORECASE,
@@ -290,7 +290,7 @@ def _check_export(stack: Stack) -> None:
 def _check_secret_ref(path: Path, where: str, ref: SecretRefSpec) -> None:
     if (ref.from_env is None) == (ref.from_file is None):
         raise StackError(f"{path}: {where}: expected exactly one of from_env or from_file")
-    if ref.from_env is not None and not _ENV_NAME.match(ref.from_env):
+    if ref.from_env is not None and not ENV_NAME.match(ref.from_env):
         raise StackError(
             f"{path}: {where}.from_env: expected an environment variable name, "
             f"found {ref.from_env!r}"
@@ -319,7 +319,7 @@ def _check_references(stack: Stack) -> None:
     for name, component in stack.components.items():
         where = f"components.{name}"
         for key, value in component.env.items():
-            if not _ENV_NAME.match(key):
+            if not ENV_NAME.match(key):
                 raise StackError(
                     f"{path}: {where}.env.{key}: expected an environment variable name "
                     "(letters, digits, '_'; not starting with a digit)"
