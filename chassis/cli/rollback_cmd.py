@@ -6,7 +6,8 @@ import click
 
 from chassis.cli.app import App, pass_app, table
 from chassis.cli.deploy_cmd import DEPLOY_FAILED
-from chassis.engine.rollback import load_installation, plan_rollback, rollback
+from chassis.engine.operation import load_installation
+from chassis.engine.rollback import plan_rollback, rollback
 
 
 @click.command(

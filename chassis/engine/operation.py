@@ -17,6 +17,7 @@ from adapters.supervisors.systemd import SystemdSupervisor
 from chassis.engine.executor import scrubbed, scrubbed_data
 from chassis.engine.plan import HostPlan, Plan
 from ledger.application import Ledger
+from ledger.errors import NotFoundError
 from ledger.installations import Installation
 from ledger.releases import release_dir_name
 
@@ -71,3 +72,13 @@ def previous_plan(
         if host_plan.host == host:
             return host_plan, {**entry, "release_dir": release_dir_name(str(entry["release_id"]))}
     return None, None
+
+
+def load_installation(ledger: Ledger, app: str, environment: str) -> Installation:
+    """The installation of ``app`` in ``environment``; ``NotFoundError`` (exit 10)."""
+    found = ledger.find(Installation, Installation.id_for(Installation.key(app, environment)))
+    if found is None:
+        raise NotFoundError(
+            f"no installation of {app} in {environment} (it has never been deployed)"
+        )
+    return found

@@ -36,14 +36,13 @@ from adapters.errors import ConnectorError
 from adapters.supervisors.base import SupervisorError
 from chassis.connect import connector_for
 from chassis.engine.executor import KEEP_RELEASES
-from chassis.engine.operation import previous_plan, supervisor_for
+from chassis.engine.operation import load_installation, previous_plan, supervisor_for
 from chassis.engine.reconcile import HostsUnchecked, plan_data, recorded_plan
 from chassis.errors import ChassisError
 from chassis.hosts import get_host
 from chassis.views import histories
 from chassis.workspace import Workspace
 from ledger.application import Ledger
-from ledger.errors import NotFoundError
 from ledger.installations import Installation
 from ledger.releases import release_dir_name
 
@@ -99,11 +98,7 @@ def prune(
 ) -> PruneResult:
     if keep < 0:
         raise ChassisError(f"--keep must be 0 or more, not {keep}")
-    installation = ledger.find(
-        Installation, Installation.id_for(Installation.key(app, environment))
-    )
-    if installation is None:
-        raise NotFoundError(f"no installation of {app} in {environment}")
+    installation = load_installation(ledger, app, environment)
     installation.check_lease_free(datetime.now(UTC))
     # The projection keeps every revision; the aggregate only recent and referenced ones.
     found = histories(ledger, app, environment)

@@ -43,14 +43,18 @@ from adapters.supervisors.base import Supervisor, SupervisorError
 from chassis.connect import connector_for
 from chassis.engine.deploy import DEFAULT_LEASE_TTL_S, DeployInterrupted
 from chassis.engine.executor import HostDeployment, StepFailed, run_gate, scrubbed
-from chassis.engine.operation import OperationRecorder, previous_plan, supervisor_for
+from chassis.engine.operation import (
+    OperationRecorder,
+    load_installation,
+    previous_plan,
+    supervisor_for,
+)
 from chassis.engine.plan import ComponentPlan, HostPlan, Plan
 from chassis.engine.releases import require_bundle
 from chassis.errors import ChassisError
 from chassis.hosts import get_host
 from chassis.workspace import Workspace
 from ledger.application import Ledger
-from ledger.errors import NotFoundError
 from ledger.installations import Installation
 from ledger.releases import Release, release_dir_name
 
@@ -146,10 +150,8 @@ def reconcile(
     """Compare every host with the ledger; record drift; with ``repair``, fix it and look again."""
     if ledger.signer is None:
         raise ChassisError("reconciling needs a signing key (drift is recorded)")
-    key = Installation.id_for(Installation.key(app, environment))
-    installation = ledger.find(Installation, key)
-    if installation is None:
-        raise NotFoundError(f"no installation of {app} in {environment}")
+    installation = load_installation(ledger, app, environment)
+    key = installation.id
     # Hosts mid-operation differ from the ledger on purpose, and our append
     # would conflict with the operation's own.
     installation.check_lease_free(datetime.now(UTC))

@@ -40,7 +40,12 @@ from adapters.supervisors.base import SupervisorError
 from chassis.connect import connector_for
 from chassis.engine.deploy import DEFAULT_LEASE_TTL_S
 from chassis.engine.executor import crash_point, gate_evidence, run_gate, scrubbed, scrubbed_data
-from chassis.engine.operation import OperationRecorder, previous_plan, supervisor_for
+from chassis.engine.operation import (
+    OperationRecorder,
+    load_installation,
+    previous_plan,
+    supervisor_for,
+)
 from chassis.engine.plan import ComponentPlan, HostPlan, Plan
 from chassis.engine.restore import restore_host
 from chassis.engine.retire import unretire_host
@@ -49,7 +54,6 @@ from chassis.hosts import get_host
 from chassis.workspace import Workspace
 from ledger.application import Ledger
 from ledger.canonical import format_timestamp
-from ledger.errors import NotFoundError
 from ledger.installations import Installation, LeaseHeldError
 
 PROBE_STEP = "recover-probe"
@@ -170,11 +174,7 @@ def recover(
     if ledger.signer is None:
         raise ChassisError("recovering needs a signing key")
     actor = ledger.signer.keyid
-    installation = ledger.find(
-        Installation, Installation.id_for(Installation.key(app, environment))
-    )
-    if installation is None:
-        raise NotFoundError(f"no installation of {app} in {environment}")
+    installation = load_installation(ledger, app, environment)
     lease = installation.lease
     if lease is None:
         return RecoverResult(app, environment, "nothing-to-recover", _nothing(installation))

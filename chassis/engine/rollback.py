@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import msgspec
 
@@ -31,7 +30,12 @@ from adapters.supervisors.base import SupervisorError
 from chassis.connect import connector_for
 from chassis.engine.deploy import DEFAULT_LEASE_TTL_S, DeployInterrupted, Progress
 from chassis.engine.executor import HostDeployment, StepFailed, crash_point, scrubbed
-from chassis.engine.operation import OperationRecorder, previous_plan, supervisor_for
+from chassis.engine.operation import (
+    OperationRecorder,
+    load_installation,
+    previous_plan,
+    supervisor_for,
+)
 from chassis.engine.plan import HostPlan, Plan
 from chassis.engine.releases import require_bundle
 from chassis.engine.restore import restore_host
@@ -151,17 +155,6 @@ class RollbackResult:
             "restored_exactly": self.state_digest == self.plan.target.state_digest,
             "hosts": self.hosts,
         }
-
-
-def installation_id(app: str, environment: str) -> UUID:
-    return Installation.id_for(Installation.key(app, environment))
-
-
-def load_installation(ledger: Ledger, app: str, environment: str) -> Installation:
-    found = ledger.find(Installation, installation_id(app, environment))
-    if found is None:
-        raise RevisionNotFound(f"{app}/{environment} has never been deployed")
-    return found
 
 
 def state_at(ledger: Ledger, installation: Installation, version: int) -> Installation:

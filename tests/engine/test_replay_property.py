@@ -29,6 +29,7 @@ from chassis.stack.spec import load_stack
 from chassis.workspace import Workspace, keys_dir
 from ledger.aggregate import LedgerAggregate
 from ledger.application import Ledger
+from ledger.errors import NotFoundError
 from ledger.installations import Installation
 from ledger.storage import open_ledger
 from tests.conftest import Runner
@@ -71,7 +72,7 @@ def run_step(step: str, ledger: Ledger, ws: Workspace) -> None:
     quiet = lambda _: None  # noqa: E731
     if step == "rollback":
         # With nothing to roll back to, rollback refuses before recording anything.
-        with contextlib.suppress(RollbackRefused, RevisionNotFound):
+        with contextlib.suppress(RollbackRefused, RevisionNotFound, NotFoundError):
             rollback(ledger, ws, **ROLLBACK, progress=quiet)
     elif step == "interrupt-then-recover":
         found = ledger.find(Installation, Installation.id_for(Installation.key("shop", "dev")))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from chassis.cli.app import App, pass_app, table
-from chassis.engine.rollback import load_installation
+from chassis.engine.operation import load_installation
 from chassis.replay import replay
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import click
 
 from chassis.cli.app import App, pass_app, table
-from chassis.errors import ChassisError
+from chassis.engine.operation import load_installation
 from chassis.views import histories
 from ledger.canonical import format_timestamp, parse_timestamp
 from ledger.installations import Installation
@@ -85,9 +85,7 @@ def break_command(app: App, app_name: str, environment: str, reason: str, force:
     ledger = app.ledger(signing=True)
     assert ledger.signer is not None
     actor = ledger.signer.keyid
-    key = Installation.id_for(Installation.key(app_name, environment))
-    if ledger.find(Installation, key) is None:
-        raise ChassisError(f"no installation of {app_name} in {environment}")
+    key = load_installation(ledger, app_name, environment).id
     broken: list[dict[str, object]] = []
     ledger.update(
         Installation,
