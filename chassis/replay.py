@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from chassis.engine.rollback import full_history
+from chassis.engine.operation import full_history
 from chassis.errors import ChassisError
 from ledger.application import Ledger
 from ledger.canonical import format_timestamp

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from chassis.audit import verify_workspace_ledger
-from chassis.engine.operation import load_installation
-from chassis.engine.rollback import full_history
+from chassis.engine.operation import full_history, load_installation
 from chassis.errors import ChassisError, WorkspaceError
 from chassis.replay import positions, replay_from_events
 from chassis.workspace import Workspace

@@ -16,6 +16,7 @@ from adapters.supervisors.direct import DirectSupervisor
 from adapters.supervisors.systemd import SystemdSupervisor
 from chassis.engine.executor import scrubbed, scrubbed_data
 from chassis.engine.plan import HostPlan, Plan
+from chassis.views import histories
 from ledger.application import Ledger
 from ledger.errors import NotFoundError
 from ledger.installations import Installation
@@ -82,3 +83,9 @@ def load_installation(ledger: Ledger, app: str, environment: str) -> Installatio
             f"no installation of {app} in {environment} (it has never been deployed)"
         )
     return found
+
+
+def full_history(ledger: Ledger, installation: Installation) -> list[dict[str, Any]]:
+    """Every revision, from the installations view (the aggregate keeps a window)."""
+    found = histories(ledger, installation.app, installation.environment)
+    return list(found[0]["revisions"]) if found else list(installation.revisions)

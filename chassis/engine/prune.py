@@ -36,11 +36,10 @@ from adapters.errors import ConnectorError
 from adapters.supervisors.base import SupervisorError
 from chassis.connect import connector_for
 from chassis.engine.executor import KEEP_RELEASES
-from chassis.engine.operation import load_installation, previous_plan, supervisor_for
+from chassis.engine.operation import full_history, load_installation, previous_plan, supervisor_for
 from chassis.engine.reconcile import HostsUnchecked, plan_data, recorded_plan
 from chassis.errors import ChassisError
 from chassis.hosts import get_host
-from chassis.views import histories
 from chassis.workspace import Workspace
 from ledger.application import Ledger
 from ledger.installations import Installation
@@ -100,9 +99,7 @@ def prune(
         raise ChassisError(f"--keep must be 0 or more, not {keep}")
     installation = load_installation(ledger, app, environment)
     installation.check_lease_free(datetime.now(UTC))
-    # The projection keeps every revision; the aggregate only recent and referenced ones.
-    found = histories(ledger, app, environment)
-    revisions: list[dict[str, Any]] = found[0]["revisions"] if found else installation.revisions
+    revisions = full_history(ledger, installation)
     known = known_releases(revisions)
     protected = protected_everywhere(ledger, installation, revisions)
     result = PruneResult(app, environment, keep, dry_run)

@@ -32,6 +32,7 @@ from chassis.engine.deploy import DEFAULT_LEASE_TTL_S, DeployInterrupted, Progre
 from chassis.engine.executor import HostDeployment, StepFailed, crash_point, scrubbed
 from chassis.engine.operation import (
     OperationRecorder,
+    full_history,
     load_installation,
     previous_plan,
     supervisor_for,
@@ -48,7 +49,6 @@ from chassis.engine.retire import (
 from chassis.errors import ChassisError
 from chassis.hosts import get_host
 from chassis.secrets import check_available
-from chassis.views import histories
 from chassis.workspace import Workspace
 from ledger.application import Ledger
 from ledger.installations import Installation
@@ -160,12 +160,6 @@ class RollbackResult:
 def state_at(ledger: Ledger, installation: Installation, version: int) -> Installation:
     """The installation replayed to ``version`` (from the nearest snapshot)."""
     return ledger.load(Installation, installation.id, version=version)
-
-
-def full_history(ledger: Ledger, installation: Installation) -> list[dict[str, Any]]:
-    """Every revision, from the installations view (the aggregate keeps a window)."""
-    found = histories(ledger, installation.app, installation.environment)
-    return list(found[0]["revisions"]) if found else list(installation.revisions)
 
 
 def choose_target(ledger: Ledger, installation: Installation, to: str | None) -> Target:
