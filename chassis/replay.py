@@ -114,9 +114,9 @@ def resolve_at(ledger: Ledger, installation: Installation, at: str) -> tuple[int
         raise ReplayPointError(f"--at {at!r}: give the time zone (e.g. 2026-11-27T10:00:00Z)")
     stamp = format_timestamp(moment)
     version = 0
-    for position in positions(ledger, installation.id):
-        if position.timestamp <= stamp:
-            version = max(version, position.version)
+    for event in ledger.events.get(installation.id):  # this aggregate's events only
+        if format_timestamp(event.timestamp) <= stamp:  # type: ignore[attr-defined]
+            version = max(version, event.originator_version)
     if version == 0:
         raise ReplayPointError(f"--at {at}: {name} did not exist yet")
     return version, f"time {stamp}"

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -192,7 +193,7 @@ def choose_target(ledger: Ledger, installation: Installation, to: str | None) ->
             target = _target(ledger, installation, entry, "", skipped)
             if target.state_digest != current_digest:
                 reason = f"last successful revision before {current}"
-                return Target(**{**target.__dict__, "reason": reason})
+                return dataclasses.replace(target, reason=reason)
             why = "same state as the current revision"
         skipped.append({"revision": entry["revision"], "label": entry["label"], "why": why})
     raise RollbackRefused(
