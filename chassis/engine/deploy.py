@@ -24,14 +24,17 @@ import msgspec
 
 from adapters.errors import ConnectorError
 from adapters.supervisors.base import SupervisorError
-from chassis.connect import connector_for
 from chassis.engine.executor import (
     HostDeployment,
     StepFailed,
     crash_point,
     scrubbed,
 )
-from chassis.engine.operation import OperationRecorder, previous_plan, supervisor_for
+from chassis.engine.operation import (
+    OperationRecorder,
+    deploy_host,
+    previous_plan,
+)
 from chassis.engine.plan import HostPlan, Plan, build_plan
 from chassis.engine.releases import peek_release, require_bundle, resolve_release
 from chassis.engine.restore import restore_host
@@ -42,7 +45,7 @@ from chassis.engine.retire import (
     unretire_host,
 )
 from chassis.errors import ChassisError
-from chassis.hosts import HostView, declared_views, environment_hosts, get_host, sync_declared
+from chassis.hosts import HostView, declared_views, environment_hosts, sync_declared
 from chassis.inventory import ProbeFailed, inventory, probe
 from chassis.secrets import check_available
 from chassis.stack.spec import Stack
@@ -267,38 +270,26 @@ def _run(
     failures: dict[str, StepFailed | str] = {}
     lock = threading.Lock()
 
+    def started(deployment: HostDeployment) -> None:
+        with lock:
+            deployments[deployment.host.host] = deployment
+
     def one(host_plan: HostPlan) -> None:
         name = host_plan.host
-        connector = connector_for(get_host(ledger, name), ws)
+        progress(f"{name}: deploying {plan.label}")
         try:
-            supervisor = supervisor_for(plan, host_plan, connector)
-            prev_plan, prev_entry = previous_plans[name]
-            deployment = HostDeployment(
-                plan=plan,
-                host=host_plan,
-                connector=connector,
-                supervisor=supervisor,
-                bundle=bundle,
-                record=recorder.step(name),
-                previous_components=[c.name for c in prev_plan.components] if prev_plan else [],
-                keep_also=(str(prev_entry["release_dir"]),) if prev_entry else (),
+            deploy_host(
+                ledger,
+                ws,
+                plan,
+                host_plan,
+                bundle,
+                previous_plans[name],
+                recorder,
                 touched=name in evicted,
+                started=started,
+                progress=progress,
             )
-            with lock:
-                deployments[name] = deployment
-            progress(f"{name}: deploying {plan.label}")
-            deployment.run()
-            recorder(
-                lambda i: i.activate_host(
-                    actor=recorder.actor,
-                    op_id=recorder.op_id,
-                    host=name,
-                    release_id=plan.release_id,
-                    label=plan.label,
-                    components=[c.name for c in host_plan.components],
-                )
-            )
-            progress(f"{name}: {plan.label} active and healthy")
         except StepFailed as failed:
             with lock:
                 failures[name] = failed

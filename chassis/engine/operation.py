@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -14,9 +15,12 @@ from adapters.connectors.base import Connector
 from adapters.supervisors.base import Supervisor
 from adapters.supervisors.direct import DirectSupervisor
 from adapters.supervisors.systemd import SystemdSupervisor
-from chassis.engine.executor import scrubbed, scrubbed_data
+from chassis.connect import connector_for
+from chassis.engine.executor import HostDeployment, scrubbed, scrubbed_data
 from chassis.engine.plan import HostPlan, Plan
+from chassis.hosts import get_host
 from chassis.views import histories
+from chassis.workspace import Workspace
 from ledger.application import Ledger
 from ledger.errors import NotFoundError
 from ledger.installations import Installation
@@ -89,3 +93,54 @@ def full_history(ledger: Ledger, installation: Installation) -> list[dict[str, A
     """Every revision, from the installations view (the aggregate keeps a window)."""
     found = histories(ledger, installation.app, installation.environment)
     return list(found[0]["revisions"]) if found else list(installation.revisions)
+
+
+def deploy_host(
+    ledger: Ledger,
+    ws: Workspace,
+    plan: Plan,
+    host_plan: HostPlan,
+    bundle: Path,
+    previous: tuple[HostPlan | None, dict[str, Any] | None],
+    recorder: OperationRecorder,
+    *,
+    touched: bool,
+    started: Callable[[HostDeployment], None],
+    progress: Callable[[str], None],
+) -> None:
+    """Run ``plan`` on one host through every step and record it activated.
+
+    ``previous`` is what the host ran (plan and active entry), so its
+    components are stopped and its release kept. ``started`` receives the
+    deployment before its first step (whoever may have to restore it needs
+    it). Raises ``StepFailed`` (already recorded) or ``ConnectorError``;
+    the caller closes the deployment's connector.
+    """
+    name = host_plan.host
+    prev_plan, prev_entry = previous
+    connector = connector_for(get_host(ledger, name), ws)
+    deployment = HostDeployment(
+        plan=plan,
+        host=host_plan,
+        connector=connector,
+        supervisor=supervisor_for(plan, host_plan, connector),
+        bundle=bundle,
+        record=recorder.step(name),
+        previous_components=[c.name for c in prev_plan.components] if prev_plan else [],
+        keep_also=(str(prev_entry["release_dir"]),) if prev_entry else (),
+        touched=touched,
+    )
+    started(deployment)
+    deployment.run()
+    recorder(
+        lambda i: i.activate_host(
+            actor=recorder.actor,
+            op_id=recorder.op_id,
+            host=name,
+            release_id=plan.release_id,
+            label=plan.label,
+            components=[c.name for c in host_plan.components],
+        )
+    )
+    progress(f"{name}: {plan.label} active and healthy")
+

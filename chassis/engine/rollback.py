@@ -28,15 +28,14 @@ import msgspec
 
 from adapters.errors import ConnectorError
 from adapters.supervisors.base import SupervisorError
-from chassis.connect import connector_for
 from chassis.engine.deploy import DEFAULT_LEASE_TTL_S, DeployInterrupted, Progress
 from chassis.engine.executor import HostDeployment, StepFailed, crash_point, scrubbed
 from chassis.engine.operation import (
     OperationRecorder,
+    deploy_host,
     full_history,
     load_installation,
     previous_plan,
-    supervisor_for,
 )
 from chassis.engine.plan import HostPlan, Plan
 from chassis.engine.releases import require_bundle
@@ -48,7 +47,6 @@ from chassis.engine.retire import (
     unretire_host,
 )
 from chassis.errors import ChassisError
-from chassis.hosts import get_host
 from chassis.secrets import check_available
 from chassis.workspace import Workspace
 from ledger.application import Ledger
@@ -397,41 +395,27 @@ def _execute(
             result.hosts[name] = {"action": "retire", "ok": True, "detail": detail}
             progress(f"{name}: {detail}")
             return
-        connector = connector_for(get_host(ledger, name), ws)
-        try:
-            assert change.plan is not None and change.host_plan is not None
-            current_plan, current_entry = previous_plan(installation, change.current, name)
-            deployment = HostDeployment(
-                plan=change.plan,
-                host=change.host_plan,
-                connector=connector,
-                supervisor=supervisor_for(change.plan, change.host_plan, connector),
-                bundle=plan.bundles[change.plan.release_id],
-                record=recorder.step(name),
-                previous_components=[c.name for c in current_plan.components]
-                if current_plan
-                else [],
-                keep_also=(str(current_entry["release_dir"]),) if current_entry else (),
-                touched=name in evicted,
-            )
+        assert change.plan is not None and change.host_plan is not None
+
+        def started(deployment: HostDeployment) -> None:
             with lock:
                 touched[name] = (deployment, change)
-            progress(f"{name}: rolling back to {change.plan.label}")
-            deployment.run()
-            recorder(
-                lambda i: i.activate_host(
-                    actor=recorder.actor,
-                    op_id=recorder.op_id,
-                    host=name,
-                    release_id=change.plan.release_id if change.plan else "",
-                    label=change.plan.label if change.plan else "",
-                    components=[c.name for c in change.host_plan.components]
-                    if change.host_plan
-                    else [],
-                )
+
+        progress(f"{name}: rolling back to {change.plan.label}")
+        try:
+            deploy_host(
+                ledger,
+                ws,
+                change.plan,
+                change.host_plan,
+                plan.bundles[change.plan.release_id],
+                previous_plan(installation, change.current, name),
+                recorder,
+                touched=name in evicted,
+                started=started,
+                progress=progress,
             )
             result.hosts[name] = {"action": "deploy", "ok": True, "detail": "restored target"}
-            progress(f"{name}: {change.plan.label} active and healthy")
         except StepFailed as failed:
             with lock:
                 failures[name] = f"{failed.step}: {failed.detail}"
@@ -441,9 +425,6 @@ def _execute(
                 failures[name] = e.diagnostics()
             recorder.step(name)("connect", False, e.diagnostics(), {})
             progress(f"{name}: {e.diagnostics()}")
-        finally:
-            if name not in touched:
-                connector.close()
 
     retiring = [c for c in plan.changes if c.action == "retire"]
     retiring_plans = {
