@@ -28,16 +28,15 @@ from chassis.engine.executor import (
     HostDeployment,
     StepFailed,
     crash_point,
-    scrubbed,
 )
 from chassis.engine.operation import (
     OperationRecorder,
     deploy_host,
     previous_plan,
+    restore_deployments,
 )
 from chassis.engine.plan import HostPlan, Plan, build_plan
 from chassis.engine.releases import peek_release, require_bundle, resolve_release
-from chassis.engine.restore import restore_host
 from chassis.engine.retire import (
     evict_components,
     recorded_plan,
@@ -374,7 +373,8 @@ def _settle(
     ]
     if to_restore:
         progress(f"restoring {', '.join(sorted(to_restore))}")
-        _restore(to_restore, deployments, previous_plans, previous_hosts, recorder, progress)
+        restoring = {name: deployments[name] for name in to_restore}
+        restore_deployments(restoring, previous_plans, previous_hosts, recorder, progress)
     for host_plan in plan.hosts:
         name = host_plan.host
         failure = failures.get(name)
@@ -408,33 +408,3 @@ def _settle(
         )
     )
     result.status, result.description = status, description
-
-
-def _restore(
-    names: list[str],
-    deployments: dict[str, HostDeployment],
-    previous_plans: dict[str, tuple[HostPlan | None, dict[str, Any] | None]],
-    previous_hosts: dict[str, dict[str, Any]],
-    recorder: OperationRecorder,
-    progress: Progress,
-) -> None:
-    def one(name: str) -> None:
-        deployment = deployments[name]
-        prev_plan, prev_entry = previous_plans[name]
-        ok, detail, _ = restore_host(
-            deployment.connector, deployment.supervisor, deployment.host, prev_plan, prev_entry
-        )
-        recorder(
-            lambda i: i.restore_host(
-                actor=recorder.actor,
-                op_id=recorder.op_id,
-                host=name,
-                previous=previous_hosts.get(name),
-                ok=ok,
-                detail=scrubbed(detail),
-            )
-        )
-        progress(f"{name}: {scrubbed(detail)}")
-
-    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
-        list(pool.map(one, names))

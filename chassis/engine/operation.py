@@ -5,7 +5,8 @@ plan names, and the plan a host's active release was deployed with."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from adapters.supervisors.systemd import SystemdSupervisor
 from chassis.connect import connector_for
 from chassis.engine.executor import HostDeployment, scrubbed, scrubbed_data
 from chassis.engine.plan import HostPlan, Plan
+from chassis.engine.restore import restore_host
 from chassis.hosts import get_host
 from chassis.views import histories
 from chassis.workspace import Workspace
@@ -143,4 +145,52 @@ def deploy_host(
         )
     )
     progress(f"{name}: {plan.label} active and healthy")
+
+
+def restored(
+    recorder: OperationRecorder,
+    host: str,
+    previous: dict[str, Any] | None,
+    ok: bool,
+    detail: str,
+) -> Callable[[Installation], None]:
+    """The command recording ``host`` put back on ``previous`` (None: nothing)."""
+
+    def command(installation: Installation) -> None:
+        installation.restore_host(
+            actor=recorder.actor,
+            op_id=recorder.op_id,
+            host=host,
+            previous=previous,
+            ok=ok,
+            detail=scrubbed(detail),
+        )
+
+    return command
+
+
+def restore_deployments(
+    deployments: Mapping[str, HostDeployment],
+    previous_plans: Mapping[str, tuple[HostPlan | None, dict[str, Any] | None]],
+    previous_entries: Mapping[str, dict[str, Any] | None],
+    recorder: OperationRecorder,
+    progress: Callable[[str], None],
+) -> dict[str, tuple[bool, str]]:
+    """Put each host back on what it ran before the operation (its plan and
+    active entry, or nothing), in parallel, each restore recorded."""
+    outcomes: dict[str, tuple[bool, str]] = {}
+
+    def one(name: str) -> None:
+        deployment = deployments[name]
+        prev_plan, prev_entry = previous_plans[name]
+        ok, detail, _ = restore_host(
+            deployment.connector, deployment.supervisor, deployment.host, prev_plan, prev_entry
+        )
+        recorder(restored(recorder, name, previous_entries.get(name), ok, detail))
+        outcomes[name] = (ok, detail)
+        progress(f"{name}: {scrubbed(detail)}")
+
+    with ThreadPoolExecutor(max_workers=max(1, len(deployments))) as pool:
+        list(pool.map(one, sorted(deployments)))
+    return outcomes
 

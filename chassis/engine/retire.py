@@ -17,8 +17,7 @@ from typing import Any
 import msgspec
 
 from chassis.connect import connector_for
-from chassis.engine.executor import scrubbed
-from chassis.engine.operation import OperationRecorder, supervisor_for
+from chassis.engine.operation import OperationRecorder, restored, supervisor_for
 from chassis.engine.plan import Plan
 from chassis.engine.restore import restore_host
 from chassis.hosts import get_host
@@ -49,7 +48,7 @@ def retire_host(
                 supervisor.stop(component.name)
             root = host_plan.root.rstrip("/")
             connector.run(f"rm -f {shlex.quote(root + '/current')}", check=True, timeout=30)
-    recorder(_restored(recorder, host, None, True, RETIRED))
+    recorder(restored(recorder, host, None, True, RETIRED))
     return RETIRED
 
 
@@ -89,25 +88,5 @@ def unretire_host(
     with connector_for(get_host(ledger, host), ws) as connector:
         supervisor = supervisor_for(plan, host_plan, connector)
         ok, detail, _ = restore_host(connector, supervisor, host_plan, host_plan, release)
-    recorder(_restored(recorder, host, entry, ok, detail))
+    recorder(restored(recorder, host, entry, ok, detail))
     return ok, detail
-
-
-def _restored(
-    recorder: OperationRecorder,
-    host: str,
-    previous: dict[str, Any] | None,
-    ok: bool,
-    detail: str,
-) -> Callable[[Installation], None]:
-    def command(installation: Installation) -> None:
-        installation.restore_host(
-            actor=recorder.actor,
-            op_id=recorder.op_id,
-            host=host,
-            previous=previous,
-            ok=ok,
-            detail=scrubbed(detail),
-        )
-
-    return command

@@ -29,17 +29,17 @@ import msgspec
 from adapters.errors import ConnectorError
 from adapters.supervisors.base import SupervisorError
 from chassis.engine.deploy import DEFAULT_LEASE_TTL_S, DeployInterrupted, Progress
-from chassis.engine.executor import HostDeployment, StepFailed, crash_point, scrubbed
+from chassis.engine.executor import HostDeployment, StepFailed, crash_point
 from chassis.engine.operation import (
     OperationRecorder,
     deploy_host,
     full_history,
     load_installation,
     previous_plan,
+    restore_deployments,
 )
 from chassis.engine.plan import HostPlan, Plan
 from chassis.engine.releases import require_bundle
-from chassis.engine.restore import restore_host
 from chassis.engine.retire import (
     evict_components,
     recorded_plan,
@@ -516,28 +516,14 @@ def _undo(
     result: RollbackResult,
 ) -> None:
     """Put every host the rollback touched back on its pre-rollback release."""
-
-    def one(name: str) -> None:
-        deployment, change = touched[name]
-        if not deployment.touched:
-            return
-        prev_plan, prev_entry = previous_plan(installation, change.current, name)
-        ok, detail, _ = restore_host(
-            deployment.connector, deployment.supervisor, deployment.host, prev_plan, prev_entry
-        )
-        recorder(
-            lambda i: i.restore_host(
-                actor=recorder.actor,
-                op_id=recorder.op_id,
-                host=name,
-                previous=change.current,
-                ok=ok,
-                detail=scrubbed(detail),
-            )
-        )
+    changed = {name: d for name, (d, _) in touched.items() if d.touched}
+    outcomes = restore_deployments(
+        changed,
+        {n: previous_plan(installation, touched[n][1].current, n) for n in changed},
+        {n: touched[n][1].current for n in changed},
+        recorder,
+        progress,
+    )
+    for name, (ok, detail) in outcomes.items():
         result.hosts[name] = {**result.hosts.get(name, {}), "restored": ok, "restore": detail}
-        progress(f"{name}: {detail}")
-
-    with ThreadPoolExecutor(max_workers=max(1, len(touched))) as pool:
-        list(pool.map(one, sorted(touched)))
 
