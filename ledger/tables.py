@@ -12,6 +12,7 @@ PostgreSQL, written ``{blob}``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -84,6 +85,18 @@ class SideTables:
                     c.execute(statement)
 
         if self.kind == "postgresql":
+            # Checked on the pooled connection first: the DDL lock (a new
+            # connection) is only needed the first time, not on every command.
+            names = re.findall(r"CREATE TABLE IF NOT EXISTS \{(\w+)\}", " ".join(statements))
+            if names and all(self._exists(name) for name in names):
+                return
             self.config.with_ddl_lock(run)
         else:
             run()
+
+    def _exists(self, name: str) -> bool:
+        with self.datastore.transaction(commit=False) as cursor:
+            qualified = f'"{self.schema}"."{name}"'
+            cursor.execute("SELECT to_regclass(%s) IS NOT NULL AS found", (qualified,))
+            row = cursor.fetchone()
+        return bool(row and _values(row)[0])
