@@ -20,14 +20,12 @@ from pathlib import Path
 
 from adapters.connectors.local import LocalConnector
 from adapters.supervisors.direct import DirectSupervisor
-from chassis.aftermath import log_position
-from chassis.checkpoints import checkpoint_now
+from chassis.aftermath import settle
 from chassis.engine.deploy import DeployOptions, deploy
 from chassis.engine.releases import add_release
 from chassis.engine.rollback import rollback
 from chassis.hosts import environment_hosts, resolve_root
 from chassis.keyring import load_acting_key, local_key_path
-from chassis.receipts import issue_pending
 from chassis.rollback_proof import keys_from_trust, rollback_proof, verify_rollback_envelope
 from chassis.sample_app import build_sample_release
 from chassis.stack.spec import load_stack
@@ -144,11 +142,17 @@ def _settle(ledger: Ledger, ws: Workspace, say: Say) -> None:
     """What every writing command does after it: sign a checkpoint of the
     Merkle log, then issue the receipts of the operations just completed."""
     assert ledger.signer is not None
-    checkpointed = checkpoint_now(ledger, ws, ledger.signer).checkpoint
-    issued = issue_pending(ledger, ws, ledger.signer, lambda _: None, position=log_position)
+
+    def warnings(message: str) -> None:  # what was signed and issued is said below
+        if message.startswith("chassis:"):
+            say(f"   {message}")
+
+    settled = settle(ledger, ws, ledger.signer, warnings)
+    assert settled.checkpoint is not None, "the demo key holds every role"
     say(
-        f"   checkpoint: tree size {checkpointed.size}, root {checkpointed.root.hex()[:16]}...; "
-        f"receipts: {', '.join(r.operation for r in issued) or 'none'}"
+        f"   checkpoint: tree size {settled.checkpoint.size}, root "
+        f"{settled.checkpoint.root.hex()[:16]}...; "
+        f"receipts: {', '.join(r.operation for r in settled.receipts) or 'none'}"
     )
 
 
