@@ -121,8 +121,8 @@ def timed_ms(action: Any) -> float:
 
 def fold_without_snapshots(ledger: Ledger, installation: Installation, version: int) -> None:
     state: Any = None
-    for event in ledger.events.get(installation.id, lte=version):
-        state = event.mutate(state)  # type: ignore[attr-defined]
+    for _, event in ledger.verified_events(installation.id, lte=version):
+        state = event.mutate(state)
     assert state is not None and state.version == version
 
 

@@ -317,8 +317,7 @@ def _build(
 
 
 def _events(ledger: Ledger, aggregate_id: UUID, first: int, last: int) -> Iterator[LedgerEvent]:
-    for event in ledger.events.get(aggregate_id, gt=first - 1, lte=last):
-        assert isinstance(event, LedgerEvent)
+    for _, event in ledger.verified_events(aggregate_id, gt=first - 1, lte=last):
         yield event
 
 

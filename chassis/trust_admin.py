@@ -20,7 +20,7 @@ from ledger.application import Ledger
 from ledger.errors import NotAuthorisedError
 from ledger.keys import KeyPair, check_key_name, generate_keypair, keyid_for, load_public_key
 from ledger.storage import StorageConfig, open_ledger
-from ledger.trust import Role, Trust, TrustedKey, parse_roles
+from ledger.trust import Role, Trust, TrustedKey, TrustState, parse_roles
 
 WORKSPACE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -114,7 +114,7 @@ def init_workspace(
     )
 
 
-def _join_existing(trust: Trust, keys: Path, key_name: str | None) -> KeyPair:
+def _join_existing(trust: TrustState, keys: Path, key_name: str | None) -> KeyPair:
     if key_name is None:
         raise NotAuthorisedError(
             f"this ledger already has a root of trust (key {trust.root_keyid[:16]}); "
@@ -150,7 +150,7 @@ def _write_workspace_files(
 # Key administration.
 
 
-def require_trust(ledger: Ledger) -> Trust:
+def require_trust(ledger: Ledger) -> TrustState:
     trust = ledger.trust()
     if trust is None:
         raise WorkspaceError("the ledger has no root of trust (run 'chassis init')")

@@ -50,8 +50,10 @@ class LedgerAggregate:
             raise TypeError(f"aggregate kind {cls.KIND!r} is already used")
         _kinds[cls.KIND] = cls
         for value in vars(cls).values():
-            if isinstance(value, type) and issubclass(value, LedgerEvent) and value.CREATES:
-                value.AGGREGATE = cls
+            if isinstance(value, type) and issubclass(value, LedgerEvent):
+                value.OWNER_KIND = cls.KIND
+                if value.CREATES:
+                    value.AGGREGATE = cls
 
     @classmethod
     def id_for(cls, name: str) -> UUID:

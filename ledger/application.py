@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.persistence import (
     EventStore,
     IntegrityError,
@@ -22,11 +22,19 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import Environment, EnvType
 
-from ledger.aggregate import LedgerAggregate, LedgerSnapshot, _kinds
-from ledger.errors import ConflictError, NotAuthorisedError, NotFoundError, StorageError
+from ledger.aggregate import LedgerAggregate, LedgerSnapshot
+from ledger.canonical import GENESIS
+from ledger.errors import (
+    ChainBreakError,
+    ConflictError,
+    NotAuthorisedError,
+    NotFoundError,
+    StorageError,
+)
 from ledger.events import LedgerEvent
 from ledger.mapper import SealingMapper, SnapshotMapper
-from ledger.trust import Trust
+from ledger.snapshots import SnapshotBinding, bind_snapshots, restore_bound
+from ledger.trust import TRUST_TOPIC_PREFIX, Trust, TrustState
 
 if TYPE_CHECKING:
     from ledger.keys import KeyPair
@@ -35,6 +43,7 @@ if TYPE_CHECKING:
 A = TypeVar("A", bound=LedgerAggregate)
 
 PAGE_SIZE = 2000
+INT_MAX = 2**63 - 1
 
 RawRow = tuple[int, "UUID | str", int, str, bytes]
 
@@ -50,10 +59,7 @@ class Ledger(Application[UUID]):
     ) -> None:
         self.config = config
         self.signer = signer
-        self._trust: Trust | None = None
-        type(self).snapshotting_intervals = {
-            kind: kind.SNAPSHOT_EVERY for kind in _kinds.values() if kind.SNAPSHOT_EVERY
-        }
+        self._trust: TrustState | None = None
         env = dict(
             config.eventsourcing_env(),
             IS_SNAPSHOTTING_ENABLED="y",
@@ -70,7 +76,7 @@ class Ledger(Application[UUID]):
         return Environment(name, dict(env or {}))
 
     def construct_mapper(self) -> Mapper[UUID]:
-        return SealingMapper(self.signer)
+        return SealingMapper(self.signer, self._trust_for_reads)
 
     def construct_snapshot_store(self) -> EventStore[UUID]:
         recorder = self.factory.aggregate_recorder(purpose="snapshots")
@@ -78,37 +84,26 @@ class Ledger(Application[UUID]):
 
     # eventsourcing's save() checks each object against runtime Protocols
     # (slow isinstance calls) and maps events one at a time; ours collects
-    # from our own aggregates and seals the whole batch at once.
+    # from our own aggregates and seals the whole batch at once. Snapshots
+    # are taken only where the batch ends with a signed binding event.
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         processing: ProcessingEvent[UUID] = ProcessingEvent()
+        bound: list[LedgerAggregate] = []
         for obj in objs:
             if isinstance(obj, LedgerAggregate):
-                processing.events.extend(obj.collect_events())
+                events = obj.collect_events()
+                processing.events.extend(events)
                 processing.aggregates[obj.id] = obj
+                if events and isinstance(events[-1], SnapshotBinding):
+                    bound.append(obj)
             elif obj is not None:
                 processing.collect_events(obj)
         recordings = self._record(processing)
-        self._take_snapshots(processing)
-        self._take_event_snapshots(processing)
+        assert self.snapshots is not None
+        for aggregate in bound:
+            self.snapshots.put([LedgerSnapshot.take(aggregate)])
         self._notify(recordings)
         return recordings
-
-    def _take_event_snapshots(self, processing: ProcessingEvent[UUID]) -> None:
-        """Snapshots an aggregate asks for (release snapshots), beyond intervals."""
-        assert self.snapshots is not None
-        for event in processing.events:
-            aggregate = processing.aggregates.get(event.originator_id)
-            if not isinstance(aggregate, LedgerAggregate) or not isinstance(event, LedgerEvent):
-                continue
-            if not aggregate.wants_snapshot(event):
-                continue
-            interval = aggregate.SNAPSHOT_EVERY
-            if interval and event.originator_version % interval == 0:
-                continue  # the interval snapshot already covers this version
-            if aggregate.version == event.originator_version:
-                self.snapshots.put([LedgerSnapshot.take(aggregate)])
-            else:
-                self.take_snapshot(event.originator_id, version=event.originator_version)
 
     def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
         events = processing_event.events
@@ -140,18 +135,90 @@ class Ledger(Application[UUID]):
     # Reading.
 
     def load(self, kind: type[A], aggregate_id: UUID, *, version: int | None = None) -> A:
-        """The aggregate, optionally as of ``version``. Raises ``NotFoundError``."""
-        try:
-            aggregate: object = self.repository.get(aggregate_id, version=version)
-        except AggregateNotFoundError:
-            raise NotFoundError(f"no {kind.KIND} {aggregate_id} in the ledger") from None
-        except PersistenceError as e:
-            raise StorageError(f"{self.config.describe()}: {e}") from None
+        """The aggregate, optionally as of ``version``, from verified records.
+
+        Every record read is checked by the mapper (canonical form, digest,
+        signature by a key trusted at its position) and linked by ``mutate``;
+        a snapshot is used only when a signed binding event vouches for it,
+        and trust is always folded from its events. Raises ``NotFoundError``,
+        ``RecordRejected`` or ``ChainBreakError`` (exit 8) on a bad record.
+        """
+        if kind is Trust or aggregate_id == Trust.ID:
+            aggregate: Any = self._load_trust(version)
+        else:
+            aggregate = self._load_from_snapshot(aggregate_id, version)
+        if aggregate is None:
+            raise NotFoundError(f"no {kind.KIND} {aggregate_id} in the ledger")
         if not isinstance(aggregate, kind):
             raise NotFoundError(
                 f"{aggregate_id} is a {type(aggregate).__name__}, not {kind.__name__}"
             )
+        if version is not None and aggregate.version != version:
+            raise NotFoundError(f"{kind.KIND} {aggregate_id} has no version {version}")
         return aggregate
+
+    def _load_from_snapshot(self, aggregate_id: UUID, version: int | None) -> Any:
+        assert self.snapshots is not None
+        # A release snapshot sits one version after the event it follows (its
+        # binding event), so look one further: restore_bound steps back.
+        limit = None if version is None else version + 1
+        try:
+            found = list(self.snapshots.get(aggregate_id, desc=True, limit=1, lte=limit))
+        except PersistenceError as e:
+            raise StorageError(f"{self.config.describe()}: {e}") from None
+        except (ValueError, TypeError):  # an undecodable snapshot row: replay
+            found = []
+        if found and isinstance(found[0], LedgerSnapshot):
+            snapshot = found[0]
+            at = snapshot.originator_version
+            rows = self._rows(aggregate_id, gt=at - 2, lte=at)
+            restored = restore_bound(snapshot, [self._verified(row) for row in rows], version)
+            if restored is not None:
+                start = restored.version
+                return self._fold(restored, self._rows(aggregate_id, gt=start, lte=version))
+        return self._fold(None, self._rows(aggregate_id, gt=0, lte=version))
+
+    def _load_trust(self, version: int | None) -> Trust | None:
+        """The write-side trust aggregate, never from a snapshot: each record
+        judged by the trust fold as it stood before that record."""
+        self._trust_for_reads(refresh=True)  # fails closed on any misplaced trust record
+        fold = TrustState()
+        aggregate: Any = None
+        for row in self._rows(Trust.ID, gt=0, lte=version):
+            event = self._sealing_mapper.verified_event(row, trust=fold)
+            aggregate = event.mutate(aggregate)
+            fold.apply(event, row[0])
+        return aggregate  # type: ignore[no-any-return]
+
+    def _fold(self, state: Any, rows: list[RawRow]) -> Any:
+        for row in rows:
+            state = self._verified(row).mutate(state)
+        return state
+
+    def _verified(self, row: RawRow) -> LedgerEvent:
+        return self._sealing_mapper.verified_event(row)
+
+    def verified_events(
+        self, aggregate_id: UUID, *, gt: int | None = None, lte: int | None = None
+    ) -> list[tuple[int, LedgerEvent]]:
+        """(position, event) of one aggregate's records, each verified by the
+        mapper; links are checked here too, so a gap or a fork is an error."""
+        rows = self._rows(aggregate_id, gt=gt or 0, lte=lte)
+        result: list[tuple[int, LedgerEvent]] = []
+        previous: LedgerEvent | None = None
+        for row in rows:
+            event = self._verified(row)
+            if previous is not None and (
+                event.originator_version != previous.originator_version + 1
+                or event.prev != previous.digest().hex()
+            ):
+                raise ChainBreakError(
+                    f"{aggregate_id} version {event.originator_version} does not link to "
+                    f"version {previous.originator_version}"
+                )
+            result.append((row[0], event))
+            previous = event
+        return result
 
     def find(self, kind: type[A], aggregate_id: UUID) -> A | None:
         try:
@@ -159,11 +226,85 @@ class Ledger(Application[UUID]):
         except NotFoundError:
             return None
 
-    def trust(self) -> Trust | None:
-        """Current trust state, cached for this session (refreshed after trust events)."""
-        if self._trust is None:
-            self._trust = self.find(Trust, Trust.ID)
-        return self._trust
+    def trust(self) -> TrustState | None:
+        """The verified trust fold (None before ``chassis init``), cached for
+        this session and refreshed after trust events are appended."""
+        state = self._trust_for_reads(refresh=False)
+        return state if state.established else None
+
+    def verified_trust(self) -> TrustState:
+        """The trust fold over every trust record, re-read and verified now."""
+        return self._trust_for_reads(refresh=True)
+
+    def _trust_for_reads(self, *, refresh: bool) -> TrustState:
+        """Fold every trust record in global order, each verified against the
+        fold so far. Records are found by topic *and* by the trust aggregate's
+        id, so a trust record moved to another id (or re-spelt) is read and
+        rejected instead of silently hidden."""
+        if self._trust is not None and not refresh:
+            return self._trust
+        state = TrustState()
+        mapper = self._sealing_mapper
+        head: LedgerEvent | None = None
+        for row in self._trust_rows():
+            event = mapper.verified_event(row, trust=state)
+            if event.originator_id == Trust.ID:
+                expected = (1, GENESIS) if head is None else (
+                    head.originator_version + 1, head.digest().hex()
+                )
+                if (event.originator_version, event.prev) != expected:
+                    raise ChainBreakError(
+                        f"trust version {event.originator_version} does not link to its predecessor"
+                    )
+                head = event
+            state.apply(event, row[0])
+        self._trust = state
+        return state
+
+    # Rows, read through the recorder's own datastore and table, with their
+    # global positions and ids exactly as stored.
+
+    def _rows(self, aggregate_id: UUID, *, gt: int, lte: int | None) -> list[RawRow]:
+        where = "originator_id = ? AND originator_version > ? AND originator_version <= ?"
+        key: Any = aggregate_id.hex if self.config.kind == "sqlite" else aggregate_id
+        return self._select(
+            f"{where} ORDER BY originator_version", (key, gt, INT_MAX if lte is None else lte)
+        )
+
+    def _trust_rows(self) -> list[RawRow]:
+        key: Any = Trust.ID.hex if self.config.kind == "sqlite" else Trust.ID
+        return self._select(
+            "originator_id = ? OR (topic >= ? AND topic < ?) ORDER BY {position}",
+            (key, TRUST_TOPIC_PREFIX, TRUST_TOPIC_PREFIX[:-1] + "/"),
+        )
+
+    def _select(self, where: str, params: tuple[Any, ...]) -> list[RawRow]:
+        recorder: Any = self.recorder
+        table = recorder.events_table_name
+        try:
+            if self.config.kind == "sqlite":
+                # The table name is the recorder's own, the values are bound.
+                sql = (
+                    f"SELECT rowid, originator_id, originator_version, topic, state FROM {table} "  # noqa: S608
+                    "WHERE " + where.replace("{position}", "rowid")
+                )
+                with recorder.datastore.transaction(commit=False) as cursor:
+                    cursor.execute(sql, params)
+                    return [tuple(r) for r in cursor.fetchall()]
+            sql = (
+                "SELECT notification_id, originator_id, originator_version, topic, state "  # noqa: S608
+                f'FROM "{self.config.schema}"."{table}" WHERE '
+                + where.replace("{position}", "notification_id").replace("?", "%s")
+            )
+            with recorder.datastore.transaction(commit=False) as cursor:
+                cursor.execute(sql, params)
+                return [
+                    (r["notification_id"], r["originator_id"], r["originator_version"],
+                     r["topic"], bytes(r["state"]))
+                    for r in cursor.fetchall()
+                ]
+        except PersistenceError as e:
+            raise StorageError(f"{self.config.describe()}: {e}") from None
 
     def records(self, *, since: int = 1, limit: int | None = None) -> Iterator[Notification]:
         """Stored records in global order, from sequence number ``since``."""
@@ -192,7 +333,11 @@ class Ledger(Application[UUID]):
             for row in self.records(since=since):
                 yield (row.id, row.originator_id, row.originator_version, row.topic, row.state)
             return
-        uri = f"file:{self.config.path}?mode=ro"
+        assert self.config.path is not None
+        # The same file the application opened: as_uri() percent-encodes the
+        # path, so a '%' or '?' in it cannot make this read another file.
+        uri = f"{self.config.path.absolute().as_uri()}?mode=ro"
+        table = self.recorder.events_table_name  # type: ignore[attr-defined]
         try:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
@@ -200,8 +345,8 @@ class Ledger(Application[UUID]):
         try:
             conn.execute("BEGIN")  # one consistent snapshot for the whole scan
             cursor = conn.execute(
-                "SELECT rowid, originator_id, originator_version, topic, state "
-                "FROM stored_events WHERE rowid >= ? ORDER BY rowid",
+                "SELECT rowid, originator_id, originator_version, topic, state "  # noqa: S608
+                f"FROM {table} WHERE rowid >= ? ORDER BY rowid",
                 (since,),
             )
             while batch := cursor.fetchmany(PAGE_SIZE):
@@ -237,6 +382,8 @@ class Ledger(Application[UUID]):
         Raises ``NotAuthorisedError`` (nothing written), ``ConflictError`` when
         another writer got there first (nothing written), ``StorageError``.
         """
+        if self.signer is not None:
+            bind_snapshots(aggregates, self.signer.keyid)
         pending = [e for a in aggregates for e in a.pending_events]
         self.authorise(pending)
         try:

@@ -44,6 +44,8 @@ class LedgerEvent(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     """True for the event that starts an aggregate (version 1)."""
     AGGREGATE: ClassVar[type[Any] | None] = None
     """Set by :class:`LedgerAggregate` on its nested created event."""
+    OWNER_KIND: ClassVar[str] = ""
+    """The ``KIND`` of the aggregate this event is nested in: it applies to no other."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -115,6 +117,8 @@ class LedgerEvent(msgspec.Struct, frozen=True, kw_only=True, dict=True):
         else:
             if aggregate is None:
                 raise ChainBreakError(f"{self.TOPIC} needs an existing aggregate")
+            if self.OWNER_KIND != aggregate.KIND:
+                raise ChainBreakError(f"{self.TOPIC} cannot apply to a {aggregate.KIND}")
             if self.originator_id != aggregate.id:
                 raise ChainBreakError(
                     f"{self.TOPIC}: event of {self.originator_id} applied to {aggregate.id}"

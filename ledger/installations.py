@@ -16,6 +16,7 @@ from ledger.aggregate import LedgerAggregate
 from ledger.canonical import canonical_json, format_timestamp, parse_timestamp
 from ledger.errors import DomainRuleError
 from ledger.events import LedgerEvent
+from ledger.snapshots import SnapshotBinding
 
 OPERATIONS = ("deploy", "rollback", "recover", "repair")
 STATE_TAG = b"chassis.installation.state.v1\x00"
@@ -279,6 +280,12 @@ class Installation(LedgerAggregate):
                 "started": format_timestamp(self.timestamp),
                 "ttl_s": self.lease_ttl_s,
             }
+
+    class SnapshotBound(SnapshotBinding, frozen=True, kw_only=True):
+        """Vouches for the snapshot taken at this version (ledger/snapshots.py)."""
+
+        TOPIC: ClassVar[str] = "chassis.installation.snapshot-bound.v1"
+        ROLE: ClassVar[str] = "operator"
 
     def wants_snapshot(self, event: LedgerEvent) -> bool:
         """A release snapshot whenever a release becomes active."""

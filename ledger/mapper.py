@@ -1,13 +1,19 @@
-"""Sealing: the one place an event becomes stored bytes.
+"""The one place events become stored bytes, and stored bytes become events.
 
 ``SealingMapper.to_stored_event`` digests the event's canonical body and
 signs the digest with the ledger's signer. eventsourcing routes every event
 of the application through its mapper, so no code path can store an unsigned
 or unchained event (chaining itself is enforced by ``LedgerEvent.mutate``).
+
+On the way back, :meth:`SealingMapper.verified_event` is the only way a row
+becomes an event: the record rules of ``ledger.checks``, then the signer
+judged by the trust fold *at the row's global position*, then the Ed25519
+signature. A row without a position cannot be judged, so it is refused.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,20 +21,28 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
+import nacl.exceptions
+import nacl.signing
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import (
     Mapper,
     MapperDeserialisationError,
+    Notification,
     StoredEvent,
     Transcoder,
 )
 
 from ledger.aggregate import LedgerSnapshot
-from ledger.canonical import parse_timestamp
+from ledger.checks import RecordRejected, VerifyReason, decode_event
 from ledger.errors import SigningError
-from ledger.events import LedgerEvent, event_type_for_topic
+from ledger.events import LedgerEvent
 from ledger.keys import KeyPair
-from ledger.records import MalformedRecordError, parse_record, sealed_state
+from ledger.records import MalformedRecordError, dashed_uuid, parse_record, sealed_state
+from ledger.trust import TrustState
+
+Row = tuple[int, Any, int, str, bytes]
+"""(position, originator_id as stored, version, topic, state)."""
+TrustSource = Callable[..., TrustState]
 
 SNAPSHOT_TOPIC = "chassis.snapshot.v1"
 
@@ -99,13 +113,17 @@ def _sign_many(signer: KeyPair) -> Callable[[list[bytes]], list[bytes]]:
 
 
 class SealingMapper(Mapper[UUID]):
-    """Every event of the ledger passes here on its way to storage."""
+    """Every event of the ledger passes here on its way to storage and back."""
 
-    def __init__(self, signer: KeyPair | None) -> None:
+    def __init__(self, signer: KeyPair | None, trust: TrustSource | None = None) -> None:
         super().__init__(transcoder=MsgspecTranscoder())
         self.signer = signer
+        self._trust = trust
         self._pool: ThreadPoolExecutor | None = None
         self._workers = os.cpu_count() or 1
+        self._verify_keys: dict[bytes, nacl.signing.VerifyKey] = {}
+        self._good: set[bytes] = set()
+        """(public key ‖ digest ‖ signature) already verified, or made, here."""
 
     def _signer(self) -> KeyPair:
         if self.signer is None:
@@ -123,39 +141,80 @@ class SealingMapper(Mapper[UUID]):
             ledger_events.append(event)
         if self._pool is None and self._workers > 1 and len(ledger_events) >= PARALLEL_SIGNING_MIN:
             self._pool = ThreadPoolExecutor(self._workers - 1, thread_name_prefix="sign")
-        return seal_all(ledger_events, self._signer(), self._pool, self._workers)
+        signer = self._signer()
+        stored = seal_all(ledger_events, signer, self._pool, self._workers)
+        for record in stored:  # our own signatures need no checking when read back
+            state = record.state
+            digest = bytes.fromhex(state[11:75].decode())
+            self._good.add(signer.public_key + digest + base64.b64decode(state[-90:-2]))
+        return stored
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
 
-    def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
-        event_class = event_type_for_topic(stored_event.topic)
-        if event_class is None:
-            raise MapperDeserialisationError(f"unknown event topic {stored_event.topic!r}")
+    def verified_event(self, row: Row, trust: TrustState | None = None) -> LedgerEvent:
+        """The event in ``row`` after every check; raises ``RecordRejected``
+        naming the row. ``trust`` defaults to the ledger's verified fold."""
+        seq, originator_id, version, topic, state = row
         try:
-            record = parse_record(
-                0,
+            try:
+                record = parse_record(seq, originator_id, version, topic, state)
+            except MalformedRecordError as e:
+                raise RecordRejected(VerifyReason.MALFORMED_RECORD, str(e)) from None
+            event = decode_event(record)
+            public = self._signer_key(event, seq, trust)
+            self._check_signature(public, record.digest, record.signature)
+        except RecordRejected as e:
+            where = f"seq {seq} ({topic} of {dashed_uuid(originator_id)} v{version})"
+            raise RecordRejected(e.reason, f"{where}: {e.detail}") from None
+        return event
+
+    def _signer_key(self, event: LedgerEvent, seq: int, trust: TrustState | None) -> bytes:
+        if trust is not None:
+            return trust.signer(event, seq)
+        if self._trust is None:
+            raise RecordRejected(VerifyReason.UNKNOWN_KEY, "no trust to judge the signer by")
+        try:
+            return self._trust(refresh=False).signer(event, seq)
+        except RecordRejected as e:
+            if e.reason not in (VerifyReason.UNKNOWN_KEY, VerifyReason.NO_GENESIS):
+                raise
+            # Another process may have trusted the key since trust was read.
+            return self._trust(refresh=True).signer(event, seq)
+
+    def _check_signature(self, public: bytes, digest: bytes, signature: bytes) -> None:
+        token = public + digest + signature
+        if token in self._good:
+            return
+        key = self._verify_keys.get(public)
+        if key is None:
+            key = self._verify_keys[public] = nacl.signing.VerifyKey(public)
+        try:
+            key.verify(digest, signature)
+        except nacl.exceptions.BadSignatureError:
+            raise RecordRejected(
+                VerifyReason.BAD_SIGNATURE, "the signature does not verify with the signing key"
+            ) from None
+        self._good.add(token)
+
+    def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
+        if not isinstance(stored_event, Notification):
+            # Without its global position a record's signer cannot be judged.
+            raise MapperDeserialisationError(
+                f"record {stored_event.originator_id} version {stored_event.originator_version} "
+                "was read without its position; read it through Ledger.load or verified_events"
+            )
+        return self.verified_event(
+            (
+                stored_event.id,
                 stored_event.originator_id,
                 stored_event.originator_version,
                 stored_event.topic,
                 stored_event.state,
             )
-            fields = record.payload()
-            fields.update(
-                originator_id=stored_event.originator_id,
-                originator_version=stored_event.originator_version,
-                timestamp=parse_timestamp(record.body.timestamp),
-                prev=record.body.prev,
-                keyid=record.body.keyid,
-            )
-            return msgspec.convert(fields, event_class)
-        except (MalformedRecordError, msgspec.ValidationError, ValueError) as e:
-            raise MapperDeserialisationError(
-                f"record {stored_event.originator_id} version "
-                f"{stored_event.originator_version}: {e}"
-            ) from e
+        )
 
 
 class SnapshotMapper(Mapper[UUID]):

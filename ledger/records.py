@@ -82,12 +82,17 @@ def sealed_state(digest: bytes, body: bytes, signature: bytes) -> bytes:
 
 
 def dashed_uuid(value: UUID | str) -> str:
-    """``8-4-4-4-12`` form of a UUID given as a UUID or as 32 hex digits (SQLite)."""
+    """The aggregate id column exactly as stored, in the signed body's form.
+
+    SQLite stores 32 lower-case hex digits and PostgreSQL a ``uuid``. Any
+    other spelling (upper case, say) is kept as it is, so it differs from the
+    signed ``id`` and is rejected, instead of being read as the aggregate by
+    one reader while the application's exact-match queries never see it."""
     if isinstance(value, UUID):
         return str(value)
     if len(value) == 32:
-        return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}".lower()
-    return value.lower()
+        return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
+    return value
 
 
 def parse_record(

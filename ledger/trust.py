@@ -17,8 +17,9 @@ import msgspec
 
 from ledger.aggregate import LedgerAggregate
 from ledger.canonical import format_timestamp
+from ledger.checks import RecordRejected, VerifyReason
 from ledger.errors import DomainRuleError, NotAuthorisedError, UnknownKeyError
-from ledger.events import LedgerEvent
+from ledger.events import ROLES, LedgerEvent
 from ledger.keys import keyid_for
 
 
@@ -49,19 +50,208 @@ class TrustedKey(msgspec.Struct, kw_only=True):
     trusted_at: str
     revoked_at: str | None = None
     revoked_reason: str | None = None
+    trusted_pos: int = 0
+    """Position of the event that trusted the key (global order, or the trust
+    aggregate's version inside the write-side aggregate)."""
+    revoked_pos: int | None = None
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
 
+    def valid_at(self, position: int) -> bool:
+        """Whether an event at ``position`` may be signed by this key: after the
+        event that trusted it, up to and including the one that revoked it."""
+        return self.trusted_pos < position and (
+            self.revoked_pos is None or position <= self.revoked_pos
+        )
 
-class Trust(LedgerAggregate):
-    """The set of keys a ledger accepts, as of its latest version."""
+
+def _violation(reason: VerifyReason, detail: str) -> RecordRejected:
+    return RecordRejected(reason, detail)
+
+
+def _checked_roles(roles: list[str]) -> list[str]:
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        raise _violation(VerifyReason.UNKNOWN_ROLE, f"unknown role {unknown[0]!r}")
+    if not roles or roles != sorted(set(roles)):
+        raise _violation(
+            VerifyReason.BAD_TRUST_PAYLOAD, "roles must be a non-empty sorted list without repeats"
+        )
+    return roles
+
+
+def _checked_public(public_key: str, keyid: str, what: str) -> bytes:
+    try:
+        public = bytes.fromhex(public_key)
+        matches = public_key == public.hex() and keyid_for(public) == keyid
+    except ValueError:
+        matches = False
+    if not matches:
+        raise _violation(
+            VerifyReason.BAD_TRUST_PAYLOAD, f"{what} is not the key id of its public key"
+        )
+    return public
+
+
+class TrustState:
+    """The one fold of trust: which key may sign what, at which position.
+
+    Every reader of trust (the application's authorisation and verified
+    reads, ``chassis ledger verify``, checkpoints, proofs, ``key list``) gets
+    its keys from this fold over the trust aggregate's events, applied in
+    order with :meth:`apply` after :meth:`signer` accepted each one. A
+    violated rule raises ``RecordRejected`` naming the reason
+    (``guides/ledger-format.md`` §7).
+    """
+
+    def __init__(self) -> None:
+        self.keys: dict[str, TrustedKey] = {}
+        self.root_keyid = ""
+        self.ledger_name = ""
+
+    @property
+    def established(self) -> bool:
+        return bool(self.root_keyid)
+
+    def signer(self, event: LedgerEvent, position: int) -> bytes:
+        """The public key ``event`` at ``position`` must be signed with.
+
+        Raises ``RecordRejected`` when no trusted key may sign it there."""
+        if isinstance(event, Trust.Established):
+            if self.established:
+                raise _violation(VerifyReason.SECOND_GENESIS, "a second root of trust")
+            return _checked_public(event.public_key, event.keyid, "the root key id")
+        if not self.established:
+            raise _violation(VerifyReason.NO_GENESIS, "an event before the root of trust")
+        keyid = event.keyid
+        key = self.keys.get(keyid)
+        if key is None or key.trusted_pos >= position:
+            raise _violation(
+                VerifyReason.UNKNOWN_KEY, f"key {keyid[:16]} was not trusted before this event"
+            )
+        if key.revoked_pos is not None and position > key.revoked_pos:
+            raise _violation(
+                VerifyReason.REVOKED_KEY, f"key {keyid[:16]} was revoked before this event"
+            )
+        if event.ROLE not in key.roles:
+            raise _violation(
+                VerifyReason.ROLE_NOT_ALLOWED,
+                f"key {keyid[:16]} holds {', '.join(key.roles)}, not {event.ROLE}",
+            )
+        return bytes.fromhex(key.public_key)
+
+    def apply(self, event: LedgerEvent, position: int) -> None:
+        """Fold one event accepted by :meth:`signer`; events of other
+        aggregates change nothing."""
+        if not event.TOPIC.startswith(TRUST_TOPIC_PREFIX):
+            if event.originator_id == Trust.ID:
+                raise _violation(
+                    VerifyReason.WRONG_AGGREGATE, f"{event.TOPIC} in the trust aggregate"
+                )
+            return
+        if event.originator_id != Trust.ID:
+            raise _violation(
+                VerifyReason.WRONG_AGGREGATE, "a trust record outside the trust aggregate"
+            )
+        at = format_timestamp(event.timestamp)
+        if isinstance(event, Trust.Established):
+            if "admin" not in _checked_roles(event.roles):
+                raise _violation(VerifyReason.BAD_TRUST_PAYLOAD, "the root key must hold admin")
+            self.root_keyid = event.keyid
+            self.ledger_name = event.ledger_name
+            self._add(event.keyid, event.name, event.public_key, event.roles, at, position)
+        elif isinstance(event, Trust.KeyTrusted):
+            _checked_public(event.public_key, event.trusted_keyid, "trusted_keyid")
+            roles = _checked_roles(event.roles)
+            existing = self.keys.get(event.trusted_keyid)
+            if existing is not None:
+                state = "revoked" if not existing.active else "trusted"
+                raise _violation(
+                    VerifyReason.KEY_RETRUSTED,
+                    f"key {event.trusted_keyid[:16]} is already {state}",
+                )
+            if not event.name or any(k.name == event.name and k.active for k in self.keys.values()):
+                raise _violation(
+                    VerifyReason.BAD_TRUST_PAYLOAD,
+                    f"key name {event.name!r} is empty or names another active key",
+                )
+            self._add(event.trusted_keyid, event.name, event.public_key, roles, at, position)
+        elif isinstance(event, Trust.KeyRevoked):
+            key = self.keys.get(event.revoked_keyid)
+            if key is None or not key.active or not event.reason.strip():
+                raise _violation(
+                    VerifyReason.BAD_TRUST_PAYLOAD,
+                    f"revokes key {event.revoked_keyid[:16]}, which is not an active key, "
+                    "or gives no reason",
+                )
+            key.revoked_at = at
+            key.revoked_reason = event.reason
+            key.revoked_pos = position
+        else:  # a trust topic this fold does not know: refuse rather than ignore
+            raise _violation(VerifyReason.BAD_TRUST_PAYLOAD, f"unknown trust topic {event.TOPIC}")
+
+    def _add(
+        self, keyid: str, name: str, public_key: str, roles: list[str], at: str, position: int
+    ) -> None:
+        self.keys[keyid] = TrustedKey(
+            keyid=keyid,
+            name=name,
+            public_key=public_key,
+            roles=list(roles),
+            trusted_at=at,
+            trusted_pos=position,
+        )
+
+    def valid_keys(self, position: int) -> dict[str, TrustedKey]:
+        """The keys that may sign an event at ``position`` (any role)."""
+        return {k: key for k, key in self.keys.items() if key.valid_at(position)}
+
+    def authorise(self, keyid: str, role: str) -> None:
+        """Raise ``NotAuthorisedError`` unless ``keyid`` may sign events needing ``role`` now."""
+        key = self.keys.get(keyid)
+        if key is None:
+            raise NotAuthorisedError(
+                f"key {keyid[:16]} is not trusted by this ledger", reason="unknown-key"
+            )
+        if not key.active:
+            raise NotAuthorisedError(
+                f"key {keyid[:16]} ({key.name}) was revoked: {key.revoked_reason}",
+                reason="revoked-key",
+            )
+        if role not in key.roles:
+            raise NotAuthorisedError(
+                f"key {keyid[:16]} ({key.name}) does not hold role '{role}' "
+                f"(it holds {', '.join(key.roles)})",
+                reason="role-not-allowed",
+            )
+
+    def find(self, ref: str) -> TrustedKey:
+        """A key by name, full key id or a unique key-id prefix of 8+ hex digits."""
+        if ref in self.keys:
+            return self.keys[ref]
+        named = [k for k in self.keys.values() if k.name == ref]
+        active = [k for k in named if k.active]
+        if named:
+            return (active or named)[-1]
+        if len(ref) >= 8:
+            matches = [k for k in self.keys.values() if k.keyid.startswith(ref.lower())]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise DomainRuleError(f"key id prefix {ref!r} is ambiguous; give more digits")
+        raise UnknownKeyError(f"no key named or with id {ref!r} in the ledger's trust")
+
+
+TRUST_TOPIC_PREFIX = "chassis.trust."
+
+
+class Trust(TrustState, LedgerAggregate):
+    """The write side of trust: commands that append trust events. Its state
+    is the same fold, with the aggregate's versions as positions."""
 
     KIND = "trust"
-    keys: dict[str, TrustedKey]
-    root_keyid: str
-    ledger_name: str
 
     class Established(LedgerEvent, frozen=True, kw_only=True):
         TOPIC: ClassVar[str] = "chassis.trust.established.v1"
@@ -73,12 +263,8 @@ class Trust(LedgerAggregate):
         ledger_name: str
 
         def apply(self, aggregate: Trust) -> None:
-            aggregate.keys = {}
-            aggregate.root_keyid = self.keyid
-            aggregate.ledger_name = self.ledger_name
-            aggregate.add_key(
-                self.keyid, self.name, self.public_key, self.roles, format_timestamp(self.timestamp)
-            )
+            TrustState.__init__(aggregate)
+            aggregate.apply(self, self.originator_version)
 
     class KeyTrusted(LedgerEvent, frozen=True, kw_only=True):
         TOPIC: ClassVar[str] = "chassis.trust.key-trusted.v1"
@@ -89,13 +275,7 @@ class Trust(LedgerAggregate):
         roles: list[str]
 
         def apply(self, aggregate: Trust) -> None:
-            aggregate.add_key(
-                self.trusted_keyid,
-                self.name,
-                self.public_key,
-                self.roles,
-                format_timestamp(self.timestamp),
-            )
+            aggregate.apply(self, self.originator_version)
 
     class KeyRevoked(LedgerEvent, frozen=True, kw_only=True):
         TOPIC: ClassVar[str] = "chassis.trust.key-revoked.v1"
@@ -104,16 +284,9 @@ class Trust(LedgerAggregate):
         reason: str
 
         def apply(self, aggregate: Trust) -> None:
-            key = aggregate.keys[self.revoked_keyid]
-            key.revoked_at = format_timestamp(self.timestamp)
-            key.revoked_reason = self.reason
+            aggregate.apply(self, self.originator_version)
 
     ID: ClassVar[UUID]
-
-    def add_key(self, keyid: str, name: str, public_key: str, roles: list[str], at: str) -> None:
-        self.keys[keyid] = TrustedKey(
-            keyid=keyid, name=name, public_key=public_key, roles=list(roles), trusted_at=at
-        )
 
     @classmethod
     def establish(cls, *, keyid: str, name: str, public_key: bytes, ledger_name: str) -> Trust:
@@ -162,41 +335,6 @@ class Trust(LedgerAggregate):
                 "trust another admin key before revoking it"
             )
         self.trigger(self.KeyRevoked, keyid=actor, revoked_keyid=keyid, reason=reason)
-
-    def authorise(self, keyid: str, role: str) -> None:
-        """Raise ``NotAuthorisedError`` unless ``keyid`` may sign events needing ``role``."""
-        key = self.keys.get(keyid)
-        if key is None:
-            raise NotAuthorisedError(
-                f"key {keyid[:16]} is not trusted by this ledger", reason="unknown-key"
-            )
-        if not key.active:
-            raise NotAuthorisedError(
-                f"key {keyid[:16]} ({key.name}) was revoked: {key.revoked_reason}",
-                reason="revoked-key",
-            )
-        if role not in key.roles:
-            raise NotAuthorisedError(
-                f"key {keyid[:16]} ({key.name}) does not hold role '{role}' "
-                f"(it holds {', '.join(key.roles)})",
-                reason="role-not-allowed",
-            )
-
-    def find(self, ref: str) -> TrustedKey:
-        """A key by name, full key id or a unique key-id prefix of 8+ hex digits."""
-        if ref in self.keys:
-            return self.keys[ref]
-        named = [k for k in self.keys.values() if k.name == ref]
-        active = [k for k in named if k.active]
-        if named:
-            return (active or named)[-1]
-        if len(ref) >= 8:
-            matches = [k for k in self.keys.values() if k.keyid.startswith(ref.lower())]
-            if len(matches) == 1:
-                return matches[0]
-            if len(matches) > 1:
-                raise DomainRuleError(f"key id prefix {ref!r} is ambiguous; give more digits")
-        raise UnknownKeyError(f"no key named or with id {ref!r} in the ledger's trust")
 
 
 Trust.ID = Trust.id_for("root")

@@ -1,59 +1,55 @@
-"""Full verification of a ledger: every digest, link, key and signature.
+"""Full verification of a ledger: every record, link, key and signature.
 
 Records are checked in global order (the order of the notification log), so
-"trust as of this event" is simply the trust events seen so far. Checks per
-record, in this order (the first failure is the one reported):
+"trust as of this event" is the trust fold of the records seen so far. Each
+record goes through the same rules the application's mapper applies on every
+read (``ledger.checks.decode_event``: stored columns, numbers, timestamp,
+field forms, topic, payload schema, canonical form, digest), then:
 
-1. the row parses as a sealed record             → ``malformed-record``
-2. the signed body names the row's aggregate/topic → ``record-mismatch``
-3. the signed version is the row's version        → ``version-mismatch``
-4. sha256(tag || body) equals the stored digest   → ``digest-mismatch``
-5. the version follows the aggregate's last one   → ``missing-version``
-6. ``prev`` equals the last digest (or genesis)   → ``broken-link``
-7. the topic is one this verifier knows           → ``unknown-topic``
-8. the key is trusted, not revoked, has the role  → ``unknown-key``,
-   ``revoked-key``, ``role-not-allowed`` (and ``root-mismatch`` for a
-   genesis that is not the pinned root)
-9. the Ed25519 signature over the digest verifies → ``bad-signature``
+- the version follows the aggregate's last one   → ``missing-version``
+- ``prev`` equals the last digest (or genesis)   → ``broken-link``
+- the topic belongs to the aggregate's kind       → ``wrong-aggregate``
+- the signer is trusted at this position, not revoked, with the topic's role
+  (``no-genesis``, ``second-genesis``, ``root-mismatch``, ``unknown-key``,
+  ``revoked-key``, ``role-not-allowed``), and trust records obey the trust
+  rules (``bad-trust-payload``, ``unknown-role``, ``key-retrusted``)
+- the Ed25519 signature over the digest verifies → ``bad-signature``
 
-Signatures (step 9) are verified in parallel threads (libsodium releases the
-GIL); the report still names the lowest-numbered bad record. A truncated *tail* leaves every
+The first failure in global order is the one reported. Signatures are
+verified in parallel threads (libsodium releases the GIL); the report still
+names the lowest-numbered bad record. A truncated *tail* leaves every
 remaining chain intact, so it cannot be seen here: checkpoints close that.
+``guides/ledger-format.md`` §8 is the reference.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
-from ledger.canonical import GENESIS, event_digest
+from ledger.application import Ledger
+from ledger.canonical import GENESIS
+from ledger.checks import RecordRejected, VerifyReason, decode_event
+from ledger.errors import ChainBreakError
 from ledger.events import event_type_for_topic
-from ledger.keys import keyid_for
 from ledger.records import MalformedRecordError, SealedRecord, dashed_uuid, parse_record
-from ledger.trust import Trust
+from ledger.trust import Trust, TrustState
 from proofs._signatures import SignatureJob, failed_signatures
 
 CHUNK = 512
 
-
-class VerifyReason(StrEnum):
-    MALFORMED_RECORD = "malformed-record"
-    RECORD_MISMATCH = "record-mismatch"
-    VERSION_MISMATCH = "version-mismatch"
-    DIGEST_MISMATCH = "digest-mismatch"
-    MISSING_VERSION = "missing-version"
-    BROKEN_LINK = "broken-link"
-    UNKNOWN_TOPIC = "unknown-topic"
-    UNKNOWN_KEY = "unknown-key"
-    REVOKED_KEY = "revoked-key"
-    ROLE_NOT_ALLOWED = "role-not-allowed"
-    ROOT_MISMATCH = "root-mismatch"
-    BAD_SIGNATURE = "bad-signature"
+__all__ = [
+    "ChainFailure",
+    "LedgerVerificationError",
+    "VerifiedLedger",
+    "VerifyReason",
+    "verify_ledger",
+    "verify_tail",
+]
 
 
 @dataclass(frozen=True)
@@ -104,121 +100,95 @@ StoredRow = tuple[int, UUID | str, int, str, bytes]
 """(seq, originator_id, originator_version, topic, state): one stored row."""
 
 
-@dataclass
-class _Key:
-    public: bytes
-    roles: frozenset[str]
-    revoked: bool = False
-
-
 class _Failed(Exception):
     def __init__(self, reason: VerifyReason, detail: str) -> None:
         self.reason = reason
         self.detail = detail
 
 
-class _ChainState:
-    """Per-aggregate heads and trust, advanced one record at a time."""
+Predecessor = Callable[[str, int], tuple[int, bytes]]
+"""(aggregate id, version) → (position, digest) of that verified record."""
 
-    def __init__(self, pinned_root: str | None) -> None:
+
+def _kind_of(topic: str) -> str:
+    event_type = event_type_for_topic(topic)
+    return event_type.OWNER_KIND if event_type is not None else ""
+
+
+class _ChainState:
+    """Per-aggregate heads and the trust fold, advanced one record at a time.
+
+    With ``trust`` given (the ledger's verified fold over *all* positions) the
+    trust records met here are judged by it and not folded again; with
+    ``predecessor``, an aggregate first met after its version 1 is linked to
+    its verified earlier record (verifying only the tail of a ledger)."""
+
+    def __init__(
+        self,
+        pinned_root: str | None,
+        trust: TrustState | None = None,
+        predecessor: Predecessor | None = None,
+    ) -> None:
         self.pinned_root = pinned_root
-        self.heads: dict[str, tuple[int, bytes]] = {}
-        self.keys: dict[str, _Key] = {}
-        self.root_keyid: str | None = None
+        self.heads: dict[str, tuple[int, bytes, str]] = {}
+        self.trust = trust if trust is not None else TrustState()
+        self.fold_trust = trust is None
+        self.predecessor = predecessor
+
+    @property
+    def root_keyid(self) -> str | None:
+        return self.trust.root_keyid or None
+
+    def _head(self, record: SealedRecord) -> tuple[int, bytes, str]:
+        head = self.heads.get(record.originator_id)
+        if head is not None:
+            return head
+        if self.predecessor is None or record.version == 1:
+            return (0, bytes.fromhex(GENESIS), "")
+        position, digest = self.predecessor(record.originator_id, record.version - 1)
+        if position >= record.seq:
+            raise _Failed(VerifyReason.MISSING_VERSION, "the previous version is stored later")
+        return (record.version - 1, digest, _kind_of(record.topic))
 
     def check(self, record: SealedRecord) -> SignatureJob:
-        body = record.body
-        if body.id != record.originator_id or body.topic != record.topic:
-            raise _Failed(
-                VerifyReason.RECORD_MISMATCH, "stored columns differ from the signed event"
-            )
-        if body.version != record.version:
-            raise _Failed(
-                VerifyReason.VERSION_MISMATCH,
-                f"stored as version {record.version} but signed as version {body.version}",
-            )
-        if event_digest(record.body_bytes) != record.digest:
-            raise _Failed(
-                VerifyReason.DIGEST_MISMATCH, "the event's bytes do not hash to its digest"
-            )
-        last_version, last_digest = self.heads.get(
-            record.originator_id, (0, bytes.fromhex(GENESIS))
-        )
+        try:
+            event = decode_event(record)
+        except RecordRejected as e:
+            raise _Failed(e.reason, e.detail) from None
+        last_version, last_digest, kind = self._head(record)
         if record.version != last_version + 1:
             missing = "no earlier version" if last_version == 0 else f"version {last_version}"
             raise _Failed(
                 VerifyReason.MISSING_VERSION,
                 f"version {record.version} follows {missing}; expected {last_version + 1}",
             )
-        if bytes.fromhex(body.prev) != last_digest:
+        if bytes.fromhex(record.body.prev) != last_digest:
             raise _Failed(
                 VerifyReason.BROKEN_LINK, "prev is not the digest of the previous version"
             )
-        event_type = event_type_for_topic(record.topic)
-        if event_type is None:
-            raise _Failed(VerifyReason.UNKNOWN_TOPIC, f"no event type has topic {record.topic!r}")
-        public = self._authorise(record, event_type.ROLE)
-        self.heads[record.originator_id] = (record.version, record.digest)
-        self._apply_trust(record)
-        return (record.seq, public, record.signature, record.digest)
-
-    def _authorise(self, record: SealedRecord, role: str) -> bytes:
-        keyid = record.body.keyid
-        if record.topic == Trust.Established.TOPIC:
-            if record.originator_id != str(Trust.ID) or self.root_keyid is not None:
-                raise _Failed(VerifyReason.RECORD_MISMATCH, "a second root of trust")
-            payload = record.payload()
-            public = bytes.fromhex(payload["public_key"])
-            if keyid_for(public) != keyid:
-                raise _Failed(VerifyReason.UNKNOWN_KEY, "the root of trust is not self-signed")
-            if self.pinned_root is not None and keyid != self.pinned_root:
+        topic_kind = event.OWNER_KIND
+        if (record.version == 1) != event.CREATES or (kind and topic_kind != kind):
+            raise _Failed(
+                VerifyReason.WRONG_AGGREGATE,
+                f"{record.topic} cannot be version {record.version} of a {kind or 'new'} aggregate",
+            )
+        try:
+            public = self.trust.signer(event, record.seq)
+            if (
+                isinstance(event, Trust.Established)
+                and self.pinned_root is not None
+                and event.keyid != self.pinned_root
+            ):
                 raise _Failed(
                     VerifyReason.ROOT_MISMATCH,
-                    f"root key {keyid[:16]} is not the pinned root {self.pinned_root[:16]}",
+                    f"root key {event.keyid[:16]} is not the pinned root {self.pinned_root[:16]}",
                 )
-            return public
-        key = self.keys.get(keyid)
-        if key is None:
-            raise _Failed(
-                VerifyReason.UNKNOWN_KEY, f"key {keyid[:16]} was not trusted before this event"
-            )
-        if key.revoked:
-            raise _Failed(
-                VerifyReason.REVOKED_KEY, f"key {keyid[:16]} was revoked before this event"
-            )
-        if role not in key.roles:
-            raise _Failed(
-                VerifyReason.ROLE_NOT_ALLOWED,
-                f"key {keyid[:16]} holds {', '.join(sorted(key.roles))}, not {role}",
-            )
-        return key.public
-
-    def _apply_trust(self, record: SealedRecord) -> None:
-        if not record.topic.startswith("chassis.trust."):
-            return
-        payload = record.payload()
-        try:
-            if record.topic == Trust.Established.TOPIC:
-                public = bytes.fromhex(payload["public_key"])
-                self.root_keyid = keyid_for(public)
-                self.keys[self.root_keyid] = _Key(public, frozenset(payload["roles"]))
-            elif record.topic == Trust.KeyTrusted.TOPIC:
-                public = bytes.fromhex(payload["public_key"])
-                if keyid_for(public) != payload["trusted_keyid"]:
-                    raise _Failed(
-                        VerifyReason.MALFORMED_RECORD,
-                        "trusted key id does not match its public key",
-                    )
-                self.keys[payload["trusted_keyid"]] = _Key(public, frozenset(payload["roles"]))
-            elif record.topic == Trust.KeyRevoked.TOPIC:
-                revoked = self.keys.get(payload["revoked_keyid"])
-                if revoked is None:
-                    raise _Failed(
-                        VerifyReason.MALFORMED_RECORD, "revokes a key that was never trusted"
-                    )
-                revoked.revoked = True
-        except (KeyError, TypeError, ValueError) as e:
-            raise _Failed(VerifyReason.MALFORMED_RECORD, f"trust payload: {e}") from None
+            if self.fold_trust:
+                self.trust.apply(event, record.seq)
+        except RecordRejected as e:
+            raise _Failed(e.reason, e.detail) from None
+        self.heads[record.originator_id] = (record.version, record.digest, topic_kind)
+        return (record.seq, public, record.signature, record.digest)
 
 
 def _parsed(
@@ -236,14 +206,17 @@ def verify_ledger(
     *,
     pinned_root: str | None = None,
     workers: int | None = None,
+    trust: TrustState | None = None,
+    predecessor: Predecessor | None = None,
 ) -> VerifiedLedger:
-    """Verify every record of a ledger given in global order.
+    """Verify every record of a ledger given in global order (or, with
+    ``trust`` and ``predecessor``, a tail of it: see ``_ChainState``).
 
     Returns a summary when all checks pass; raises ``LedgerVerificationError``
     naming the first bad record otherwise.
     """
     workers = max(1, workers or os.cpu_count() or 1)
-    state = _ChainState(pinned_root)
+    state = _ChainState(pinned_root, trust, predecessor)
     failure: ChainFailure | None = None
     batch = _SignatureBatches(workers)
     count = last_seq = 0
@@ -283,8 +256,44 @@ def verify_ledger(
         signatures=count,
         last_seq=last_seq,
         root_keyid=state.root_keyid,
-        keys=len(state.keys),
+        keys=len(state.trust.keys),
         workers=batch.used_workers,
+    )
+
+
+def verify_tail(
+    ledger: Ledger, since: int, *, pinned_root: str | None = None, workers: int | None = None
+) -> VerifiedLedger:
+    """Verify the records from position ``since`` on as full verification
+    would, without re-reading what came before: trust is the ledger's
+    verified fold (judged at each record's position) and each aggregate's
+    first record here is linked to its verified predecessor. Used to verify
+    only what a new checkpoint adds to the last verified one."""
+    if since <= 1:
+        return verify_ledger(ledger.scan(), pinned_root=pinned_root, workers=workers)
+    try:
+        trust = ledger.verified_trust()
+    except RecordRejected as e:
+        raise LedgerVerificationError(
+            ChainFailure(e.reason, 0, str(Trust.ID), 0, "chassis.trust", e.detail)
+        ) from None
+
+    def predecessor(aggregate_id: str, version: int) -> tuple[int, bytes]:
+        try:
+            found = ledger.verified_events(UUID(aggregate_id), gt=version - 1, lte=version)
+        except (RecordRejected, ChainBreakError) as e:
+            raise _Failed(getattr(e, "reason", VerifyReason.BROKEN_LINK), str(e)) from None
+        if not found:
+            raise _Failed(VerifyReason.MISSING_VERSION, f"version {version} is not stored")
+        position, event = found[0]
+        return position, event.digest()
+
+    return verify_ledger(
+        ledger.scan(since=since),
+        pinned_root=pinned_root,
+        workers=workers,
+        trust=trust,
+        predecessor=predecessor,
     )
 
 

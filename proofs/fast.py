@@ -30,6 +30,7 @@ from uuid import UUID
 import msgspec
 
 from ledger.canonical import EVENT_DIGEST_TAG, GENESIS
+from ledger.checks import RecordRejected, decode_event
 from ledger.records import MalformedRecordError, dashed_uuid, parse_record
 from proofs.chain import ChainFailure, LedgerVerificationError, StoredRow, VerifyReason
 from proofs.merkle import CompactRange
@@ -229,15 +230,17 @@ def fast_verify(rows: Iterable[StoredRow]) -> FastVerified:
 
 
 def _failure(row: StoredRow, failed: _Failed) -> ChainFailure:
-    """The failure full verification would report for this record: a record
-    that the strict parser rejects is ``malformed-record`` whatever the fast
-    path noticed first."""
+    """The failure full verification would report for this record: the
+    record rules (strict parser, then ``decode_event``) come first whatever
+    the fast path noticed."""
     seq, originator, version, topic, state = row
     reason, detail = failed.reason, failed.detail
     try:
-        parse_record(seq, originator, version, topic, state)
+        decode_event(parse_record(seq, originator, version, topic, state))
     except MalformedRecordError as e:
         reason, detail = VerifyReason.MALFORMED_RECORD, str(e)
+    except RecordRejected as e:  # full verification checks the record's rules first
+        reason, detail = e.reason, e.detail
     else:
         if reason is VerifyReason.MALFORMED_RECORD:
             detail = f"{detail} (the strict parser accepts it)"

@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from ledger.aggregate import LedgerAggregate
 from ledger.events import LedgerEvent
+from ledger.snapshots import SnapshotBinding
 
 
 class Notebook(LedgerAggregate):
@@ -31,6 +32,10 @@ class Notebook(LedgerAggregate):
 
         def apply(self, aggregate: Notebook) -> None:
             aggregate.lines.append(self.text)
+
+    class SnapshotBound(SnapshotBinding, frozen=True, kw_only=True):
+        TOPIC: ClassVar[str] = "test.notebook.snapshot-bound.v1"
+        ROLE: ClassVar[str] = "operator"
 
     @classmethod
     def open(cls, name: str, *, keyid: str) -> Notebook:

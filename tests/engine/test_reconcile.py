@@ -43,7 +43,8 @@ def quick(shop: Path) -> Path:
 def events(workspace: Path, app: str = "shop", env: str = "dev") -> list[Any]:
     ledger = open_ledger(Workspace.find(workspace).storage(), None)
     try:
-        return list(ledger.events.get(Installation.id_for(Installation.key(app, env))))
+        installation = Installation.id_for(Installation.key(app, env))
+        return [e for _, e in ledger.verified_events(installation)]
     finally:
         ledger.close()
 

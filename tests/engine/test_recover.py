@@ -68,7 +68,7 @@ def events(shop: Path) -> list[Any]:
     ledger = open_ledger(Workspace.find(shop).storage(), None)
     try:
         key = Installation.id_for(Installation.key("shop", "dev"))
-        return list(ledger.events.get(key))
+        return [e for _, e in ledger.verified_events(key)]
     finally:
         ledger.close()
 
