@@ -14,6 +14,7 @@ from eventsourcing.domain import Aggregate, event
 
 from ledger.aggregate import LedgerAggregate
 from ledger.events import LedgerEvent
+from ledger.snapshots import SnapshotBinding
 
 SNAPSHOT_INTERVAL = 1000
 
@@ -74,6 +75,12 @@ class SnapshotCounter(Counter):
 
     class Bumped(_Bumped, frozen=True, kw_only=True):
         TOPIC: ClassVar[str] = "bench.counter-snapshotted.bumped.v1"
+
+    class SnapshotBound(SnapshotBinding, frozen=True, kw_only=True):
+        """The signed binding that makes each snapshot usable."""
+
+        TOPIC: ClassVar[str] = "bench.counter-snapshotted.snapshot-bound.v1"
+        ROLE: ClassVar[str] = "operator"
 
 
 class RawCounter(Aggregate):

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from ledger.canonical import canonical_json, event_digest, parse_timestamp
+from ledger.canonical import event_digest, parse_timestamp
 from ledger.errors import LedgerError
 from ledger.events import LedgerEvent, event_type_for_topic
 from ledger.records import SealedRecord
@@ -145,11 +145,13 @@ def decode_event(record: SealedRecord) -> LedgerEvent:
         )
     except msgspec.ValidationError as e:
         raise RecordRejected(VerifyReason.BAD_PAYLOAD, f"{record.topic}: {e}") from None
-    if event.payload() != payload:
-        raise RecordRejected(
-            VerifyReason.BAD_PAYLOAD, f"{record.topic}: members outside the topic's schema"
-        )
-    if canonical_json(value) != record.body_bytes:
+    # Fast path: the typed event re-encodes to exactly the signed bytes. Only
+    # when it does not, find which rule was broken (schema first).
+    if event.canonical() != record.body_bytes:
+        if event.payload() != payload:
+            raise RecordRejected(
+                VerifyReason.BAD_PAYLOAD, f"{record.topic}: members outside the topic's schema"
+            )
         raise RecordRejected(
             VerifyReason.NON_CANONICAL, "the signed body is not in canonical form"
         )

@@ -149,6 +149,11 @@ class SealingMapper(Mapper[UUID]):
             self._good.add(signer.public_key + digest + base64.b64decode(state[-90:-2]))
         return stored
 
+    def forget_verified(self) -> None:
+        """Drop the signatures remembered as good: the next reads check every
+        signature again (benchmarks measure cold reads with this)."""
+        self._good.clear()
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()

@@ -11,7 +11,7 @@ from ledger.snapshots import SnapshotBinding
 
 class Notebook(LedgerAggregate):
     KIND = "test-notebook"
-    SNAPSHOT_EVERY = 5
+    SNAPSHOT_EVERY = 10
     title: str
     lines: list[str]
 

@@ -102,16 +102,24 @@ def test_unsafe_command_is_not_retried(ledger: Ledger, root_key: KeyPair) -> Non
 def test_past_versions_and_snapshots_agree(ledger: Ledger, root_key: KeyPair) -> None:
     book = Notebook.open("snap", keyid=root_key.keyid)
     ledger.append(book)
-    for i in range(11):  # crosses SNAPSHOT_EVERY = 5 twice
+    for i in range(21):  # crosses SNAPSHOT_EVERY = 10 twice
         book.note(str(i), keyid=root_key.keyid)
         ledger.append(book)
     assert ledger.snapshots is not None
     snapshots = list(ledger.snapshots.get(book.id))
-    assert [s.originator_version for s in snapshots] == [5, 10]
-    for version in (1, 4, 5, 7, 10, 12):
+    # Each snapshot sits at the signed binding event that follows the crossing.
+    assert [s.originator_version for s in snapshots] == [11, 21]
+    events = dict(ledger.verified_events(book.id))
+    bindings = [e for e in events.values() if isinstance(e, Notebook.SnapshotBound)]
+    assert [e.originator_version for e in bindings] == [11, 21]
+    for version in (1, 9, 10, 11, 12, 21, 22, 23):
         past = ledger.load(Notebook, book.id, version=version)
         assert past.version == version
-        assert past.lines == [str(i) for i in range(version - 1)]
+        noted = [
+            e.text for e in events.values() if isinstance(e, Notebook.Noted)
+            and e.originator_version <= version
+        ]
+        assert past.lines == noted
     latest = ledger.load(Notebook, book.id)
     latest.note("after snapshot", keyid=root_key.keyid)  # links to the restored chain head
     ledger.append(latest)

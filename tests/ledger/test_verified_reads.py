@@ -72,7 +72,8 @@ def _reason_of_read(read: Callable[[], object]) -> VerifyReason:
 def _set_column(ledger_url: str, seq: int, column: str, value: object) -> None:
     store = RawStore(ledger_url)
     with store._cursor() as c:
-        c.execute(store._p(f"UPDATE {store._table} SET {column}=? WHERE {store._seq}=?"), (value, seq))
+        sql = f"UPDATE {store._table} SET {column}=? WHERE {store._seq}=?"
+        c.execute(store._p(sql), (value, seq))
 
 
 # Key-signed records that break the format: a trusted key signed them, so only
@@ -291,7 +292,7 @@ def test_trust_snapshot_is_never_loaded(
 def test_tampered_snapshot_is_ignored_and_state_replayed(
     ledger: Ledger, root_key: KeyPair
 ) -> None:
-    book = _notebook(ledger, root_key, notes=6)  # crosses 5: a bound snapshot
+    book = _notebook(ledger, root_key, notes=12)  # crosses 10: a bound snapshot
     assert ledger.snapshots is not None
     (snapshot,) = ledger.snapshots.get(book.id, desc=True, limit=1)
     assert isinstance(snapshot, LedgerSnapshot)
