@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet 'ansible-core>=2.19,<2.20'
 	$(BIN)/python bench/ledger.py
 	$(BIN)/python bench/replay.py
+	$(BIN)/python bench/read_cost.py
 	$(BIN)/python bench/deploy.py
 
 clean:
