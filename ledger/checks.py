@@ -24,6 +24,7 @@ INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 """Every integer in a signed body is a signed 64-bit integer."""
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
@@ -108,8 +109,10 @@ def decode_event(record: SealedRecord) -> LedgerEvent:
         )
     try:
         value = _generic.decode(record.body_bytes)
-    except (msgspec.ValidationError, ValueError) as e:
+    except msgspec.ValidationError as e:  # raised through the float hook
         raise RecordRejected(VerifyReason.BAD_NUMBER, str(e)) from None
+    except msgspec.DecodeError as e:  # e.g. invalid UTF-8 inside the payload
+        raise RecordRejected(VerifyReason.MALFORMED_RECORD, f"body: {e}") from None
     if _LONG_DIGITS.search(record.body_bytes):
         _check_ints(value)
     if not 1 <= body.version <= INT_MAX:
@@ -118,6 +121,8 @@ def decode_event(record: SealedRecord) -> LedgerEvent:
         timestamp = parse_timestamp(body.timestamp)
     except ValueError as e:
         raise RecordRejected(VerifyReason.BAD_TIMESTAMP, str(e)) from None
+    if not _UUID.fullmatch(body.id):
+        raise RecordRejected(VerifyReason.MALFORMED_RECORD, "id is not a lower-case UUID")
     for name in ("keyid", "prev"):
         if not _HEX64.fullmatch(getattr(body, name)):
             raise RecordRejected(

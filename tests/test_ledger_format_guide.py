@@ -112,3 +112,23 @@ def test_trust_id_and_namespace_in_the_guide() -> None:
     from ledger.aggregate import CHASSIS_NAMESPACE
 
     assert str(CHASSIS_NAMESPACE) in GUIDE
+
+
+def guide_topic_table() -> dict[str, dict[str, object]]:
+    """The JSON block of §6.4, as an independent verifier would read it."""
+    section = GUIDE[GUIDE.index("### 6.4 Topic schemas") : GUIDE.index("## 7. Trust rules")]
+    (block,) = re.findall(r"```json\n(.*?)\n```", section, re.DOTALL)
+    table: dict[str, dict[str, object]] = json.loads(block)
+    return table
+
+
+def test_topic_schemas_in_the_guide_are_the_code() -> None:
+    from ledger.schema import topic_table
+
+    assert guide_topic_table() == topic_table()
+
+
+def test_topics_belong_to_the_kind_their_name_says() -> None:
+    """§6: the second part of a chassis topic is the kind it applies to."""
+    for topic, entry in guide_topic_table().items():
+        assert topic.split(".")[1] == entry["kind"], topic

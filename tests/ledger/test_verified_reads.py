@@ -93,7 +93,8 @@ def _escaped_letter(body: dict[str, Any]) -> bytes:
 
 def _duplicate_member(body: dict[str, Any]) -> bytes:
     # Two parsers may keep either value of a duplicated member.
-    return _encode(body).replace(b'{"text":"entry 2"}', b'{"text":"entry 2","text":"evil"}')
+    (name,) = body["payload"]
+    return _encode(body).replace(b'"entry 2"}', b'"entry 2","%s":"evil"}' % name.encode())
 
 
 def _float(body: dict[str, Any]) -> bytes:
