@@ -74,8 +74,8 @@ def replay_from_events(ledger: Ledger, aggregate_id: UUID, version: int) -> Inst
 
     Snapshots are a cache, never evidence: verifiers use this instead."""
     state: Any = None
-    for event in ledger.events.get(aggregate_id, lte=version):
-        state = event.mutate(state)  # type: ignore[attr-defined]
+    for _, event in ledger.verified_events(aggregate_id, lte=version):
+        state = event.mutate(state)
     if not isinstance(state, Installation) or state.version != version:
         raise ReplayPointError(f"installation {aggregate_id} has no version {version}")
     return state
@@ -114,8 +114,8 @@ def resolve_at(ledger: Ledger, installation: Installation, at: str) -> tuple[int
         raise ReplayPointError(f"--at {at!r}: give the time zone (e.g. 2026-11-27T10:00:00Z)")
     stamp = format_timestamp(moment)
     version = 0
-    for event in ledger.events.get(installation.id):  # this aggregate's events only
-        if format_timestamp(event.timestamp) <= stamp:  # type: ignore[attr-defined]
+    for _, event in ledger.verified_events(installation.id):  # this aggregate's events only
+        if format_timestamp(event.timestamp) <= stamp:
             version = max(version, event.originator_version)
     if version == 0:
         raise ReplayPointError(f"--at {at}: {name} did not exist yet")

@@ -1,6 +1,8 @@
 """Deploying a release: intent and lease first, host steps next, outcome last.
 
-1. Compile the plan (no events if that fails).
+1. Compile the plan (no events if that fails), and check the recorded plans
+   of what the hosts run now (a failure restores them) against their signed
+   digests.
 2. Append ``OperationStarted`` (the signed intent, which takes the lease).
 3. Run every host's steps in parallel, appending each step's outcome.
 4. If more hosts fail than ``max_failures`` allows, restore every touched
@@ -35,7 +37,14 @@ from chassis.engine.operation import (
     previous_plan,
     restore_deployments,
 )
-from chassis.engine.plan import HostPlan, Plan, build_plan
+from chassis.engine.plan import (
+    HostPlan,
+    Plan,
+    build_plan,
+    hosts_revisions,
+    recorded_form,
+    verified_plans,
+)
 from chassis.engine.releases import peek_release, require_bundle, resolve_release
 from chassis.engine.retire import (
     evict_components,
@@ -185,9 +194,13 @@ def deploy(
     installation = ledger.find(Installation, key)
     if installation is None:
         installation = Installation.open(app, environment, actor=ledger.signer.keyid)
+    # The plans a failure would restore, retiring or evicting hosts would stop.
+    verified_plans(ledger, installation, hosts_revisions(installation))
     previous_hosts = {name: dict(entry) for name, entry in installation.hosts.items()}
     op_id = uuid.uuid4().hex
     noop = _is_noop(plan, previous_hosts)
+    # One digest, of exactly the plan executed below.
+    plan_digest, plan_data = recorded_form(plan)
     installation.start_operation(
         actor=ledger.signer.keyid,
         op_id=op_id,
@@ -197,8 +210,8 @@ def deploy(
         profile=profile,
         placement={group: h.host for h in plan.hosts for group in h.groups},
         host_components={h.host: [c.name for c in h.components] for h in plan.hosts},
-        plan_digest=plan.digest(),
-        plan=msgspec.to_builtins(plan),
+        plan_digest=plan_digest,
+        plan=plan_data,
         lease_ttl_s=options.lease_ttl_s,
         description=f"deploy {plan.label}" + (" (no change)" if noop else ""),
         now=datetime.now(UTC),
@@ -207,7 +220,7 @@ def deploy(
     crash_point("*", "intent")
     revision = installation.revision
     recorder = OperationRecorder(ledger, installation, op_id)
-    result = DeployResult(app, environment, revision, "pending", "", plan.digest())
+    result = DeployResult(app, environment, revision, "pending", "", plan_digest)
     if noop:
         recorder(
             lambda i: i.finish(

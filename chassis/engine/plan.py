@@ -4,23 +4,32 @@
 ledger records its digest (``sha256("chassis.plan.v1" ‖ 0x00 ‖ canonical(plan))``).
 Building a plan has no side effects beyond registering declared hosts and
 releases (which record facts, not intents).
+
+A recorded plan is executed again by rollback, recover and repair, and read
+back from state that may come from a snapshot (a cache, plain JSON).
+:func:`verified_plan` is the only way back from recorded data to a ``Plan``
+that runs: it refuses one whose digest is not the one its signed
+``operation-started`` event carries (DESIGN §1, principle 9).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import msgspec
 
+from chassis.errors import ChassisError
 from chassis.hosts import HostLike, resolve_root
 from chassis.secrets import reference
 from chassis.stack.schema import HealthSpec, SecretRefSpec
 from chassis.stack.spec import Stack
 from chassis.topology import compile_topology
 from chassis.workspace import Workspace
+from ledger.application import Ledger
 from ledger.canonical import canonical_json
+from ledger.installations import Installation
 from ledger.releases import release_dir_name
 
 PLAN_TAG = b"chassis.plan.v1\x00"
@@ -156,4 +165,91 @@ def build_plan(
         bundle_sha256=release.bundle_sha256,
         bundle_size=release.bundle_size,
         hosts=plans,
+    )
+
+
+class PlanDigestMismatch(ChassisError):
+    """A recorded plan is not the plan its signed intent named: running it
+    would execute bytes nobody signed. Nothing was recorded or changed."""
+
+    exit_code = 8
+
+
+def check_plan(plan: Plan, recorded: str, *, installation: str, revision: int) -> Plan:
+    """``plan`` if it hashes to ``recorded``; ``PlanDigestMismatch`` otherwise."""
+    found = plan.digest()
+    if found != recorded:
+        raise PlanDigestMismatch(
+            f"{installation}: the plan of revision {revision} has digest {found[:16]}… but its "
+            f"intent recorded plan_digest {recorded[:16]}…: refusing to execute it "
+            "(nothing was recorded or changed; run 'chassis ledger verify')"
+        )
+    return plan
+
+
+def _data_digest(data: dict[str, Any]) -> str:
+    return hashlib.sha256(PLAN_TAG + canonical_json(data)).hexdigest()
+
+
+def recorded_form(plan: Plan) -> tuple[str, dict[str, Any]]:
+    """The digest and the recorded data of exactly the plan about to run.
+
+    The one place an intent's ``plan_digest`` and ``plan`` are computed: the
+    data is read back and checked here, so what is signed is what
+    :func:`verified_plan` will accept later (a lossy encoding would otherwise
+    surface as a refused rollback of an honest ledger)."""
+    digest = plan.digest()
+    data: dict[str, Any] = msgspec.to_builtins(plan)
+    if msgspec.convert(data, Plan).digest() != digest:
+        raise RuntimeError(f"plan {digest[:16]}… does not survive being recorded (a bug)")
+    return digest, data
+
+
+def verified_plan(ledger: Ledger, installation: Installation, revision: int) -> Plan:
+    """The plan ``revision`` recorded, as a ``Plan`` to execute, checked against
+    the ``plan_digest`` of the revision's entry and of its signed
+    ``operation-started`` event (read from the ledger, not from the state the
+    plan came from: a snapshot could carry a changed plan and digest alike)."""
+    name = f"{installation.app}/{installation.environment}"
+    data = installation.plan_of(revision)
+    try:
+        plan = msgspec.convert(data, Plan)
+    except msgspec.ValidationError as e:
+        raise PlanDigestMismatch(
+            f"{name}: the recorded plan of revision {revision} is not a plan ({e}): "
+            "refusing to execute it (nothing was recorded or changed)"
+        ) from None
+    entry = installation.revision_entry(revision)
+    for recorded in (str(entry["plan_digest"]), _signed_digest(ledger, installation, entry)):
+        # A plan recorded before a defaulted field existed (``secrets``) hashes
+        # without it: the data read is then exactly the bytes signed, and the
+        # plan is converted from it.
+        if _data_digest(data) != recorded:
+            check_plan(plan, recorded, installation=name, revision=revision)
+    return plan
+
+
+def verified_plans(
+    ledger: Ledger, installation: Installation, revisions: Iterable[int]
+) -> dict[int, Plan]:
+    """:func:`verified_plan` for each revision (each checked once)."""
+    return {r: verified_plan(ledger, installation, r) for r in sorted(set(revisions))}
+
+
+def hosts_revisions(installation: Installation) -> set[int]:
+    """The revisions whose plans the hosts run now (what a restore would start)."""
+    return {int(entry["revision"]) for entry in installation.hosts.values()}
+
+
+def _signed_digest(ledger: Ledger, installation: Installation, entry: dict[str, Any]) -> str:
+    revision = int(entry["revision"])
+    version = int(entry.get("started_version", 0))
+    if version >= 1:
+        for _, event in ledger.verified_events(installation.id, gt=version - 1, lte=version):
+            if isinstance(event, Installation.OperationStarted) and event.revision == revision:
+                return event.plan_digest
+    raise PlanDigestMismatch(
+        f"{installation.app}/{installation.environment}: no signed intent of revision "
+        f"{revision} at version {version}: refusing to execute its plan "
+        "(nothing was recorded or changed; run 'chassis ledger verify')"
     )

@@ -49,7 +49,15 @@ from chassis.engine.operation import (
     previous_plan,
     supervisor_for,
 )
-from chassis.engine.plan import ComponentPlan, HostPlan, Plan
+from chassis.engine.plan import (
+    ComponentPlan,
+    HostPlan,
+    Plan,
+    hosts_revisions,
+    recorded_form,
+    verified_plan,
+    verified_plans,
+)
 from chassis.engine.releases import require_bundle
 from chassis.errors import ChassisError
 from chassis.hosts import get_host
@@ -200,6 +208,8 @@ def _check_and_record(
 
 def check_hosts(ledger: Ledger, ws: Workspace, installation: Installation) -> dict[str, HostCheck]:
     """Every recorded host compared with the hosts themselves, in parallel."""
+    # Probes run the plans' health commands: only plans the ledger signed.
+    verified_plans(ledger, installation, hosts_revisions(installation))
     checks: dict[str, HostCheck] = {}
     lock = threading.Lock()
 
@@ -336,7 +346,7 @@ def _repair_revision(
 ) -> dict[str, dict[str, Any]]:
     assert ledger.signer is not None
     actor = ledger.signer.keyid
-    plan = recorded_plan(installation, revision)
+    plan = verified_plan(ledger, installation, revision)
     release = ledger.find(Release, Release.id_for(Release.key(plan.app, plan.label)))
     if release is None or release.release_id != plan.release_id:
         raise ChassisError(
@@ -347,6 +357,7 @@ def _repair_revision(
     names = sorted(c.host for c in checks)
     whats = sorted({d["what"] for c in checks for d in c.differences})
     op_id = uuid.uuid4().hex
+    plan_digest, plan_data = recorded_form(plan)
     installation.start_operation(
         actor=actor,
         op_id=op_id,
@@ -356,8 +367,8 @@ def _repair_revision(
         profile=plan.profile,
         placement={group: h.host for h in plan.hosts for group in h.groups},
         host_components={h.host: [c.name for c in h.components] for h in plan.hosts},
-        plan_digest=plan.digest(),
-        plan=msgspec.to_builtins(plan),
+        plan_digest=plan_digest,
+        plan=plan_data,
         lease_ttl_s=DEFAULT_LEASE_TTL_S,
         description=f"repair {plan.label} on {', '.join(names)} (drift: {', '.join(whats)})",
         now=datetime.now(UTC),

@@ -3,7 +3,9 @@
 A crashed deploy leaves its lease held, its revision ``pending`` and its hosts
 anywhere between "untouched" and "fully switched". Recovery:
 
-1. Loads the installation. No lease: nothing to recover.
+1. Loads the installation. No lease: nothing to recover. Every plan it may
+   run (the operation's, and what the hosts ran before it) is checked against
+   its signed digest before anything is appended.
 2. Appends ``OperationResumed`` (the signed intent: this key takes the
    operation over; the lease stays with the operation and restarts). A second
    recoverer, or the original process if it was not dead after all, then
@@ -32,8 +34,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
-
 from adapters.connectors.base import Connector
 from adapters.errors import ConnectorError
 from adapters.supervisors.base import SupervisorError
@@ -46,7 +46,7 @@ from chassis.engine.operation import (
     previous_plan,
     supervisor_for,
 )
-from chassis.engine.plan import ComponentPlan, HostPlan, Plan
+from chassis.engine.plan import ComponentPlan, HostPlan, Plan, verified_plan, verified_plans
 from chassis.engine.restore import restore_host
 from chassis.engine.retire import unretire_host
 from chassis.errors import ChassisError
@@ -190,7 +190,7 @@ def recover(
     op_id = str(lease["op_id"])
     revision = int(lease["revision"])
     entry = installation.revision_entry(revision)
-    plan = msgspec.convert(installation.plan_of(revision), Plan)
+    plan = verified_plan(ledger, installation, revision)
     operation = str(entry["operation"])
     before = _state_before(ledger, installation, op_id)
     previous_hosts = {name: dict(entry) for name, entry in before.hosts.items()}
@@ -200,6 +200,14 @@ def recover(
         for name, entry in previous_hosts.items()
         if name not in placed and name not in installation.hosts
     }
+    # What an undo restarts: the previous plans (as the installation holds
+    # them for the hosts of the plan, as they were for retired hosts).
+    verified_plans(
+        ledger,
+        installation,
+        {int(previous_hosts[h.host]["revision"]) for h in plan.hosts if h.host in previous_hosts},
+    )
+    retired_plans = verified_plans(ledger, before, {int(e["revision"]) for e in retired.values()})
     previous_plans: PreviousPlans = {
         h.host: previous_plan(installation, previous_hosts.get(h.host), h.host) for h in plan.hosts
     }
@@ -231,7 +239,7 @@ def recover(
             def unretire() -> None:
                 recorder = OperationRecorder(ledger, installation, op_id)
                 for name, entry in sorted(retired.items()):
-                    was = msgspec.convert(before.plan_of(int(entry["revision"])), Plan)
+                    was = retired_plans[int(entry["revision"])]
                     try:
                         ok, detail = unretire_host(ledger, ws, was, name, entry, recorder)
                     except (ConnectorError, SupervisorError) as e:
@@ -280,7 +288,7 @@ def _state_before(ledger: Ledger, installation: Installation, op_id: str) -> Ins
     """The installation just before ``op_id`` started (what each host ran,
     and the plans it ran them with): replayed to the version before its
     ``OperationStarted``."""
-    for event in ledger.events.get(installation.id, desc=True):
+    for _, event in reversed(ledger.verified_events(installation.id)):
         if isinstance(event, Installation.OperationStarted) and event.op_id == op_id:
             version = event.originator_version - 1
             return ledger.load(Installation, installation.id, version=version)

@@ -8,7 +8,9 @@
    taken there, so this is one snapshot load).
 3. Diff: per host, the release (and components) the target ran there against
    what runs now; hosts only the current state has are retired.
-4. Check every bundle needed is in the store, before anything is recorded.
+4. Check every bundle needed is in the store, and every recorded plan the
+   rollback may run (the target's, and the current ones a failure restores)
+   against its signed digest, before anything is recorded.
 5. Execute as a new revision ``rollback to REV``, through the same health-gated
    host steps as a deploy, restoring the pre-rollback release on failure.
 """
@@ -24,8 +26,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from adapters.errors import ConnectorError
 from adapters.supervisors.base import SupervisorError
 from chassis.engine.deploy import DEFAULT_LEASE_TTL_S, DeployInterrupted, Progress
@@ -38,7 +38,13 @@ from chassis.engine.operation import (
     previous_plan,
     restore_deployments,
 )
-from chassis.engine.plan import HostPlan, Plan
+from chassis.engine.plan import (
+    HostPlan,
+    Plan,
+    hosts_revisions,
+    recorded_form,
+    verified_plans,
+)
 from chassis.engine.releases import require_bundle
 from chassis.engine.retire import (
     evict_components,
@@ -117,6 +123,8 @@ class RollbackPlan:
     changes: list[HostChange]
     bundles: dict[str, Path]
     """release id → bundle in the store, for every release a host must get."""
+    target_plan: Plan
+    """The target revision's plan, checked against its signed digest."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -257,6 +265,12 @@ def plan_rollback(
 ) -> RollbackPlan:
     """Choose, replay and diff; raises before anything is recorded."""
     target = choose_target(ledger, installation, to)
+    # Every plan this rollback may execute: the target's, and the current ones
+    # a failed rollback restores (or a retire stops), each against its signed digest.
+    verified_plans(ledger, installation, hosts_revisions(installation))
+    target_plans = verified_plans(
+        ledger, target.state, {target.revision, *hosts_revisions(target.state)}
+    )
     changes: list[HostChange] = []
     bundles: dict[str, Path] = {}
     for host in sorted({*installation.hosts, *target.state.hosts}):
@@ -268,12 +282,12 @@ def plan_rollback(
         if current is not None and _same(current, wanted):
             changes.append(HostChange(host, "unchanged", current, wanted, None, None))
             continue
-        host_plan, _ = previous_plan(target.state, wanted, host)
+        plan = target_plans[int(wanted["revision"])]
+        host_plan = next((h for h in plan.hosts if h.host == host), None)
         if host_plan is None:
             raise RollbackRefused(
                 f"revision {wanted['revision']} recorded no plan for {host}; cannot roll back"
             )
-        plan = msgspec.convert(target.state.plan_of(int(wanted["revision"])), Plan)
         if plan.release_id not in bundles:
             release_key = Release.id_for(Release.key(installation.app, plan.label))
             release = ledger.load(Release, release_key)
@@ -287,6 +301,7 @@ def plan_rollback(
         target,
         changes,
         bundles,
+        target_plans[target.revision],
     )
 
 
@@ -320,7 +335,9 @@ def rollback(
     for skip in target.skipped:
         progress(f"  skipped revision {skip['revision']} ({skip['label']}): {skip['why']}")
     recorded = target.state.revision_entry(target.revision)
-    target_plan = target.state.plan_of(target.revision)
+    target_plan = plan.target_plan
+    # The digest recorded is recomputed from the verified plan, never copied.
+    plan_digest, plan_data = recorded_form(target_plan)
     op_id = uuid.uuid4().hex
     actor = ledger.signer.keyid
     installation.start_operation(
@@ -329,11 +346,11 @@ def rollback(
         operation="rollback",
         label=target.label,
         release_id=str(recorded["release_id"]),
-        profile=str(target_plan["profile"]),
-        placement={g: str(h["host"]) for h in target_plan["hosts"] for g in h["groups"]},
+        profile=target_plan.profile,
+        placement={g: h.host for h in target_plan.hosts for g in h.groups},
         host_components={h: sorted(e["components"]) for h, e in target.state.hosts.items()},
-        plan_digest=str(recorded["plan_digest"]),
-        plan=dict(target_plan),
+        plan_digest=plan_digest,
+        plan=plan_data,
         lease_ttl_s=lease_ttl_s,
         description=f"rollback to {target.revision}",
         now=datetime.now(UTC),
