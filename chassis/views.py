@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ledger.application import Ledger
-from projections.fold import documents
+from projections.fold import documents, open_views, rebuild
 from projections.hosts import HOSTS
 from projections.installations import INSTALLATIONS
 
@@ -58,3 +58,14 @@ def histories(
         if (app is None or history["app"] == app)
         and (environment is None or history["environment"] == environment)
     ]
+
+
+def rebuild_views(ledger: Ledger) -> dict[str, int]:
+    """Forget every folded view and fold it again from the verified events
+    (the exit when a view disagrees with the signed ledger). Returns how many
+    events each view folded."""
+    store = open_views(ledger)
+    return {
+        INSTALLATIONS.name: rebuild(ledger, store, INSTALLATIONS),
+        HOSTS.name: rebuild(ledger, store, HOSTS),
+    }

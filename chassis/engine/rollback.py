@@ -56,6 +56,7 @@ from chassis.errors import ChassisError
 from chassis.secrets import check_available
 from chassis.workspace import Workspace
 from ledger.application import Ledger
+from ledger.errors import DomainRuleError
 from ledger.installations import Installation
 from ledger.releases import Release
 
@@ -164,6 +165,12 @@ class RollbackResult:
         }
 
 
+class ViewMismatch(ChassisError):
+    """A derived view disagrees with the signed ledger it was folded from."""
+
+    exit_code = 8
+
+
 def state_at(ledger: Ledger, installation: Installation, version: int) -> Installation:
     """The installation replayed to ``version`` (from the nearest snapshot)."""
     return ledger.load(Installation, installation.id, version=version)
@@ -249,6 +256,20 @@ def _target(
 ) -> Target:
     version = int(entry["version"])
     state = state_at(ledger, installation, version)
+    # The history comes from the installations view, a derived table anyone
+    # with database access can edit: the revision and version it names must
+    # be what the signed state at that version says (revision finished there).
+    try:
+        signed = state.revision_entry(int(entry["revision"]))
+    except DomainRuleError:
+        signed = {}
+    if signed.get("status") != "deployed" or signed.get("version") != version:
+        raise ViewMismatch(
+            f"{installation.app}/{installation.environment}: the installations view says "
+            f"revision {entry['revision']} finished deployed at version {version}, but the signed "
+            "ledger does not; refusing to roll back (nothing was recorded or changed; run "
+            "'chassis ledger verify', then 'chassis ledger rebuild-views' if it passes)"
+        )
     return Target(
         revision=int(entry["revision"]),
         version=version,

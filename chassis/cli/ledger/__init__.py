@@ -6,6 +6,7 @@ import click
 
 from chassis.cli.ledger.checkpoint import checkpoint_command
 from chassis.cli.ledger.log import log_command
+from chassis.cli.ledger.rebuild_views import rebuild_views_command
 from chassis.cli.ledger.verify import verify_command
 
 
@@ -16,4 +17,5 @@ def ledger_group() -> None:
 
 ledger_group.add_command(checkpoint_command)
 ledger_group.add_command(log_command)
+ledger_group.add_command(rebuild_views_command)
 ledger_group.add_command(verify_command)
