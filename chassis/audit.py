@@ -1,4 +1,5 @@
-"""Reading the ledger back: the event log and full verification."""
+"""Reading the ledger back: the event log, and the one verification of a
+workspace's ledger with its checkpoints."""
 
 from __future__ import annotations
 
@@ -8,13 +9,22 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from chassis.checkpoints import LedgerReport, verify_checkpoints
+from chassis import checkpoints
 from chassis.errors import WorkspaceError
 from chassis.workspace import Workspace
 from ledger.application import Ledger
 from ledger.records import MalformedRecordError, parse_record
 from ledger.trust import Trust
-from proofs.chain import VerifiedLedger, verify_ledger
+from proofs.checkpoint_verify import (
+    AGAINST,
+    LAST_SEEN,
+    LATEST,
+    CheckpointError,
+    CheckpointReason,
+    ClaimedCheckpoint,
+    describe,
+)
+from proofs.ledger_verify import LedgerReport, verify_with_checkpoints
 
 ALIASES = {"trust": Trust.ID}
 
@@ -75,22 +85,52 @@ def ledger_log(
     return entries
 
 
-def verify_workspace_ledger(
-    ws: Workspace, ledger: Ledger, *, workers: int | None
-) -> VerifiedLedger:
-    """Verify the whole ledger against the workspace's pinned root of trust."""
-    return verify_ledger(ledger.scan(), pinned_root=ws.settings().root_keyid, workers=workers)
+def claimed_checkpoints(
+    ws: Workspace, ledger: Ledger, against: Sequence[Path] = ()
+) -> list[ClaimedCheckpoint]:
+    """Every checkpoint that applies: the latest stored one, the workspace's
+    last-seen one and each ``against`` file (unreadable: malformed)."""
+    claimed: list[ClaimedCheckpoint] = []
+    latest = checkpoints.open_log(ledger).latest_checkpoint()
+    if latest is not None:
+        claimed.append(ClaimedCheckpoint(LATEST, None, latest.note))
+    seen = checkpoints.read_last_seen(ws)
+    if seen is not None:
+        claimed.append(ClaimedCheckpoint(LAST_SEEN, str(checkpoints.last_seen_path(ws)), seen))
+    for path in against:
+        try:
+            claimed.append(ClaimedCheckpoint(AGAINST, str(path), path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as e:
+            raise CheckpointError(
+                CheckpointReason.MALFORMED, describe(AGAINST, str(path)), f"cannot read it ({e})"
+            ) from None
+    return claimed
 
 
 def verify_workspace(
     ws: Workspace,
     ledger: Ledger,
     *,
-    workers: int | None,
+    workers: int | None = None,
     fast: bool = False,
     against: Sequence[Path] = (),
+    remember: bool = True,
 ) -> LedgerReport:
-    """``chassis ledger verify``: the records (every signature, or with ``fast``
-    chains and Merkle root only) and, from the same read, every checkpoint
-    that applies, so a truncated tail or a rewritten past is caught too."""
-    return verify_checkpoints(ledger, ws, against=against, fast=fast, workers=workers)
+    """The one verification of a workspace's ledger (``chassis ledger
+    verify``, doctor, the demo, rollback proofs): every record against the
+    pinned root of trust (with ``fast``, in full only those after the newest
+    checkpoint that holds) and, from the same read, every checkpoint that
+    applies, so a truncated tail or a rewritten past is caught too.
+
+    Verification itself writes nothing (``proofs.ledger_verify``); with
+    ``remember`` the latest stored checkpoint, now verified, becomes the
+    workspace's last-seen one.
+    """
+    claimed = claimed_checkpoints(ws, ledger, against)
+    report = verify_with_checkpoints(
+        ledger, claimed, pinned_root=ws.settings().root_keyid, fast=fast, workers=workers
+    )
+    latest = next((c.note for c in claimed if c.kind == LATEST), None)
+    if remember and latest is not None:
+        checkpoints.remember(ws, latest)
+    return report

@@ -21,6 +21,7 @@ from pathlib import Path
 from adapters.connectors.local import LocalConnector
 from adapters.supervisors.direct import DirectSupervisor
 from chassis.aftermath import settle
+from chassis.audit import verify_workspace
 from chassis.engine.deploy import DeployOptions, deploy
 from chassis.engine.releases import add_release
 from chassis.engine.rollback import rollback
@@ -34,7 +35,6 @@ from chassis.views import histories, status_rows
 from chassis.workspace import Workspace, keys_dir
 from ledger.application import Ledger
 from ledger.storage import open_ledger
-from proofs.chain import verify_ledger
 
 DEMO_KEY = "chassis-demo"
 Say = Callable[[str], None]
@@ -95,7 +95,7 @@ def run_demo(workspace: Path | None, keep: bool, say: Say) -> DemoReport:
             _settle(ledger, ws, say)
         _last_act(ledger, ws, report, say)
         report.revisions = histories(ledger, "demo", "dev")[0]["revisions"]
-        verified = verify_ledger(ledger.scan(), pinned_root=ws.settings().root_keyid)
+        verified = verify_workspace(ws, ledger)
         report.verified_events = verified.events
         say(f"\n== ledger verified: {verified.events} events, every signature checked")
     finally:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from adapters.errors import ConnectorError
+from chassis.audit import verify_workspace
 from chassis.connect import connector_from_settings
 from chassis.errors import ChassisError
 from chassis.hosts import all_hosts, settings_from_spec
@@ -26,7 +27,8 @@ from chassis.workspace import Workspace, keys_dir
 from ledger.errors import LedgerError
 from ledger.hosts import HostSettings
 from ledger.storage import open_ledger
-from proofs.chain import LedgerVerificationError, verify_ledger
+from proofs.chain import LedgerVerificationError
+from proofs.checkpoint_verify import CheckpointError
 
 Status = Literal["pass", "warn", "fail"]
 OUR_PACKAGES = ("chassis", "ledger", "projections", "adapters", "proofs")
@@ -92,10 +94,10 @@ def check_ledger(ws: Workspace) -> Check:
     try:
         ledger = open_ledger(ws.storage(), None)
         try:
-            result = verify_ledger(ledger.scan(), pinned_root=ws.settings().root_keyid)
+            result = verify_workspace(ws, ledger, remember=False)  # doctor writes nothing
         finally:
             ledger.close()
-    except LedgerVerificationError as e:
+    except (LedgerVerificationError, CheckpointError) as e:
         return Check("ledger", "fail", str(e), "investigate with 'chassis ledger verify --json'")
     except (LedgerError, ChassisError) as e:
         return Check("ledger", "fail", e.diagnostics(), "check CHASSIS_LEDGER / [ledger] url")

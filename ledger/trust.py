@@ -120,7 +120,7 @@ class TrustState:
 
         Raises ``RecordRejected`` when no trusted key may sign it there."""
         if isinstance(event, Trust.Established):
-            if self.established:
+            if self.established and position != self.keys[self.root_keyid].trusted_pos:
                 raise _violation(VerifyReason.SECOND_GENESIS, "a second root of trust")
             return _checked_public(event.public_key, event.keyid, "the root key id")
         if not self.established:

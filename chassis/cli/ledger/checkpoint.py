@@ -15,11 +15,14 @@ from chassis.cli.app import App, pass_app
     epilog="""\b
 Signs (with the acting key, which needs role 'checkpoint') the Merkle root of
 every event so far as a C2SP signed-note checkpoint, stores it in the ledger's
-database and remembers it in .chassis/last-checkpoint. With nothing new since
-the latest checkpoint, prints that one. Commands that append do this by
-themselves when their key holds the role.
-Exit status: 0, 6 the key lacks role 'checkpoint', 8 the ledger is shorter than
-a checkpoint already signed or a record is malformed.
+database and remembers it in .chassis/last-checkpoint. Only verified events
+are signed over: the latest checkpoint must hold, and every event after it is
+verified in full first. With nothing new since the latest checkpoint, prints
+that one. Commands that append do this by themselves when their key holds the
+role.
+Exit status: 0, 6 the key lacks role 'checkpoint', 7 the ledger changed while
+it was verified, 8 a new event does not verify (named), the latest checkpoint
+does not hold, or the ledger is shorter than a checkpoint already signed.
 Examples:
   chassis ledger checkpoint
   chassis ledger checkpoint --out shop-2026-05-01.checkpoint

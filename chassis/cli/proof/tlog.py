@@ -6,28 +6,26 @@ from pathlib import Path
 
 import click
 
-from chassis.checkpoints import (
-    TlogCheckError,
-    consistency_for,
-    inclusion_for,
-    verify_tlog_file,
-)
 from chassis.cli.app import App, pass_app
+from chassis.inclusion import consistency_for, inclusion_for, verify_tlog_file
 from ledger.errors import LedgerError
 from ledger.keys import KeyPair
+from proofs.tlog_verify import TlogCheckError
 
 
 @click.command(
     "inclusion",
     epilog="""\b
 EVENT is a sequence number (as in 'chassis ledger log') or a 64-hex-digit
-event digest. The proof is against the latest checkpoint; if that does not
+event digest. Only an event that verifies gets a proof. The proof is against
+the latest checkpoint (signed by a key valid as of its tree); if that does not
 cover the event yet and the acting key holds 'checkpoint', one is signed
-first. Output: the C2SP tlog-proof form (guides/proofs.md), whose 'extra'
-line is the event digest; anyone with the log's key checks it offline with
-'chassis proof verify FILE --key KEYFILE'.
-Exit status: 0, 3 bad EVENT, 8 the stored log disagrees with its checkpoint,
-10 no such event, or no checkpoint covers it.
+first, over verified events. Output: the C2SP tlog-proof form
+(guides/proofs.md), whose 'extra' line is the event digest; anyone with the
+log's key checks it offline with 'chassis proof verify FILE --key KEYFILE'.
+Exit status: 0, 3 bad EVENT, 8 the event or a new one does not verify, or the
+checkpoint or the stored log does not hold, 10 no such event, or no
+checkpoint covers it.
 Examples:
   chassis proof inclusion 42 --out event-42.tlog-proof
   chassis proof inclusion 3f1c…(64 hex) --json | jq .proof""",

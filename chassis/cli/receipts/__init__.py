@@ -6,9 +6,9 @@ import json
 
 import click
 
-from chassis.checkpoints import inclusion_for
 from chassis.cli.app import App, pass_app, table
 from chassis.cli.receipts.export import export_command
+from chassis.inclusion import inclusion_for
 from chassis.receipts import ReceiptStore
 
 
