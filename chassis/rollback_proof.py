@@ -3,17 +3,22 @@
 Issuing verifies the whole ledger first, replays the target state again,
 and cites the stored positions of every event of the rollback operation and
 of the event that made the target revision deployed.
+
+Verifying with a ledger at hand verifies that ledger first, the same way
+(DESIGN §1, principle 9): trust, the cited events and the replays all come
+from it, so a proof is never judged by rows nobody checked.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from chassis.audit import verify_workspace_ledger
+from chassis.audit import verify_workspace
 from chassis.engine.operation import full_history, load_installation
 from chassis.errors import ChassisError, WorkspaceError
 from chassis.replay import positions, replay_from_events
@@ -21,13 +26,22 @@ from chassis.workspace import Workspace
 from ledger.aggregate import now
 from ledger.application import Ledger
 from ledger.canonical import format_timestamp
+from ledger.errors import LedgerError
 from ledger.installations import Installation
 from ledger.keys import KeyPair, keyid_for, load_public_key
 from ledger.records import MalformedRecordError, SealedRecord, parse_record
-from ledger.trust import Trust
+from ledger.trust import TrustedKey
+from proofs.chain import LedgerVerificationError, VerifiedLedger, verify_ledger
 from proofs.dsse import PAYLOAD_TYPE_INTOTO, EnvelopeError, sign_envelope, verify_envelope
 from proofs.intoto import ROLLBACK_PROOF_PREDICATE, statement, statement_bytes, subject
-from proofs.rollback import Check, ProofCheckError, check_cited_events, check_rollback_statement
+from proofs.ledger_verify import LedgerReport
+from proofs.rollback import (
+    Check,
+    ProofCheckError,
+    check_cited_events,
+    check_intent,
+    check_rollback_statement,
+)
 
 FINISHED = ("deployed", "failed")
 
@@ -43,9 +57,9 @@ def rollback_proof(
     """The signed DSSE envelope proving rollback ``revision`` (default: the newest)."""
     installation = load_installation(ledger, app, environment)
     entry = _rollback_entry(ledger, installation, revision)
-    verified = verify_workspace_ledger(ws, ledger, workers=None)
+    verified = verify_workspace(ws, ledger)
     started, finished = int(entry["started_version"]), int(entry["version"])
-    events = list(ledger.events.get(installation.id, gt=started - 1, lte=finished))
+    events = [e for _, e in ledger.verified_events(installation.id, gt=started - 1, lte=finished)]
     targeted = next(e for e in events if isinstance(e, Installation.RollbackTargeted))
     # Evidence is folded from the signed events alone, never from snapshots.
     target_state = replay_from_events(ledger, installation.id, targeted.target_version)
@@ -155,7 +169,16 @@ def keys_from_dir(directory: Path) -> dict[str, bytes]:
     return keys
 
 
-def keys_from_trust(trust: Trust | None, role: str) -> tuple[dict[str, bytes], dict[str, str]]:
+class TrustKeys(Protocol):
+    """Whatever holds the trust fold's keys (the trust state or aggregate)."""
+
+    @property
+    def keys(self) -> Mapping[str, TrustedKey]: ...
+
+
+def keys_from_trust(
+    trust: TrustKeys | None, role: str
+) -> tuple[dict[str, bytes], dict[str, str]]:
     """Active keys holding ``role``; and revoked key ids with their reason."""
     if trust is None:
         raise WorkspaceError("this ledger has no root of trust (run 'chassis init')")
@@ -172,14 +195,77 @@ def keys_from_trust(trust: Trust | None, role: str) -> tuple[dict[str, bytes], d
     return active, revoked
 
 
+@contextmanager
+def failing_as(check: str) -> Iterator[None]:
+    """A verification failure of the ledger (exit 8), raised while ``check``
+    reads it, fails that check: closed, and named."""
+    try:
+        yield
+    except LedgerVerificationError as e:
+        raise ProofCheckError(check, e.diagnostics()) from None
+    except LedgerError as e:
+        if e.exit_code != LedgerVerificationError.exit_code:
+            raise
+        raise ProofCheckError(check, e.diagnostics()) from None
+
+
+def check_ledger(ledger: Ledger, ws: Workspace | None) -> Check:
+    """The whole ledger verified as ``chassis ledger verify`` does: every
+    record's digest, link and signature by a key trusted as of it, against
+    the workspace's pinned root (without a workspace, the ledger's own root)."""
+    with failing_as("ledger"):
+        verified: VerifiedLedger | LedgerReport = (
+            verify_workspace(ws, ledger)
+            if ws is not None
+            else verify_ledger(ledger.scan(), pinned_root=None)
+        )
+    pinned = "pinned" if ws is not None else "its own (no workspace pins it)"
+    return Check(
+        "ledger",
+        f"{verified.events} events verified, {verified.signatures} signatures, root of trust "
+        f"{(verified.root_keyid or '')[:16]} ({pinned})",
+    )
+
+
+def verify_in_workspace(
+    envelope: Mapping[str, Any],
+    ws: Workspace,
+    ledger: Ledger,
+    *,
+    trusted_keys: Mapping[str, bytes] | None = None,
+) -> ProofReport:
+    """The ledger first, then its trust (or ``trusted_keys``, less the keys it
+    revoked), then every check of :func:`verify_rollback_envelope`."""
+    verified = check_ledger(ledger, ws)
+    with failing_as("ledger"):
+        keys, revoked = keys_from_trust(ledger.trust(), "operator")
+    if trusted_keys is not None:
+        keys = {k: v for k, v in trusted_keys.items() if k not in revoked}
+    return _verify(envelope, keys, revoked, ledger, verified)
+
+
 def verify_rollback_envelope(
     envelope: Mapping[str, Any],
     keys: Mapping[str, bytes],
     *,
     revoked: Mapping[str, str] | None = None,
     ledger: Ledger | None = None,
+    ws: Workspace | None = None,
 ) -> ProofReport:
-    """Signature, then statement, then (with the ledger) the cited events and replays."""
+    """With a ledger: the ledger verified, then signature, statement, the
+    intent and cited events, the replays. Without one: signature and
+    statement only (offline)."""
+    verified = check_ledger(ledger, ws) if ledger is not None else None
+    return _verify(envelope, keys, revoked, ledger, verified)
+
+
+def _verify(
+    envelope: Mapping[str, Any],
+    keys: Mapping[str, bytes],
+    revoked: Mapping[str, str] | None,
+    ledger: Ledger | None,
+    verified_ledger: Check | None,
+) -> ProofReport:
     signed_by = [str(s.get("keyid", "")) for s in envelope.get("signatures", []) or []]
     for keyid in signed_by:
         if revoked and keyid in revoked:
@@ -192,11 +278,17 @@ def verify_rollback_envelope(
     if body is None:
         raise ProofCheckError("statement", "the envelope holds no in-toto statement")
     report = ProofReport("rollback-proof", verified.keyid, statement=body)
+    if verified_ledger is not None:
+        report.checks.append(verified_ledger)
     report.checks.append(Check("signature", f"DSSE signature by trusted key {verified.keyid[:16]}"))
     report.checks.extend(check_rollback_statement(body))
     if ledger is not None:
-        report.checks.append(check_cited_events(body, lambda seq: _record_at(ledger, seq)))
-        report.checks.append(_check_replay(ledger, body))
+        with failing_as("cited-events"):
+            report.checks.append(check_cited_events(body, lambda seq: _record_at(ledger, seq)))
+        with failing_as("intent"):
+            report.checks.append(check_intent(body, lambda seq: _record_at(ledger, seq)))
+        with failing_as("replay"):
+            report.checks.append(_check_replay(ledger, body))
     return report
 
 
@@ -214,21 +306,26 @@ def _record_at(ledger: Ledger, seq: int) -> SealedRecord | None:
 
 
 def _check_replay(ledger: Ledger, body: Mapping[str, Any]) -> Check:
-    """Replay the installation again, from its events alone (snapshots are a
-    cache, not evidence), at both versions the proof names."""
+    """Replay the installation again, from its verified events alone
+    (snapshots are a cache, not evidence), at both versions the proof names."""
     predicate = body["predicate"]
-    installation = load_installation(
-        ledger, predicate["installation"]["app"], predicate["installation"]["environment"]
-    )
+    named = predicate["installation"]
+    key = Installation.id_for(Installation.key(str(named["app"]), str(named["environment"])))
+    if str(key) != str(named["id"]):
+        raise ProofCheckError("replay", f"installation id {named['id']} is not {key}")
     target_version = int(predicate["target"]["version"])
-    target = replay_from_events(ledger, installation.id, target_version).state_digest()
+    target = replay_from_events(ledger, key, target_version).state_digest()
     if target != predicate["target"]["state_digest"]:
         raise ProofCheckError("replay", "replaying the ledger gives another target state")
     finished_version = int(predicate["rollback"]["finished_version"])
-    post = replay_from_events(ledger, installation.id, finished_version).state_digest()
+    post = replay_from_events(ledger, key, finished_version).state_digest()
     if post != predicate["post_state_digest"]:
         raise ProofCheckError("replay", "replaying the ledger gives another post-rollback state")
-    return Check("replay", "replaying the signed events gives both state digests")
+    return Check(
+        "replay",
+        "folding the installation's events, each verified (canonical form, digest, link, "
+        "signature by a key trusted then), gives both state digests",
+    )
 
 
 def load_envelope(path: Path) -> dict[str, Any]:

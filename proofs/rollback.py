@@ -13,10 +13,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ledger.installations import Installation
 from ledger.records import SealedRecord
 from proofs.intoto import ROLLBACK_PROOF_PREDICATE, STATEMENT_TYPE
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
+ROLLBACK_TARGETED = Installation.RollbackTargeted.TOPIC
 
 
 class ProofCheckError(Exception):
@@ -68,9 +70,12 @@ def check_rollback_statement(statement: Mapping[str, Any]) -> list[Check]:
     replayed = str(target.get("state_digest"))
     if not HEX64.fullmatch(replayed) or not HEX64.fullmatch(post):
         raise ProofCheckError("state-digests", "state digests must be 64 hex digits")
+    # Both digests are the statement's own: this is consistency only. Whether
+    # the intent really recorded that state is check_intent's, against the ledger.
     if replayed != target.get("recorded_state_digest"):
         raise ProofCheckError(
-            "replay-digest", "the replayed target state differs from the one recorded at intent"
+            "replay-digest",
+            "the statement's replayed target state differs from the intent digest it quotes",
         )
     if claimed != (replayed == post):
         raise ProofCheckError(
@@ -83,7 +88,11 @@ def check_rollback_statement(statement: Mapping[str, Any]) -> list[Check]:
         raise ProofCheckError("events", "the proof cites no ledger events")
     return [
         Check("statement", "in-toto Statement v1 with the rollback-proof predicate"),
-        Check("replay-digest", f"replayed target state {replayed[:16]}… as recorded at intent"),
+        Check(
+            "replay-digest",
+            f"replayed target state {replayed[:16]}… equals the intent digest the statement "
+            "quotes (the statement's own claim until checked against the ledger)",
+        ),
         Check(
             "restored-exactly",
             f"post-rollback state {post[:16]}… "
@@ -117,3 +126,54 @@ def check_cited_events(
         if not same_place:
             raise ProofCheckError("event-position", f"event {seq} is not the one the proof cites")
     return Check("cited-events", f"{len(events)} cited events exist with those digests")
+
+
+def check_intent(
+    statement: Mapping[str, Any], lookup: Callable[[int], SealedRecord | None]
+) -> Check:
+    """The target the proof replays is the one the rollback's intent fixed: the
+    ``rollback-targeted`` event the proof cites, read from the ledger by its
+    position (not the statement's copy of it), names the same operation,
+    revision, version and state digest. Run after ``check_cited_events``
+    (same digests) on a verified ledger (signed records)."""
+    predicate = statement["predicate"]
+    rollback, target = predicate["rollback"], predicate["target"]
+    installation = str(predicate["installation"]["id"]).replace("-", "")
+    cited = [e for e in predicate["events"] if e.get("topic") == ROLLBACK_TARGETED]
+    if len(cited) != 1:
+        raise ProofCheckError(
+            "intent", f"the proof cites {len(cited)} rollback-targeted events, expected one"
+        )
+    seq = int(cited[0]["seq"])
+    record = lookup(seq)
+    if record is None or record.topic != ROLLBACK_TARGETED:
+        raise ProofCheckError("intent", f"the ledger has no rollback-targeted event at seq {seq}")
+    started, finished = int(rollback["started_version"]), int(rollback["finished_version"])
+    if (
+        record.originator_id.replace("-", "") != installation
+        or not started <= record.version <= finished
+    ):
+        raise ProofCheckError(
+            "intent",
+            f"event {seq} is not an event of this rollback (versions {started}..{finished})",
+        )
+    intent = record.payload()
+    claimed = {
+        "op_id": rollback["op_id"],
+        "target_revision": target["revision"],
+        "target_version": target["version"],
+        "target_state_digest": target["state_digest"],
+    }
+    for name, value in claimed.items():
+        if intent.get(name) != value:
+            found = str(intent.get(name))[:16]
+            raise ProofCheckError(
+                "intent",
+                f"the rollback's intent (event {seq}) recorded {name} {found}, "
+                f"the proof states {str(value)[:16]}",
+            )
+    return Check(
+        "intent",
+        f"the rollback's intent (event {seq}) fixed revision {target['revision']} at version "
+        f"{target['version']} with state {str(target['state_digest'])[:16]}…, the state replayed",
+    )

@@ -13,9 +13,9 @@ from chassis.errors import WorkspaceError
 from chassis.rollback_proof import (
     ProofReport,
     keys_from_dir,
-    keys_from_trust,
     load_envelope,
     rollback_proof,
+    verify_in_workspace,
     verify_rollback_envelope,
 )
 from proofs.rollback import ProofCheckError
@@ -74,10 +74,13 @@ def rollback_command(
     "verify",
     epilog="""\b
 Checks, in order, failing closed at the first that fails (named in the error):
-the DSSE signature against trusted keys (a revoked key fails), the statement
-and its internal consistency, then, with the workspace's ledger at hand, that
-every cited event exists at its position with its digest and that replaying
-the ledger gives both state digests.
+with the workspace's ledger at hand, first the whole ledger (ledger: every
+digest, link and signature, as 'chassis ledger verify'), since trust and every
+later check read it; then the DSSE signature against trusted keys (a revoked
+key fails), the statement and its internal consistency; then, with the ledger,
+that every cited event exists at its position with its digest, that the
+rollback's intent event recorded the target the proof states (intent), and
+that folding the installation's verified events gives both state digests.
 Trusted keys: --trusted-keys DIR (*.pub files, offline, no ledger) or the
 workspace's trust state (the default inside a workspace).
 A .tlog-proof file (from 'chassis proof inclusion') is checked with --key
@@ -150,10 +153,8 @@ def _verify(
         raise WorkspaceError(
             "no workspace here: give --trusted-keys DIR to verify offline"
         ) from None
-    keys, revoked = keys_from_trust(ledger.trust(), "operator")
-    if trusted_keys is not None:
-        keys = {k: v for k, v in keys_from_dir(trusted_keys).items() if k not in revoked}
-    return verify_rollback_envelope(envelope, keys, revoked=revoked, ledger=ledger)
+    pinned = keys_from_dir(trusted_keys) if trusted_keys is not None else None
+    return verify_in_workspace(envelope, app.workspace, ledger, trusted_keys=pinned)
 
 
 proof_group.add_command(inclusion_command)

@@ -1,0 +1,131 @@
+"""``chassis proof verify`` with a workspace verifies the ledger it reads.
+
+Trust, the cited events and the replays all come from the workspace's
+ledger, so a proof checked against a tampered ledger must fail closed, naming
+the ``ledger`` check. And the target a proof states must be the one the
+rollback's signed intent fixed, read from the ledger. Real workspaces on
+SQLite and PostgreSQL, tampered with by direct SQL as an attacker with
+database access (and no key) would.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger.keys import load_keypair
+from ledger.records import parse_record, sealed_state
+from proofs.dsse import PAYLOAD_TYPE_INTOTO, sign_envelope
+from proofs.intoto import statement_bytes
+from tests.conftest import Runner
+from tests.engine.conftest import shop as example_shop  # noqa: F401  (a fixture: v1..v3)
+from tests.rawstore import RawStore
+
+DEPLOY = ("deploy", "shop", "--env", "dev", "--profile", "ternary-split-3")
+
+
+@pytest.fixture
+def store(ledger_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RawStore:
+    """The raw store of the ``shop`` workspace (requested first: it picks the backend)."""
+    if ledger_url.startswith("postgresql"):
+        monkeypatch.setenv("CHASSIS_LEDGER", ledger_url)
+        return RawStore(ledger_url)
+    return RawStore(f"sqlite:///{tmp_path / 'shop' / '.chassis' / 'ledger.db'}")
+
+
+@pytest.fixture
+def proof(run: Runner, store: RawStore, tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """A rollback (to v1, from v2) and its proof, with a second key trusted."""
+    request.getfixturevalue("example_shop")  # after ``store`` has picked the backend
+    run.ok("key", "new", "ops2", "--roles", "operator")
+    run.ok(*DEPLOY, "--release", "v1")
+    run.ok(*DEPLOY, "--release", "v2")
+    run.ok("rollback", "shop", "--env", "dev")
+    path = tmp_path / "rollback.dsse.json"
+    run.ok("proof", "rollback", "shop", "--env", "dev", "--out", str(path))
+    return path
+
+
+def failed_check(run: Runner, *args: str) -> tuple[str, str]:
+    """(check, detail) of a verification that must fail with exit 8."""
+    result = run("proof", "verify", *args, "--json")
+    assert result.exit_code == 8, result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    assert data["ok"] is False
+    return str(data["check"]), str(data["detail"])
+
+
+def zero_signature(store: RawStore, topic_prefix: str) -> int:
+    """Replace the signature of the last row under ``topic_prefix`` by 64 zero bytes."""
+    row = [r for r in store.rows() if r.topic.startswith(topic_prefix)][-1]
+    record = parse_record(row.seq, row.originator_id, row.version, row.topic, row.state)
+    store.set_state(row.seq, sealed_state(record.digest, record.body_bytes, bytes(64)))
+    return row.seq
+
+
+def test_an_untampered_ledger_verifies_first(run: Runner, proof: Path) -> None:
+    result = json.loads(run.ok("proof", "verify", str(proof), "--json").stdout)
+    names = [c["check"] for c in result["checks"]]
+    assert names[0] == "ledger", "the ledger is verified before anything is read from it"
+    assert {"signature", "cited-events", "intent", "replay"} <= set(names)
+    replay = next(c["detail"] for c in result["checks"] if c["check"] == "replay")
+    assert "signature" in replay
+
+
+def test_a_trust_row_with_a_zero_signature_fails_the_ledger_check(
+    run: Runner, store: RawStore, proof: Path, tmp_path: Path
+) -> None:
+    run.ok("ledger", "verify")
+    run.ok("proof", "verify", str(proof))
+    seq = zero_signature(store, "chassis.trust.")
+    assert run("ledger", "verify").exit_code == 8
+
+    check, detail = failed_check(run, str(proof))
+    assert check == "ledger" and f"seq {seq}" in detail
+    human = run("proof", "verify", str(proof))
+    assert human.exit_code == 8 and "proof check ledger failed" in human.stderr
+
+    # Pinning the signer's key does not skip the workspace's ledger.
+    keys = tmp_path / "trusted"
+    keys.mkdir()
+    public = next(Path(os.environ["CHASSIS_KEYS_DIR"]).glob("*.pub"))
+    (keys / public.name).write_bytes(public.read_bytes())
+    assert failed_check(run, str(proof), "--trusted-keys", str(keys), "--workspace")[0] == "ledger"
+    # Offline, only the key and the statement are checked: no ledger, no claim about it.
+    run.ok("proof", "verify", str(proof), "--trusted-keys", str(keys))
+
+
+def test_an_installation_row_with_a_zero_signature_fails_the_ledger_check(
+    run: Runner, store: RawStore, proof: Path
+) -> None:
+    zero_signature(store, "chassis.installation.rollback-targeted.")
+    assert failed_check(run, str(proof))[0] == "ledger"
+
+
+def test_the_target_must_be_the_one_the_signed_intent_fixed(
+    run: Runner, proof: Path, tmp_path: Path
+) -> None:
+    """A proof (signed by a trusted key) whose target is another version with
+    the same state: consistent in itself, and replaying gives its digests,
+    but the rollback's intent event targeted another version."""
+    envelope = json.loads(proof.read_text())
+    body = json.loads(base64.b64decode(envelope["payload"]))
+    target, rollback = body["predicate"]["target"], body["predicate"]["rollback"]
+    assert target["state_digest"] == body["predicate"]["post_state_digest"]
+    target["version"] = rollback["finished_version"]
+    key_file = next(
+        p
+        for p in Path(os.environ["CHASSIS_KEYS_DIR"]).iterdir()
+        if p.suffix == ".key" and not p.name.startswith("ops2")
+    )
+    forged = tmp_path / "forged.dsse.json"
+    signed = sign_envelope(statement_bytes(body), PAYLOAD_TYPE_INTOTO, load_keypair(key_file))
+    forged.write_text(json.dumps(signed))
+    check, detail = failed_check(run, str(forged))
+    assert check == "intent" and "target_version" in detail
