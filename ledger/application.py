@@ -67,8 +67,27 @@ class Ledger(Application[UUID]):
         )
         try:
             super().__init__(env)
+            if create_tables:
+                self._create_trust_index()
         except sqlite3.Error as e:
             raise StorageError(f"{config.describe()}: {e}") from None
+
+    # Trust records are found by topic as well as by id (see _trust_rows); a
+    # partial index holds only them, so other appends do not pay for it.
+    _TRUST_RANGE = f"topic >= '{TRUST_TOPIC_PREFIX}' AND topic < '{TRUST_TOPIC_PREFIX[:-1]}/'"
+
+    def _create_trust_index(self) -> None:
+        recorder: Any = self.recorder
+        table = recorder.events_table_name
+        if self.config.kind == "sqlite":
+            statement = f"CREATE INDEX IF NOT EXISTS {table}_trust_topic ON {table} (topic)"
+        else:
+            statement = (
+                f'CREATE INDEX IF NOT EXISTS "{table}_trust_topic" '
+                f'ON "{self.config.schema}"."{table}" (topic)'
+            )
+        with recorder.datastore.transaction(commit=True) as cursor:
+            cursor.execute(f"{statement} WHERE {self._TRUST_RANGE}")
 
     # The stock construct_env merges os.environ: a stray CIPHER_KEY or
     # PERSISTENCE_MODULE in an operator's shell must not change how we store.
@@ -272,11 +291,13 @@ class Ledger(Application[UUID]):
         )
 
     def _trust_rows(self) -> list[RawRow]:
+        """The trust aggregate's rows and every row with a trust topic, in
+        global order (two indexed reads: the primary key and the partial index,
+        whose predicate the second query repeats literally so it is used)."""
         key: Any = Trust.ID.hex if self.config.kind == "sqlite" else Trust.ID
-        return self._select(
-            "originator_id = ? OR (topic >= ? AND topic < ?) ORDER BY {position}",
-            (key, TRUST_TOPIC_PREFIX, TRUST_TOPIC_PREFIX[:-1] + "/"),
-        )
+        by_id = self._select("originator_id = ? ORDER BY {position}", (key,))
+        by_topic = self._select(f"{self._TRUST_RANGE} ORDER BY {{position}}", ())
+        return sorted({row[0]: row for row in (*by_id, *by_topic)}.values(), key=lambda r: r[0])
 
     def _select(self, where: str, params: tuple[Any, ...]) -> list[RawRow]:
         recorder: Any = self.recorder
