@@ -13,8 +13,9 @@ Byte-identical output also needs the same zlib; bundles built on machines with
 a different zlib may differ, which is why the id is taken from the bytes that
 were built, never recomputed elsewhere.
 
-Target hosts unpack with ``tar -xzf``; :func:`check_bundle` refuses anything
-that could write outside the release directory or create device nodes.
+:func:`check_bundle` and the hosts read bundles with the same strict reader,
+:mod:`adapters.archive`, so the bytes that were checked are the bytes that
+are placed; :func:`build_bundle` checks its own output with it too.
 """
 
 from __future__ import annotations
@@ -24,18 +25,17 @@ import hashlib
 import os
 import stat
 import tarfile
-import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from adapters import archive
 from chassis.errors import ChassisError
 
 __all__ = ["BundleError", "BundleInfo", "build_bundle", "check_bundle", "sha256_file"]
 
 _GZIP_LEVEL = 9
-_MAX_LINK_HOPS = 40
 
 
 class BundleError(ChassisError, ValueError):
@@ -89,7 +89,9 @@ def build_bundle(source_dir: Path, out: Path) -> str:
     The same tree (or a copy of it anywhere, with any mtimes and owners) always
     gives the same bytes. Symlinks are kept when their relative target stays
     inside the tree. Raises :class:`BundleError` for special files (devices,
-    FIFOs, sockets), absolute or escaping symlinks, or ``out`` inside the tree.
+    FIFOs, sockets), absolute or escaping symlinks, ``out`` inside the tree, or
+    anything else the hosts' reader would refuse (checked on the written bytes,
+    before ``out`` is replaced).
     """
     source = Path(source_dir)
     if not source.is_dir():
@@ -102,7 +104,7 @@ def build_bundle(source_dir: Path, out: Path) -> str:
     entries = sorted(_collect(source), key=lambda e: e.name)
     links = {e.name: e.target for e in entries if e.kind == "symlink"}
     for entry in entries:
-        problem = _link_problem(entry.name, links) if entry.kind == "symlink" else None
+        problem = archive.symlink_problem(entry.name, links) if entry.kind == "symlink" else None
         if problem:
             raise BundleError(entry.path, problem)
 
@@ -113,6 +115,10 @@ def build_bundle(source_dir: Path, out: Path) -> str:
             _write_archive(entries, raw)
             raw.flush()
             os.fsync(raw.fileno())
+        try:
+            check_bundle(partial)
+        except BundleError as e:
+            raise BundleError(source / e.member if e.member else source, e.problem) from None
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
@@ -191,131 +197,21 @@ def _write_archive(entries: list[_Entry], raw: BinaryIO) -> None:
 # ------------------------------------------------------------------ checking
 
 
-def check_bundle(path: Path | str) -> BundleInfo:
-    """Open a bundle and check that ``tar -xzf`` can unpack it safely.
+def check_bundle(path: Path | str, limits: archive.Limits | None = None) -> BundleInfo:
+    """Check a bundle with the reader that will unpack it on the hosts.
 
-    Refused: absolute member names, ``..`` components, symlinks whose target
-    leaves the archive root (followed through other symlinks in the archive),
-    members written through a symlink, hard links to anything but an earlier
-    regular file, device files and other special files, setuid/setgid files.
-    Returns a :class:`BundleInfo`; raises :class:`BundleError` naming the first
-    bad member, or the file when it is not a readable tar.gz.
+    :mod:`adapters.archive` is the one reader: ``release add`` checks with it
+    and the host unpacks with it, so a bundle cannot mean one thing here and
+    another there. Its refusals (see ``guides/deployment.md``) become a
+    :class:`BundleError` naming the entry and the problem; ``limits``
+    overrides the size and count limits (the hosts apply the defaults).
     """
-    members = _read_members(Path(path))
-    links = {name: m.linkname for name, m in members if m.issym()}
-    regular: set[str] = set()
-    top: set[str] = set()
-    files = size = 0
-    for name, m in members:
-        problem = _member_problem(name, m, links, regular)
-        if problem:
-            raise BundleError(path, problem, member=m.name)
-        if name != ".":
-            top.add(name.split("/", 1)[0])
-        if m.isreg():
-            regular.add(name)
-            files += 1
-            size += m.size
-    return BundleInfo(files=files, size=size, top_level=sorted(top))
-
-
-def _read_members(path: Path) -> list[tuple[str, tarfile.TarInfo]]:
-    """Every member with its normalised name; raises BundleError for bad names."""
-    found: list[tuple[str, tarfile.TarInfo]] = []
     try:
-        with tarfile.open(path, mode="r:gz") as tar:
-            for m in tar:
-                found.append((_safe_name(path, m.name), m))
-    except BundleError:
-        raise
-    except FileNotFoundError as e:
-        raise BundleError(path, "no such file") from e
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
-        raise BundleError(path, f"not a readable tar.gz archive ({e})") from e
-    return found
-
-
-def _safe_name(path: Path, name: str) -> str:
-    """The member's name without ``./`` prefixes, or BundleError when unsafe."""
-    if not name or "\x00" in name:
-        raise BundleError(path, "empty or malformed member name", member=name)
-    if name.startswith("/"):
-        raise BundleError(path, "absolute path", member=name)
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise BundleError(path, "path has a '..' component", member=name)
-    return "/".join(parts) or "."
-
-
-def _member_problem(
-    name: str, m: tarfile.TarInfo, links: Mapping[str, str], regular: set[str]
-) -> str | None:
-    if m.ischr() or m.isblk():
-        return "device file"
-    if m.isfifo():
-        return "FIFO (special file)"
-    if not (m.isreg() or m.isdir() or m.issym() or m.islnk()):
-        return f"unsupported member type {m.type!r}"
-    if name == "." and not m.isdir():
-        return "the archive root must be a directory"
-    if not m.isdir() and m.mode & (stat.S_ISUID | stat.S_ISGID):
-        return f"setuid/setgid mode {m.mode:o}"
-    parents = name.split("/")[:-1]
-    for depth in range(1, len(parents) + 1):
-        through = "/".join(parents[:depth])
-        if through in links:
-            return f"would be written through symlink {through!r}"
-    if m.issym():
-        return _link_problem(name, links)
-    if m.islnk():
-        parts = [p for p in m.linkname.split("/") if p not in ("", ".")]
-        if m.linkname.startswith("/") or ".." in parts:
-            return f"hard link to {m.linkname!r} escapes the bundle"
-        if "/".join(parts) not in regular:
-            return f"hard link to {m.linkname!r}, which is not an earlier regular file"
-    return None
-
-
-def _resolve_link(name: str, links: Mapping[str, str]) -> str | None:
-    """Where symlink ``name`` lands inside the archive, following the archive's
-    own symlinks like the kernel would; None when it leaves the root."""
-    resolved: list[str] = name.split("/")[:-1]
-    pending: list[str] = list(reversed(links[name].split("/")))
-    hops = 0
-    while pending:
-        part = pending.pop()
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not resolved:
-                return None
-            resolved.pop()
-            continue
-        candidate = "/".join([*resolved, part])
-        if candidate in links:
-            hops += 1
-            target = links[candidate]
-            if hops > _MAX_LINK_HOPS:
-                raise _LinkLoop
-            if target.startswith("/"):
-                return None
-            pending.extend(reversed(target.split("/")))
-            continue
-        resolved.append(part)
-    return "/".join(resolved) or "."
-
-
-def _link_problem(name: str, links: Mapping[str, str]) -> str | None:
-    target = links[name]
-    if target.startswith("/"):
-        return f"symlink to absolute path {target!r}"
-    try:
-        if _resolve_link(name, links) is None:
-            return f"symlink target {target!r} leaves the bundle"
-    except _LinkLoop:
-        return f"symlink target {target!r} loops"
-    return None
-
-
-class _LinkLoop(Exception):
-    """More than _MAX_LINK_HOPS symlinks followed (the kernel's ELOOP)."""
+        summary = archive.scan(path, limits)
+    except archive.ArchiveRefused as e:
+        raise BundleError(path, e.problem, member=e.entry) from None
+    except FileNotFoundError:
+        raise BundleError(path, "no such file") from None
+    except OSError as e:
+        raise BundleError(path, f"cannot read it: {e.strerror or e}") from None
+    return BundleInfo(files=summary.files, size=summary.size, top_level=list(summary.top_level))

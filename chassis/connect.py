@@ -3,31 +3,57 @@
 SSH host keys are checked against the workspace's own known-hosts file
 (``.chassis/known_hosts``), never the operator's ``~/.ssh``: what a workspace
 trusts is part of the workspace. ``chassis host trust-key`` pins a key.
+
+A host has **one** pinned key, whatever its type. paramiko checks an offered
+key against the pins of the host's name: the pin of the offered key's type
+if there is one, else it refuses (``BadHostKeyException``). With two pins of
+two types (what pinning per key type used to write), an impostor offering
+the second type was accepted. So:
+
+- :func:`pin_host` writes exactly one line per host, removing every earlier
+  entry that names the host (plain or hashed, any key type), and refuses a
+  different key *or key type* unless ``replace``, showing both fingerprints;
+- it asks the server for the pinned type first (as paramiko's client does),
+  so a host that still offers the pinned key is never mistaken for a changed
+  one;
+- :class:`PinnedSSHConnector` refuses to connect to a host with more than one
+  pinned key, before any handshake, so nothing in known_hosts can widen what
+  the host may present.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import socket
+import stat
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import fabric
 import paramiko
+from paramiko.hostkeys import HostKeyEntry
 
-from adapters.connectors.base import Connector
+from adapters.connectors.base import ADDRESS, ADDRESS_RULE, Connector
 from adapters.connectors.local import LocalConnector
 from adapters.connectors.ssh import (
     SSHConnector,
     SSHSettings,
-    add_known_host,
-    fetch_host_key,
+    _handshake_cause,  # the connector's own wording for failed handshakes
+    _os_cause,
     known_hosts_name,
 )
 from adapters.connectors.ssh import fingerprint as ssh_fingerprint
+from adapters.errors import ConnectorError, HostUnreachable
 from chassis.errors import ChassisError
 from chassis.workspace import Workspace
 from ledger.hosts import Host, HostSettings
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 KNOWN_HOSTS = "known_hosts"
+_RSA_TYPES = ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")
 
 
 def known_hosts_path(ws: Workspace) -> Path:
@@ -52,7 +78,7 @@ def connector_from_settings(
     assert settings.address is not None and settings.user is not None
     known_hosts = known_hosts_path(ws)
     known_hosts.touch(mode=0o600, exist_ok=True)
-    return SSHConnector(
+    return PinnedSSHConnector(
         SSHSettings(
             name=name,
             address=settings.address,
@@ -65,38 +91,277 @@ def connector_from_settings(
     )
 
 
+# -- known_hosts: one pin per host ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class PinnedKey:
+    """One known_hosts entry naming a host."""
+
+    key_type: str
+    key: paramiko.PKey
+
+    @property
+    def fingerprint(self) -> str:
+        return ssh_fingerprint(self.key)
+
+    def describe(self) -> str:
+        return f"{self.key_type} {self.fingerprint}"
+
+
+def _names_host(pattern: str, host: str) -> bool:
+    """Whether one known_hosts name (plain or ``|1|salt|hash``) is ``host``."""
+    if pattern.startswith("|1|"):
+        with contextlib.suppress(Exception):
+            return bool(paramiko.HostKeys.hash_host(host, pattern) == pattern)
+        return False
+    return pattern == host
+
+
+def _entry_names(line: str) -> list[str] | None:
+    """The host names of a key line; None for comments, markers and junk."""
+    stripped = line.strip()
+    if not stripped or stripped.startswith(("#", "@")):
+        return None
+    fields = stripped.split()
+    return fields[0].split(",") if len(fields) >= 3 else None
+
+
+def pinned_keys(known_hosts: Path, address: str, port: int) -> list[PinnedKey]:
+    """Every key known_hosts pins for the host, in file order (unparsable ones too)."""
+    host = known_hosts_name(address, port)
+    try:
+        lines = known_hosts.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    found = []
+    for line in lines:
+        names = _entry_names(line)
+        if names is None or not any(_names_host(n, host) for n in names):
+            continue
+        entry = None
+        with contextlib.suppress(Exception):
+            entry = HostKeyEntry.from_line(line.strip())
+        if entry is None or entry.key is None:
+            raise HostKeyPinError(
+                f"{known_hosts}: an entry for {host} cannot be read; remove it or re-pin "
+                "the host with 'chassis host trust-key --replace'"
+            )
+        found.append(PinnedKey(line.split()[1], entry.key))
+    return found
+
+
+def _without_host(line: str, host: str) -> str | None:
+    """``line`` with ``host`` taken out of its names (None: nothing left)."""
+    names = _entry_names(line)
+    if names is None:
+        return line
+    kept = [n for n in names if not _names_host(n, host)]
+    if len(kept) == len(names):
+        return line
+    if not kept:
+        return None
+    stripped = line.lstrip()
+    rest = stripped[len(stripped.split()[0]) :]
+    return ",".join(kept) + rest
+
+
+def pin_known_host(known_hosts: Path, address: str, port: int, key: paramiko.PKey) -> None:
+    """Make ``key`` the one key known_hosts pins for the host.
+
+    Every earlier entry naming the host (any key type, plain or hashed) goes;
+    other lines stay verbatim. Read-modify-write under the same flock the SSH
+    connector's trust-on-first-use uses, ending in an atomic rename.
+    """
+    if not ADDRESS.match(address):  # the address is written into the file
+        raise HostKeyPinError(f"address {address!r}: expected {ADDRESS_RULE}")
+    host = known_hosts_name(address, port)
+    known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = known_hosts.with_name(f".{known_hosts.name}.lock")
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            old = known_hosts.read_text(encoding="utf-8").splitlines(keepends=True)
+            mode = stat.S_IMODE(known_hosts.stat().st_mode)
+        except FileNotFoundError:
+            old, mode = [], 0o600
+        kept = [line for line in (_without_host(entry, host) for entry in old) if line is not None]
+        if kept and not kept[-1].endswith("\n"):
+            kept[-1] += "\n"
+        tmp = known_hosts.with_name(f".{known_hosts.name}.tmp-{os.getpid()}")
+        tmp.write_text(
+            "".join([*kept, f"{host} {key.get_name()} {key.get_base64()}\n"]), encoding="utf-8"
+        )
+        tmp.chmod(mode)
+        tmp.replace(known_hosts)
+
+
+class HostPinProblem(ConnectorError):
+    """known_hosts pins several keys for one host (any of them would be
+    accepted, so a switch of key type could pass unnoticed), or an entry for
+    it cannot be read. Exit code 11, like any host key refusal."""
+
+
+class PinnedSSHConnector(SSHConnector):
+    """The SSH connector, refusing hosts whose pin is not exactly one readable key.
+
+    Checked before each new session, so no handshake happens first. (A hook
+    in ``adapters.connectors.ssh`` would be the tidier place; this keeps the
+    rule beside the code that writes the pins.)
+    """
+
+    def _connection(self) -> fabric.Connection:
+        if self._conn is None or not self._conn.is_connected:
+            s = self.settings
+            try:
+                pins = pinned_keys(s.known_hosts, s.address, s.port)
+            except HostKeyPinError as e:
+                raise HostPinProblem(s.name, str(e), where=s.where) from None
+            if len(pins) > 1:
+                raise HostPinProblem(
+                    s.name,
+                    f"{len(pins)} host keys are pinned in {s.known_hosts} "
+                    f"({', '.join(p.describe() for p in pins)}) but a host has one; refusing "
+                    f"to connect: check which key it really has and keep that one with "
+                    f"`chassis host trust-key {s.name} --replace`",
+                    where=s.where,
+                )
+        return super()._connection()
+
+
+# -- trust-key ---------------------------------------------------------------------
+
+
 class HostKeyPinError(ChassisError):
+    """A pin was refused (changed key or type, local host, unreadable entry): exit 11."""
+
     exit_code = 11
+
+
+@dataclass(frozen=True)
+class HostKeyOffer:
+    """What a host offers against what the workspace pins for it."""
+
+    host: str
+    where: str
+    key_type: str
+    fingerprint: str
+    pinned: tuple[PinnedKey, ...]
+
+    @property
+    def previous(self) -> str | None:
+        """The pinned key(s), ``type SHA256:…``, or None when nothing is pinned."""
+        return ", ".join(p.describe() for p in self.pinned) or None
+
+
+@dataclass(frozen=True)
+class PinResult:
+    host: str
+    key_type: str
+    fingerprint: str
+    outcome: str
+    """``pinned``, ``already-pinned``, ``replaced`` or ``declined``."""
+    previous: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {
+            "host": self.host,
+            "key_type": self.key_type,
+            "fingerprint": self.fingerprint,
+            "outcome": self.outcome,
+            "previous": self.previous,
+        }
+
+
+def offered_host_key(
+    name: str, address: str, port: int, timeout: float, prefer: str | None = None
+) -> paramiko.PKey:
+    """The key the server presents, asking for type ``prefer`` first.
+
+    Only the key exchange is done (no authentication). Preferring the pinned
+    type is what paramiko's client does when it connects, so trust-key sees
+    the key a connection would see.
+    """
+    where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    try:
+        sock = socket.create_connection((address, port), timeout=timeout)
+    except OSError as e:
+        raise HostUnreachable(name, f"unreachable: {_os_cause(e, timeout)}", where=where) from e
+    transport = paramiko.Transport(sock)
+    transport.banner_timeout = timeout
+    try:
+        if prefer is not None:
+            options = transport.get_security_options()
+            first = _RSA_TYPES if prefer in _RSA_TYPES else (prefer,)
+            wanted = [t for t in first if t in options.key_types]
+            options.key_types = [*wanted, *(t for t in options.key_types if t not in wanted)]
+        transport.start_client(timeout=timeout)
+        key: paramiko.PKey = transport.get_remote_server_key()
+    except (paramiko.SSHException, EOFError, OSError) as e:
+        cause = _handshake_cause(e, timeout)
+        raise HostUnreachable(name, f"unreachable: {cause}", where=where) from e
+    finally:
+        transport.close()
+    return key
+
+
+def pin_host(
+    ws: Workspace,
+    host: Host,
+    *,
+    replace: bool,
+    confirm: Callable[[HostKeyOffer], bool],
+    timeout: float,
+) -> PinResult:
+    """Fetch the host's SSH key and make it the host's one pin in .chassis/known_hosts.
+
+    A different key already pinned, of the same type or another, is refused
+    with both fingerprints unless ``replace`` (a changed key is what an
+    attacker shows too). ``confirm`` sees the offer (and what it replaces)
+    before anything is written; declining writes nothing.
+    """
+    settings = host.settings
+    if settings.connector != "ssh" or settings.address is None:
+        raise HostKeyPinError(f"host {host.name} is local: it has no SSH host key")
+    path = known_hosts_path(ws)
+    pins = tuple(pinned_keys(path, settings.address, settings.port))
+    prefer = pins[0].key_type if len(pins) == 1 else None
+    key = offered_host_key(host.name, settings.address, settings.port, timeout, prefer)
+    offer = HostKeyOffer(
+        host=host.name,
+        where=f"{settings.address}:{settings.port}",
+        key_type=key.get_name(),
+        fingerprint=ssh_fingerprint(key),
+        pinned=pins,
+    )
+    if len(pins) == 1 and pins[0].key == key:
+        return PinResult(host.name, offer.key_type, offer.fingerprint, "already-pinned")
+    if pins and not replace:
+        offered = f"host {host.name} ({offer.where}) offers {offer.key_type} {offer.fingerprint}"
+        if len(pins) > 1:
+            raise HostKeyPinError(
+                f"{offered}, but {path} pins {len(pins)} keys for it ({offer.previous}) and a "
+                "host has one; re-run with --replace to keep only the key it offers now"
+            )
+        what = "key type" if pins[0].key_type != offer.key_type else "key"
+        raise HostKeyPinError(
+            f"{offered}, but {path} pins {offer.previous}: the host {what} changed, "
+            "refusing to pin it; if the host was reinstalled, re-run with --replace"
+        )
+    if not confirm(offer):
+        return PinResult(
+            host.name, offer.key_type, offer.fingerprint, "declined", previous=offer.previous
+        )
+    pin_known_host(path, settings.address, settings.port, key)
+    outcome = "replaced" if pins else "pinned"
+    return PinResult(host.name, offer.key_type, offer.fingerprint, outcome, offer.previous)
 
 
 def pin_host_key(
     ws: Workspace, host: Host, *, replace: bool, confirm: Callable[[str], bool], timeout: float
 ) -> tuple[str, str]:
-    """Fetch the host's SSH key and pin it in the workspace known_hosts.
-
-    Returns ``(fingerprint, outcome)`` where outcome is ``pinned``,
-    ``already-pinned`` or ``declined``. A different key already pinned is
-    refused unless ``replace`` (a changed key is what an attacker shows too).
-    """
-    settings = host.settings
-    if settings.connector != "ssh" or settings.address is None:
-        raise HostKeyPinError(f"host {host.name} is local: it has no SSH host key")
-    keytype, key, fingerprint = fetch_host_key(settings.address, settings.port, timeout)
-    path = known_hosts_path(ws)
-    known = paramiko.HostKeys()
-    if path.exists():
-        known.load(str(path))
-    pinned = (known.lookup(known_hosts_name(settings.address, settings.port)) or {}).get(keytype)
-    if pinned is not None:
-        if pinned.get_base64() == key:
-            return fingerprint, "already-pinned"
-        if not replace:
-            raise HostKeyPinError(
-                f"host {host.name} ({settings.address}:{settings.port}) now offers {fingerprint}, "
-                f"but {path} pins {ssh_fingerprint(pinned)}; if the host was reinstalled, "
-                "re-run with --replace"
-            )
-    if not confirm(fingerprint):
-        return fingerprint, "declined"
-    add_known_host(path, settings.address, settings.port, keytype, key)
-    return fingerprint, "pinned"
+    """:func:`pin_host` for callers that confirm by fingerprint: ``(fingerprint, outcome)``."""
+    result = pin_host(
+        ws, host, replace=replace, confirm=lambda offer: confirm(offer.fingerprint), timeout=timeout
+    )
+    return result.fingerprint, result.outcome

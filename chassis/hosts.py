@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from adapters.connectors.base import ADDRESS, ADDRESS_RULE, name_problem
 from chassis.errors import ChassisError
 from chassis.stack.schema import HostSpec
 from chassis.stack.spec import Stack
@@ -25,6 +26,27 @@ REGISTERED_TOPIC = Host.Registered.TOPIC
 
 class HostError(ChassisError):
     exit_code = 9
+
+
+class HostInputError(HostError):
+    """A host name, environment name, label key or address outside its rule
+    (``adapters.connectors.base``): refused before anything is recorded."""
+
+    exit_code = 3
+
+
+def check_host_input(name: str, settings: HostSettings) -> None:
+    """Names are data (DESIGN.md §1 principle 10): the same rules as the stack file."""
+    for kind, value in (("host", name), ("environment", settings.environment)):
+        problem = name_problem(kind, value)
+        if problem is not None:
+            raise HostInputError(problem)
+    for label in settings.labels:
+        problem = name_problem("label", label)
+        if problem is not None:
+            raise HostInputError(f"host {name}: {problem}")
+    if settings.address is not None and not ADDRESS.match(settings.address):
+        raise HostInputError(f"host {name}: address {settings.address!r}: expected {ADDRESS_RULE}")
 
 
 def settings_from_spec(environment: str, spec: HostSpec) -> HostSettings:
@@ -69,6 +91,7 @@ def sync_declared(ledger: Ledger, stack: Stack, names: set[str] | None = None) -
 
 
 def add_host(ledger: Ledger, stack: Stack | None, name: str, settings: HostSettings) -> Host:
+    check_host_input(name, settings)
     if stack is not None and any(spec.name == name for _, spec in stack.hosts()):
         raise HostError(f"host {name!r} is declared in {stack.path}; change it there")
     existing = ledger.find(Host, Host.id_for(name))

@@ -19,8 +19,44 @@ from typing import Self
 
 DEFAULT_TIMEOUT = 60.0
 NEW_FILE_MODE = 0o644
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-"""A POSIX environment variable name (what ``sh`` and systemd accept)."""
+
+# -- name rules ------------------------------------------------------------------
+#
+# Names are data (DESIGN.md §1 principle 10). They end up in shell commands,
+# file names, systemd unit names and env files, so each kind has one rule,
+# here, and the stack file, the CLI and the adapters all check that rule. An
+# accepted name needs no quoting anywhere (``shlex.quote(name) == name``),
+# cannot start an option (no leading ``-``) and cannot climb a path (no
+# ``/``, never ``.`` or ``..``); quoting still happens everywhere, as a second
+# line.
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+"""An environment variable name: what POSIX ``sh`` and systemd both accept."""
+ENV_NAME_RULE = "1-128 letters, digits or '_', not starting with a digit"
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+"""The name of an app, component, host, environment, profile, node group,
+runtime, release label or label key."""
+NAME_RULE = "1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+ADDRESS = re.compile(r"(?![-.])[A-Za-z0-9.:%_-]{1,253}\Z")
+"""An SSH address: a DNS name, an IPv4 address or an IPv6 literal (no brackets).
+It is written into known_hosts lines, so no space, comma, ``#`` or newline."""
+ADDRESS_RULE = "a host name or IP address (letters, digits, '.', ':', '%', '_', '-')"
+
+
+def name_problem(kind: str, name: object) -> str | None:
+    """Why ``name`` is not a valid ``kind`` name (one line, name quoted), or None.
+
+    ``kind`` is ``"env"`` for an environment variable (``ENV_NAME``) and any
+    other word (``component``, ``host`` …) for :data:`NAME`.
+    """
+    pattern, rule = (ENV_NAME, ENV_NAME_RULE) if kind == "env" else (NAME, NAME_RULE)
+    if isinstance(name, str) and pattern.match(name):
+        return None
+    what = "environment variable name" if kind == "env" else f"{kind} name"
+    return f"{what} {name!r}: expected {rule}"
 
 
 def checked_env(env: Mapping[str, str] | None) -> dict[str, str]:
@@ -28,7 +64,10 @@ def checked_env(env: Mapping[str, str] | None) -> dict[str, str]:
     found = dict(env or {})
     bad = sorted(name for name in found if not ENV_NAME.match(name))
     if bad:
-        raise ValueError(f"invalid environment variable name(s): {', '.join(bad)}")
+        raise ValueError(
+            f"invalid environment variable name(s) {', '.join(map(repr, bad))}: "
+            f"expected {ENV_NAME_RULE}"
+        )
     return found
 
 

@@ -14,11 +14,19 @@ loads the environment, runs the command with ``/bin/sh -c`` and appends the
 exit status to the log.
 
 Secrets: ``spec.env`` goes into a fresh 0600 file ``run/.<component>.<random>.env``
-(:mod:`adapters.supervisors.envfile`). The wrapper opens it, deletes it, then
-sources it after ``spec.env_file``, so spec values win and no secret stays on
-disk. Values are never on a command line: ``Connector.run(env=...)`` is not
-used because the SSH connector sends it as ``export NAME=value`` inside the
-remote ``sh -c`` argument, which ``ps`` shows.
+(:mod:`adapters.supervisors.envfile`). The wrapper opens it and deletes it, so
+no secret stays on disk. Values are never on a command line:
+``Connector.run(env=...)`` is not used because the SSH connector sends it as
+``export NAME=value`` inside the remote ``sh -c`` argument, which ``ps`` shows.
+
+Env files are data, never code: no shell sources them (a config key such as
+``X;id>/tmp/owned;Y`` once ran as a command that way). The wrapper hands both
+files (``spec.env_file`` first, so spec values win) to
+:data:`~adapters.supervisors.envfile.ENV_LOADER`, run with the host's
+``python3``, which parses them with the reader :func:`parse_env_file` uses
+and ``execve``-s ``/bin/sh -c COMMAND`` with the wrapper's environment plus
+those values. A malformed file stops the start (exit 126, reason in the log);
+without ``python3`` the start fails with exit 127 and says so.
 
 Pid reuse: a pid counts as ours only while ``/proc/<pid>/stat`` shows the
 recorded start time; a zombie (state ``Z``, left for PID 1 to reap) counts as
@@ -48,7 +56,7 @@ from adapters.supervisors.base import (
     check_component,
     log_path,
 )
-from adapters.supervisors.envfile import ENV_FILE_MODE, render_env_file
+from adapters.supervisors.envfile import ENV_FILE_MODE, ENV_LOADER, render_env_file
 
 __all__ = [
     "DirectState",
@@ -231,18 +239,26 @@ class DirectState:
 
 
 # The process-group leader. $1: our env file (deleted once open), $2: the
-# operator's env_file, $3: the command. $0 names the component in `ps`.
+# operator's env_file, $3: the command, $4: ENV_LOADER. $0 names the
+# component in `ps`. The env files are data: the shell never sources them;
+# python3 parses them (ENV_LOADER) and execs `/bin/sh -c "$cmd"` with the
+# result as its environment.
 WRAPPER = """\
-gen=$1; user=$2; cmd=$3
+gen=$1; user=$2; cmd=$3; loader=$4
 if [ -n "$gen" ]; then exec 3< "$gen" && rm -f -- "$gen" || exit 126; fi
-set -a
-if [ -n "$user" ]; then
-  [ -r "$user" ] || { echo "chassis: cannot read env_file $user" >&2; exit 126; }
-  . "$user"
+if [ -n "$user" ] && [ ! -r "$user" ]; then
+  echo "chassis: cannot read env_file $user" >&2; exit 126
 fi
-if [ -n "$gen" ]; then . /dev/fd/3; exec 3<&-; fi
-set +a
-/bin/sh -c "$cmd"
+if [ -n "$gen$user" ]; then
+  py=/usr/bin/python3
+  [ -x "$py" ] || py=$(command -v python3) || {
+    echo "chassis: the direct supervisor needs python3 on the host to load env files" >&2
+    exit 127
+  }
+  "$py" -I -S -c "$loader" "$$" "$user" "$cmd" "${gen:+3}"
+else
+  /bin/sh -c "$cmd"
+fi
 rc=$?
 echo "==> chassis: $0 exited with status $rc" >&2
 exit $rc
@@ -268,7 +284,7 @@ def launch_command(spec: ProcessSpec, env_path: str | None) -> str:
         f"printf '%s at %s\\n' {marker} \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" >> {log} "
         f"|| exit {_LAYOUT_FAILED}; "
         f"setsid nohup /bin/sh -c {q(WRAPPER)} {q('chassis-' + spec.component)} "
-        f"{q(env_path or '')} {q(spec.env_file or '')} {q(spec.command)} "
+        f"{q(env_path or '')} {q(spec.env_file or '')} {q(spec.command)} {q(ENV_LOADER)} "
         f"< /dev/null >> {log} 2>&1 & "
         'pid=$!; echo "pid $pid"; '
         '{ IFS= read -r st < "/proc/$pid/stat"; } 2>/dev/null && printf \'%s\\n\' "$st"; '

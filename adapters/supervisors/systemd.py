@@ -14,7 +14,10 @@ Files written through the connector:
 - ``<root>/run/<unit>.env`` (0600): ``spec.env`` as an ``EnvironmentFile=``
   (values stay out of the unit file, which is world-readable, and out of
   ``systemctl show``); it stays on disk because ``Restart=on-failure`` and a
-  later rollback re-read it.
+  later rollback re-read it. Written by the one env-file writer
+  (:func:`~adapters.supervisors.envfile.render_env_file`), whose quoting is
+  exactly what systemd's ``EnvironmentFile=`` parser unescapes and which
+  refuses values systemd would drop (NUL, invalid UTF-8 to systemd).
 
 Everything that decides what to run is pure: :func:`render_unit`,
 :func:`start_commands`, :func:`stop_commands`, :func:`failed_start_commands`,
@@ -67,7 +70,8 @@ SYSTEMCTL = "systemctl"
 UNIT_DIR = "/etc/systemd/system"
 SETTLE_S = 0.3
 _COMMAND_TIMEOUT = 60.0
-_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
+# "chassis-" + an app name (adapters.connectors.base.NAME, up to 63 characters).
+_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,71}\Z")
 _UNSAFE_PATH = re.compile(r"[\s\x00-\x1f\x7f\\\"']")
 _RUNNING = frozenset({"active", "reloading"})
 _BUSY = frozenset({"active", "reloading", "activating", "deactivating"})

@@ -25,6 +25,7 @@ from adapters.errors import ConnectorError
 from adapters.health.gate import GateResult, HealthGate
 from adapters.health.probes import HealthCheck, probe_for
 from adapters.supervisors.base import ProcessSpec, Supervisor, SupervisorError
+from adapters.supervisors.envfile import ENV_FILE_MODE, render_env_file
 from chassis.engine.plan import ComponentPlan, HostPlan, Plan
 from chassis.secrets import SecretUnavailable, resolve_all
 from proofs.redaction import scrub_text
@@ -105,29 +106,54 @@ class HostDeployment:
         return "sha256 verified on the host", {"sha256": found}
 
     def _unpack(self) -> tuple[str, dict[str, Any]]:
+        """Unpack with the reader that checked the bundle at ``release add``
+        (``adapters.archive``, run by the host's ``python3``), never ``tar``:
+        the bytes that were checked are the bytes that are placed. It writes
+        into ``releases/<dir>.unpack``, moves that into place with the marker,
+        and leaves nothing behind when it refuses or fails."""
+        from adapters import archive
+
         target = self.path("releases", self.plan.release_dir)
-        marker = f"{target}/.chassis-release"
-        if self.connector.exists(marker):
+        if self.connector.exists(f"{target}/{archive.MARKER}"):
             return "already unpacked", {}
         self.touched = True
-        tmp = f"{target}.unpack"
-        q_tmp, q_target = shlex.quote(tmp), shlex.quote(target)
-        script = (
-            f"rm -rf {q_tmp} && mkdir -p {q_tmp} && "
-            f"tar -xzf {shlex.quote(self._remote_bundle())} -C {q_tmp} && "
-            f"printf '%s\\n' {shlex.quote(self.plan.release_id)} > {q_tmp}/.chassis-release && "
-            f"rm -rf {q_target} && mv {q_tmp} {q_target}"
+        command, stdin = archive.host_command(
+            self._remote_bundle(),
+            self.path("releases"),
+            self.plan.release_dir,
+            self.plan.release_id,
         )
-        self.connector.run(script, check=True, timeout=120)
-        return f"unpacked into releases/{self.plan.release_dir}", {}
+        result = self.connector.run(command, stdin=stdin, timeout=600)
+        report = archive.host_report(result.stdout)
+        if report is None:
+            cause = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            if result.exit_code == 127:
+                cause = "python3 is not installed there; unpacking needs it"
+            raise StepFailed(
+                "unpack", f"cannot unpack on {self.host.host} (exit {result.exit_code}): {cause}"
+            )
+        if not report["ok"]:
+            entry, problem = report.get("entry"), str(report.get("problem"))
+            what = "bundle refused" if report.get("refused") else "unpack failed"
+            where = f"entry {entry!r}: " if entry is not None else ""
+            raise StepFailed(
+                "unpack",
+                f"{what} on {self.host.host}: {where}{problem}",
+                {"entry": entry, "problem": problem, "refused": bool(report.get("refused"))},
+            )
+        counts = {k: report[k] for k in ("files", "dirs", "symlinks", "size")}
+        return f"unpacked into releases/{self.plan.release_dir}", counts
 
     def _configure(self) -> tuple[str, dict[str, Any]]:
+        # One writer for every variable (release config, component env,
+        # secrets): names are checked again there, values quoted for systemd
+        # and the direct supervisor's loader; no shell ever sources the file.
         for component in self.host.components:
-            self.connector.put_bytes(
-                env_file_text(self._env(component)).encode(),
-                self._env_file(component.name),
-                mode=0o600,
-            )
+            try:
+                text = render_env_file(self._env(component))
+            except ValueError as e:
+                raise StepFailed("configure", f"component {component.name}: {e}") from None
+            self.connector.put_bytes(text, self._env_file(component.name), mode=ENV_FILE_MODE)
         return f"{len(self.host.components)} env file(s) written (mode 600)", {}
 
     def _stop_old(self) -> tuple[str, dict[str, Any]]:
@@ -285,11 +311,6 @@ def gate_evidence(result: GateResult) -> dict[str, Any]:
             for r in result.results[-3:]
         ],
     }
-
-
-def env_file_text(env: dict[str, str]) -> str:
-    """``KEY=VALUE`` lines, values single-quoted for POSIX sh."""
-    return "".join(f"{key}={shlex.quote(value)}\n" for key, value in sorted(env.items()))
 
 
 def scrubbed(text: str) -> str:

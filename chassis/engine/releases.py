@@ -8,12 +8,13 @@ original file still being there.
 
 from __future__ import annotations
 
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
+from adapters.connectors.base import name_problem
+from adapters.supervisors.envfile import value_problem
 from chassis.bundles import check_bundle, sha256_file
 from chassis.errors import ChassisError
 from chassis.stack.spec import SECRET_KEY, Stack, looks_secret
@@ -65,10 +66,28 @@ def add_release(
     return release
 
 
+def check_release_input(label: str, config: dict[str, str]) -> None:
+    """Refuse a release label or config key outside its rule (exit 3), before anything.
+
+    Config keys become environment variables of every component on every
+    host (DESIGN.md §1 principle 10: names are data), so they follow the one
+    environment variable name rule; the env-file writer checks it again.
+    """
+    problem = name_problem("release label", label)
+    if problem is not None:
+        raise ReleaseError(problem)
+    for key, value in config.items():
+        problem = name_problem("env", key)
+        if problem is not None:
+            raise ReleaseError(f"release {label}: config key: {problem}")
+        problem = value_problem(value)
+        if problem is not None:
+            raise ReleaseError(f"release {label}: config {key}: {problem}")
+
+
 def _checked_artifact(label: str, artifact: Path, config: dict[str, str]) -> tuple[Path, str]:
     """Validate label, config keys and bundle; return the artifact and its sha256."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", label):
-        raise ReleaseError(f"release label {label!r}: expected letters, digits, '.', '_' or '-'")
+    check_release_input(label, config)
     for key, value in config.items():
         if SECRET_KEY.search(key) or looks_secret(value):
             what = f"config key {key!r}" if SECRET_KEY.search(key) else f"the value of {key!r}"

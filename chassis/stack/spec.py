@@ -2,6 +2,13 @@
 
 Every error is one line: the file, the key path (``environments.prod.hosts[2].port``),
 what was expected and what was found.
+
+Names are data (DESIGN.md §1 principle 10): the app, component, profile,
+node group, environment, host, runtime and release names and label keys
+follow :data:`adapters.connectors.base.NAME`; env and release config keys
+follow :data:`adapters.connectors.base.ENV_NAME`; ssh addresses follow
+:data:`adapters.connectors.base.ADDRESS`. A name outside its rule is refused
+here, before it can reach a command line, a path, a unit name or an env file.
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from adapters.connectors.base import ENV_NAME
+from adapters.connectors.base import ADDRESS, ADDRESS_RULE, ENV_NAME, NAME, name_problem
+from adapters.supervisors.envfile import value_problem
 from chassis.errors import WorkspaceError
 from chassis.export.delivery import DestinationError, parse_destination
 from chassis.stack.schema import (
@@ -44,7 +52,6 @@ SECTIONS = (
     "ledger",
     "export",
 )
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 SECRET_KEY = re.compile(
     r"password|passwd|secret|token|private_key|api_key|authorization|cookie|credential|session",
     re.IGNORECASE,
@@ -173,9 +180,11 @@ def validate_stack(raw: dict[str, Any], path: Path) -> Stack:
             )
     if "app" not in raw:
         raise StackError(f'{path}: app: missing section [app] with name = "…"')
+    app = _convert(raw["app"], AppSpec, "app", path)
+    _check_name(path, "app.name", "app", app.name)
     stack = Stack(
         path=path,
-        app=_convert(raw["app"], AppSpec, "app", path),
+        app=app,
         components=_table_of(raw, "components", ComponentSpec, path),
         profiles=_table_of(raw, "profiles", ProfileSpec, path),
         environments=_table_of(raw, "environments", EnvironmentSpec, path),
@@ -194,12 +203,37 @@ def _table_of(raw: dict[str, Any], section: str, kind: type[T], path: Path) -> d
         raise StackError(f"{path}: {section}: expected a table, found {_describe(table)}")
     result: dict[str, T] = {}
     for name, value in table.items():
-        if not _NAME.match(name):
-            raise StackError(
-                f"{path}: {section}.{name}: expected a name of letters, digits, '.', '_' or '-'"
-            )
+        _check_name(path, _key(section, name), _KINDS[section], name)
         result[name] = _convert(value, kind, f"{section}.{name}", path)
     return result
+
+
+def _check_value(path: Path, where: str, value: str) -> None:
+    """An env value that no env file can carry unchanged (NUL, non-characters)."""
+    problem = value_problem(value)
+    if problem is not None:
+        raise StackError(f"{path}: {where}: {problem}")
+
+
+_KINDS = {
+    "components": "component",
+    "profiles": "profile",
+    "environments": "environment",
+    "releases": "release label",
+    "runtimes": "runtime",
+}
+
+
+def _key(where: str, name: str) -> str:
+    """``where.name``, or ``where['na me']`` when the name itself is the problem."""
+    return f"{where}.{name}" if NAME.match(name) or ENV_NAME.match(name) else f"{where}[{name!r}]"
+
+
+def _check_name(path: Path, where: str, kind: str, name: str) -> None:
+    """One line naming the key path, the bad name and the rule; exit 3."""
+    problem = name_problem(kind, name)
+    if problem is not None:
+        raise StackError(f"{path}: {where}: {problem}")
 
 
 def _convert(value: Any, kind: type[T], where: str, path: Path) -> T:
@@ -319,14 +353,11 @@ def _check_references(stack: Stack) -> None:
     for name, component in stack.components.items():
         where = f"components.{name}"
         for key, value in component.env.items():
-            if not ENV_NAME.match(key):
-                raise StackError(
-                    f"{path}: {where}.env.{key}: expected an environment variable name "
-                    "(letters, digits, '_'; not starting with a digit)"
-                )
+            _check_name(path, _key(f"{where}.env", key), "env", key)
             if isinstance(value, SecretRefSpec):
                 _check_secret_ref(path, f"{where}.env.{key}", value)
                 continue
+            _check_value(path, f"{where}.env.{key}", value)
             if SECRET_KEY.search(key):
                 raise StackError(
                     f"{path}: {where}.env.{key}: looks like a secret; chassis.toml is shared and "
@@ -357,6 +388,7 @@ def _check_references(stack: Stack) -> None:
             raise StackError(f"{path}: profiles.{name}.groups: expected at least one group")
         placed: dict[str, str] = {}
         for group_name, group in profile.groups.items():
+            _check_name(path, _key(f"profiles.{name}.groups", group_name), "group", group_name)
             for i, member in enumerate(group.components):
                 if member not in stack.components:
                     known = ", ".join(stack.components) or "none"
@@ -371,14 +403,14 @@ def _check_references(stack: Stack) -> None:
                     )
                 placed[member] = group_name
             for label, value in group.labels.items():
-                where = f"profiles.{name}.groups.{group_name}.labels.{label}"
-                _refuse_secret_value(path, where, value)
+                labels = f"profiles.{name}.groups.{group_name}.labels"
+                _check_name(path, _key(labels, label), "label", label)
+                _refuse_secret_value(path, f"{labels}.{label}", value)
     seen: dict[str, str] = {}
     for env_name, env in stack.environments.items():
         for i, host in enumerate(env.hosts):
             where = f"environments.{env_name}.hosts[{i}]"
-            if not _NAME.match(host.name):
-                raise StackError(f"{path}: {where}.name: expected letters, digits, '.', '_' or '-'")
+            _check_name(path, f"{where}.name", "host", host.name)
             if host.name in seen:
                 raise StackError(
                     f"{path}: {where}.name: host {host.name!r} is already declared "
@@ -389,12 +421,20 @@ def _check_references(stack: Stack) -> None:
                 for required in ("address", "user"):
                     if not getattr(host, required):
                         raise StackError(f"{path}: {where}.{required}: required for an ssh host")
+            if host.address is not None and not ADDRESS.match(host.address):
+                raise StackError(
+                    f"{path}: {where}.address: expected {ADDRESS_RULE}, found {host.address!r}"
+                )
             if not 1 <= host.port <= 65535:
                 raise StackError(f"{path}: {where}.port: expected 1-65535, found {host.port}")
             for label, value in host.labels.items():
+                _check_name(path, _key(f"{where}.labels", label), "label", label)
                 _refuse_secret_value(path, f"{where}.labels.{label}", value)
     for label_name, release in stack.releases.items():
         for key, value in release.config.items():
+            # Release config becomes environment variables of every component.
+            _check_name(path, _key(f"releases.{label_name}.config", key), "env", key)
+            _check_value(path, f"releases.{label_name}.config.{key}", value)
             _refuse_secret_value(path, f"releases.{label_name}.config.{key}", value)
     for name, runtime in stack.runtimes.items():
         for size_key in ("min_vram", "min_memory"):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters import archive
 from chassis.bundles import BundleError, BundleInfo, build_bundle, check_bundle, sha256_file
 
 
@@ -114,6 +115,33 @@ def test_bundle_unpacks_with_tar_to_the_same_tree(tmp_path: Path) -> None:
             assert bool(twin.stat().st_mode & stat.S_IXUSR) == bool(path.stat().st_mode & 0o100)
         else:
             assert twin.is_dir()
+
+
+def test_bundle_unpacks_with_the_hosts_reader_to_the_same_tree(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "src")
+    bundle = tmp_path / "b.tar.gz"
+    build_bundle(tree, bundle)
+    releases = tmp_path / "releases"
+    releases.mkdir()
+    summary = archive.unpack(bundle, releases, "r1", "release-id")
+    out = releases / "r1"
+    assert (summary.files, summary.symlinks, summary.top_level) == (
+        5,
+        1,
+        ("VERSION", "app", "empty"),
+    )
+    assert (out / ".chassis-release").read_text() == "release-id\n"
+    assert sorted(p.name for p in releases.iterdir()) == ["r1"]
+    for path in tree.rglob("*"):
+        twin = out / path.relative_to(tree)
+        if path.is_symlink():
+            assert twin.readlink() == path.readlink()
+        elif path.is_file():
+            assert twin.read_bytes() == path.read_bytes()
+            want = 0o755 if path.stat().st_mode & stat.S_IXUSR else 0o644
+            assert stat.S_IMODE(twin.lstat().st_mode) == want
+        else:
+            assert twin.is_dir() and stat.S_IMODE(twin.stat().st_mode) == 0o755
 
 
 def test_check_bundle_reports_contents(tmp_path: Path) -> None:
@@ -289,9 +317,29 @@ def test_check_bundle_accepts_safe_links_and_dot_prefixes(tmp_path: Path) -> Non
         regular("./app/a.txt", b"abc"),
         special("./app/link", tarfile.SYMTYPE, "a.txt"),
         special("./alias", tarfile.SYMTYPE, "app/../app"),
-        special("./app/hard", tarfile.LNKTYPE, "./app/a.txt"),
     )
     assert check_bundle(bundle) == BundleInfo(files=1, size=3, top_level=["alias", "app"])
+
+
+def test_check_bundle_refuses_even_a_tame_hard_link(tmp_path: Path) -> None:
+    """Hard links are never placed: the one reader has no use for them."""
+    bundle = craft(
+        tmp_path / "bad.tar.gz",
+        regular("app/a.txt", b"abc"),
+        special("app/hard", tarfile.LNKTYPE, "app/a.txt"),
+    )
+    with pytest.raises(BundleError, match=r"'app/hard': hard link to 'app/a.txt'"):
+        check_bundle(bundle)
+
+
+def test_build_bundle_checks_its_output_with_the_hosts_reader(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "src")
+    (tree / ".chassis-release").write_text("not yours\n")
+    with pytest.raises(BundleError, match=r"\.chassis-release.*reserved") as e:
+        build_bundle(tree, tmp_path / "b.tar.gz")
+    assert str(tree / ".chassis-release") in e.value.diagnostics()
+    assert not (tmp_path / "b.tar.gz").exists()
+    assert not list(tmp_path.glob(".b.tar.gz*"))
 
 
 @pytest.mark.parametrize(

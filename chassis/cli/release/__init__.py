@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from chassis.cli.app import App, pass_app, table
-from chassis.engine.releases import add_release, all_releases
+from chassis.engine.releases import add_release, all_releases, check_release_input
 
 
 @click.group("release", epilog="Example: chassis release add v2 --artifact dist/shop-v2.tar.gz")
@@ -20,7 +20,15 @@ def release_group() -> None:
     epilog="""\b
 Examples:
   chassis release add v2 --artifact dist/shop-v2.tar.gz
-  chassis release add v2-debug --artifact dist/shop-v2.tar.gz --config LOG_LEVEL=debug""",
+  chassis release add v2-debug --artifact dist/shop-v2.tar.gz --config LOG_LEVEL=debug
+  chassis release add v2-eu --artifact dist/shop-v2.tar.gz \\
+      --config REGION=eu --config 'GREETING=hi "there"'
+
+\b
+A config KEY is an environment variable name (letters, digits and '_', not
+starting with a digit); anything else is refused with exit 3 before anything
+is recorded. VALUEs are data, passed to the components exactly as given: any
+text except NUL and Unicode non-characters (which systemd cannot carry).""",
 )
 @click.argument("label")
 @click.option(
@@ -30,7 +38,12 @@ Examples:
     help="A .tar.gz bundle.",
 )
 @click.option(
-    "--config", "config", multiple=True, help="KEY=VALUE rendered into the release (not secrets)."
+    "--config",
+    "config",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An environment variable for every component of the release (repeatable; not "
+    "secrets). KEY: letters, digits and '_', not starting with a digit.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the release as JSON.")
 @pass_app
@@ -44,6 +57,7 @@ def add_command(
         if not sep or not key:
             raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--config")
         values[key] = value
+    check_release_input(label, values)  # refused before the ledger is opened
     release = add_release(
         app.ledger(signing=True), app.workspace, app.stack().app.name, label, artifact, values
     )
