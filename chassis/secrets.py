@@ -4,6 +4,14 @@ The value is read on the machine running chassis when a host step writes the
 component's env file (mode 600 on the host); the ledger, plans, receipts and
 exports only ever hold the reference (``env:VAR`` / ``file:/abs/path``).
 Rolling back re-reads the reference: a rotated secret stays rotated.
+
+Every value read here is registered with ``proofs.redaction`` for the rest of
+the command, so that the value (and its base64 and percent-encoded forms) is
+scrubbed from whatever Chassis records or prints: a component that echoes its
+secret into the log tail of a failed health gate must not put it in a signed,
+hash-chained record that can never be rewritten. A value under
+``MIN_WORD_CHARS`` characters cannot be told from ordinary text and is not
+scrubbed; the CLI warns about it.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from chassis.errors import ChassisError
+from proofs.redaction import register_secret
 
 
 class SecretUnavailable(ChassisError):
@@ -29,19 +38,22 @@ def reference(from_env: str | None, from_file: str | None, base: Path) -> str:
 
 
 def resolve(name: str, ref: str, *, component: str) -> str:
+    """The value behind ``ref``, registered for scrubbing before it is returned."""
     kind, _, target = ref.partition(":")
     where = f"component {component}: env {name}"
     if kind == "env":
         value = os.environ.get(target)
         if value is None:
             raise SecretUnavailable(f"{where}: environment variable {target} is not set")
-        return value
-    if kind == "file":
+    elif kind == "file":
         try:
-            return Path(target).read_text().rstrip("\n")
+            value = Path(target).read_text().rstrip("\n")
         except OSError as e:
             raise SecretUnavailable(f"{where}: cannot read {target}: {e.strerror}") from None
-    raise SecretUnavailable(f"{where}: unknown secret reference {ref!r}")
+    else:
+        raise SecretUnavailable(f"{where}: unknown secret reference {ref!r}")
+    register_secret(value, f"{where} ({ref})")
+    return value
 
 
 def resolve_all(secrets: Mapping[str, str], *, component: str) -> dict[str, str]:

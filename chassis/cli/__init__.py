@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from chassis import __version__
-from chassis.cli.app import App
+from chassis.cli.app import App, scrubbed_output
 from chassis.cli.audit import audit_group
 from chassis.cli.demo_cmd import demo_command
 from chassis.cli.deploy_cmd import deploy_command, plan_command
@@ -33,11 +33,16 @@ from chassis.cli.status_cmd import history_command, status_command
 from chassis.config.env import EnvVars
 from proofs.redaction import scrub_text
 
+VERIFICATION_FAILED = 8
+"""The exit code of a record or ledger that does not verify (guides/operations.md)."""
+
 
 class ChassisGroup(click.Group):
     """Maps typed errors to one stderr line and their exit code, here only."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        # Closed with the context, after the command's own close (LIFO).
+        ctx.with_resource(scrubbed_output())
         try:
             return super().invoke(ctx)
         except click.exceptions.Exit:
@@ -48,6 +53,10 @@ class ChassisGroup(click.Group):
             code = getattr(e, "exit_code", None)
             if not isinstance(code, int):
                 raise
+            if code == VERIFICATION_FAILED and isinstance(ctx.obj, App):
+                # The ledger did not verify: sign no checkpoint over it, and
+                # say one thing, not that as well.
+                ctx.obj.skip_aftermath = True
             diagnostics = getattr(e, "diagnostics", None)
             message = diagnostics() if callable(diagnostics) else str(e)
             click.echo(f"chassis: error: {scrub_text(message)}", err=True)

@@ -30,6 +30,7 @@ from chassis.engine.executor import (
     HostDeployment,
     StepFailed,
     crash_point,
+    scrubbed,
 )
 from chassis.engine.operation import (
     OperationRecorder,
@@ -401,7 +402,7 @@ def _settle(
     if too_many:
         first = sorted(failures)[0]
         failure = failures[first]
-        why = (
+        why = scrubbed(  # process output, on its way into the signed outcome
             f"{first}: {failure.step}: {failure.detail}"
             if isinstance(failure, StepFailed)
             else f"{first}: {failure}"

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -27,6 +27,7 @@ from ledger.application import Ledger
 from ledger.errors import NotFoundError
 from ledger.installations import Installation
 from ledger.releases import release_dir_name
+from proofs.redaction import scrub_values_data
 
 
 class OperationRecorder:
@@ -43,7 +44,7 @@ class OperationRecorder:
 
     def __call__(self, command: Callable[[Installation], None]) -> None:
         with self.lock:
-            command(self.installation)
+            command(cast(Installation, _ValuesScrubbed(self.installation)))
             self.ledger.append(self.installation)
 
     def step(self, host: str) -> Callable[[str, bool, str, dict[str, Any]], None]:
@@ -61,6 +62,28 @@ class OperationRecorder:
             )
 
         return record
+
+
+class _ValuesScrubbed:
+    """The installation as a recorder's commands see it: each method (an event)
+    is called with the secret values this command resolved scrubbed from every
+    argument, so neither the signed event nor the state it folds into (and
+    snapshots) ever holds one, whichever detail or description carried it.
+    Only exact values are removed here: the patterns belong to the free text
+    of step outcomes (``scrubbed``), not to names and ids."""
+
+    def __init__(self, installation: Installation) -> None:
+        self._installation = installation
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._installation, name)
+        if not callable(found):
+            return found
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return found(*scrub_values_data(args), **scrub_values_data(kwargs))
+
+        return call
 
 
 def supervisor_for(plan: Plan, host: HostPlan, connector: Connector) -> Supervisor:

@@ -29,7 +29,7 @@ from typing import Any
 from adapters.errors import ConnectorError
 from adapters.supervisors.base import SupervisorError
 from chassis.engine.deploy import DEFAULT_LEASE_TTL_S, DeployInterrupted, Progress
-from chassis.engine.executor import HostDeployment, StepFailed, crash_point
+from chassis.engine.executor import HostDeployment, StepFailed, crash_point, scrubbed
 from chassis.engine.operation import (
     OperationRecorder,
     deploy_host,
@@ -482,7 +482,7 @@ def _execute(
             _unretire(ledger, ws, retiring_plans, retiring, failures, recorder, progress, result)
             first = sorted(failures)[0]
             status = "failed"
-            description = (
+            description = scrubbed(  # process output, on its way into the signed outcome
                 f"rollback to {target.revision} failed ({first}: {failures[first]}); "
                 "the pre-rollback release was restored"
             )

@@ -12,10 +12,20 @@ is the endpoint refusing that item: it is rescheduled too, but after
 ``MAX_ATTEMPTS`` such refusals it is marked failed and reported instead of
 being retried forever.
 
-A file destination gets one JSON line per item, ``{"id", "format", "body"}``,
-written with fsync under an exclusive lock. Lines already in the file are
-skipped by (format, id), so a crash between writing a line and marking it
-delivered never duplicates it; a torn last line is cut off first.
+A file destination gets one line per item: the body itself (a bare OTLP
+request, a structured CloudEvent, a bare DSSE envelope), the form the
+ecosystem's file readers take (the OpenTelemetry Collector's ``otlpjsonfile``
+receiver reads what its file exporter writes: one request per line). Items
+the file already holds are recognised from the bodies
+(``proofs.export.line_keys``), so a crash between writing a line and marking
+it delivered never duplicates it. Appending never damages what is there:
+whole lines only, under an exclusive lock, flushed and fsynced, and a file
+that does not end with a newline (another writer's last line, a torn one)
+gets one before the first new line, instead of losing its last line.
+
+Credentials never cross the network in clear text by accident: an
+``http://`` destination with user info or a secret-like query parameter is
+refused unless the caller passes ``insecure`` (``--insecure``).
 """
 
 from __future__ import annotations
@@ -35,12 +45,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from chassis import __version__
+from chassis.errors import ChassisError
 from chassis.export.outbox import Item, Outbox, line_of, now
-from proofs.export import otlp_path
-from proofs.redaction import scrub_text
+from proofs.export import line_keys, otlp_path
+from proofs.redaction import is_secret_key, scrub_text
 
 MAX_ATTEMPTS = 8
 """Refusals (4xx other than 408/429) before an item is marked failed."""
@@ -50,8 +61,11 @@ ERROR_CHARS = 300
 CONTENT_TYPES = {"cloudevents": "application/cloudevents+json"}
 
 
-class DestinationError(ValueError):
-    """A destination that is neither an http(s) URL nor a file path."""
+class DestinationError(ChassisError, ValueError):
+    """A destination that is neither an http(s) URL nor a file path, or one
+    that would send credentials in clear text."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -65,8 +79,13 @@ class Destination:
     """``Basic …`` from user info in the URL, sent as a header instead."""
 
 
-def parse_destination(text: str, base: Path) -> Destination:
-    """``http(s)://host[:port][/path]``, ``file:///abs/path`` or a path (relative to ``base``)."""
+def parse_destination(text: str, base: Path, *, insecure: bool = False) -> Destination:
+    """``http(s)://host[:port][/path]``, ``file:///abs/path`` or a path (relative to ``base``).
+
+    An ``http://`` URL carrying credentials (user info, or a query parameter
+    with a secret-like name such as ``?token=``) is refused unless
+    ``insecure``: every POST would carry them unencrypted.
+    """
     text = text.strip()
     if not text:
         raise DestinationError("empty destination: expected an http(s):// URL or a file path")
@@ -103,14 +122,31 @@ def parse_destination(text: str, base: Path) -> Destination:
     query = f"?{parts.query}" if parts.query else ""
     target = f"{scheme}://{netloc}{parts.path}{query}"
     authorization, shown = None, target
-    if parts.username is not None or parts.password is not None:
+    userinfo_given = parts.username is not None or parts.password is not None
+    if userinfo_given:
         user, password = unquote(parts.username or ""), unquote(parts.password or "")
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         authorization = f"Basic {token}"
         # A lone user name may itself be a token: never shown either way.
         userinfo = f"{user}:[redacted]" if parts.password is not None else "[redacted]"
         shown = f"{scheme}://{userinfo}@{netloc}{parts.path}{query}"
-    return Destination("http", target, scrub_text(shown), authorization)
+    shown = scrub_text(shown)
+    if scheme == "http" and not insecure:
+        carried = "user info" if userinfo_given else _secret_query(parts.query)
+        if carried:
+            raise DestinationError(
+                f"{shown}: refusing to send credentials ({carried}) over plain http://, "
+                "where anyone on the path can read them; use https:// or pass --insecure"
+            )
+    return Destination("http", target, shown, authorization)
+
+
+def _secret_query(query: str) -> str | None:
+    """``query parameter NAME`` for the first secret-like parameter name, else None."""
+    for name, _ in parse_qsl(query, keep_blank_values=True):
+        if is_secret_key(name):
+            return f"query parameter {name!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -261,13 +297,15 @@ def _error_body(error: urllib.error.HTTPError) -> str:
 
 
 class _FileSink:
-    """Appends items to a JSON-lines file, once per (format, id), under a lock."""
+    """Appends items to a JSON-lines file, each once, under an exclusive lock."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.seen: set[tuple[str, str]] = set()
         self.handle: IO[bytes] | None = None
         self.error: str | None = None
+        self.unterminated = False
+        """The file ends inside a line: the next write starts with a newline."""
 
     def __enter__(self) -> _FileSink:
         try:
@@ -281,22 +319,19 @@ class _FileSink:
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
+        # Append mode: every write lands at the end, whoever else appends.
         handle = self.path.open("a+b")
         self.handle = handle
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         if created:
             _fsync_dir(self.path.parent)
         handle.seek(0)
-        content = handle.read()
-        if content and not content.endswith(b"\n"):
-            # A crash tore the last line; it was never marked delivered, so it
-            # is written again whole.
-            handle.truncate(content.rfind(b"\n") + 1)
-            content = content[: content.rfind(b"\n") + 1]
-        for line in content.splitlines():
-            with contextlib.suppress(ValueError, TypeError, KeyError):
-                document = json.loads(line)
-                self.seen.add((str(document["format"]), str(document["id"])))
+        last = b""
+        for line in handle:
+            last = line
+            with contextlib.suppress(ValueError):
+                self.seen |= line_keys(json.loads(line))
+        self.unterminated = bool(last) and not last.endswith(b"\n")
 
     def __exit__(self, *exc: object) -> None:
         if self.handle is not None:
@@ -306,15 +341,23 @@ class _FileSink:
     def send(self, item: Item, timeout: float) -> Outcome:
         if self.handle is None:
             return Outcome(ok=False, error=self.error or f"{self.path}: not open")
-        if (item.format, item.item_id) in self.seen:
-            return Outcome(ok=True)
         try:
-            self.handle.write(line_of(item))
+            keys = line_keys(json.loads(item.body))
+        except ValueError as e:
+            return Outcome(ok=False, error=f"{item.item_id}: not JSON ({e})", refused=True)
+        if keys and keys <= self.seen:
+            return Outcome(ok=True)
+        line = line_of(item)
+        if self.unterminated:
+            line = b"\n" + line  # never glue onto, or cut, what is there
+        try:
+            self.handle.write(line)
             self.handle.flush()
             os.fsync(self.handle.fileno())
         except OSError as e:
             return Outcome(ok=False, error=f"{self.path}: {e.strerror or e}")
-        self.seen.add((item.format, item.item_id))
+        self.unterminated = False
+        self.seen |= keys
         return Outcome(ok=True)
 
 

@@ -281,6 +281,10 @@ def _item(values: Sequence[Any]) -> Item:
 
 
 def line_of(item: Item) -> bytes:
-    """The JSON line a file destination holds for an item."""
-    document = {"id": item.item_id, "format": item.format, "body": json.loads(item.body)}
-    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    """The line a file destination holds for an item: its body, bare, as one
+    line of compact JSON (the rendered bodies already are; anything else is
+    re-encoded so a newline inside can never split it)."""
+    body = item.body.strip()
+    if b"\n" in body or b"\r" in body:
+        body = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+    return body + b"\n"

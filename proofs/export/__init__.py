@@ -40,10 +40,22 @@ Rendered items
   endpoints: ``<digest>.traces`` (an ExportTraceServiceRequest, POST to
   ``/v1/traces``) and ``<digest>.logs`` (an ExportLogsServiceRequest, POST to
   ``/v1/logs``); ``otlp_path(id)`` gives the path.
+
+Every body is one line of compact JSON, exactly the object its ecosystem
+reads: a bare OTLP request (what the OpenTelemetry Collector's file exporter
+writes and its ``otlpjsonfile`` receiver reads), a structured-mode
+CloudEvent, a bare DSSE envelope. No wrapper carries the item id: a file
+destination recognises what it already holds from the bodies themselves
+(``line_keys``): the CloudEvent ``id``, the OTLP ``artifact.attestation.hash``
+attribute of each span or log record with the signal, and for an envelope,
+which has no free field, the sha256 of its decoded payload.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NotRequired, TypedDict
@@ -144,6 +156,60 @@ def otlp_path(item_id: str) -> str:
     if signal not in OTLP_PATHS:
         raise ValueError(f"{item_id!r} is not an otlp-json item id")
     return OTLP_PATHS[signal]
+
+
+ATTESTATION_ATTRIBUTE = "artifact.attestation.hash"
+
+
+def line_keys(document: Any) -> set[tuple[str, str]]:
+    """What one exported JSON document stands for, as ``(format, key)`` pairs:
+    a file destination skips an item whose keys it already holds, so a crash
+    between writing a line and marking it delivered never duplicates it.
+
+    ``("cloudevents", id)`` for a CloudEvent; ``("otlp-json", "<digest>.traces")``
+    / ``".logs"`` for each span or log record carrying the receipt digest in
+    ``artifact.attestation.hash`` (a Collector may batch several receipts in
+    one line); ``("dsse", "payload:<sha256 of the decoded payload>")`` for an
+    envelope. Anything else (another writer's line, a torn one) stands for
+    nothing.
+    """
+    if not isinstance(document, dict):
+        return set()
+    if isinstance(document.get("specversion"), str) and isinstance(document.get("id"), str):
+        return {("cloudevents", document["id"])}
+    if isinstance(document.get("payload"), str) and "payloadType" in document:
+        try:
+            payload = base64.b64decode(document["payload"], validate=True)
+        except (binascii.Error, ValueError):
+            return set()
+        return {("dsse", f"payload:{hashlib.sha256(payload).hexdigest()}")}
+    keys: set[tuple[str, str]] = set()
+    for signal, resources, scopes, entries in (
+        ("traces", "resourceSpans", "scopeSpans", "spans"),
+        ("logs", "resourceLogs", "scopeLogs", "logRecords"),
+    ):
+        for entry in _nested(document, resources, scopes, entries):
+            for attribute in _list(entry.get("attributes")):
+                if not isinstance(attribute, dict) or attribute.get("key") != ATTESTATION_ATTRIBUTE:
+                    continue
+                value = attribute.get("value")
+                digest = value.get("stringValue") if isinstance(value, dict) else None
+                if isinstance(digest, str):
+                    keys.add(("otlp-json", f"{digest}.{signal}"))
+    return keys
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _nested(document: dict[str, Any], *path: str) -> Iterable[dict[str, Any]]:
+    level: list[Any] = [document]
+    for name in path:
+        level = [
+            item for parent in level if isinstance(parent, dict) for item in _list(parent.get(name))
+        ]
+    return [item for item in level if isinstance(item, dict)]
 
 
 def render(format: str, records: Iterable[Mapping[str, Any]]) -> list[tuple[str, bytes]]:

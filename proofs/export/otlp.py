@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ledger.canonical import canonical_json
-from proofs.export import RFC3339, check_record
+from proofs.export import ATTESTATION_ATTRIBUTE, RFC3339, check_record
 
 SERVICE_NAME = "chassis"
 SCOPE_NAME = "chassis.proofs.export"
@@ -97,7 +97,7 @@ def _operation_attributes(record: Mapping[str, Any]) -> list[tuple[str, Any]]:
         ("deployment.status", record["status"]),
         ("deployment.environment.name", record["environment"]),
         ("service.version", record.get("label")),
-        ("artifact.attestation.hash", record["receipt_digest"]),
+        (ATTESTATION_ATTRIBUTE, record["receipt_digest"]),
         ("chassis.operation", record["operation"]),
         ("chassis.revision", record.get("revision")),
     ]

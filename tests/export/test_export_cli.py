@@ -27,6 +27,7 @@ from chassis.export.outbox import Outbox
 from chassis.receipts import ReceiptStore, StoredReceipt, issue_pending
 from chassis.sample_app import build_sample_release
 from ledger.canonical import canonical_json
+from proofs.dsse import envelope_digest
 from tests.conftest import Runner
 from tests.engine.conftest import distinct_free_ports
 from tests.export import Receiver
@@ -207,10 +208,9 @@ def test_file_destination_gets_every_item_once(
     target = tmp_path / "exports" / "receipts.dsse.jsonl"
     run.ok("receipts", "export", "--format", "dsse", "--to", str(target))
     lines = [json.loads(line) for line in target.read_text().splitlines()]
-    assert [line["id"] for line in lines] == [r.digest for r in receipts]
+    assert lines == [r.envelope for r in receipts], "bare envelopes, one per line"
     for line, receipt in zip(lines, receipts, strict=True):
-        assert line["format"] == "dsse" and line["body"] == receipt.envelope
-        assert hashlib.sha256(canonical_json(line["body"])).hexdigest() == receipt.digest
+        assert hashlib.sha256(canonical_json(line)).hexdigest() == receipt.digest
     before = target.read_bytes()
     run.ok("receipts", "export", "--format", "dsse", "--to", f"file://{target}")
     run.ok("receipts", "export", "--format", "dsse", "--to", str(target), "--since", "0")
@@ -372,9 +372,9 @@ def test_auto_export_runs_after_every_writing_command(
     deploy = ("deploy", "shop", "--env", "dev", "--profile", "ternary-split-3")
     run.ok(*deploy, "--release", "v1")
     listed = json.loads(run.ok("receipts", "list", "--json").stdout)
-    exported = [json.loads(line)["id"] for line in sink.read_text().splitlines()]
+    exported = [envelope_digest(json.loads(line)) for line in sink.read_text().splitlines()]
     assert exported == [r["digest"] for r in listed], "every receipt so far, in ledger order"
     assert listed[-1]["operation"] == "deploy" and listed[-1]["label"] == "v1"
     run.ok(*deploy, "--release", "v2")
-    again = [json.loads(line)["id"] for line in sink.read_text().splitlines()]
+    again = [envelope_digest(json.loads(line)) for line in sink.read_text().splitlines()]
     assert len(again) == len(exported) + 1 and len(set(again)) == len(again)

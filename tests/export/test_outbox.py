@@ -186,13 +186,15 @@ def test_file_destination_appends_each_item_once(
     # A crash after appending the first line, before marking it delivered,
     # and another in the middle of the third line.
     target.parent.mkdir()
-    target.write_bytes(line_of(first) + line_of(third)[:25])
+    torn = line_of(third)[:25]
+    target.write_bytes(line_of(first) + torn)
     result = deliver(outbox, destination, max_items=None, deadline_s=30)
     assert result.delivered == 3
-    lines = [json.loads(line) for line in target.read_text().splitlines()]
-    assert [line["id"] for line in lines] == [r.digest for r in made]
-    assert all(line["format"] == "dsse" for line in lines)
-    assert lines[1]["body"] == json.loads(second.body)
+    lines = target.read_bytes().splitlines(keepends=True)
+    assert lines[:2] == [line_of(first), torn + b"\n"], "what was there is kept, terminated"
+    envelopes = [json.loads(line) for line in lines[2:]]
+    assert [envelope_digest(e) for e in envelopes] == [made[1].digest, made[2].digest]
+    assert lines[2] == second.body + b"\n", "the bare envelope, byte for byte"
     outbox.enqueue(destination.key, "dsse", made)
     before = target.read_bytes()
     deliver(outbox, destination, max_items=None, deadline_s=30, due_only=False)

@@ -26,9 +26,12 @@ receipt after --since SEQ) in the ledger's outbox, then delivers everything
 pending, in order, each item once under a stable id (Idempotency-Key).
 DEST is an http(s):// URL (for otlp-json the collector base: items go to
 /v1/traces and /v1/logs under it) or a file (file:///abs/path or a path),
-which gets one JSON line per item. Without --to, [export] to of chassis.toml
-is used; without either, the rendered items are printed, one per line, and
-nothing is queued. Items not delivered stay queued for the next export or
+which gets one line per item: the bare OTLP request, CloudEvent or DSSE
+envelope, as the Collector's otlpjsonfile receiver and other readers take
+it. An http:// URL with credentials (user info, ?token=…) is refused unless
+--insecure. Without --to, [export] to of chassis.toml is used; without
+either, the rendered items are printed, one per line, and nothing is
+queued. Items not delivered stay queued for the next export or
 the next automatic export ([export] auto = true). See guides/boundary.md.
 Exit status: 0 everything queued for DEST is delivered, 2 bad option or
 destination, 3 bad [export] in chassis.toml, 19 items remain queued or
@@ -58,6 +61,11 @@ Examples:
     is_flag=True,
     help="Queue nothing; deliver what is queued, failed items included.",
 )
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Allow credentials in a plain http:// destination (sent unencrypted).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_app
 def export_command(
@@ -66,6 +74,7 @@ def export_command(
     to: str | None,
     since: int | None,
     retry_only: bool,
+    insecure: bool,
     as_json: bool,
 ) -> None:
     """Export receipts as OTLP/JSON, CloudEvents or DSSE to a file or an endpoint."""
@@ -73,11 +82,11 @@ def export_command(
     format = format_name or settings.format
     if to is not None:
         try:
-            destination = parse_destination(to, Path.cwd())
+            destination = parse_destination(to, Path.cwd(), insecure=insecure)
         except DestinationError as e:
-            raise click.BadParameter(str(e), param_hint="--to") from None
+            raise DestinationError(f"--to: {e}") from None  # one line, exit 2
     elif settings.to is not None:
-        destination = parse_destination(settings.to, app.workspace.root)
+        destination = parse_destination(settings.to, app.workspace.root, insecure=insecure)
     else:
         if retry_only:
             raise click.UsageError("--retry-only needs a destination: --to or [export] to")
