@@ -48,3 +48,36 @@ def test_a_hidden_revocation_makes_key_list_fail_closed(
     verified = run("ledger", "verify")
     assert verified.exit_code == 8
     assert "record-mismatch" in verified.stderr + verified.stdout
+
+
+def test_a_key_signed_float_makes_host_show_fail_closed(
+    run: Runner, workspace: Path, isolation: Path
+) -> None:
+    """A trusted key signed a host record holding a float (which the format
+    forbids): 'host show' used to crash with a traceback on a ledger that
+    verify called OK. Now both refuse it with bad-number, one line, exit 8."""
+    from ledger.canonical import event_digest
+    from ledger.keys import load_keypair
+    from ledger.records import parse_record, sealed_state
+
+    run.ok("host", "add", "lab-1", "--connector", "local", "--root", str(workspace / "lab-1"))
+    db = workspace / ".chassis" / "ledger.db"
+    with sqlite3.connect(db) as conn:
+        seq, originator, version, topic, state = conn.execute(
+            "SELECT rowid, originator_id, originator_version, topic, state FROM stored_events "
+            "ORDER BY rowid DESC LIMIT 1"
+        ).fetchone()
+        record = parse_record(seq, originator, version, topic, state)
+        body = json.loads(record.body_bytes)
+        body["payload"]["settings"]["port"] = 22.5
+        raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        key = load_keypair(next(isolation.glob("*.key")))
+        digest = event_digest(raw)
+        forged = sealed_state(digest, raw, key.sign(digest))
+        conn.execute("UPDATE stored_events SET state=? WHERE rowid=?", (forged, seq))
+    shown = run("host", "show", "lab-1")
+    assert shown.exit_code == 8
+    assert "bad-number" in shown.stderr and "Traceback" not in shown.stderr + shown.stdout
+    assert len(shown.stderr.strip().splitlines()) == 1
+    verified = run("ledger", "verify")
+    assert verified.exit_code == 8 and "bad-number" in verified.stderr + verified.stdout

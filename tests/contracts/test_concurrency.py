@@ -59,11 +59,17 @@ def test_retrying_writers_all_land_in_one_valid_chain(
     assert sum(r["written"] for r in results(processes)) == writers * each
 
     book = ledger.load(Notebook, Notebook.id_for("shared"))
-    assert book.version == 1 + writers * each
+    # Every note, plus one signed snapshot binding each time the stream
+    # crossed a multiple of SNAPSHOT_EVERY (the binding holds no note).
+    events = [e for _, e in ledger.verified_events(book.id)]
+    bindings = sum(isinstance(e, Notebook.SnapshotBound) for e in events)
+    assert bindings == book.version // Notebook.SNAPSHOT_EVERY
+    assert book.version == 1 + writers * each + bindings
+    assert len(book.lines) == writers * each
     for i in range(writers):  # every writer's notes, each in its own order
         mine = [line for line in book.lines if line.startswith(f"w{i}:")]
         assert mine == [f"w{i}:{n}" for n in range(each)]
-    assert verify_ledger(ledger.scan()).events == 2 + writers * each
+    assert verify_ledger(ledger.scan()).events == 2 + writers * each + bindings
 
 
 def test_non_retryable_writers_one_wins_the_rest_get_a_conflict(
