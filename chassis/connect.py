@@ -39,6 +39,8 @@ from paramiko.hostkeys import HostKeyEntry
 from adapters.connectors.base import ADDRESS, ADDRESS_RULE, Connector
 from adapters.connectors.local import LocalConnector
 from adapters.connectors.ssh import (
+    DEFAULT_IO_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL,
     SSHConnector,
     SSHSettings,
     _handshake_cause,  # the connector's own wording for failed handshakes
@@ -47,7 +49,8 @@ from adapters.connectors.ssh import (
 )
 from adapters.connectors.ssh import fingerprint as ssh_fingerprint
 from adapters.errors import ConnectorError, HostUnreachable
-from chassis.errors import ChassisError
+from chassis.errors import ChassisError, WorkspaceError
+from chassis.stack.spec import SSH_TIMEOUT_MS
 from chassis.workspace import Workspace
 from ledger.hosts import Host, HostSettings
 
@@ -78,6 +81,7 @@ def connector_from_settings(
     assert settings.address is not None and settings.user is not None
     known_hosts = known_hosts_path(ws)
     known_hosts.touch(mode=0o600, exist_ok=True)
+    silence = ssh_timeout_s(ws, name, settings.environment)
     return PinnedSSHConnector(
         SSHSettings(
             name=name,
@@ -86,9 +90,59 @@ def connector_from_settings(
             user=settings.user,
             key_file=Path(settings.key_file).expanduser() if settings.key_file else None,
             known_hosts=known_hosts,
-            connect_timeout=connect_timeout,
+            connect_timeout=min(connect_timeout, silence or connect_timeout),
+            io_timeout=silence or DEFAULT_IO_TIMEOUT,
+            keepalive_interval=silence / KEEPALIVE_COUNT if silence else DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_count_max=KEEPALIVE_COUNT,
         )
     )
+
+
+# -- ssh timeouts ----------------------------------------------------------------------
+
+KEEPALIVE_COUNT = 3
+_stack_cache: dict[Path, tuple[tuple[int, int], dict[str, object]]] = {}
+
+
+def ssh_timeout_s(ws: Workspace, host: str, environment: str) -> float | None:
+    """The stack's ``ssh_timeout_ms`` for ``host`` (its own, else its
+    environment's) in seconds, or None for the defaults. It bounds how long a
+    silent host can hold an operation: a transfer without progress, keepalives
+    unanswered (``KEEPALIVE_COUNT`` per period), connecting. Read from the
+    stack file, not the ledger, since it is about this workspace's network, not
+    about what runs on the host; ``stack validate`` checks its range, and a
+    value it would refuse is ignored here."""
+    stack = _stack(ws)
+    environments = stack.get("environments")
+    env = environments.get(environment) if isinstance(environments, dict) else None
+    if not isinstance(env, dict):
+        return None
+    value = env.get("ssh_timeout_ms")
+    for entry in env.get("hosts") or []:
+        if isinstance(entry, dict) and entry.get("name") == host:
+            value = entry.get("ssh_timeout_ms", value)
+    low, high = SSH_TIMEOUT_MS
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        return None
+    return value / 1000
+
+
+def _stack(ws: Workspace) -> dict[str, object]:
+    """The raw stack file, parsed once per version of the file."""
+    try:
+        info = ws.stack_file.stat()
+    except OSError:
+        return {}
+    key = (info.st_mtime_ns, info.st_size)
+    cached = _stack_cache.get(ws.stack_file)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    try:
+        stack = ws.stack()
+    except WorkspaceError:
+        return {}  # reported by whatever reads the stack for its own sake
+    _stack_cache[ws.stack_file] = (key, stack)
+    return stack
 
 
 # -- known_hosts: one pin per host ---------------------------------------------

@@ -23,6 +23,7 @@ from chassis.errors import ChassisError
 from chassis.hosts import all_hosts, settings_from_spec
 from chassis.keyring import local_key_path
 from chassis.stack.spec import load_stack
+from chassis.views import StatusRow, age_text, status_rows
 from chassis.workspace import Workspace, keys_dir
 from ledger.errors import LedgerError
 from ledger.hosts import HostSettings
@@ -58,6 +59,8 @@ def run_doctor(workspace_path: Path | None, key_ref: str | None, timeout: float)
         ]
     checks.append(Check("workspace", "pass", str(ws.root)))
     checks.append(check_ledger(ws))
+    if checks[-1].status == "pass":  # a ledger that does not verify says nothing true
+        checks.append(check_components(ws))
     checks.append(check_keys(ws, key_ref))
     checks.extend(check_hosts(ws, timeout))
     return checks
@@ -102,6 +105,59 @@ def check_ledger(ws: Workspace) -> Check:
     except (LedgerError, ChassisError) as e:
         return Check("ledger", "fail", e.diagnostics(), "check CHASSIS_LEDGER / [ledger] url")
     return Check("ledger", "pass", f"{ws.storage().describe()}: {result.events} events verified")
+
+
+def check_components(ws: Workspace) -> Check:
+    """Every deployed component as last observed (``chassis status``): fail
+    when one was seen or recorded down or unhealthy, warn when one has not
+    been observed since a restore (or drift is recorded). Reads the view
+    only: ``chassis status --live`` is what looks at the hosts and records."""
+    try:
+        ledger = open_ledger(ws.storage(), None)
+        try:
+            rows = status_rows(ledger, None, None)
+        finally:
+            ledger.close()
+    except LedgerVerificationError as e:
+        return Check("components", "fail", str(e), "'chassis ledger verify', then rebuild-views")
+    except (LedgerError, ChassisError) as e:
+        return Check("components", "fail", e.diagnostics(), "check CHASSIS_LEDGER / [ledger] url")
+    if not rows:
+        return Check("components", "pass", "nothing deployed yet")
+
+    def name(r: StatusRow) -> str:
+        return f"{r.app}/{r.environment} {r.host}/{r.component}"
+
+    down = [r for r in rows if r.healthy is False]
+    if down:
+        what = "; ".join(f"{name(r)} {r.state}, {r.health} ({r.observed_text()})" for r in down)
+        return Check(
+            "components",
+            "fail",
+            f"{len(down)} of {len(rows)} component(s) seen or recorded down: {what}",
+            "look now with 'chassis status --live'; repair with 'chassis reconcile APP "
+            "--env ENV --repair'",
+        )
+    unknown = [r for r in rows if r.healthy is None]
+    drifted = [r for r in rows if r.state == "drifted"]
+    if unknown or drifted:
+        what = "; ".join(
+            [f"{name(r)}: {r.observed_text()}" for r in unknown]
+            + [f"{name(r)}: drifted, {r.health}" for r in drifted]
+        )
+        return Check(
+            "components",
+            "warn",
+            f"{len(unknown)} never observed, {len(drifted)} drifted: {what}",
+            "'chassis status --live' looks now; 'chassis reconcile APP --env ENV' checks drift",
+        )
+    oldest = max(r.observed_age_s or 0 for r in rows)
+    return Check(
+        "components",
+        "pass",
+        f"{len(rows)} component(s) running and healthy as last observed "
+        f"(oldest observation {age_text(oldest)}; 'chassis status --live' looks now)",
+    )
 
 
 def check_keys(ws: Workspace, key_ref: str | None) -> Check:

@@ -41,3 +41,9 @@ class WorkspaceError(ChassisError):
     """No workspace here, or its files are malformed."""
 
     exit_code = 3
+
+
+class NotFound(ChassisError):
+    """No such app, installation or host (exit 10)."""
+
+    exit_code = 10

@@ -3,10 +3,12 @@ installation projections (caught up before every read)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
 from typing import Any
 
 from ledger.application import Ledger
+from ledger.canonical import parse_timestamp
 from projections.fold import documents, open_views, rebuild
 from projections.hosts import HOSTS
 from projections.installations import INSTALLATIONS
@@ -24,9 +26,49 @@ class StatusRow:
     state: str
     health: str
     since: str
+    healthy: bool | None = None
+    """True: last seen running and passing; False: seen or recorded down; None: never seen."""
+    observed: str | None = None
+    """When the state shown was seen (a ledger timestamp), None if never since ``detail`` says."""
+    observed_by: str | None = None
+    observed_age_s: int | None = None
+    """Seconds between ``observed`` and the read (computed then, never stored)."""
+    restarts: int | None = None
+    """Restarts the supervisor made of the running instance (None: not counted)."""
+    detail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_view(cls, row: dict[str, Any], now: datetime) -> StatusRow:
+        """A view row plus its age at ``now`` (rows folded by older versions lack
+        the observation fields: they read as never observed)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in row.items() if k in known}
+        if "observed" not in row:
+            values.update(state="unknown", health="unknown", detail="never observed")
+        observed = values.get("observed")
+        if observed is not None:
+            age = (now - parse_timestamp(str(observed))).total_seconds()
+            values["observed_age_s"] = max(0, int(age))
+        return cls(**values)
+
+    def observed_text(self) -> str:
+        """``3 min ago by status --live``, or why nothing was seen."""
+        if self.observed_age_s is None:
+            return self.detail or "never observed"
+        return f"{age_text(self.observed_age_s)} by {self.observed_by}"
+
+
+def age_text(seconds: int) -> str:
+    """A short, human age: ``just now``, ``42 s ago``, ``3 min ago``, ``5 h ago``, ``2 d ago``."""
+    if seconds < 2:
+        return "just now"
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
 
 
 def _views(ledger: Ledger) -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
@@ -39,9 +81,13 @@ def host_documents(ledger: Ledger, *, include_removed: bool = False) -> list[dic
     return [d for d in docs if include_removed or not d["removed"]]
 
 
-def status_rows(ledger: Ledger, app: str | None, environment: str | None) -> list[StatusRow]:
+def status_rows(
+    ledger: Ledger, app: str | None, environment: str | None, now: datetime | None = None
+) -> list[StatusRow]:
+    """The installations view's rows (caught up first), aged at ``now``."""
+    moment = now or datetime.now(UTC)
     return [
-        StatusRow(**row)
+        StatusRow.from_view(row, moment)
         for rows, history in _views(ledger)
         if (app is None or history["app"] == app)
         and (environment is None or history["environment"] == environment)

@@ -1,24 +1,32 @@
 """Installations: one app in one environment, and every operation on it.
 
 An operation (deploy, rollback, recover) starts with its signed intent,
-which also takes the installation's lease; each host step's outcome follows;
-it ends with a finished event that releases the lease. Revision numbers only
+which also takes the installation's lease (and, in the same save, a
+``LeaseRenewed`` naming the host and pid of the process holding it); each host
+step's outcome follows, and the holder renews the lease while it works; it
+ends with a finished event that releases the lease. Revision numbers only
 grow. ``last_successful`` is the newest revision whose operation deployed.
 """
 
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, ClassVar
 
 from ledger.aggregate import LedgerAggregate
 from ledger.canonical import canonical_json, format_timestamp, parse_timestamp
-from ledger.errors import DomainRuleError
+from ledger.errors import ConflictError, DomainRuleError
 from ledger.events import LedgerEvent
 from ledger.snapshots import SnapshotBinding
 
 OPERATIONS = ("deploy", "rollback", "recover", "repair")
+_HOLDER_KEYS = ("renewed", "hostname", "pid", "process")
+"""Lease keys that describe the holding process (``LeaseRenewed``)."""
 STATE_TAG = b"chassis.installation.state.v1\x00"
 FINAL_STATUSES = ("deployed", "failed", "noop")
 
@@ -36,10 +44,93 @@ def _active_entry(
     }
 
 
+def _activation_seen(
+    aggregate: Installation, host: str, revision: int, components: list[str], at: datetime
+) -> dict[str, Any]:
+    """What an activation saw: every component running and through its health
+    gate (``none`` for a component without a check). Restart counts start at
+    0 where the plan's supervisor keeps them (``direct``), unknown elsewhere."""
+    plan = aggregate.plans.get(str(revision)) or {}
+    host_plan: dict[str, Any] = next(
+        (h for h in plan.get("hosts", []) if h.get("host") == host), {}
+    )
+    checks = {c.get("name"): c.get("health") for c in host_plan.get("components", [])}
+    restarts = 0 if host_plan.get("supervisor", "direct") == "direct" else None
+    operation = aggregate.lease["operation"] if aggregate.lease else "deploy"
+    stamp = format_timestamp(at)
+    return {
+        "at": stamp,
+        "since": stamp,
+        "by": f"{operation} r{revision}",
+        "components": {
+            name: {
+                "state": "running",
+                "health": "none" if name in checks and checks[name] is None else "passed",
+                "restarts": restarts,
+                "detail": "started and through its health gate",
+            }
+            for name in components
+        },
+    }
+
+
+def _unseen(aggregate: Installation, at: datetime, what: str) -> dict[str, Any]:
+    """An entry saying nothing has been seen since ``what`` (in the lease's operation)."""
+    lease = aggregate.lease
+    during = f" in {lease['operation']} r{lease['revision']}" if lease else ""
+    return {"at": None, "since": format_timestamp(at), "by": f"{what}{during}", "components": {}}
+
+
 class LeaseHeldError(DomainRuleError):
     """Another operation holds the installation's lease."""
 
     exit_code = 7
+
+
+class LeaseLost(ConflictError):
+    """This process's operation no longer holds the lease: it was taken over
+    (``chassis recover``) or broken (``chassis lease break``) while it ran. What
+    it recorded before stands; it must stop acting on hosts (exit 7)."""
+
+
+@dataclass(frozen=True)
+class LeaseHolder:
+    """Where the process holding a lease runs: recorded with every renewal so
+    that ``chassis recover`` can say what is running where, and, on the same
+    machine, tell a live holder from a dead one. ``process`` is the kernel boot
+    id and the process start time (Linux ``/proc``; empty elsewhere), so a pid
+    reused after a crash or a reboot is not mistaken for the holder."""
+
+    hostname: str
+    pid: int
+    process: str
+
+    @classmethod
+    def here(cls) -> LeaseHolder:
+        """This process (read once per command, never in an event's ``apply``)."""
+        return cls(socket.gethostname(), os.getpid(), process_token(os.getpid()))
+
+    @classmethod
+    def of(cls, lease: dict[str, Any]) -> LeaseHolder | None:
+        """The holder a lease recorded (None for a lease from before renewals)."""
+        if "pid" not in lease:
+            return None
+        return cls(str(lease["hostname"]), int(lease["pid"]), str(lease["process"]))
+
+    def describe(self) -> str:
+        return f"host {self.hostname}, pid {self.pid}"
+
+
+def process_token(pid: int) -> str:
+    """``BOOT_ID:START_TICKS`` of ``pid`` from ``/proc`` ("" if unreadable or not Linux)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    # Field 22 (start time); the command name (field 2) may hold spaces and ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return f"{boot}:{fields[19]}" if len(fields) > 19 else ""
 
 
 class Installation(LedgerAggregate):
@@ -65,6 +156,11 @@ class Installation(LedgerAggregate):
     """host → {release_id, label, revision, components, since}: what is active."""
     drift: dict[str, dict[str, Any]]
     """host → {observed, differences}: the last drift reconcile saw there."""
+    observed: dict[str, dict[str, Any]]
+    """host → {at, since, by, components}: the last state *seen* there (see
+    :func:`_seen`). ``at`` is null when nothing has looked since ``by``
+    changed the host without looking (a restore): status must then say
+    "unknown", never repeat an older "running"."""
 
     class Created(LedgerEvent, frozen=True, kw_only=True):
         TOPIC: ClassVar[str] = "chassis.installation.created.v1"
@@ -83,6 +179,7 @@ class Installation(LedgerAggregate):
             aggregate.plans = {}
             aggregate.hosts = {}
             aggregate.drift = {}
+            aggregate.observed = {}
 
     class OperationStarted(LedgerEvent, frozen=True, kw_only=True):
         TOPIC: ClassVar[str] = "chassis.installation.operation-started.v1"
@@ -156,6 +253,10 @@ class Installation(LedgerAggregate):
                 self.release_id, self.label, self.revision, self.components, self.timestamp
             )
             aggregate.drift.pop(self.host, None)
+            # Activation follows a passed health gate: that gate is an observation.
+            aggregate.observed[self.host] = _activation_seen(
+                aggregate, self.host, self.revision, self.components, self.timestamp
+            )
             aggregate.compact()
 
     class HostRestored(LedgerEvent, frozen=True, kw_only=True):
@@ -172,8 +273,12 @@ class Installation(LedgerAggregate):
 
         def apply(self, aggregate: Installation) -> None:
             aggregate.drift.pop(self.host, None)
+            # A restore's own report is not an observation (one that said
+            # "restored" while the processes were gone is how status lied).
+            aggregate.observed[self.host] = _unseen(aggregate, self.timestamp, "restore")
             if self.release_id is None or self.revision is None or self.label is None:
                 aggregate.hosts.pop(self.host, None)
+                aggregate.observed.pop(self.host, None)
             else:
                 aggregate.hosts[self.host] = _active_entry(
                     self.release_id, self.label, self.revision, self.components, self.timestamp
@@ -243,6 +348,38 @@ class Installation(LedgerAggregate):
                 "differences": list(self.differences),
             }
 
+    class StateObserved(LedgerEvent, frozen=True, kw_only=True):
+        """What a probe (``chassis status --live``, ``chassis reconcile``) saw
+        on a host, recorded only when it differs from what was recorded
+        before, so status can say what was seen and when instead of assuming
+        "running". ``components``: name → {state, health, restarts, detail,
+        last_exit}; ``differences`` as in ``drift-observed`` (an empty list
+        clears recorded drift: the host was seen matching the ledger)."""
+
+        TOPIC: ClassVar[str] = "chassis.installation.state-observed.v1"
+        ROLE: ClassVar[str] = "operator"
+        host: str
+        by: str
+        release_id: str
+        components: dict[str, dict[str, Any]]
+        differences: list[dict[str, Any]]
+
+        def apply(self, aggregate: Installation) -> None:
+            if self.host not in aggregate.hosts:
+                return  # retired since it was probed: nothing runs there to describe
+            at = format_timestamp(self.timestamp)
+            aggregate.observed[self.host] = {
+                "at": at,
+                "since": at,
+                "by": self.by,
+                "release_id": self.release_id,
+                "components": {k: dict(v) for k, v in self.components.items()},
+            }
+            if self.differences:
+                aggregate.drift[self.host] = {"observed": at, "differences": list(self.differences)}
+            else:
+                aggregate.drift.pop(self.host, None)
+
     class LeaseBroken(LedgerEvent, frozen=True, kw_only=True):
         TOPIC: ClassVar[str] = "chassis.installation.lease-broken.v1"
         ROLE: ClassVar[str] = "operator"
@@ -274,11 +411,41 @@ class Installation(LedgerAggregate):
             lease = aggregate.lease
             if lease is None or lease["op_id"] != self.op_id:
                 return
+            # The previous holder's process and renewals are not the recoverer's.
+            kept = {k: v for k, v in lease.items() if k not in _HOLDER_KEYS}
             aggregate.lease = {
-                **lease,
+                **kept,
                 "holder": self.keyid,
                 "started": format_timestamp(self.timestamp),
                 "ttl_s": self.lease_ttl_s,
+            }
+
+    class LeaseRenewed(LedgerEvent, frozen=True, kw_only=True):
+        """The lease holder is still working on ``op_id``: the lease now runs
+        ``ttl_s`` from this event. Appended with every intent (and every
+        takeover) to say where the holding process runs, then by its heartbeat
+        every ``ttl_s / 3``, so a lease is live exactly while it is renewed."""
+
+        TOPIC: ClassVar[str] = "chassis.installation.lease-renewed.v1"
+        ROLE: ClassVar[str] = "operator"
+        op_id: str
+        hostname: str
+        """Of the machine the holding process runs on (not a target host)."""
+        pid: int
+        process: str
+        ttl_s: int
+
+        def apply(self, aggregate: Installation) -> None:
+            lease = aggregate.lease
+            if lease is None or lease["op_id"] != self.op_id:
+                return
+            aggregate.lease = {
+                **lease,
+                "renewed": format_timestamp(self.timestamp),
+                "ttl_s": self.ttl_s,
+                "hostname": self.hostname,
+                "pid": self.pid,
+                "process": self.process,
             }
 
     class SnapshotBound(SnapshotBinding, frozen=True, kw_only=True):
@@ -294,6 +461,7 @@ class Installation(LedgerAggregate):
     @classmethod
     def restore(cls, state: dict[str, Any]) -> Installation:
         state.setdefault("drift", {})  # snapshots taken before drift was kept
+        state.setdefault("observed", {})  # ... or before observations were
         state.setdefault("plans", {})
         return super().restore(state)
 
@@ -342,22 +510,35 @@ class Installation(LedgerAggregate):
         )
 
     def lease_expires(self) -> datetime | None:
+        """The last renewal (or the start) plus the ttl."""
         if self.lease is None:
             return None
-        started = parse_timestamp(self.lease["started"])
-        return started + timedelta(seconds=int(self.lease["ttl_s"]))
+        last = parse_timestamp(self.lease.get("renewed") or self.lease["started"])
+        return last + timedelta(seconds=int(self.lease["ttl_s"]))
+
+    def lease_text(self, now: datetime) -> str:
+        """What holds the lease, for messages: operation, revision, key, where
+        its process runs, when it started and was last renewed, and expiry."""
+        lease = self.lease
+        if lease is None:
+            return "no operation"
+        expires = self.lease_expires()
+        holder = LeaseHolder.of(lease)
+        where = f", {holder.describe()}" if holder else ""
+        renewed = f", last renewed {lease['renewed']}" if lease.get("renewed") else ""
+        state = "expired" if expires is not None and now > expires else "expires"
+        return (
+            f"{lease['operation']} of revision {lease['revision']} (key {lease['holder'][:16]}"
+            f"{where}, started {lease['started']}{renewed}, {state} "
+            f"{format_timestamp(expires) if expires else '?'})"
+        )
 
     def check_lease_free(self, now: datetime) -> None:
-        """Raise ``LeaseHeldError`` naming holder, operation, start and expiry."""
+        """Raise ``LeaseHeldError`` naming holder, where it runs, start and expiry."""
         if self.lease is None:
             return
-        expires = self.lease_expires()
-        lease = self.lease
-        state = "expired" if expires is not None and now > expires else "expires"
         raise LeaseHeldError(
-            f"{self.app}/{self.environment} is locked by {lease['operation']} of revision "
-            f"{lease['revision']} (key {lease['holder'][:16]}, started {lease['started']}, "
-            f"{state} {format_timestamp(expires) if expires else '?'}); wait, run "
+            f"{self.app}/{self.environment} is locked by {self.lease_text(now)}; wait, run "
             f"'chassis recover', or 'chassis lease break'"
         )
 
@@ -377,7 +558,10 @@ class Installation(LedgerAggregate):
         lease_ttl_s: int,
         description: str,
         now: datetime,
+        holder: LeaseHolder | None = None,
     ) -> int:
+        """Record the intent, which takes the lease, and (in the same save)
+        where the process holding it runs (``holder``, default this one)."""
         if operation not in OPERATIONS:
             raise DomainRuleError(f"unknown operation {operation!r}")
         self.check_lease_free(now)
@@ -398,7 +582,30 @@ class Installation(LedgerAggregate):
             lease_ttl_s=lease_ttl_s,
             description=description,
         )
+        self._renewed(actor, op_id, holder or LeaseHolder.here(), lease_ttl_s)
         return revision
+
+    def _renewed(self, actor: str, op_id: str, holder: LeaseHolder, ttl_s: int) -> None:
+        self.trigger(
+            self.LeaseRenewed,
+            keyid=actor,
+            op_id=op_id,
+            hostname=holder.hostname,
+            pid=holder.pid,
+            process=holder.process,
+            ttl_s=ttl_s,
+        )
+
+    def renew_lease(self, *, actor: str, op_id: str, holder: LeaseHolder) -> None:
+        """The heartbeat: only the key and process that hold the lease renew it."""
+        self._require_operation(op_id)
+        assert self.lease is not None
+        if self.lease["holder"] != actor or LeaseHolder.of(self.lease) != holder:
+            raise LeaseLost(
+                f"the lease of {self.app}/{self.environment} is held by "
+                f"{self.lease_text(datetime.now(UTC))}, not by this process"
+            )
+        self._renewed(actor, op_id, holder, int(self.lease["ttl_s"]))
 
     def _require_operation(self, op_id: str) -> None:
         if self.lease is None or self.lease["op_id"] != op_id:
@@ -490,8 +697,17 @@ class Installation(LedgerAggregate):
             description=description,
         )
 
-    def resume_operation(self, *, actor: str, op_id: str, reason: str, lease_ttl_s: int) -> None:
-        """Take over the operation holding the lease (``chassis recover``)."""
+    def resume_operation(
+        self,
+        *,
+        actor: str,
+        op_id: str,
+        reason: str,
+        lease_ttl_s: int,
+        holder: LeaseHolder | None = None,
+    ) -> None:
+        """Take over the operation holding the lease (``chassis recover``),
+        recording where the recovering process runs in the same save."""
         self._require_operation(op_id)
         if not reason.strip():
             raise DomainRuleError("resuming an operation needs a reason")
@@ -502,6 +718,7 @@ class Installation(LedgerAggregate):
             reason=reason,
             lease_ttl_s=lease_ttl_s,
         )
+        self._renewed(actor, op_id, holder or LeaseHolder.here(), lease_ttl_s)
 
     def break_lease(self, *, actor: str, reason: str, force: bool, now: datetime) -> dict[str, Any]:
         if self.lease is None:
@@ -542,6 +759,29 @@ class Installation(LedgerAggregate):
 
     def observe_drift(self, *, actor: str, host: str, differences: list[dict[str, Any]]) -> None:
         self.trigger(self.DriftObserved, keyid=actor, host=host, differences=differences)
+
+    def observe_state(
+        self,
+        *,
+        actor: str,
+        host: str,
+        by: str,
+        release_id: str,
+        components: dict[str, dict[str, Any]],
+        differences: list[dict[str, Any]],
+    ) -> None:
+        """Record what a probe saw on ``host`` (the caller records only changes)."""
+        if host not in self.hosts:
+            raise DomainRuleError(f"{self.app}/{self.environment} runs nothing on {host}")
+        self.trigger(
+            self.StateObserved,
+            keyid=actor,
+            host=host,
+            by=by,
+            release_id=release_id,
+            components=components,
+            differences=differences,
+        )
 
     # Reading.
 

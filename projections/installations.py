@@ -9,32 +9,80 @@ from projections.fold import FoldedView
 
 
 def status_of(installation: Installation) -> list[dict[str, Any]]:
-    """One row per component. On a host where ``chassis reconcile`` recorded
-    drift, ``state`` is ``drifted`` and ``health`` names what differed there
-    (the component's own differences and the host's), until an operation
-    touches the host again."""
+    """One row per component, saying what was last *seen* there and when
+    (``observed``, ``observed_by``), never an assumed "running": a host
+    restored, or recorded before observations were kept, is ``unknown``.
+    On a host where drift is recorded, ``state`` is ``drifted`` and
+    ``health`` names what differed there (the component's own differences
+    and the host's), until an operation or a clean look clears it.
+    ``healthy`` sums it up for checks (``chassis doctor``): True when last
+    seen running and passing, False when seen or recorded down, None when
+    nothing has been seen. Ages are computed by readers (a view must not
+    depend on when it was folded)."""
     rows = []
     for host, entry in sorted(installation.hosts.items()):
         drift = installation.drift.get(host)
+        seen = getattr(installation, "observed", {}).get(host)
         for component in entry["components"]:
-            state, health = "running", "passed"
-            if drift is not None:
-                state, health = "drifted", _drift_health(drift["differences"], component)
-            rows.append(
-                {
-                    "app": installation.app,
-                    "environment": installation.environment,
-                    "host": host,
-                    "component": component,
-                    "label": entry["label"],
-                    "release_id": entry["release_id"],
-                    "revision": int(entry["revision"]),
-                    "state": state,
-                    "health": health,
-                    "since": entry["since"],
-                }
-            )
+            row = {
+                "app": installation.app,
+                "environment": installation.environment,
+                "host": host,
+                "component": component,
+                "label": entry["label"],
+                "release_id": entry["release_id"],
+                "revision": int(entry["revision"]),
+                "since": entry["since"],
+            }
+            row.update(component_status(seen, drift, component, entry["since"]))
+            rows.append(row)
     return rows
+
+
+def component_status(
+    seen: dict[str, Any] | None,
+    drift: dict[str, Any] | None,
+    component: str,
+    since: str,
+) -> dict[str, Any]:
+    """``state``, ``health``, ``healthy``, ``observed``, ``observed_by``,
+    ``restarts`` and ``detail`` of one component, from the host's recorded
+    observation and drift (also used for what ``status --live`` just saw,
+    so a live row and the row it records read the same)."""
+    mine = (seen or {}).get("components", {}).get(component) if seen else None
+    if seen is None or seen.get("at") is None or mine is None:
+        after = f"{seen['by']} at {seen['since']}" if seen else f"activation at {since}"
+        out: dict[str, Any] = {
+            "state": "unknown",
+            "health": "unknown",
+            "healthy": None,
+            "observed": None,
+            "observed_by": None,
+            "restarts": None,
+            "detail": f"never observed since {after}",
+        }
+    else:
+        state, health = str(mine["state"]), str(mine["health"])
+        out = {
+            "state": state,
+            "health": health,
+            "healthy": state == "running" and health in ("passed", "none"),
+            "observed": seen["at"],
+            "observed_by": seen["by"],
+            "restarts": mine.get("restarts"),
+            "detail": str(mine.get("detail", "")),
+        }
+    if drift is not None:
+        differences = drift["differences"]
+        out["state"], out["health"] = "drifted", _drift_health(differences, component)
+        if any(
+            d.get("component") == component and d["what"] in ("process", "health")
+            for d in differences
+        ):
+            out["healthy"] = False
+        if out["observed"] is None or str(drift["observed"]) > str(out["observed"]):
+            out["observed"], out["observed_by"] = drift["observed"], "reconcile"
+    return out
 
 
 def _drift_health(differences: list[dict[str, Any]], component: str) -> str:

@@ -12,6 +12,21 @@ stock runner gets wrong for us:
   which re-joins the whole buffer per chunk (quadratic on large output);
 - a timeout is reported reliably (invoke's check races with its timer thread)
   and kills the remote process group, not just the channel.
+
+A host that freezes (a stopped sshd session, a dead link that still holds its
+TCP state) answers nothing and, without help, blocks paramiko forever: SFTP
+reads, channel requests and exec all wait on the transport without a
+deadline. So every wait is bounded: connecting by ``connect_timeout``, every
+SFTP read or write by ``io_timeout`` without progress (the channel's socket
+timeout; transfers move in chunks, each of which must get through within it),
+commands by their own timeout, and all of them by a keepalive: the server
+must answer a ``keepalive@openssh.com`` request every ``keepalive_interval``
+seconds, and when ``keepalive_count_max`` intervals pass without an answer
+the transport is closed, which wakes every waiter (OpenSSH's
+``ServerAliveInterval``/``ServerAliveCountMax``; paramiko's own
+``set_keepalive`` sends requests but never notices a missing answer). The
+operation that was waiting then fails with :class:`ConnectorTimeout` naming
+the host, what it was doing and how long the host was silent.
 """
 
 from __future__ import annotations
@@ -28,6 +43,7 @@ import re
 import shlex
 import socket
 import stat
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -63,6 +79,9 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 32768
 _KILL_TIMEOUT = 5.0
 _HASH_TIMEOUT = 600.0  # hashing a multi-GB artifact on a slow disk takes a while
+DEFAULT_IO_TIMEOUT = 30.0
+DEFAULT_KEEPALIVE_INTERVAL = 10.0
+DEFAULT_KEEPALIVE_COUNT_MAX = 3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,12 +96,21 @@ class SSHSettings:
     key_file: Path | None = None
     connect_timeout: float = 10.0
     host_key_policy: HostKeyPolicy = "reject"
+    io_timeout: float = DEFAULT_IO_TIMEOUT
+    """The longest an SFTP transfer (any read or write on its channel) may go
+    without progress."""
+    keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL
+    keepalive_count_max: int = DEFAULT_KEEPALIVE_COUNT_MAX
+    """The host is declared frozen after this many intervals without an answer."""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"host {self.name}: port {self.port} is not in 1..65535")
-        if self.connect_timeout <= 0:
-            raise ValueError(f"host {self.name}: connect_timeout must be positive")
+        for name in ("connect_timeout", "io_timeout", "keepalive_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"host {self.name}: {name} must be positive")
+        if self.keepalive_count_max < 1:
+            raise ValueError(f"host {self.name}: keepalive_count_max must be at least 1")
         if self.host_key_policy not in ("reject", "accept-new"):
             raise ValueError(
                 f"host {self.name}: host_key_policy must be 'reject' or 'accept-new', "
@@ -98,6 +126,50 @@ class SSHSettings:
     def known_hosts_name(self) -> str:
         """The host's name in known_hosts: ``[addr]:port``, or ``addr`` on port 22."""
         return known_hosts_name(self.address, self.port)
+
+    @property
+    def silence_limit(self) -> float:
+        """How long an established connection may go without an answer."""
+        return self.keepalive_interval * self.keepalive_count_max
+
+
+class _ServerAlive:
+    """Asks the server for an answer every ``interval`` seconds and closes the
+    transport when none comes for ``interval * count_max``: closing is what
+    wakes a thread blocked on a frozen host (in exec, an SFTP read, a channel
+    open or a full send window), where paramiko has no deadline of its own.
+    One request is outstanding at a time (paramiko's ``global_request`` keeps
+    one reply slot), sent from a short-lived thread since it has no timeout."""
+
+    def __init__(self, transport: paramiko.Transport, interval: float, count_max: int) -> None:
+        self.transport = transport
+        self.interval = interval
+        self.limit = interval * count_max
+        self.dead = False
+        self._stop = threading.Event()
+        threading.Thread(target=self._watch, name="ssh-keepalive", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            if not self.transport.is_active():
+                return
+            answered = threading.Event()
+            threading.Thread(target=self._ask, args=(answered,), daemon=True).start()
+            if answered.wait(self.limit) or self._stop.is_set():
+                continue
+            self.dead = True
+            self.transport.close()
+            return
+
+    def _ask(self, answered: threading.Event) -> None:
+        # OpenSSH answers an unknown global request with a failure: any answer
+        # proves the host alive. Returns early if the transport closes.
+        with contextlib.suppress(Exception):
+            self.transport.global_request("keepalive@openssh.com", wait=True)
+        answered.set()
 
 
 def _bracket(address: str) -> str:
@@ -277,6 +349,7 @@ class SSHConnector(Connector):
         self.settings = settings
         self.name = settings.name
         self._conn: fabric.Connection | None = None
+        self._alive: _ServerAlive | None = None
 
     def where(self) -> str:
         return self.settings.where
@@ -329,6 +402,7 @@ class SSHConnector(Connector):
             client.close()
             raise self._connect_error(e, handshake_done) from e
         self._conn = conn
+        self._alive = _ServerAlive(conn.transport, s.keepalive_interval, s.keepalive_count_max)
         return conn
 
     def _connect_error(self, e: BaseException, handshake_done: bool) -> BaseException:
@@ -361,12 +435,59 @@ class SSHConnector(Connector):
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
+        alive, self._alive = self._alive, None
         if conn is not None:
+            # A graceful close sends to the host; if it is frozen the keepalive,
+            # still watching, closes the transport under it.
             conn.close()
+        if alive is not None:
+            alive.stop()
+
+    def _frozen(self, doing: str) -> ConnectorTimeout | None:
+        """The keepalive found the host silent: the error for ``doing``, or None."""
+        alive = self._alive
+        if alive is None or not alive.dead:
+            return None
+        self.close()
+        return ConnectorTimeout(
+            self.name,
+            f"stopped answering during {doing}: no reply to SSH keepalives for "
+            f"{alive.limit:g}s (host frozen or network down)",
+            where=self.where(),
+            timeout=alive.limit,
+        )
+
+    def _stalled(self, doing: str) -> ConnectorTimeout:
+        """An SFTP read or write made no progress for ``io_timeout``. The
+        session's request/response stream is out of step now: start over."""
+        frozen = self._frozen(doing)
+        if frozen is not None:
+            return frozen
+        self.close()
+        timeout = self.settings.io_timeout
+        return ConnectorTimeout(
+            self.name,
+            f"no progress for {timeout:g}s during {doing} (transfer stalled)",
+            where=self.where(),
+            timeout=timeout,
+        )
 
     def _lost(self, e: BaseException, doing: str) -> ConnectorError:
         """The session broke mid-operation: forget it so the next call reconnects."""
+        frozen = self._frozen(doing)
+        if frozen is not None:
+            return frozen
         self.close()
+        if "Timeout opening channel" in str(e):
+            # paramiko gave up waiting for the host to open a channel before the
+            # keepalive declared it dead: the same frozen host, said the same way.
+            return ConnectorTimeout(
+                self.name,
+                f"stopped answering during {doing}: no channel opened (host frozen or "
+                "network down)",
+                where=self.where(),
+                timeout=self.settings.io_timeout,
+            )
         return HostUnreachable(
             self.name,
             f"connection lost during {doing}: {e or type(e).__name__}",
@@ -410,7 +531,8 @@ class SSHConnector(Connector):
             )
         except CommandTimedOut as e:
             self._kill_remote(runner, marker)
-            raise ConnectorTimeout(
+            frozen = self._frozen(f"command {shown!r}")
+            raise frozen or ConnectorTimeout(
                 self.name,
                 f"command timed out after {timeout:g}s: {shown}",
                 where=self.where(),
@@ -421,6 +543,9 @@ class SSHConnector(Connector):
             raise
         except (OSError, EOFError, paramiko.SSHException, ThreadException) as e:
             raise self._lost(e, f"command {shown!r}") from e
+        frozen = self._frozen(f"command {shown!r}")
+        if frozen is not None:  # the keepalive closed the channel under the command
+            raise frozen
         stderr, _pid = _strip_marker(res.stderr, marker)
         result = CommandResult(
             command=shown,
@@ -458,7 +583,14 @@ class SSHConnector(Connector):
     # -- files ------------------------------------------------------------
 
     def _sftp(self) -> paramiko.SFTPClient:
-        sftp: paramiko.SFTPClient = self._connection().sftp()  # memoized by fabric
+        try:
+            sftp: paramiko.SFTPClient = self._connection().sftp()  # memoized by fabric
+        except TimeoutError as e:
+            raise self._stalled("opening SFTP") from e
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            raise self._lost(e, "opening SFTP") from e
+        # Every read and write on the channel: the progress deadline of transfers.
+        sftp.get_channel().settimeout(self.settings.io_timeout)
         return sftp
 
     def _file_error(self, e: OSError, path: str, doing: str) -> ConnectorError:
@@ -480,16 +612,23 @@ class SSHConnector(Connector):
                 mode = stat.S_IMODE(sftp.stat(remote).st_mode or NEW_FILE_MODE)
             except FileNotFoundError:
                 mode = NEW_FILE_MODE
+            except TimeoutError as e:
+                raise self._stalled(f"stat {remote}") from e
             except OSError as e:
                 raise self._file_error(e, remote, "stat") from e
+            except (EOFError, paramiko.SSHException) as e:
+                raise self._lost(e, f"stat {remote}") from e
         tmp = temp_sibling(remote)
         try:
             with sftp.open(tmp, "wb") as fh:
                 fh.chmod(mode)  # before any byte lands, for secrets
                 fh.set_pipelined(True)
+                # Chunk by chunk: each must get through within io_timeout.
                 while chunk := source.read(_CHUNK):
                     fh.write(chunk)
             sftp.posix_rename(tmp, remote)
+        except TimeoutError as e:
+            raise self._stalled(f"put {remote}") from e
         except OSError as e:
             with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
                 sftp.remove(tmp)
@@ -504,6 +643,9 @@ class SSHConnector(Connector):
             with tmp.open("wb") as fh:
                 sftp.getfo(remote, fh)
             tmp.replace(local)
+        except TimeoutError as e:
+            tmp.unlink(missing_ok=True)
+            raise self._stalled(f"get {remote}") from e
         except OSError as e:
             tmp.unlink(missing_ok=True)
             if e.filename is not None and Path(e.filename) in (tmp, local):
@@ -520,6 +662,8 @@ class SSHConnector(Connector):
                 fh.prefetch()
                 data: bytes = fh.read()
                 return data
+        except TimeoutError as e:
+            raise self._stalled(f"read {remote}") from e
         except OSError as e:
             raise self._file_error(e, remote, "read") from e
         except (EOFError, paramiko.SSHException) as e:
@@ -531,6 +675,8 @@ class SSHConnector(Connector):
             sftp.stat(remote)
         except FileNotFoundError:
             return False
+        except TimeoutError as e:
+            raise self._stalled(f"stat {remote}") from e
         except OSError as e:
             raise self._file_error(e, remote, "stat") from e
         except (EOFError, paramiko.SSHException) as e:

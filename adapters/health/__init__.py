@@ -1,12 +1,14 @@
 """Health checks: probes (``http``, ``tcp``, ``command``) and the gate around them.
 
 Probes return :class:`ProbeResult` (ints and strings only); :class:`HealthGate`
-decides pass/fail from consecutive passes within a window (DESIGN.md §6).
+decides pass/fail from consecutive passes within a window (DESIGN.md §6);
+:class:`ProcessWatch` makes sure the answer came from the process we started.
 """
 
 from __future__ import annotations
 
-from adapters.health.gate import GateResult, HealthGate
+from adapters.health.gate import GateResult, HealthGate, ProcessGone
+from adapters.health.owner import ProcessWatch, port_conflicts
 from adapters.health.probes import (
     CheckType,
     HealthCheck,
@@ -23,8 +25,11 @@ __all__ = [
     "HealthCheck",
     "HealthGate",
     "ProbeResult",
+    "ProcessGone",
+    "ProcessWatch",
     "command_probe",
     "http_probe",
+    "port_conflicts",
     "probe_for",
     "tcp_probe",
 ]

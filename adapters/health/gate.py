@@ -7,6 +7,13 @@ count), and passes as soon as the count reaches ``passes``. No attempt starts
 after ``window_ms`` from the first one; the gate then fails with a reason that
 names the last failure. The clock and sleep are injectable, so tests can
 simulate time; everything recorded is an int or a string.
+
+An answer is not health by itself: a stray server on the port answers too.
+``run`` takes an optional *watch*, called after every attempt with its
+result, which may turn a pass into a failure (the answer came from someone
+else) or raise :class:`ProcessGone` (the process we started is gone), which
+ends the gate at once: a dead process never recovers within the window, and
+its exit is the cause worth reporting (see :mod:`adapters.health.owner`).
 """
 
 from __future__ import annotations
@@ -19,9 +26,17 @@ from dataclasses import dataclass, field
 from adapters.errors import one_line
 from adapters.health.probes import ProbeResult
 
-__all__ = ["KEEP_RESULTS", "GateResult", "HealthGate", "check_timings"]
+__all__ = ["KEEP_RESULTS", "GateResult", "HealthGate", "ProcessGone", "Watch", "check_timings"]
 
 KEEP_RESULTS = 10
+
+
+class ProcessGone(Exception):
+    """Raised by a watch: the supervised process exited (or its pid was reused)."""
+
+
+Watch = Callable[[ProbeResult], ProbeResult]
+"""Checks one attempt's result against the host; may raise :class:`ProcessGone`."""
 
 
 def check_timings(interval_ms: int, timeout_ms: int, passes: int, window_ms: int) -> None:
@@ -47,6 +62,8 @@ class GateResult:
     results: list[ProbeResult] = field(default_factory=list)
     reason: str = ""
     elapsed_ms: int = 0
+    exited: bool = False
+    """The watched process was gone: the gate stopped at once (``reason`` says so)."""
 
 
 class HealthGate:
@@ -76,7 +93,7 @@ class HealthGate:
         self._sleep = sleep
         self._keep = keep
 
-    def run(self, probe: Callable[[], ProbeResult]) -> GateResult:
+    def run(self, probe: Callable[[], ProbeResult], *, watch: Watch | None = None) -> GateResult:
         interval = self.interval_ms / 1000
         started = self._clock()
         deadline = started + self.window_ms / 1000
@@ -87,6 +104,30 @@ class HealthGate:
             attempt_at = self._clock()
             result = self._attempt(probe, attempt_at)
             attempts += 1
+            if watch is not None:
+                try:
+                    result = watch(result)
+                except ProcessGone as gone:
+                    elapsed_ms = max(0, round((self._clock() - started) * 1000))
+                    detail = one_line(str(gone), limit=300)
+                    results.append(ProbeResult(False, detail, result.elapsed_ms))
+                    return GateResult(
+                        False,
+                        attempts,
+                        0,
+                        list(results),
+                        f"{detail} during the health gate, at attempt {attempts} "
+                        f"after {elapsed_ms} ms",
+                        elapsed_ms,
+                        exited=True,
+                    )
+                except Exception as e:  # fail closed: an unattributed answer is no pass
+                    cause = one_line(f"{type(e).__name__}: {e}", limit=200)
+                    result = ProbeResult(
+                        False,
+                        one_line(f"{result.detail}; cannot tell who answered: {cause}", limit=500),
+                        result.elapsed_ms,
+                    )
             results.append(result)
             if result.ok:
                 consecutive += 1

@@ -98,13 +98,20 @@ class ProcessSpec:
 
 @dataclass(frozen=True)
 class ProcessState:
-    """What a supervisor observed about one component."""
+    """What a supervisor observed about one component.
+
+    ``start`` is the process's start time in clock ticks (``/proc/<pid>/stat``)
+    where the supervisor knows it: with ``pid`` it names one process, so a
+    health gate can tell the process it started from a later one that reused
+    the pid (None: the gate pins it on its first look).
+    """
 
     component: str
     running: bool
     pid: int | None
     release_id: str | None
     detail: str
+    start: int | None = None
 
 
 class SupervisorError(Exception):
@@ -154,6 +161,9 @@ class Supervisor(ABC):
     """
 
     kind: ClassVar[str]
+    pid_is_wrapper: ClassVar[bool] = False
+    """The pid in :class:`ProcessState` is a wrapper that runs (and may
+    restart) the command as its child, so a health gate watches that child."""
 
     @abstractmethod
     def start(self, spec: ProcessSpec) -> ProcessState:

@@ -28,6 +28,22 @@ and ``execve``-s ``/bin/sh -c COMMAND`` with the wrapper's environment plus
 those values. A malformed file stops the start (exit 126, reason in the log);
 without ``python3`` the start fails with exit 127 and says so.
 
+Crash restarts (like systemd's ``Restart=on-failure``, which the systemd
+supervisor's units use): the wrapper runs the command in a loop. When it
+exits non-zero or dies of a signal other than SIGHUP, SIGINT, SIGPIPE or
+SIGTERM, the wrapper waits 1 s, 2 s, 4 s … (capped) and runs it again, up to
+:class:`RestartPolicy` ``burst`` restarts within ``window_s``; one more
+failure in that window and it gives up and exits, leaving the marker. A
+clean stop signals the whole group, wrapper included, so it never restarts
+anything. Each exit is logged, and the wrapper keeps one JSON line,
+``run/<component>.restarts`` (:class:`RestartRecord`, replaced atomically),
+naming its pid and start time, the restart count, the last exits and
+whether it is ``running``, waiting (``backoff``) or ``gave-up``. Hosts never
+write the ledger: ``status --live`` and ``reconcile`` read the record
+(:meth:`DirectSupervisor.observe`) and the engine records what it saw.
+While the wrapper waits to restart, :meth:`DirectSupervisor.state` reports
+the component as not running.
+
 Pid reuse: a pid counts as ours only while ``/proc/<pid>/stat`` shows the
 recorded start time; a zombie (state ``Z``, left for PID 1 to reap) counts as
 exited. :func:`stop_command` signals the whole group and, before doing so,
@@ -37,6 +53,7 @@ checks that the pid was not reused by a stranger.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import posixpath
 import secrets
@@ -59,10 +76,13 @@ from adapters.supervisors.base import (
 from adapters.supervisors.envfile import ENV_FILE_MODE, ENV_LOADER, render_env_file
 
 __all__ = [
+    "DEFAULT_RESTART",
     "DirectState",
     "DirectSupervisor",
     "PidRecord",
     "ProcStat",
+    "RestartPolicy",
+    "RestartRecord",
     "launch_command",
     "log_tail_command",
     "parse_proc_stat",
@@ -227,7 +247,12 @@ class DirectState:
             return ProcessState(component, False, None, None, detail)
         if self.running:
             return ProcessState(
-                component, True, record.pid, record.release_id, f"running (pid {record.pid})"
+                component,
+                True,
+                record.pid,
+                record.release_id,
+                f"running (pid {record.pid})",
+                start=record.start,
             )
         if stat is None:
             detail = f"exited (pid {record.pid} is gone)"
@@ -239,34 +264,217 @@ class DirectState:
 
 
 # The process-group leader. $1: our env file (deleted once open), $2: the
-# operator's env_file, $3: the command, $4: ENV_LOADER. $0 names the
-# component in `ps`. The env files are data: the shell never sources them;
-# python3 parses them (ENV_LOADER) and execs `/bin/sh -c "$cmd"` with the
-# result as its environment.
+# operator's env_file, $3: the command, $4: ENV_LOADER, $5: the restart
+# policy ("BURST WINDOW_S FIRST_S CAP_S", empty: never restart), $6: the
+# restart record file. $0 names the component in `ps`. The env files are
+# data: the shell never sources them; python3 parses them (ENV_LOADER) and
+# execs `/bin/sh -c "$cmd"` with the result as its environment. Each run
+# reopens our (deleted) env file through /proc, so a restart reads it from
+# the start again.
 WRAPPER = """\
-gen=$1; user=$2; cmd=$3; loader=$4
+gen=$1; user=$2; cmd=$3; loader=$4; policy=$5; rf=$6
 if [ -n "$gen" ]; then exec 3< "$gen" && rm -f -- "$gen" || exit 126; fi
 if [ -n "$user" ] && [ ! -r "$user" ]; then
   echo "chassis: cannot read env_file $user" >&2; exit 126
 fi
+py=
 if [ -n "$gen$user" ]; then
   py=/usr/bin/python3
   [ -x "$py" ] || py=$(command -v python3) || {
     echo "chassis: the direct supervisor needs python3 on the host to load env files" >&2
     exit 127
   }
-  "$py" -I -S -c "$loader" "$$" "$user" "$cmd" "${gen:+3}"
-else
-  /bin/sh -c "$cmd"
 fi
-rc=$?
-echo "==> chassis: $0 exited with status $rc" >&2
-exit $rc
+once() {
+  if [ -z "$py" ]; then /bin/sh -c "$cmd"
+  elif [ -n "$gen" ]; then "$py" -I -S -c "$loader" "$$" "$user" "$cmd" 3 3< "/proc/$$/fd/3"
+  else "$py" -I -S -c "$loader" "$$" "$user" "$cmd" ""
+  fi
+}
+note() {
+  { printf '{"pid":%s,"start":%s,"restarts":%s,"state":"%s",' "$$" "$me" "$n" "$1"
+    printf '"status":%s,"at":"%s","delay":%s,"last":[%s]}\\n' "$rc" "$at" "$2" "$hist"
+  } 2>/dev/null > "$rf.$$" && mv -f -- "$rf.$$" "$rf" 2>/dev/null
+}
+set -- $policy
+burst=${1:-0}; window=${2:-0}; first=${3:-1}; cap=${4:-30}
+{ IFS= read -r me < "/proc/$$/stat"; } 2>/dev/null; me=${me##*) }; set -- $me; me=${20:-0}
+n=0; recent=; hist=; h1=; h2=; h3=; h4=
+while :; do
+  once
+  rc=$?
+  echo "==> chassis: $0 exited with status $rc" >&2
+  [ "$burst" -gt 0 ] || exit $rc
+  case $rc in 0|129|130|141|143) exit $rc ;; esac
+  now=$(date +%s); at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  kept=; count=0
+  for t in $recent; do
+    if [ $((now - t)) -lt "$window" ]; then kept="$kept $t"; count=$((count + 1)); fi
+  done
+  recent=$kept
+  hist="{\\"at\\":\\"$at\\",\\"status\\":$rc}"
+  for h in "$h1" "$h2" "$h3" "$h4"; do [ -n "$h" ] && hist="$hist,$h"; done
+  h4=$h3; h3=$h2; h2=$h1; h1="{\\"at\\":\\"$at\\",\\"status\\":$rc}"
+  if [ "$count" -ge "$burst" ]; then
+    note gave-up 0
+    echo "==> chassis: $0 gave up: $count restart(s) within ${window}s already" >&2
+    exit $rc
+  fi
+  delay=$first; i=0
+  while [ "$i" -lt "$count" ] && [ "$delay" -lt "$cap" ]; do
+    delay=$((delay * 2)); i=$((i + 1))
+  done
+  if [ "$delay" -gt "$cap" ]; then delay=$cap; fi
+  n=$((n + 1)); recent="$recent $now"
+  note backoff "$delay"
+  echo "==> chassis: $0 restarting in ${delay}s (restart $n)" >&2
+  sleep "$delay"
+  note running "$delay"
+done
 """
 
 
-def launch_command(spec: ProcessSpec, env_path: str | None) -> str:
+def restarts_path(root: str, component: str) -> str:
+    """``run/<component>.restarts``: the wrapper's restart record."""
+    return posixpath.join(root, "run", f"{component}.restarts")
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How the wrapper restarts a crashed component: after ``first_s``
+    seconds, doubling per restart already made within ``window_s`` (so the
+    pause grows while it keeps crashing and falls back once it stays up),
+    capped at ``cap_s``; at most ``burst`` restarts within ``window_s``,
+    then it gives up (as systemd's ``StartLimitBurst`` would)."""
+
+    burst: int = 5
+    window_s: int = 300
+    first_s: int = 1
+    cap_s: int = 30
+
+    def __post_init__(self) -> None:
+        if min(self.burst, self.window_s, self.first_s, self.cap_s) < 1:
+            raise ValueError("restart policy values must be positive integers")
+
+    def args(self) -> str:
+        """The wrapper's ``$5``."""
+        return f"{self.burst} {self.window_s} {self.first_s} {self.cap_s}"
+
+
+DEFAULT_RESTART = RestartPolicy()
+"""1 s, 2 s, 4 s, 8 s, 16 s: five restarts within five minutes, then give up."""
+
+
+@dataclass(frozen=True)
+class RestartRecord:
+    """The wrapper's record (:data:`WRAPPER` writes it, one JSON line): whose
+    (``pid``, ``start``: the wrapper, as in the pidfile), how many restarts,
+    the last exit (``status``, ``at``) and the last few (``last``, newest
+    first), and ``state``: ``running`` again, ``backoff`` (waiting
+    ``delay`` seconds to restart) or ``gave-up`` (:meth:`DirectSupervisor.observe`
+    says ``stopped`` for a ``backoff`` whose wrapper is gone: killed while
+    it waited, nothing will restart it)."""
+
+    pid: int
+    start: int
+    restarts: int
+    state: str
+    status: int
+    at: str
+    delay: int
+    last: tuple[tuple[str, int], ...] = ()
+
+    STATES: ClassVar[frozenset[str]] = frozenset({"running", "backoff", "gave-up"})
+
+    @classmethod
+    def parse(cls, line: str) -> RestartRecord | None:
+        """The record, or None for no line or one that is not a record."""
+        try:
+            raw = json.loads(line)
+            record = cls(
+                pid=raw["pid"],
+                start=raw["start"],
+                restarts=raw["restarts"],
+                state=raw["state"],
+                status=raw["status"],
+                at=raw["at"],
+                delay=raw["delay"],
+                last=tuple((str(e["at"]), int(e["status"])) for e in raw["last"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+        numbers = (record.pid, record.start, record.restarts, record.status, record.delay)
+        if not all(isinstance(x, int) for x in numbers) or record.state not in cls.STATES:
+            return None
+        return record
+
+    def of(self, process: PidRecord | None) -> bool:
+        """Written by the process ``process`` records (not an earlier instance)."""
+        return process is not None and (self.pid, self.start) == (process.pid, process.start)
+
+    def describe(self) -> str:
+        """One line for a state's detail."""
+        times = "time" if self.restarts == 1 else "times"
+        what = {
+            "running": f"restarted {self.restarts} {times}",
+            "backoff": f"restarting in {self.delay}s (restart {self.restarts})",
+            "gave-up": f"gave up restarting after {self.restarts} restart(s)",
+            "stopped": f"its wrapper is gone, restart {self.restarts} will not come",
+        }[self.state]
+        return f"{what}; last exit status {self.status} at {self.at}"
+
+
+_RESTARTS_SEPARATOR = "--chassis-restarts--"
+
+
+def observe_command(root: str, component: str) -> str:
+    """:meth:`DirectState.command`, a separator line, then the restart record
+    (one round trip for both)."""
+    record = shlex.quote(restarts_path(root, component))
+    return (
+        f"( {DirectState.command(root, component)} ); echo {_RESTARTS_SEPARATOR}; "
+        f"{{ IFS= read -r r < {record} && printf '%s\\n' \"$r\"; }} 2>/dev/null; exit 0"
+    )
+
+
+def parse_observation(output: str) -> tuple[DirectState, RestartRecord | None]:
+    """The output of :func:`observe_command`, parsed."""
+    state_text, _, record_text = output.partition(_RESTARTS_SEPARATOR + "\n")
+    lines = record_text.strip().splitlines()
+    return DirectState.parse(state_text), RestartRecord.parse(lines[0]) if lines else None
+
+
+def current_record(observed: DirectState, record: RestartRecord | None) -> RestartRecord | None:
+    """``record`` if the recorded instance wrote it (None for an earlier
+    instance's), ``stopped`` where it says ``backoff`` but the wrapper is gone."""
+    if record is None or not record.of(observed.record):
+        return None
+    if record.state == "backoff" and not observed.running:
+        return dataclasses.replace(record, state="stopped")  # killed while it waited
+    return record
+
+
+def restart_aware(
+    observed: DirectState, record: RestartRecord | None, component: str
+) -> ProcessState:
+    """The state, told by the restart record too: a wrapper waiting to restart
+    is alive but its component is not running."""
+    state = observed.to_state(component)
+    record = current_record(observed, record)
+    if record is None:
+        return state
+    if state.running and record.state == "backoff":
+        return dataclasses.replace(
+            state, running=False, pid=None, detail=f"not running: {record.describe()}"
+        )
+    return dataclasses.replace(state, detail=f"{state.detail}; {record.describe()}")
+
+
+def launch_command(
+    spec: ProcessSpec, env_path: str | None, restart: RestartPolicy | None = None
+) -> str:
     """Start ``spec`` detached; print ``pid N`` and the process's stat line.
+    With ``restart``, the wrapper restarts the command when it crashes.
 
     Exits 90 when the working directory is missing, 91 when the log cannot be
     written, 92 when ``spec.env_file`` is not readable. Only builtins run
@@ -285,6 +493,7 @@ def launch_command(spec: ProcessSpec, env_path: str | None) -> str:
         f"|| exit {_LAYOUT_FAILED}; "
         f"setsid nohup /bin/sh -c {q(WRAPPER)} {q('chassis-' + spec.component)} "
         f"{q(env_path or '')} {q(spec.env_file or '')} {q(spec.command)} {q(ENV_LOADER)} "
+        f"{q(restart.args() if restart else '')} {q(restarts_path(spec.root, spec.component))} "
         f"< /dev/null >> {log} 2>&1 & "
         'pid=$!; echo "pid $pid"; '
         '{ IFS= read -r st < "/proc/$pid/stat"; } 2>/dev/null && printf \'%s\\n\' "$st"; '
@@ -415,6 +624,7 @@ class DirectSupervisor(Supervisor):
     """Detached process groups with pidfiles under ``<root>/run``."""
 
     kind: ClassVar[str] = "direct"
+    pid_is_wrapper: ClassVar[bool] = True  # the group leader runs the command as a child
 
     def __init__(
         self,
@@ -424,6 +634,7 @@ class DirectSupervisor(Supervisor):
         settle_s: float = SETTLE_S,
         stop_timeout: float = STOP_TIMEOUT,
         sleep: Callable[[float], None] = time.sleep,
+        restart: RestartPolicy | None = DEFAULT_RESTART,
     ) -> None:
         if not posixpath.isabs(root):
             raise ValueError(f"host root must be an absolute path, not {root!r}")
@@ -432,6 +643,8 @@ class DirectSupervisor(Supervisor):
         self.settle_s = settle_s
         self.stop_timeout = stop_timeout
         self._sleep = sleep
+        self.restart = restart
+        """How crashed components are restarted (None: never, as before)."""
 
     # -- helpers
 
@@ -459,6 +672,17 @@ class DirectSupervisor(Supervisor):
                 log_tail=result.stderr,
             )
         return DirectState.parse(result.stdout)
+
+    def _look(self, component: str) -> tuple[DirectState, RestartRecord | None]:
+        """:meth:`_observe` and the restart record, in one round trip."""
+        result = self._run(observe_command(self.root, component), f"state of {component}")
+        if not result.ok:
+            raise self._error(
+                component,
+                f"cannot read process state (exit {result.exit_code})",
+                log_tail=result.stderr,
+            )
+        return parse_observation(result.stdout)
 
     def _stop(self, component: str, timeout: float, *, prepare: bool = False) -> str:
         # Env files a crashed start left behind go first (the wrapper deletes its own).
@@ -499,7 +723,7 @@ class DirectSupervisor(Supervisor):
             self.connector.put_bytes(render_env_file(spec.env), env_path, mode=ENV_FILE_MODE)
         try:
             launched = self._run(
-                launch_command(spec, env_path),
+                launch_command(spec, env_path, self.restart),
                 f"start {spec.component} release {spec.release_id}: {spec.command}",
             )
         except BaseException:
@@ -529,9 +753,11 @@ class DirectSupervisor(Supervisor):
             remaining = self.settle_s - (time.monotonic() - started_at)
             if remaining > 0:
                 self._sleep(remaining)
-            observed = self._observe(spec.component)
-            if observed.running:
+            observed, restarts = self._look(spec.component)
+            if observed.running and not (restarts and restarts.of(observed.record)):
                 return observed.to_state(spec.component)
+            if observed.running:  # it crashed while settling: a failed start, not a restart
+                self._stop(spec.component, self.stop_timeout)
         raise self._died(spec, env_path)
 
     def _cleanup(self, env_path: str | None) -> None:
@@ -560,7 +786,15 @@ class DirectSupervisor(Supervisor):
 
     def state(self, component: str) -> ProcessState:
         check_component(component)
-        return self._observe(component).to_state(component)
+        return restart_aware(*self._look(component), component)
+
+    def observe(self, component: str) -> tuple[ProcessState, RestartRecord | None]:
+        """The state and the restart record of the running instance (None when
+        it never restarted), in one round trip: what ``status --live`` and
+        ``reconcile`` record."""
+        check_component(component)
+        observed, record = self._look(component)
+        return restart_aware(observed, record, component), current_record(observed, record)
 
     def log_tail(self, component: str, lines: int = 20) -> str:
         check_component(component)

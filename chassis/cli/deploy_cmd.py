@@ -6,8 +6,15 @@ import click
 
 from chassis.cli.app import App, pass_app, table
 from chassis.engine.deploy import DeployOptions, deploy, prepare
+from chassis.errors import ChassisError
 
 DEPLOY_FAILED = 16
+
+
+class DeployFailed(ChassisError):
+    """The deploy failed and the previous release was restored (its summary is printed)."""
+
+    exit_code = DEPLOY_FAILED
 
 
 def _plan_rows(plan_dict: dict[str, object]) -> list[list[str]]:
@@ -67,7 +74,9 @@ def plan_command(
 @click.command(
     "deploy",
     epilog="""\b
-Exit status: 0 deployed (or no change), 16 failed and restored, 7 locked.
+Exit status: 0 deployed (or no change), 16 failed and restored, 7 locked,
+11 a host unreachable or its key unknown before anything started (nothing
+recorded), 3 a value a host step would refuse, 10 unknown app.
 Examples:
   chassis deploy shop --env dev --profile ternary-split-3 --release v1
   chassis deploy shop --env prod --profile monolith --release v2 --max-parallel 2 --dry-run""",
@@ -140,4 +149,4 @@ def deploy_command(
 
     app.emit(result.to_dict(), as_json=as_json, human=human)
     if result.status == "failed":
-        ctx.exit(DEPLOY_FAILED)
+        raise DeployFailed(f"revision {result.revision}: {result.description}")

@@ -14,9 +14,16 @@ from chassis.engine.recover import RecoveryIncomplete, recover
 Probes every host of the interrupted operation, then completes it (the new
 release runs, healthy, everywhere) or restores the previous release on every
 host. Everything it finds and does is recorded.
-Exit status: 0 recovered (or nothing to recover), 7 the lease is live and
-held by another key (see --force), 17 a host could not be restored (the lease
-stays held; run recover again once it is fixed).
+A lease that is still being renewed belongs to a working operation: recover
+refuses it, whichever key holds it, and says what runs where (key, host, pid,
+last renewal). On the holder's machine it checks the pid: a dead holder is
+taken over at once, a live one never. A holder on another machine stops
+renewing when it dies: its lease expires one ttl (120 s) after its last
+renewal, or pass --force once you know it is gone.
+Exit status: 0 recovered (or nothing to recover), 7 the lease is live
+(held by a running operation, or by another key: see --force), 17 a host
+could not be restored (the lease stays held; run recover again once it is
+fixed), 4 the ledger became unreachable (run recover again once it is back).
 Examples:
   chassis recover shop --env dev
   chassis recover shop --env prod --json""",
@@ -26,7 +33,8 @@ Examples:
 @click.option(
     "--force",
     is_flag=True,
-    help="Take over a live lease held by another key (its process must be gone).",
+    help="Take over a live lease whose holder this machine cannot check (its process "
+    "must be gone); a holder running here is never taken over.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @pass_app

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +26,7 @@ import msgspec
 
 from adapters.errors import ConnectorError
 from adapters.supervisors.base import SupervisorError
+from chassis.engine import preflight
 from chassis.engine.executor import (
     HostDeployment,
     StepFailed,
@@ -35,6 +36,7 @@ from chassis.engine.executor import (
 from chassis.engine.operation import (
     OperationRecorder,
     deploy_host,
+    ledger_outage,
     previous_plan,
     restore_deployments,
 )
@@ -46,23 +48,41 @@ from chassis.engine.plan import (
     recorded_form,
     verified_plans,
 )
-from chassis.engine.releases import peek_release, require_bundle, resolve_release
+from chassis.engine.preflight import (
+    HostsUnreachable,
+    check_bundle,
+    check_plan,
+    reach_hosts,
+    worker_failure,
+)
+from chassis.engine.releases import (
+    all_releases,
+    bundle_path,
+    peek_release,
+    require_bundle,
+    resolve_release,
+)
 from chassis.engine.retire import (
     evict_components,
     recorded_plan,
     retire_host,
     unretire_host,
 )
-from chassis.errors import ChassisError
+from chassis.errors import ChassisError, NotFound
 from chassis.hosts import HostView, declared_views, environment_hosts, sync_declared
 from chassis.inventory import ProbeFailed, inventory, probe
 from chassis.secrets import check_available
 from chassis.stack.spec import Stack
 from chassis.workspace import Workspace
 from ledger.application import Ledger
+from ledger.errors import LedgerError, StorageError
+from ledger.hosts import Host
 from ledger.installations import Installation
+from ledger.releases import Release
 
-DEFAULT_LEASE_TTL_S = 1800
+DEFAULT_LEASE_TTL_S = 120
+"""Short, since the holder renews it every ttl/3 (``chassis.engine.lease``):
+a crashed holder's lease expires two minutes after its last renewal."""
 
 Progress = Callable[[str], None]
 
@@ -111,34 +131,61 @@ def prepare(
     label: str,
     progress: Progress,
     record: bool = True,
+    also_reach: Iterable[str] = (),
 ) -> tuple[Plan, Path]:
-    """Check names and compile the plan; raises before any intent is recorded.
+    """Check names, compile the plan and check it; raises before any intent is recorded.
 
-    With ``record`` (a real deploy) declared hosts and the release are
-    registered and never-probed hosts inventoried, as on any first use.
-    Without it (``plan``, ``--dry-run``) nothing at all is written: hosts
-    without facts are probed live and the release is only looked at.
+    The plan is compiled first without writing anything: the release only
+    looked at, hosts without facts probed live. Without ``record`` (``plan``,
+    ``--dry-run``) that is all. With it (a real deploy) the pre-flight comes
+    next, still writing nothing: the plan's values, its bundle's sha256, and
+    every host of the plan (and ``also_reach``: hosts the deploy would retire
+    or evict) reachable with its pinned key. Only then are declared hosts and
+    the release registered and never-probed hosts inventoried, as on any
+    first use.
     """
     if app != stack.app.name:
-        raise ChassisError(f"unknown app {app!r} (this workspace deploys {stack.app.name!r})")
+        raise NotFound(f"unknown app {app!r} (this workspace deploys {stack.app.name!r})")
     stack.environment(environment)
     stack.profile(profile)
+    if (
+        label not in stack.releases
+        and ledger.find(Release, Release.id_for(Release.key(app, label))) is None
+    ):
+        labels = sorted({*stack.releases, *(r.label for r in all_releases(ledger, app))})
+        raise NotFound(f"no release {label!r} of {app} (releases: {', '.join(labels) or 'none'})")
+    release, bundle = peek_release(ledger, ws, stack, label)
+    views = declared_views(ledger, stack, environment)
+    probed = {v.name for v in views if v.facts is None}
+    hosts = _with_live_facts(views, ws, progress)
+    plan = build_plan(stack, hosts, ws, environment=environment, profile=profile, release=release)
+    check_plan(plan)
     if not record:
-        release, bundle = peek_release(ledger, ws, stack, label)
-        hosts = _with_live_facts(declared_views(ledger, stack, environment), ws, progress)
-        plan = build_plan(
-            stack, hosts, ws, environment=environment, profile=profile, release=release
-        )
         return plan, bundle
+    stored = bundle_path(ws, release.bundle_sha256)
+    if stored.is_file():
+        check_bundle(stored, release.bundle_sha256, label)
+    settings = {v.name: v.settings for v in views}
+    for name in also_reach:
+        if name not in settings:
+            known = ledger.find(Host, Host.id_for(name))
+            if known is not None:
+                settings[name] = known.settings
+    wanted = {h.host for h in plan.hosts} | set(also_reach)
+    reach_hosts(
+        [(name, settings[name]) for name in sorted(wanted - probed) if name in settings],
+        ws,
+        progress,
+    )
     recorded = resolve_release(ledger, ws, stack, label)
     sync_declared(ledger, stack)
     fresh = [h for h in environment_hosts(ledger, environment) if h.facts is None]
     if fresh:
         progress(f"inventorying {', '.join(h.name for h in fresh)}")
-        for result in inventory(ledger, ws, fresh):
-            if result.error:
-                raise ChassisError(result.error)
-    plan = build_plan(
+        failed = [r.error for r in inventory(ledger, ws, fresh) if r.error]
+        if failed:
+            raise HostsUnreachable("; ".join(failed))
+    final = build_plan(
         stack,
         environment_hosts(ledger, environment),
         ws,
@@ -146,24 +193,41 @@ def prepare(
         profile=profile,
         release=recorded,
     )
-    return plan, require_bundle(ws, recorded)
+    if final.digest() != plan.digest():  # facts changed in between: check what runs
+        check_plan(final)
+        reach_hosts(
+            [
+                (h.host, settings[h.host])
+                for h in final.hosts
+                if h.host in settings and h.host not in wanted | probed
+            ],
+            ws,
+            progress,
+        )
+    return final, require_bundle(ws, recorded)
 
 
 def _with_live_facts(views: list[HostView], ws: Workspace, progress: Progress) -> list[HostView]:
-    """Fill in facts of never-inventoried hosts by probing them, recording nothing."""
+    """Fill in facts of never-inventoried hosts by probing them in parallel,
+    recording nothing; ``HostsUnreachable`` (exit 11) names each that failed."""
     missing = [v for v in views if v.facts is None]
-    if missing:
-        progress(f"probing {', '.join(v.name for v in missing)} (not recorded: planning only)")
-    result = []
-    for view in views:
-        if view.facts is None:
-            try:
-                facts = msgspec.to_builtins(probe(view, ws))
-            except (ConnectorError, ProbeFailed) as e:
-                raise ChassisError(e.diagnostics()) from None
-            view = HostView(view.name, view.settings, facts)
-        result.append(view)
-    return result
+    if not missing:
+        return views
+    progress(f"probing {', '.join(v.name for v in missing)} (not recorded yet)")
+
+    def one(view: HostView) -> tuple[HostView, str | None]:
+        try:
+            facts = msgspec.to_builtins(probe(view, ws, timeout=preflight.CONNECT_TIMEOUT_S))
+        except (ConnectorError, ProbeFailed) as e:
+            return view, e.diagnostics()
+        return HostView(view.name, view.settings, facts), None
+
+    with ThreadPoolExecutor(max_workers=min(16, len(missing))) as pool:
+        found = {view.name: (view, error) for view, error in pool.map(one, missing)}
+    problems = [(name, error) for name, (_, error) in found.items() if error is not None]
+    if problems:
+        raise preflight.unreachable(problems, len(views), progress)
+    return [found[v.name][0] if v.name in found else v for v in views]
 
 
 def deploy(
@@ -180,6 +244,8 @@ def deploy(
 ) -> DeployResult:
     if ledger.signer is None:
         raise ChassisError("deploying needs a signing key")
+    key = Installation.id_for(Installation.key(app, environment))
+    installation = ledger.find(Installation, key)
     plan, bundle = prepare(
         ledger,
         ws,
@@ -189,10 +255,9 @@ def deploy(
         profile=profile,
         label=label,
         progress=progress,
+        also_reach=sorted(installation.hosts) if installation is not None else (),
     )
     check_available((c.name, c.secrets) for h in plan.hosts for c in h.components)
-    key = Installation.id_for(Installation.key(app, environment))
-    installation = ledger.find(Installation, key)
     if installation is None:
         installation = Installation.open(app, environment, actor=ledger.signer.keyid)
     # The plans a failure would restore, retiring or evicting hosts would stop.
@@ -252,6 +317,10 @@ def deploy(
             f"is still held; hosts may be mid-deploy. Run 'chassis recover {app} --env "
             f"{environment}' to complete it or restore the previous release"
         ) from None
+    except StorageError as e:  # the ledger went away: hosts as last recorded, then recover
+        raise ledger_outage(e, recorder, progress) from None
+    finally:
+        recorder.close()
     return result
 
 
@@ -312,6 +381,14 @@ def _run(
                 failures[name] = e.diagnostics()
             recorder.step(name)("connect", False, e.diagnostics(), {})
             progress(f"{name}: {e.diagnostics()}")
+        except LedgerError:
+            raise  # the record itself failed: nothing more can be recorded here
+        except Exception as e:  # a bug must not strand the operation: record it, restore
+            broken = worker_failure(e, host_plan.steps)
+            with lock:
+                failures[name] = broken
+            recorder.step(name)(broken.step, False, broken.detail, broken.data)
+            progress(f"{name}: failed at {broken.step}: {broken.detail}")
 
     # Hosts the new placement no longer uses are retired first: a component
     # moving to another host may need its port there.

@@ -23,8 +23,10 @@ from typing import Any
 from adapters.connectors.base import Connector
 from adapters.errors import ConnectorError
 from adapters.health.gate import GateResult, HealthGate
+from adapters.health.owner import OwnerUnknown, ProcessWatch, port_conflicts
 from adapters.health.probes import HealthCheck, probe_for
-from adapters.supervisors.base import ProcessSpec, Supervisor, SupervisorError
+from adapters.supervisors.base import ProcessSpec, ProcessState, Supervisor, SupervisorError
+from adapters.supervisors.direct import exit_status
 from adapters.supervisors.envfile import ENV_FILE_MODE, render_env_file
 from chassis.engine.plan import ComponentPlan, HostPlan, Plan
 from chassis.secrets import SecretUnavailable, resolve_all
@@ -58,6 +60,8 @@ class HostDeployment:
     keep_also: tuple[str, ...] = ()
     """Release dirs prune must keep besides the new one (the rollback target)."""
     touched: bool = False
+    started: dict[str, ProcessState] = field(default_factory=dict)
+    """What ``start`` launched, per component: the processes the gate watches."""
 
     @property
     def root(self) -> str:
@@ -157,6 +161,7 @@ class HostDeployment:
         return f"{len(self.host.components)} env file(s) written (mode 600)", {}
 
     def _stop_old(self) -> tuple[str, dict[str, Any]]:
+        self._ports_free("stop-old", self._ours())  # a stranger's port: fail before any stop
         names = sorted({*self.previous_components, *(c.name for c in self.host.components)})
         stopped = []
         for name in names:
@@ -168,6 +173,8 @@ class HostDeployment:
 
     def _start(self) -> tuple[str, dict[str, Any]]:
         self.touched = True
+        # stop-old stopped ours: whoever listens now would make the start fail.
+        self._ports_free("start", [])
         pids: dict[str, int] = {}
         for component in self.host.components:
             try:
@@ -181,6 +188,7 @@ class HostDeployment:
                         "log_tail": self.supervisor.log_tail(component.name),
                     },
                 ) from e
+            self.started[component.name] = state
             pids[component.name] = state.pid or 0
         return f"started {', '.join(pids)}", {"pids": pids}
 
@@ -189,16 +197,20 @@ class HostDeployment:
         for component in self.host.components:
             result = self.gate(component)
             if result is None:
+                self._still_running(component.name)
                 continue
             evidence[component.name] = gate_evidence(result)
             if not result.passed:
                 tail = self.supervisor.log_tail(component.name)
                 why = f"failed its health gate: {result.reason}"
-                if not self.supervisor.state(component.name).running:
+                if result.exited or not self.supervisor.state(component.name).running:
                     # The supervisor's own "==> chassis:" lines frame the process's output.
                     lines = [ln for ln in tail.strip().splitlines() if not ln.startswith("==>")]
                     last = (lines or ["no output"])[-1]
-                    why = f"exited before passing its health gate: {last}"
+                    status = exit_status(tail)
+                    how = f" with status {status}" if status is not None else ""
+                    when = "during" if result.exited else "before passing"
+                    why = f"exited{how} {when} its health gate: {last}"
                 raise StepFailed(
                     "health",
                     f"{component.name} {why}",
@@ -233,7 +245,76 @@ class HostDeployment:
     def gate(self, component: ComponentPlan) -> GateResult | None:
         # The new release, not ``current``: the gate runs before the swap.
         workdir = self.path("releases", self.plan.release_dir)
-        return run_gate(component, self.host.address, self.connector, workdir)
+        return run_gate(
+            component,
+            self.host.address,
+            self.connector,
+            workdir,
+            supervisor=self.supervisor,
+            process=self.started.get(component.name),
+        )
+
+    def _ours(self) -> list[ProcessState]:
+        """This installation's processes on the host that stop-old is about to stop."""
+        names = sorted({*self.previous_components, *(c.name for c in self.host.components)})
+        return [state for state in map(self.supervisor.state, names) if state.running]
+
+    def _ports_free(self, step: str, ours: list[ProcessState]) -> None:
+        """StepFailed naming the holder when anything but ``ours`` listens on a
+        port this host's components declare (their health port included).
+
+        A component that cannot bind its port dies with "Address already in
+        use" while the stranger answers its probe; naming the holder first
+        is the useful failure, and before stop-old it costs no outage.
+        """
+        needed = {
+            port: component.name
+            for component in self.host.components
+            for port in declared_ports(component)
+        }
+        if not needed:
+            return
+        roots = [(s.pid, s.start) for s in ours if s.pid is not None]
+        try:
+            strangers, hidden = port_conflicts(self.connector, needed, self.host.address, roots)
+        except OwnerUnknown as e:
+            raise StepFailed(
+                step, f"cannot tell who listens on ports on {self.host.host}: {e}"
+            ) from None
+        if not strangers:
+            return
+        held = strangers[0]
+        component = needed[held.port]
+        holder = held.held_by(hidden)
+        after = "; nothing was stopped" if step == "stop-old" else ""
+        raise StepFailed(
+            step,
+            f"{component} cannot start: address already in use: port {held.port} on "
+            f"{self.host.host} is held by {holder}, not by this installation{after}",
+            {
+                "component": component,
+                "port": held.port,
+                "address": held.address,
+                "holders": [{"pid": h.pid, "cmdline": h.cmdline} for h in held.holders],
+            },
+        )
+
+    def _still_running(self, name: str) -> None:
+        """A component without a health check must at least still be the process we started."""
+        started = self.started.get(name)
+        if started is None:
+            return
+        now = self.supervisor.state(name)
+        if now.running and now.pid == started.pid:
+            return
+        tail = self.supervisor.log_tail(name)
+        status = exit_status(tail)
+        how = f" with status {status}" if status is not None else ""
+        raise StepFailed(
+            "health",
+            f"{name} exited{how} after starting (pid {started.pid}): {now.detail}",
+            {"component": name, "log_tail": tail},
+        )
 
     def _remote_bundle(self) -> str:
         return self.path("releases", f"{self.plan.release_dir}.tar.gz")
@@ -266,9 +347,32 @@ class HostDeployment:
         )
 
 
+def declared_ports(component: ComponentPlan) -> list[int]:
+    """The ports ``component`` listens on: its ``ports`` and a numeric health port."""
+    ports = set(component.ports.values())
+    port = (component.health or {}).get("port")
+    if type(port) is int:
+        ports.add(port)
+    return sorted(ports)
+
+
 def run_gate(
-    component: ComponentPlan, address: str, connector: Connector, workdir: str
+    component: ComponentPlan,
+    address: str,
+    connector: Connector,
+    workdir: str,
+    *,
+    supervisor: Supervisor | None = None,
+    process: ProcessState | None = None,
 ) -> GateResult | None:
+    """Run ``component``'s health gate (None: it has no check).
+
+    With a ``supervisor`` (or the ``process`` its start returned), an answer
+    counts only while that process (pid and start time) lives and owns the
+    socket probed (:class:`~adapters.health.owner.ProcessWatch`): a stray
+    server on the port is not this release's health, and a process that
+    dies ends the gate at once. Without either, any answer counts.
+    """
     health = component.health
     if health is None:
         return None
@@ -293,7 +397,23 @@ def run_gate(
         passes=check.passes,
         window_ms=check.window_ms,
     )
-    return gate.run(probe_for(check, address, connector))
+    watch = None
+    if process is None and supervisor is not None:
+        process = supervisor.state(component.name)
+    if process is not None:
+        if not process.running or process.pid is None:
+            reason = f"{component.name} is not running: {process.detail}"
+            return GateResult(False, 0, 0, [], reason, 0, exited=True)
+        watch = ProcessWatch(
+            connector,
+            component.name,
+            process.pid,
+            process.start,
+            port=check.port if check.type != "command" else None,
+            address=address,
+            child=supervisor is not None and supervisor.pid_is_wrapper,
+        )
+    return gate.run(probe_for(check, address, connector), watch=watch)
 
 
 def _in_dir(workdir: str, command: str | None) -> str | None:

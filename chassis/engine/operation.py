@@ -1,12 +1,20 @@
 """What every operation on an installation shares: the recorder that appends
-its events (one writer at a time, under the lease), the supervisor a host's
-plan names, and the plan a host's active release was deployed with."""
+its events (one writer at a time, under the lease, which it keeps renewed),
+the supervisor a host's plan names, and the plan a host's active release was
+deployed with.
+
+The recorder is also where an operation learns that it must stop: when its
+lease was taken over (``LeaseLost``) or the ledger cannot be written any more
+(``LedgerUnavailable``), every later append by any of its threads raises the
+same error, so no thread goes on changing hosts it can no longer record.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,21 +26,35 @@ from adapters.supervisors.direct import DirectSupervisor
 from adapters.supervisors.systemd import SystemdSupervisor
 from chassis.connect import connector_for
 from chassis.engine.executor import HostDeployment, scrubbed, scrubbed_data
+from chassis.engine.lease import LeaseKeeper
 from chassis.engine.plan import HostPlan, Plan
 from chassis.engine.restore import restore_host
 from chassis.hosts import get_host
 from chassis.views import histories
 from chassis.workspace import Workspace
 from ledger.application import Ledger
-from ledger.errors import NotFoundError
-from ledger.installations import Installation
+from ledger.errors import ConflictError, LedgerError, NotFoundError, StorageError
+from ledger.installations import Installation, LeaseHolder, LeaseLost
 from ledger.releases import release_dir_name
 from proofs.redaction import scrub_values_data
+
+Previous = tuple[HostPlan | None, dict[str, Any] | None]
+
+
+class LedgerUnavailable(StorageError):
+    """The ledger could not be written in the middle of an operation: nothing
+    more is recorded and the lease stays held for ``chassis recover`` (exit 4)."""
 
 
 class OperationRecorder:
     """Appends an operation's events, one writer at a time, to an aggregate
-    it keeps in memory (the lease makes this process the only writer)."""
+    it keeps in memory (the lease makes this process the only writer), and
+    renews the lease every ttl/3 while the operation works.
+
+    After a failed append the aggregate in memory is ahead of the ledger, so
+    the recorder halts: it appends nothing more, and every caller gets the
+    same error (``halted``), naming what happened and what to run.
+    """
 
     def __init__(self, ledger: Ledger, installation: Installation, op_id: str) -> None:
         assert ledger.signer is not None
@@ -41,11 +63,129 @@ class OperationRecorder:
         self.op_id = op_id
         self.actor = ledger.signer.keyid
         self.lock = threading.Lock()
+        self.holder = LeaseHolder.here()
+        self.halted: LedgerError | None = None
+        self.last_recorded = "its intent"
+        self.recorded_hosts: dict[str, str] = {}
+        """host → ``activated`` or ``restored``: its last event this recorder saved."""
+        self.deployments: dict[str, tuple[HostDeployment, Previous]] = {}
+        """The hosts this operation started to change, and what each ran before."""
+        lease = installation.lease or {}
+        self.keeper = LeaseKeeper(
+            self, op_id, OperationRecorder._renew, int(lease.get("ttl_s", 0)) / 3
+        )
 
-    def __call__(self, command: Callable[[Installation], None]) -> None:
+    def __call__(self, *commands: Callable[[Installation], None]) -> None:
+        """Run ``commands`` on the installation, then append their events in one save."""
         with self.lock:
-            command(cast(Installation, _ValuesScrubbed(self.installation)))
+            self.check()
+            installation = cast(Installation, _ValuesScrubbed(self.installation))
+            for command in commands:
+                command(installation)
+            self._save()
+
+    def close(self) -> None:
+        """Stop renewing the lease (the operation ended, one way or another)."""
+        self.keeper.stop()
+
+    def _renew(self) -> float | None:
+        """One heartbeat: renew while this process holds the operation's lease
+        (a recoverer's recorder starts renewing once its takeover is saved)."""
+        with self.lock:
+            lease = self.installation.lease
+            if self.halted is not None or lease is None or lease["op_id"] != self.op_id:
+                return None
+            if lease["holder"] == self.actor and LeaseHolder.of(lease) == self.holder:
+                self.installation.renew_lease(
+                    actor=self.actor, op_id=self.op_id, holder=self.holder
+                )
+                self._save()
+            return int(lease["ttl_s"]) / 3
+
+    def check(self) -> None:
+        """Raise the error the recorder halted with, if it did."""
+        if self.halted is not None:
+            raise type(self.halted)(str(self.halted))
+
+    def _save(self) -> None:
+        events = list(self.installation.pending_events)
+        try:
             self.ledger.append(self.installation)
+        except ConflictError as e:
+            self.halted = self._conflict(e)
+        except StorageError as e:
+            self.halted = self._outage(e)
+        if self.halted is not None:
+            self.keeper.stop()
+            raise type(self.halted)(str(self.halted)) from None
+        if self.installation.lease is None or self.installation.lease["op_id"] != self.op_id:
+            self.keeper.stop()  # finished (or broken): nothing more to renew
+        for event in events:
+            self.last_recorded = _describe(event)
+            if isinstance(event, Installation.HostActivated):
+                self.recorded_hosts[event.host] = "activated"
+            elif isinstance(event, Installation.HostRestored):
+                self.recorded_hosts[event.host] = "restored"
+
+    def halt(self, error: StorageError) -> LedgerError:
+        """Stop recording after ``error`` (a failed read, say) and return the
+        recorder's error: the first one wins."""
+        with self.lock:
+            if self.halted is None:
+                self.halted = self._outage(error)
+                self.keeper.stop()
+            return self.halted
+
+    def _what(self) -> str:
+        lease = self.installation.lease or {}
+        operation, revision = lease.get("operation", "operation"), lease.get("revision")
+        name = f"{self.installation.app}/{self.installation.environment}"
+        return f"{operation} of revision {revision} of {name}"
+
+    def _outage(self, error: StorageError) -> LedgerUnavailable:
+        app, env = self.installation.app, self.installation.environment
+        return LedgerUnavailable(
+            f"the ledger became unreachable during {self._what()} ({error}); this process "
+            f"recorded up to {self.last_recorded} and stops recording; the lease stays held. "
+            f"Once the ledger is reachable run 'chassis recover {app} --env {env}': it probes "
+            "every host, completes the operation if every host runs its release, healthy, and "
+            "otherwise puts every host back on the release it ran before, recording each step"
+        )
+
+    def _conflict(self, error: ConflictError) -> LedgerError:
+        """Someone else appended first: say who holds the lease now, and what
+        this process had recorded (which stands), never "nothing was written"."""
+        app, env = self.installation.app, self.installation.environment
+        what = self._what()
+        try:
+            now = self.ledger.load(Installation, self.installation.id)
+        except StorageError as e:
+            return self._outage(e)
+        lease = now.lease
+        stands = (
+            f"what this process recorded up to {self.last_recorded} stands; the event it was "
+            "recording was not written, and it stops here without touching the hosts again"
+        )
+        if lease is None or lease["op_id"] != self.op_id:
+            try:
+                entry = now.revision_entry(int((self.installation.lease or {})["revision"]))
+                why = f"revision {entry['revision']} is now {entry['status']}: " + str(
+                    entry["description"]
+                )
+            except (LedgerError, KeyError, ValueError):
+                why = "the lease was released"
+            return LeaseLost(f"{what} lost its lease while it ran ({why}); {stands}")
+        if lease["holder"] != self.actor or LeaseHolder.of(lease) != self.holder:
+            return LeaseLost(
+                f"{what} was taken over while it ran: the lease is now held by "
+                f"{now.lease_text(datetime.now(UTC))}; {stands}. The new holder probes the "
+                "hosts and completes or undoes the operation"
+            )
+        return ConflictError(
+            f"another writer appended to {app}/{env} while {what} ran ({error}); this process "
+            f"recorded up to {self.last_recorded}, and stops; the lease stays held: run "
+            f"'chassis recover {app} --env {env}' to complete or undo the operation"
+        )
 
     def step(self, host: str) -> Callable[[str, bool, str, dict[str, Any]], None]:
         def record(step: str, ok: bool, detail: str, data: dict[str, Any]) -> None:
@@ -143,6 +283,7 @@ def deploy_host(
     """
     name = host_plan.host
     prev_plan, prev_entry = previous
+    recorder.check()  # a halted operation starts no other host
     connector = connector_for(get_host(ledger, name), ws)
     deployment = HostDeployment(
         plan=plan,
@@ -155,6 +296,7 @@ def deploy_host(
         keep_also=(str(prev_entry["release_dir"]),) if prev_entry else (),
         touched=touched,
     )
+    recorder.deployments[name] = (deployment, previous)
     started(deployment)
     deployment.run()
     recorder(
@@ -217,3 +359,64 @@ def restore_deployments(
         list(pool.map(one, sorted(deployments)))
     return outcomes
 
+
+def _describe(event: Any) -> str:
+    """An event as "what was recorded last" in a message."""
+    if isinstance(event, Installation.StepRecorded):
+        return f"step {event.step!r} on {event.host}"
+    if isinstance(event, Installation.HostActivated):
+        return f"the activation of {event.host}"
+    if isinstance(event, Installation.HostRestored):
+        return f"the restore of {event.host}"
+    if isinstance(event, Installation.LeaseRenewed):
+        return "a lease renewal"
+    return f"its {type(event).__name__} event"
+
+
+def settle_outage(recorder: OperationRecorder, progress: Callable[[str], None]) -> dict[str, str]:
+    """After the ledger went away, leave every host as the ledger last recorded
+    it: a host recorded active on the new release keeps it; a host changed
+    since its last recorded event goes back to what it ran before (nothing can
+    be recorded now: ``chassis recover`` records what it finds later).
+    Returns host → what was done, in parallel, one line each."""
+    outcomes: dict[str, str] = {}
+
+    def one(name: str) -> None:
+        deployment, (prev_plan, prev_entry) = recorder.deployments[name]
+        recorded = recorder.recorded_hosts.get(name)
+        if recorded == "activated":
+            outcome = f"keeps {deployment.plan.label} (recorded active)"
+        elif recorded == "restored":
+            outcome = "back on its previous release (recorded)"
+        elif not deployment.touched:
+            outcome = "untouched"
+        else:
+            ok, detail, _ = restore_host(
+                deployment.connector, deployment.supervisor, deployment.host, prev_plan, prev_entry
+            )
+            was = prev_entry["label"] if prev_entry else "nothing"
+            outcome = f"back on {was} (not recorded)" if ok else f"NOT restored: {detail}"
+            deployment.connector.close()
+        outcomes[name] = outcome
+        progress(f"{name}: {scrubbed(outcome)}")
+
+    with ThreadPoolExecutor(max_workers=max(1, len(recorder.deployments))) as pool:
+        list(pool.map(one, sorted(recorder.deployments)))
+    return outcomes
+
+
+def ledger_outage(
+    error: StorageError, recorder: OperationRecorder, progress: Callable[[str], None]
+) -> LedgerError:
+    """The error an operation ends with when the ledger went away mid-way,
+    after its hosts were settled (``settle_outage``): what happened, where
+    each host was left, and what ``chassis recover`` will do. If the
+    operation had lost its lease first, the hosts are not its to settle:
+    that error is returned as it was."""
+    halted = recorder.halt(error)
+    if not isinstance(halted, LedgerUnavailable):
+        return halted
+    progress("the ledger is unreachable: leaving every host as the ledger last recorded it")
+    outcomes = settle_outage(recorder, progress)
+    hosts = "; ".join(f"{name} {what}" for name, what in sorted(outcomes.items()))
+    return LedgerUnavailable(f"{halted}" + (f". Hosts: {hosts}" if hosts else ""))

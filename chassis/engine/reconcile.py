@@ -13,9 +13,14 @@ Reconcile probes every host of the installation, in parallel, for:
 
 Each difference is ``{what, component, expected, found}``. Drift is recorded
 as one ``DriftObserved`` event per drifted host (one save) and reported with
-exit 18; a clean installation records nothing. A host that cannot be reached
-is not drift (nothing was observed): it is reported and exits 11, which wins
-over 18 because the check is incomplete.
+exit 18. What each component was seen doing (running, down, restarting,
+health, the direct supervisor's restart count) is recorded as a
+``StateObserved`` event per host, only where it differs from what the
+ledger last recorded there, so a clean installation that nothing happened to
+records nothing. :func:`observe_live` (``chassis status --live``) is the
+same look without ``DriftObserved`` and without repairing. A host that
+cannot be reached is not drift (nothing was observed): it is reported and
+exits 11, which wins over 18 because the check is incomplete.
 
 ``--repair`` puts drifted hosts back on their recorded release through the
 engine: a ``repair`` operation (intent, lease, step outcomes, activation,
@@ -39,7 +44,9 @@ import msgspec
 
 from adapters.connectors.base import Connector
 from adapters.errors import ConnectorError, RemoteFileMissing
-from adapters.supervisors.base import Supervisor, SupervisorError
+from adapters.health import GateResult
+from adapters.supervisors.base import ProcessState, Supervisor, SupervisorError
+from adapters.supervisors.direct import DirectSupervisor, RestartRecord
 from chassis.connect import connector_for
 from chassis.engine.deploy import DEFAULT_LEASE_TTL_S, DeployInterrupted
 from chassis.engine.executor import HostDeployment, StepFailed, run_gate, scrubbed
@@ -63,7 +70,7 @@ from chassis.errors import ChassisError
 from chassis.hosts import get_host
 from chassis.workspace import Workspace
 from ledger.application import Ledger
-from ledger.installations import Installation
+from ledger.installations import Installation, LeaseHeldError
 from ledger.releases import Release, release_dir_name
 
 QUICK_WINDOW_MS = 1500
@@ -98,6 +105,8 @@ class HostCheck:
     revision: int
     differences: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    seen: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """component → what the probe saw (:func:`component_seen`)."""
 
 
 @dataclass
@@ -110,6 +119,8 @@ class ReconcileResult:
     repaired: dict[str, dict[str, Any]] = field(default_factory=dict)
     stale: list[str] = field(default_factory=list)
     """Hosts with drift recorded earlier that the last check no longer sees."""
+    observed: list[str] = field(default_factory=list)
+    """Hosts a ``StateObserved`` was appended for (what was seen there changed)."""
 
     @property
     def drift(self) -> dict[str, list[dict[str, Any]]]:
@@ -129,6 +140,7 @@ class ReconcileResult:
             "recorded": sorted(self.recorded),
             "repaired": self.repaired,
             "stale": sorted(self.stale),
+            "observed": sorted(self.observed),
         }
 
     def lines(self) -> list[str]:
@@ -187,7 +199,8 @@ def _check_and_record(
             progress(f"{host}: {check.label} as recorded")
     drift = result.drift
     result.stale = sorted(h for h in installation.drift if h in result.checks and h not in drift)
-    if not drift and not result.stale:
+    changed = changed_hosts(installation, result.checks)
+    if not drift and not result.stale and not changed:
         return
     assert ledger.signer is not None
     actor = ledger.signer.keyid
@@ -198,9 +211,11 @@ def _check_and_record(
             i.observe_drift(actor=actor, host=host, differences=differences)
         for host in result.stale:  # seen clean again: an empty observation clears it
             i.observe_drift(actor=actor, host=host, differences=[])
+        record_seen(i, actor, "reconcile", [result.checks[h] for h in changed])
 
     ledger.update(Installation, installation.id, observe)
     result.recorded = sorted(drift)
+    result.observed = changed
 
 
 # Probing.
@@ -243,7 +258,9 @@ def _check_host(
     try:
         supervisor = supervisor_for(plan, host_plan, connector)
         components = [c for c in host_plan.components if c.name in entry["components"]]
-        check.differences = probe_host(connector, supervisor, host_plan, components, release_id)
+        check.differences = probe_host(
+            connector, supervisor, host_plan, components, release_id, observations=check.seen
+        )
     except (ConnectorError, SupervisorError) as e:
         check.error = e.diagnostics()
     finally:
@@ -257,8 +274,11 @@ def probe_host(
     host_plan: HostPlan,
     components: list[ComponentPlan],
     release_id: str,
+    *,
+    observations: dict[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """The differences between one host and the release recorded active there."""
+    """The differences between one host and the release recorded active there;
+    what each component was seen doing goes into ``observations``."""
     root = host_plan.root.rstrip("/")
     link = f"releases/{release_dir_name(release_id)}"
     workdir = f"{root}/{link}"
@@ -275,16 +295,28 @@ def probe_host(
         seen = "missing" if marker is None else f"its marker names release {marker[:16]}"
         found.append(difference("release-dir", None, f"{link} of release {release_id[:16]}", seen))
     for component in components:
-        state = supervisor.state(component.name)
+        state, restarts = observe_process(supervisor, component.name)
         expected = f"running release {release_id[:16]}"
         if not state.running:
             found.append(difference("process", component.name, expected, "not running"))
         elif state.release_id != release_id:
             other = (state.release_id or "unknown")[:16]
             found.append(difference("process", component.name, expected, f"running {other}"))
-        gate = run_gate(quick(component), host_plan.address, connector, workdir)
+        # The answer must come from the recorded process, not whoever holds the port.
+        gate = run_gate(
+            quick(component),
+            host_plan.address,
+            connector,
+            workdir,
+            supervisor=supervisor,
+            process=state,
+        )
         if gate is not None and not gate.passed:
             found.append(difference("health", component.name, "passing", gate.reason))
+        if observations is not None:
+            observations[component.name] = component_seen(
+                supervisor, state, restarts, gate, release_id
+            )
     return found
 
 
@@ -312,6 +344,156 @@ def plan_data(installation: Installation, revision: int) -> dict[str, Any]:
         plan_of(revision) if plan_of else installation.revision_entry(revision)["plan"]
     )
     return data
+
+
+# Observing (``status --live``, and what reconcile records besides drift).
+
+
+def observe_process(
+    supervisor: Supervisor, component: str
+) -> tuple[ProcessState, RestartRecord | None]:
+    """The component's state and, from the direct supervisor, the restart
+    record of its running instance (systemd keeps its own count: None)."""
+    if isinstance(supervisor, DirectSupervisor):
+        return supervisor.observe(component)
+    return supervisor.state(component), None
+
+
+def component_seen(
+    supervisor: Supervisor,
+    state: ProcessState,
+    restarts: RestartRecord | None,
+    gate: GateResult | None,
+    release_id: str,
+) -> dict[str, Any]:
+    """What one look saw of one component: ``state`` (``running`` the
+    recorded release, ``wrong-release``, ``restarting``: the direct
+    supervisor waits to restart it, or ``down``), ``health`` (``passed``,
+    ``failed``, ``none`` without a check), ``restarts`` (of the running
+    instance; None where the supervisor keeps no count), ``last_exit``
+    and a one-line ``detail``. No floats (the ledger refuses them)."""
+    if state.running:
+        kind = "running" if state.release_id == release_id else "wrong-release"
+    elif restarts is not None and restarts.state == "backoff":
+        kind = "restarting"
+    else:
+        kind = "down"
+    health = "none" if gate is None else ("passed" if gate.passed else "failed")
+    if gate is not None and not gate.passed:
+        detail = f"{state.detail}; health: {gate.reason}"
+    else:
+        detail = state.detail
+    counted = isinstance(supervisor, DirectSupervisor)
+    return {
+        "state": kind,
+        "health": health,
+        "restarts": (restarts.restarts if restarts else 0) if counted else None,
+        "last_exit": {"at": restarts.at, "status": restarts.status} if restarts else None,
+        "detail": scrubbed(detail),
+    }
+
+
+def _summary(components: dict[str, dict[str, Any]], differences: list[dict[str, Any]]) -> Any:
+    """What counts as a change: states, health verdicts, restart counts and
+    which differences (not their wording, which varies from look to look)."""
+    parts = sorted(
+        (name, c.get("state"), c.get("health"), c.get("restarts")) for name, c in components.items()
+    )
+    whats = sorted((str(d["what"]), str(d.get("component") or "")) for d in differences)
+    return parts, whats
+
+
+def observation_changed(installation: Installation, check: HostCheck) -> bool:
+    """True when ``check`` saw something else than the ledger last recorded
+    for its host (or the ledger has seen nothing there since a restore)."""
+    if check.error is not None or not check.seen:
+        return False
+    recorded = installation.observed.get(check.host)
+    if recorded is None or recorded.get("at") is None:
+        return True
+    drift = installation.drift.get(check.host)
+    before = _summary(recorded["components"], drift["differences"] if drift else [])
+    return bool(before != _summary(check.seen, check.differences))
+
+
+def changed_hosts(installation: Installation, checks: dict[str, HostCheck]) -> list[str]:
+    return sorted(h for h, c in checks.items() if observation_changed(installation, c))
+
+
+def record_seen(i: Installation, actor: str, by: str, checks: list[HostCheck]) -> None:
+    """One ``StateObserved`` per host in ``checks`` that still runs something
+    of the installation (one retired since it was probed has nothing to describe)."""
+    for check in checks:
+        if check.host not in i.hosts:
+            continue
+        i.observe_state(
+            actor=actor,
+            host=check.host,
+            by=by,
+            release_id=check.release_id,
+            components=check.seen,
+            differences=check.differences,
+        )
+
+
+def observe_live(
+    ledger: Ledger, ws: Workspace, installations: list[Installation], progress: Progress
+) -> list[ReconcileResult]:
+    """``chassis status --live``: probe every host of every installation in
+    parallel, read-only (what reconcile does, never repairing), then record
+    one ``StateObserved`` per host where what was seen differs from what the
+    ledger last recorded: looking again at an unchanged host appends nothing.
+    Appends happen one installation after another, in this thread (the probes
+    only read). While an operation holds an installation's lease its hosts
+    differ from the ledger on purpose and an append would race the
+    operation's: nothing is recorded for it then (what was seen is still
+    returned)."""
+    with ThreadPoolExecutor(max_workers=max(1, len(installations))) as pool:
+        looks = list(pool.map(lambda i: check_hosts(ledger, ws, i), installations))
+    results = []
+    for installation, checks in zip(installations, looks, strict=True):
+        result = ReconcileResult(installation.app, installation.environment, checks)
+        _record_live(ledger, installation, result, progress)
+        results.append(result)
+    return results
+
+
+def _record_live(
+    ledger: Ledger, installation: Installation, result: ReconcileResult, progress: Progress
+) -> None:
+    assert ledger.signer is not None
+    actor = ledger.signer.keyid
+    changed = changed_hosts(installation, result.checks)
+    if not changed:
+        return
+    name = f"{installation.app}/{installation.environment}"
+    if installation.lease is not None:
+        progress(f"{name}: what was seen is not recorded: an operation holds the lease")
+        return
+
+    def record(i: Installation) -> None:
+        # Decided again on the state this append follows: another look may
+        # have recorded the same change meanwhile, or an operation replaced
+        # the release that was looked at.
+        i.check_lease_free(datetime.now(UTC))
+        fresh = [
+            h
+            for h in changed
+            if i.hosts.get(h, {}).get("release_id") == result.checks[h].release_id
+            and observation_changed(i, result.checks[h])
+        ]
+        record_seen(i, actor, "status --live", [result.checks[h] for h in fresh])
+        result.observed = fresh
+
+    try:
+        ledger.update(Installation, installation.id, record)
+    except LeaseHeldError:
+        progress(f"{name}: what was seen is not recorded: an operation took the lease")
+        result.observed = []
+        return
+    changed = result.observed
+    for host in changed:
+        progress(f"{host}: recorded what was seen ({name} changed there)")
 
 
 # Repairing.

@@ -3,13 +3,17 @@
 A crashed deploy leaves its lease held, its revision ``pending`` and its hosts
 anywhere between "untouched" and "fully switched". Recovery:
 
-1. Loads the installation. No lease: nothing to recover. Every plan it may
-   run (the operation's, and what the hosts ran before it) is checked against
-   its signed digest before anything is appended.
+1. Loads the installation. No lease: nothing to recover. A lease that is
+   still being renewed belongs to a working operation and is not taken over
+   (see ``_check_takeover``): the user is told what runs where. Every plan it
+   may run (the operation's, and what the hosts ran before it) is checked
+   against its signed digest before anything is appended.
 2. Appends ``OperationResumed`` (the signed intent: this key takes the
-   operation over; the lease stays with the operation and restarts). A second
-   recoverer, or the original process if it was not dead after all, then
-   conflicts on its next append instead of writing beside us.
+   operation over; the lease stays with the operation and restarts) with a
+   ``LeaseRenewed`` naming this process, which then renews it while it works.
+   A second recoverer, or the original process if it was not dead after all,
+   then conflicts on its next append instead of writing beside us, and stops
+   (``LeaseLost``).
 3. Probes every host of the operation's plan (where ``current`` points, which
    release each component runs, health gates) and records what it found as a
    ``recover-probe`` step per host.
@@ -40,6 +44,7 @@ from adapters.supervisors.base import SupervisorError
 from chassis.connect import connector_for
 from chassis.engine.deploy import DEFAULT_LEASE_TTL_S
 from chassis.engine.executor import crash_point, gate_evidence, run_gate, scrubbed, scrubbed_data
+from chassis.engine.lease import holder_running
 from chassis.engine.operation import (
     OperationRecorder,
     load_installation,
@@ -54,7 +59,7 @@ from chassis.hosts import get_host
 from chassis.workspace import Workspace
 from ledger.application import Ledger
 from ledger.canonical import format_timestamp
-from ledger.installations import Installation, LeaseHeldError
+from ledger.installations import Installation, LeaseHeldError, LeaseHolder
 
 PROBE_STEP = "recover-probe"
 """The step name of the per-host probe records (and a ``CHASSIS_CRASH_AT`` point)."""
@@ -145,20 +150,53 @@ class _Probe:
         return f"current -> {current}; {running or 'nothing runs'}: {where}{health}"
 
 
-class _Appender:
-    """Appends to the installation kept in memory, one writer at a time."""
-
-    def __init__(self, ledger: Ledger, installation: Installation) -> None:
-        self.ledger = ledger
-        self.installation = installation
-        self.lock = threading.Lock()
-
-    def __call__(self, *commands: Command) -> None:
-        """Run ``commands`` on the installation, then append their events in one save."""
-        with self.lock:
-            for command in commands:
-                command(self.installation)
-            self.ledger.append(self.installation)
+def _check_takeover(installation: Installation, actor: str, force: bool) -> str:
+    """Refuse to take over a lease that is being renewed, whichever key holds
+    it, unless its process is known to be gone; return why taking it over is
+    right. The holder is known gone when it ran on this machine and its
+    process no longer runs; a live one is never taken over, even with
+    ``--force``. One on another machine (or from before holders were
+    recorded) cannot be checked from here: wait for its lease to expire (it
+    stops being renewed when its process dies), or ``--force``."""
+    lease = installation.lease
+    assert lease is not None
+    now = datetime.now(UTC)
+    name = f"{installation.app}/{installation.environment}"
+    expires = installation.lease_expires()
+    if expires is None or now > expires:
+        return " (expired)"
+    until = format_timestamp(expires)
+    running = holder_running(lease)
+    holder = LeaseHolder.of(lease)
+    if running is True and holder is not None:
+        raise LeaseHeldError(
+            f"{name}: {installation.lease_text(now)} is still running: pid {holder.pid} on "
+            f"{holder.hostname} is alive and renews the lease. recover does not take over a "
+            f"live operation (not even with --force): wait for it to finish, or stop it (kill "
+            f"{holder.pid} on {holder.hostname}) and run recover again"
+        )
+    gone = f" (its process, pid {holder.pid} on {holder.hostname}, is gone)" if holder else ""
+    if force:
+        return " (taken over with --force)" if running is None else gone
+    if lease["holder"] != actor:
+        raise LeaseHeldError(
+            f"the lease of {name} ({installation.lease_text(now)}) is live until {until} "
+            f"and held by another key ({lease['holder'][:16]}); if its process is gone, "
+            "pass --force"
+        )
+    if running is None:
+        where = (
+            f"on {holder.describe()}, which cannot be checked from here"
+            if holder
+            else "(its lease, from before holders were recorded, names no host or pid)"
+        )
+        raise LeaseHeldError(
+            f"{name}: {installation.lease_text(now)} may still be running {where}. recover "
+            f"does not take over a lease that is being renewed: wait for the operation to "
+            f"finish; if its process is gone the lease expires at {until} (it is no longer "
+            "renewed), or pass --force"
+        )
+    return gone
 
 
 def recover(
@@ -178,15 +216,7 @@ def recover(
     lease = installation.lease
     if lease is None:
         return RecoverResult(app, environment, "nothing-to-recover", _nothing(installation))
-    expires = installation.lease_expires()
-    live = expires is not None and datetime.now(UTC) <= expires
-    if live and lease["holder"] != actor and not force:
-        raise LeaseHeldError(
-            f"the lease of {app}/{environment} ({lease['operation']} of revision "
-            f"{lease['revision']}) is live until {format_timestamp(expires) if expires else '?'} "
-            f"and held by another key ({lease['holder'][:16]}); if its process is gone, "
-            "pass --force"
-        )
+    why = _check_takeover(installation, actor, force)
     op_id = str(lease["op_id"])
     revision = int(lease["revision"])
     entry = installation.revision_entry(revision)
@@ -216,18 +246,20 @@ def recover(
     )
     reason = (
         f"recover: {operation} {plan.label} (revision {revision}) was interrupted; its lease "
-        f"was held by key {str(lease['holder'])[:16]} since {lease['started']}"
-        + ("" if live else " (expired)")
+        f"was held by key {str(lease['holder'])[:16]} since {lease['started']}" + why
     )
-    record = _Appender(ledger, installation)
-    record(
-        lambda i: i.resume_operation(
-            actor=actor, op_id=op_id, reason=reason, lease_ttl_s=DEFAULT_LEASE_TTL_S
-        )
-    )
-    progress(f"recovering {operation} {plan.label} (revision {revision}) of {app}/{environment}")
-    probes = _probe_all(ledger, ws, plan, previous_plans)
+    record = OperationRecorder(ledger, installation, op_id)
+    probes: dict[str, _Probe] = {}
     try:
+        record(
+            lambda i: i.resume_operation(
+                actor=actor, op_id=op_id, reason=reason, lease_ttl_s=DEFAULT_LEASE_TTL_S
+            )
+        )
+        progress(
+            f"recovering {operation} {plan.label} (revision {revision}) of {app}/{environment}"
+        )
+        probes = _probe_all(ledger, ws, plan, previous_plans)
         record(*(_probe_recorder(probes[h.host], actor, op_id) for h in plan.hosts))
         for host_plan in plan.hosts:
             progress(f"{host_plan.host}: {probes[host_plan.host].summary()}")
@@ -237,11 +269,10 @@ def recover(
             _complete(plan, previous_hosts, record, actor, op_id, result, progress)
         else:
             def unretire() -> None:
-                recorder = OperationRecorder(ledger, installation, op_id)
                 for name, entry in sorted(retired.items()):
                     was = retired_plans[int(entry["revision"])]
                     try:
-                        ok, detail = unretire_host(ledger, ws, was, name, entry, recorder)
+                        ok, detail = unretire_host(ledger, ws, was, name, entry, record)
                     except (ConnectorError, SupervisorError) as e:
                         ok, detail = False, e.diagnostics()
                     result.hosts[name] = {"action": "restored", "ok": ok, "detail": detail}
@@ -252,6 +283,7 @@ def recover(
             for name, outcome in sorted(result.hosts.items()):
                 progress(f"{name}: {outcome['detail']}")
     finally:
+        record.close()
         for probe in probes.values():
             if probe.connector is not None:
                 probe.connector.close()
@@ -324,10 +356,10 @@ def _probe_all(
         if probe.connector is None:
             return
         if probe.on_new and all_new:
-            _gate(probe, host_plan, probe.connector, host_plan.components, plan.release_dir)
+            _gate(probe, plan, host_plan, probe.connector, host_plan.components, plan.release_dir)
         elif probe.on_previous and prev_plan is not None and prev_entry is not None:
             release_dir = str(prev_entry["release_dir"])
-            _gate(probe, host_plan, probe.connector, prev_plan.components, release_dir)
+            _gate(probe, plan, host_plan, probe.connector, prev_plan.components, release_dir)
 
     workers = max(1, len(plan.hosts))
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -391,6 +423,7 @@ def _look(
 
 def _gate(
     probe: _Probe,
+    plan: Plan,
     host_plan: HostPlan,
     connector: Connector,
     components: list[ComponentPlan],
@@ -400,7 +433,11 @@ def _gate(
     probe.healthy = True
     try:
         for component in components:
-            gate = run_gate(component, host_plan.address, connector, workdir)
+            # Health counts only from our own process holding the port.
+            gate = run_gate(
+                component, host_plan.address, connector, workdir,
+                supervisor=supervisor_for(plan, host_plan, connector),
+            )
             if gate is None:
                 continue
             probe.gates[component.name] = gate_evidence(gate)
@@ -417,7 +454,7 @@ def _gate(
 def _complete(
     plan: Plan,
     previous_hosts: dict[str, dict[str, Any]],
-    record: _Appender,
+    record: OperationRecorder,
     actor: str,
     op_id: str,
     result: RecoverResult,
@@ -484,7 +521,7 @@ def _undo(
     probes: dict[str, _Probe],
     previous_plans: PreviousPlans,
     previous_hosts: dict[str, dict[str, Any]],
-    record: _Appender,
+    record: OperationRecorder,
     actor: str,
     op_id: str,
     result: RecoverResult,

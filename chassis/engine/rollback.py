@@ -45,6 +45,7 @@ from chassis.engine.plan import (
     recorded_form,
     verified_plans,
 )
+from chassis.engine.preflight import check_bundle, check_plan, reach_hosts, worker_failure
 from chassis.engine.releases import require_bundle
 from chassis.engine.retire import (
     evict_components,
@@ -53,10 +54,11 @@ from chassis.engine.retire import (
     unretire_host,
 )
 from chassis.errors import ChassisError
+from chassis.hosts import get_host
 from chassis.secrets import check_available
 from chassis.workspace import Workspace
 from ledger.application import Ledger
-from ledger.errors import DomainRuleError
+from ledger.errors import DomainRuleError, LedgerError
 from ledger.installations import Installation
 from ledger.releases import Release
 
@@ -348,6 +350,7 @@ def rollback(
     installation = load_installation(ledger, app, environment)
     installation.check_lease_free(datetime.now(UTC))
     plan = plan_rollback(ledger, ws, installation, to)
+    _preflight(ledger, ws, plan, progress)
     target = plan.target
     progress(
         f"rolling back {app}/{environment} from revision {plan.from_revision} to revision "
@@ -401,6 +404,20 @@ def rollback(
     return result
 
 
+def _preflight(ledger: Ledger, ws: Workspace, plan: RollbackPlan, progress: Progress) -> None:
+    """Before the intent (``chassis.engine.preflight``): the plans the rollback
+    runs, the bundles they need, and every host it touches, reachable."""
+    acting = [c for c in plan.changes if c.action != "unchanged"]
+    plans = {c.plan.digest(): c.plan for c in acting if c.plan is not None}
+    for host_plan in plans.values():
+        check_plan(host_plan)
+    for release_plan in plans.values():
+        check_bundle(
+            plan.bundles[release_plan.release_id], release_plan.bundle_sha256, release_plan.label
+        )
+    reach_hosts([(c.host, get_host(ledger, c.host).settings) for c in acting], ws, progress)
+
+
 def _execute(
     ledger: Ledger,
     ws: Workspace,
@@ -429,6 +446,15 @@ def _execute(
             except (ConnectorError, SupervisorError) as e:
                 with lock:
                     failures[name] = e.diagnostics()
+                return
+            except LedgerError:
+                raise  # the record itself failed: nothing more can be recorded here
+            except Exception as e:  # a bug must not strand the rollback: record it, restore
+                broken = worker_failure(e, (), default="retire")
+                with lock:
+                    failures[name] = f"{broken.step}: {broken.detail}"
+                recorder.step(name)(broken.step, False, broken.detail, broken.data)
+                progress(f"{name}: failed at {broken.step}: {broken.detail}")
                 return
             result.hosts[name] = {"action": "retire", "ok": True, "detail": detail}
             progress(f"{name}: {detail}")
@@ -463,6 +489,14 @@ def _execute(
                 failures[name] = e.diagnostics()
             recorder.step(name)("connect", False, e.diagnostics(), {})
             progress(f"{name}: {e.diagnostics()}")
+        except LedgerError:
+            raise  # the record itself failed: nothing more can be recorded here
+        except Exception as e:  # a bug must not strand the rollback: record it, restore
+            broken = worker_failure(e, change.host_plan.steps)
+            with lock:
+                failures[name] = f"{broken.step}: {broken.detail}"
+            recorder.step(name)(broken.step, False, broken.detail, broken.data)
+            progress(f"{name}: failed at {broken.step}: {broken.detail}")
 
     retiring = [c for c in plan.changes if c.action == "retire"]
     retiring_plans = {

@@ -85,11 +85,18 @@ class HostSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Private key file for ssh (a path; its content never enters the ledger)."""
     supervisor: Literal["direct", "systemd"] = "direct"
     labels: dict[str, str] = {}
+    ssh_timeout_ms: int | None = None
+    """Overrides the environment's ``ssh_timeout_ms`` for this host."""
 
 
 class EnvironmentSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
     description: str = ""
     hosts: list[HostSpec]
+    ssh_timeout_ms: int | None = None
+    """How long an ssh host may stay silent before the step waiting on it fails:
+    connecting (at most 10 s), a transfer making no progress, keepalives
+    unanswered. Default 30000 (a frozen host fails within 40 s). Not recorded:
+    it is how this workspace reaches its hosts, not what runs on them."""
 
 
 class ReleaseSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):

@@ -13,6 +13,8 @@ here, before it can reach a command line, a path, a unit name or an env file.
 
 from __future__ import annotations
 
+import math
+import posixpath
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from chassis.stack.schema import (
     ComponentSpec,
     EnvironmentSpec,
     ExportSpec,
+    HealthSpec,
     HostSpec,
     LedgerSpec,
     ProfileSpec,
@@ -321,6 +324,16 @@ def _check_export(stack: Stack) -> None:
         raise StackError(f"{path}: export.timeout_ms: expected 1-60000, found {export.timeout_ms}")
 
 
+SSH_TIMEOUT_MS = (100, 600_000)
+"""The range of ``ssh_timeout_ms``: a silent host must fail within minutes."""
+
+
+def _check_ssh_timeout(path: Path, where: str, value: int | None) -> None:
+    low, high = SSH_TIMEOUT_MS
+    if value is not None and not low <= value <= high:
+        raise StackError(f"{path}: {where}.ssh_timeout_ms: expected {low}-{high}, found {value}")
+
+
 def _check_secret_ref(path: Path, where: str, ref: SecretRefSpec) -> None:
     if (ref.from_env is None) == (ref.from_file is None):
         raise StackError(f"{path}: {where}: expected exactly one of from_env or from_file")
@@ -372,8 +385,10 @@ def _check_references(stack: Stack) -> None:
                 raise StackError(f"{path}: {where}.resources.{size_key}: {e}") from None
         if component.resources.cpu < 0 or component.resources.gpus < 0:
             raise StackError(f"{path}: {where}.resources: cpu and gpus cannot be negative")
+        _check_component_values(path, where, component)
         health = component.health
         if health is not None:
+            _check_health(path, f"{where}.health", health)
             if isinstance(health.port, str) and health.port not in component.ports:
                 raise StackError(
                     f"{path}: {where}.health.port: expected one of this component's ports "
@@ -408,8 +423,10 @@ def _check_references(stack: Stack) -> None:
                 _refuse_secret_value(path, f"{labels}.{label}", value)
     seen: dict[str, str] = {}
     for env_name, env in stack.environments.items():
+        _check_ssh_timeout(path, f"environments.{env_name}", env.ssh_timeout_ms)
         for i, host in enumerate(env.hosts):
             where = f"environments.{env_name}.hosts[{i}]"
+            _check_ssh_timeout(path, where, host.ssh_timeout_ms)
             _check_name(path, f"{where}.name", "host", host.name)
             if host.name in seen:
                 raise StackError(
@@ -427,10 +444,12 @@ def _check_references(stack: Stack) -> None:
                 )
             if not 1 <= host.port <= 65535:
                 raise StackError(f"{path}: {where}.port: expected 1-65535, found {host.port}")
+            _check_host_paths(path, where, host)
             for label, value in host.labels.items():
                 _check_name(path, _key(f"{where}.labels", label), "label", label)
                 _refuse_secret_value(path, f"{where}.labels.{label}", value)
     for label_name, release in stack.releases.items():
+        _check_release_values(path, f"releases.{label_name}", release)
         for key, value in release.config.items():
             # Release config becomes environment variables of every component.
             _check_name(path, _key(f"releases.{label_name}.config", key), "env", key)
@@ -442,3 +461,120 @@ def _check_references(stack: Stack) -> None:
                 parse_size(getattr(runtime, size_key))
             except ValueError as e:
                 raise StackError(f"{path}: runtimes.{name}.{size_key}: {e}") from None
+        _check_runtime_values(path, f"runtimes.{name}", runtime)
+
+
+# -- numbers in range, paths that every connector and supervisor accepts ------------
+# What the host steps would refuse half-way through an operation (the health
+# gate's timings, a supervisor's paths) is refused here, before anything.
+
+_UNIT_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f\\\"']")
+"""What a systemd unit setting cannot carry in a path (``adapters.supervisors.systemd``)."""
+_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+_VERSION = re.compile(r"\d+(\.\d+)*\Z")
+_RANGE_CLAUSE = re.compile(r"(>=|<=|==|>|<)\s*\d+(\.\d+)*\Z")
+
+
+def _check_port(path: Path, where: str, port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise StackError(f"{path}: {where}: expected a port number 1-65535, found {port}")
+
+
+def _check_component_values(path: Path, where: str, component: ComponentSpec) -> None:
+    if not component.command.strip():
+        raise StackError(f"{path}: {where}.command: expected a command, found an empty string")
+    if "\0" in component.command:
+        raise StackError(f"{path}: {where}.command: expected a command without NUL characters")
+    for name, port in component.ports.items():
+        _check_name(path, _key(f"{where}.ports", name), "port", name)
+        _check_port(path, f"{where}.ports.{name}", port)
+    cpu = component.resources.cpu
+    if not math.isfinite(cpu):
+        raise StackError(f"{path}: {where}.resources.cpu: expected a number of cores, found {cpu}")
+
+
+def _check_health(path: Path, where: str, health: HealthSpec) -> None:
+    """The gate's settings in range and consistent: a gate that can never
+    pass is a mistake in the file, not a failed deploy."""
+    if isinstance(health.port, int):
+        _check_port(path, f"{where}.port", health.port)
+    if not health.path.startswith("/"):
+        raise StackError(
+            f"{path}: {where}.path: expected a path starting with /, found {health.path!r}"
+        )
+    if not 100 <= health.expect_status <= 599:
+        raise StackError(
+            f"{path}: {where}.expect_status: expected an HTTP status 100-599, "
+            f"found {health.expect_status}"
+        )
+    if health.command is not None and not health.command.strip():
+        raise StackError(f"{path}: {where}.command: expected a command, found an empty string")
+    if health.passes < 1:
+        raise StackError(f"{path}: {where}.passes: expected 1 or more, found {health.passes}")
+    for key in ("interval_ms", "timeout_ms", "window_ms"):
+        value = getattr(health, key)
+        if value < 1:
+            raise StackError(f"{path}: {where}.{key}: expected 1 or more (ms), found {value}")
+    if health.timeout_ms > health.window_ms:
+        raise StackError(
+            f"{path}: {where}.timeout_ms: expected at most window_ms ({health.window_ms}), "
+            f"found {health.timeout_ms}"
+        )
+    needed = (health.passes - 1) * health.interval_ms
+    if needed >= health.window_ms:
+        raise StackError(
+            f"{path}: {where}.window_ms: expected more than {needed} ({health.passes} consecutive "
+            f"passes {health.interval_ms} ms apart), found {health.window_ms}: the gate could "
+            "never pass"
+        )
+
+
+def _check_host_paths(path: Path, where: str, host: HostSpec) -> None:
+    """Roots are absolute on the host (a local root may be relative to the
+    workspace, which makes it absolute); key files never depend on the cwd."""
+    root = host.root
+    if not root.strip() or "\0" in root or "\n" in root or "\r" in root:
+        raise StackError(f"{path}: {where}.root: expected a directory path, found {root!r}")
+    if host.connector == "ssh" and not posixpath.isabs(root):
+        raise StackError(
+            f"{path}: {where}.root: expected an absolute path on the host (such as /srv/app), "
+            f"found {root!r}"
+        )
+    if host.supervisor == "systemd" and _UNIT_UNSAFE.search(root):
+        raise StackError(
+            f"{path}: {where}.root: expected a path without whitespace, quotes or backslashes "
+            f"(systemd units name it), found {root!r}"
+        )
+    if host.key is not None and not (host.key.startswith("~") or posixpath.isabs(host.key)):
+        raise StackError(
+            f"{path}: {where}.key: expected an absolute path or one under ~, found {host.key!r}"
+        )
+
+
+def _check_release_values(path: Path, where: str, release: ReleaseSpec) -> None:
+    if not release.artifact.strip():
+        raise StackError(f"{path}: {where}.artifact: expected a file path, found an empty string")
+    if release.sha256 is not None and not _SHA256.match(release.sha256):
+        raise StackError(
+            f"{path}: {where}.sha256: expected 64 lowercase hex digits, found {release.sha256!r}"
+        )
+
+
+def _check_runtime_values(path: Path, where: str, runtime: RuntimeSpec) -> None:
+    for key in ("min_gpus", "min_cores"):
+        value = getattr(runtime, key)
+        if value < 0:
+            raise StackError(f"{path}: {where}.{key}: expected 0 or more, found {value}")
+    wanted = runtime.min_compute_capability
+    if wanted is not None and not _VERSION.match(wanted):
+        raise StackError(
+            f"{path}: {where}.min_compute_capability: expected a version such as 8.0, "
+            f"found {wanted!r}"
+        )
+    if runtime.cuda_driver is not None:
+        clauses = [c.strip() for c in runtime.cuda_driver.split(",")]
+        if not any(clauses) or not all(_RANGE_CLAUSE.match(c) for c in clauses if c):
+            raise StackError(
+                f"{path}: {where}.cuda_driver: expected a version range such as >=12.0,<13, "
+                f"found {runtime.cuda_driver!r}"
+            )

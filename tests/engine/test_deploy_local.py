@@ -107,7 +107,9 @@ def first_release_dir(host_root: Path) -> str:
     return sorted(p.name for p in (host_root / "releases").iterdir() if p.is_dir())[0]
 
 
-def test_corrupted_upload_is_refused_before_any_swap(run: Runner, shop: Path) -> None:
+def test_corrupted_bundle_is_refused_before_any_event(run: Runner, shop: Path) -> None:
+    """The store copy no longer has its release's sha256: the pre-flight refuses
+    it (exit 8) before the intent, so no host is touched and nothing recorded."""
     run.ok(*DEPLOY, "--release", "v1")
     store = shop / ".chassis" / "bundles"
     releases = json.loads(run.ok("release", "list", "--json").stdout)
@@ -116,11 +118,11 @@ def test_corrupted_upload_is_refused_before_any_swap(run: Runner, shop: Path) ->
     data = bytearray(bundle.read_bytes())
     data[len(data) // 2] ^= 0xFF
     bundle.write_bytes(bytes(data))
+    before = run.ok("ledger", "log", "--json").stdout
     result = run(*DEPLOY, "--release", "v2", "--json")
-    assert result.exit_code == 16
-    hosts = json.loads(result.stdout)["hosts"]
-    assert {h["step"] for h in hosts.values()} == {"verify"}
-    assert all("sha256" in h["detail"] for h in hosts.values())
+    assert result.exit_code == 8
+    assert "sha256" in result.stderr and "nothing was recorded" in result.stderr
+    assert run.ok("ledger", "log", "--json").stdout == before
     assert {r["label"] for r in status(run).values()} == {"v1"}
 
 

@@ -100,15 +100,18 @@ def test_deploy_over_ssh_with_restore(
     run.ok("ledger", "verify")
 
 
-def test_a_host_down_during_deploy_restores_the_others(
+def test_a_host_down_before_deploy_costs_the_others_nothing(
     run: Runner,
     lab: tuple[Path, list[SSHTestHost], dict[str, Path]],
     closed_port: tuple[str, int],
 ) -> None:
     """h3 is inventoried, then goes away (its address now refuses connections):
-    with --max-failures 0 the hosts that were touched go back to v1."""
-    root, hosts, _ = lab
+    the pre-flight finds it before the intent, so the deploy exits 11 naming
+    h3 and its cause, records nothing and leaves h1 and h2 running v1."""
+    root, hosts, roots = lab
     run.ok(*DEPLOY, "--release", "v1")
+    before = run.ok("ledger", "log", "--json").stdout
+    releases = {h.name: (roots[h.name] / "current").resolve() for h in hosts}
     stack = root / "chassis.toml"
     h3 = hosts[2]
     stack.write_text(
@@ -118,14 +121,12 @@ def test_a_host_down_during_deploy_restores_the_others(
         )
     )
     result = run(*DEPLOY, "--release", "v2", "--max-failures", "0", "--json")
-    assert result.exit_code == 16
-    summary = json.loads(result.stdout)
-    assert (
-        summary["hosts"]["h3"]["ok"] is False
-        and "refused" in summary["hosts"]["h3"]["detail"].lower()
-    )
-    restored = [name for name, h in summary["hosts"].items() if h["restored"]]
-    assert sorted(restored) == ["h1", "h2"]
+    assert result.exit_code == 11
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("chassis: error: host h3 (") and "refused" in error.lower()
+    assert "nothing was recorded" in error and "Traceback" not in result.stderr
+    assert run.ok("ledger", "log", "--json").stdout == before
+    assert {h.name: (roots[h.name] / "current").resolve() for h in hosts} == releases
     rows = json.loads(run.ok("status", "lab", "--env", "lab", "--json").stdout)
     assert {r["label"] for r in rows} == {"v1"}
 

@@ -8,7 +8,9 @@ import click
 
 from chassis.cli.app import App, pass_app
 from chassis.cli.host.render import host_data, summary, where
+from chassis.errors import NotFound
 from chassis.hosts import get_host, sync_declared
+from ledger.hosts import Host
 
 
 @click.command("show", epilog="Example: chassis host show dev-1 --json | jq .facts.gpus")
@@ -19,6 +21,8 @@ def show_command(app: App, name: str, as_json: bool) -> None:
     """A host's settings, latest recorded facts and admission results."""
     ledger = app.ledger(signing=True)
     sync_declared(ledger, app.stack(), {name})
+    if ledger.find(Host, Host.id_for(name)) is None:
+        raise NotFound(f"no host named {name!r} (see 'chassis host list')")
     host = get_host(ledger, name)
 
     def human() -> None:

@@ -24,14 +24,17 @@ def lease_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print leases as JSON.")
 @pass_app
 def list_command(app: App, as_json: bool) -> None:
-    """Operations in progress (or crashed) that hold a lease."""
+    """Operations in progress (or crashed) that hold a lease: who holds it, the
+    host and pid of its process, when it was last renewed and when it expires
+    (a working holder renews it every ttl/3; a crashed one stops renewing)."""
     now = datetime.now(UTC)
     data = []
     for history in histories(app.ledger()):
         lease = history["lease"]
         if lease is None:
             continue
-        expires = parse_timestamp(lease["started"]) + timedelta(seconds=int(lease["ttl_s"]))
+        last = lease.get("renewed") or lease["started"]
+        expires = parse_timestamp(last) + timedelta(seconds=int(lease["ttl_s"]))
         data.append(
             {
                 "app": history["app"],
@@ -48,17 +51,20 @@ def list_command(app: App, as_json: bool) -> None:
             d["operation"],
             str(d["revision"]),
             d["holder"][:16],
+            f"{d['hostname']}:{d['pid']}" if "pid" in d else "?",
             d["started"],
+            d.get("renewed") or "-",
             d["expires"] or "",
             "expired" if d["expired"] else "live",
         ]
         for d in data
     ]
+    headers = ["APP", "ENV", "OPERATION", "REV", "HOLDER", "WHERE", "STARTED", "RENEWED"]
     app.emit(
         data,
         as_json=as_json,
         human=lambda: (
-            table(rows, ["APP", "ENV", "OPERATION", "REV", "HOLDER", "STARTED", "EXPIRES", "STATE"])
+            table(rows, [*headers, "EXPIRES", "STATE"])
             if rows
             else click.echo("no leases held")
         ),
@@ -68,7 +74,9 @@ def list_command(app: App, as_json: bool) -> None:
 @lease_group.command(
     "break",
     epilog="""\b
-Only an expired lease can be broken, unless --force. Breaking is recorded and
+Only an expired lease can be broken, unless --force: a working operation
+renews its lease every ttl/3, so an expired lease means its process stopped
+(crashed, killed, or cut off from the ledger). Breaking is recorded and
 marks the operation failed without touching hosts: prefer 'chassis recover',
 which completes or restores the operation; break a lease only when the hosts
 are known to be fine (or will be fixed by the next deploy).
