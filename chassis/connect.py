@@ -24,10 +24,7 @@ the second type was accepted. So:
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import socket
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +43,7 @@ from adapters.connectors.ssh import (
     _handshake_cause,  # the connector's own wording for failed handshakes
     _os_cause,
     known_hosts_name,
+    rewrite_known_hosts,
 )
 from adapters.connectors.ssh import fingerprint as ssh_fingerprint
 from adapters.errors import ConnectorError, HostUnreachable
@@ -230,24 +228,12 @@ def pin_known_host(known_hosts: Path, address: str, port: int, key: paramiko.PKe
     if not ADDRESS.match(address):  # the address is written into the file
         raise HostKeyPinError(f"address {address!r}: expected {ADDRESS_RULE}")
     host = known_hosts_name(address, port)
-    known_hosts.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = known_hosts.with_name(f".{known_hosts.name}.lock")
-    with lock_path.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            old = known_hosts.read_text(encoding="utf-8").splitlines(keepends=True)
-            mode = stat.S_IMODE(known_hosts.stat().st_mode)
-        except FileNotFoundError:
-            old, mode = [], 0o600
-        kept = [line for line in (_without_host(entry, host) for entry in old) if line is not None]
-        if kept and not kept[-1].endswith("\n"):
-            kept[-1] += "\n"
-        tmp = known_hosts.with_name(f".{known_hosts.name}.tmp-{os.getpid()}")
-        tmp.write_text(
-            "".join([*kept, f"{host} {key.get_name()} {key.get_base64()}\n"]), encoding="utf-8"
-        )
-        tmp.chmod(mode)
-        tmp.replace(known_hosts)
+    rewrite_known_hosts(
+        known_hosts,
+        lambda entry: _without_host(entry, host),
+        f"{host} {key.get_name()} {key.get_base64()}\n",
+        new_mode=0o600,
+    )
 
 
 class HostPinProblem(ConnectorError):

@@ -45,7 +45,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -222,7 +222,26 @@ def add_known_host(
     parallel trust-on-first-use connects cannot lose each other's lines.
     """
     host = known_hosts_name(address, port)
-    line = f"{host} {keytype} {base64key}\n"
+    rewrite_known_hosts(
+        known_hosts,
+        lambda entry: None if _same_entry(entry, host, keytype) else entry,
+        f"{host} {keytype} {base64key}\n",
+        new_mode=0o644,
+    )
+
+
+def rewrite_known_hosts(
+    known_hosts: Path,
+    keep: Callable[[str], str | None],
+    line: str,
+    *,
+    new_mode: int,
+) -> None:
+    """The one writer of known_hosts: each existing line through ``keep``
+    (None drops it), then ``line`` appended. Read-modify-write under an
+    flock, ending in an atomic rename, so parallel writers (trust on first
+    use, ``host trust-key``) cannot lose each other's lines; an existing
+    file keeps its mode, a new one gets ``new_mode``."""
     known_hosts.parent.mkdir(parents=True, exist_ok=True)
     lock_path = known_hosts.with_name(f".{known_hosts.name}.lock")
     with lock_path.open("a") as lock:
@@ -231,8 +250,8 @@ def add_known_host(
             old = known_hosts.read_text(encoding="utf-8").splitlines(keepends=True)
             mode = stat.S_IMODE(known_hosts.stat().st_mode)
         except FileNotFoundError:
-            old, mode = [], 0o644
-        kept = [entry for entry in old if not _same_entry(entry, host, keytype)]
+            old, mode = [], new_mode
+        kept = [entry for entry in (keep(line) for line in old) if entry is not None]
         if kept and not kept[-1].endswith("\n"):
             kept[-1] += "\n"
         tmp = known_hosts.with_name(f".{known_hosts.name}.tmp-{os.getpid()}")
