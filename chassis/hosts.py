@@ -14,7 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from adapters.connectors.base import ADDRESS, ADDRESS_RULE, name_problem
-from chassis.errors import ChassisError
+from chassis.errors import ChassisError, NotFound
 from chassis.stack.schema import HostSpec
 from chassis.stack.spec import Stack
 from ledger.application import Ledger
@@ -33,6 +33,15 @@ class HostInputError(HostError):
     (``adapters.connectors.base``): refused before anything is recorded."""
 
     exit_code = 3
+
+
+class UnknownHost(HostError, NotFound):
+    """No host of that name is registered or declared: "not found" (exit 10),
+    whichever command named it (``host show``, ``host remove``, ``host
+    inventory``, ``host trust-key``, ``hardware validate --host``). Still a
+    ``HostError`` for callers that catch those."""
+
+    exit_code = 10
 
 
 def check_host_input(name: str, settings: HostSettings) -> None:
@@ -115,7 +124,7 @@ def get_host(ledger: Ledger, name: str) -> Host:
     try:
         return ledger.load(Host, Host.id_for(name))
     except NotFoundError:
-        raise HostError(f"no host named {name!r} (see 'chassis host list')") from None
+        raise UnknownHost(f"no host named {name!r} (see 'chassis host list')") from None
 
 
 def all_hosts(ledger: Ledger, *, include_removed: bool = False) -> list[Host]:

@@ -1,9 +1,15 @@
 """Where the ledger lives: a SQLite file by default, PostgreSQL when shared.
 
 ``StorageConfig.from_url`` accepts ``sqlite:///ABS/PATH``, a plain file path,
-or ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=NAME]``. Problems
-are found before eventsourcing is involved, so each gets one clear line.
-Passwords never appear in messages or ``repr``.
+or ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=NAME][&connect_timeout=S]``.
+Problems are found before eventsourcing is involved, so each gets one clear
+line. Passwords never appear in messages or ``repr``.
+
+``connect_timeout`` (whole seconds, default :data:`POSTGRES_CONNECT_TIMEOUT_S`)
+bounds how long the ledger may stay silent: a connection attempt, a
+statement sent to a server that stopped answering, and the driver's retries
+together (:mod:`ledger.postgres`), so an unreachable or vanished server
+fails the command (exit 4) within about twice that.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ T = TypeVar("T")
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 POSTGRES_CONNECT_TIMEOUT_S = 5
+CONNECT_TIMEOUT_RANGE = (2, 300)
+"""libpq waits at least 2 s for a connection, whatever it is told."""
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -38,6 +46,8 @@ class StorageConfig:
     password: str = field(default="", repr=False)
     dbname: str = ""
     schema: str = "public"
+    connect_timeout: int = POSTGRES_CONNECT_TIMEOUT_S
+    """Seconds (PostgreSQL): see the module's docstring."""
 
     @classmethod
     def from_url(cls, url: str) -> StorageConfig:
@@ -67,9 +77,16 @@ class StorageConfig:
             raise StorageError(
                 f"ledger URL {redact_url(url)!r}: expected postgresql://USER@HOST:PORT/DB"
             )
-        schema = parse_qs(parts.query).get("schema", ["public"])[-1]
+        query = parse_qs(parts.query)
+        schema = query.get("schema", ["public"])[-1]
         if not _SCHEMA_NAME.match(schema):
             raise StorageError(f"ledger URL schema {schema!r}: expected a lowercase SQL identifier")
+        timeout_text = query.get("connect_timeout", [str(POSTGRES_CONNECT_TIMEOUT_S)])[-1]
+        low, high = CONNECT_TIMEOUT_RANGE
+        if not re.fullmatch(r"[0-9]{1,4}", timeout_text) or not low <= int(timeout_text) <= high:
+            raise StorageError(
+                f"ledger URL connect_timeout {timeout_text!r}: expected whole seconds {low}-{high}"
+            )
         return cls(
             kind="postgresql",
             host=parts.hostname,
@@ -78,6 +95,7 @@ class StorageConfig:
             password=unquote(parts.password or ""),
             dbname=dbname,
             schema=schema,
+            connect_timeout=int(timeout_text),
         )
 
     def describe(self) -> str:
@@ -96,14 +114,14 @@ class StorageConfig:
                 "SQLITE_LOCK_TIMEOUT": "30",
             }
         return {
-            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "PERSISTENCE_MODULE": "ledger.postgres:LedgerPostgresFactory",
             "POSTGRES_DBNAME": self.dbname,
             "POSTGRES_HOST": self.host,
             "POSTGRES_PORT": str(self.port),
             "POSTGRES_USER": self.user,
             "POSTGRES_PASSWORD": self.password,
             "POSTGRES_SCHEMA": self.schema,
-            "POSTGRES_CONNECT_TIMEOUT": str(POSTGRES_CONNECT_TIMEOUT_S),
+            "POSTGRES_CONNECT_TIMEOUT": str(self.connect_timeout),
         }
 
     def preflight(self, *, create: bool) -> None:
@@ -136,6 +154,8 @@ class StorageConfig:
         """Run ``action`` on a fresh connection; errors become one clear line."""
         try:
             import psycopg
+
+            from ledger.postgres import connection_options
         except ImportError:
             raise StorageError(
                 "PostgreSQL ledger needs the 'postgres' extra: "
@@ -148,8 +168,8 @@ class StorageConfig:
                 user=self.user,
                 password=self.password or None,
                 dbname=self.dbname,
-                connect_timeout=POSTGRES_CONNECT_TIMEOUT_S,
                 autocommit=True,
+                **connection_options(self.connect_timeout),
             ) as conn:
                 return action(conn)
         except psycopg.Error as e:

@@ -24,6 +24,7 @@ from typing import ClassVar
 from adapters.errors import one_line
 
 __all__ = [
+    "RESTART_MODES",
     "STOP_TIMEOUT",
     "ProcessSpec",
     "ProcessState",
@@ -35,6 +36,11 @@ __all__ = [
 ]
 
 STOP_TIMEOUT = 10.0
+RESTART_MODES = ("on-failure", "never")
+"""A component's ``restart`` setting: ``on-failure`` (the default) restarts
+it when it crashes (systemd ``Restart=on-failure``; the direct supervisor's
+wrapper with its :class:`~adapters.supervisors.direct.RestartPolicy`);
+``never`` leaves a process that exited down (systemd ``Restart=no``)."""
 _COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _RELEASE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
 
@@ -79,10 +85,17 @@ class ProcessSpec:
     env: Mapping[str, str] = field(repr=False)
     env_file: str | None
     root: str
+    restart: str = "on-failure"
+    """One of :data:`RESTART_MODES`."""
 
     def __post_init__(self) -> None:
         check_component(self.component)
         check_release(self.release_id)
+        if self.restart not in RESTART_MODES:
+            raise ValueError(
+                f"component {self.component}: restart {self.restart!r}: expected one of "
+                + ", ".join(RESTART_MODES)
+            )
         if not self.command.strip():
             raise ValueError(f"component {self.component}: empty command")
         if "\0" in self.command:

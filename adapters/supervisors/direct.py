@@ -42,7 +42,9 @@ whether it is ``running``, waiting (``backoff``) or ``gave-up``. Hosts never
 write the ledger: ``status --live`` and ``reconcile`` read the record
 (:meth:`DirectSupervisor.observe`) and the engine records what it saw.
 While the wrapper waits to restart, :meth:`DirectSupervisor.state` reports
-the component as not running.
+the component as not running. A component whose ``ProcessSpec.restart`` is
+``never`` runs without the loop: the wrapper runs it once, logs its exit and
+exits too.
 
 Pid reuse: a pid counts as ours only while ``/proc/<pid>/stat`` shows the
 recorded start time; a zombie (state ``Z``, left for PID 1 to reap) counts as
@@ -644,7 +646,8 @@ class DirectSupervisor(Supervisor):
         self.stop_timeout = stop_timeout
         self._sleep = sleep
         self.restart = restart
-        """How crashed components are restarted (None: never, as before)."""
+        """How crashed components are restarted (None: never, as before); a
+        spec whose ``restart`` is ``never`` is never restarted either way."""
 
     # -- helpers
 
@@ -722,8 +725,9 @@ class DirectSupervisor(Supervisor):
             )
             self.connector.put_bytes(render_env_file(spec.env), env_path, mode=ENV_FILE_MODE)
         try:
+            restart = None if spec.restart == "never" else self.restart
             launched = self._run(
-                launch_command(spec, env_path, self.restart),
+                launch_command(spec, env_path, restart),
                 f"start {spec.component} release {spec.release_id}: {spec.command}",
             )
         except BaseException:

@@ -164,7 +164,8 @@ def render_unit(
     ``ExecStart=/bin/sh -c "<command>"``, so the command keeps its shell
     meaning. ``spec.env`` (secret) is referenced through
     :func:`env_path`, never inlined; ``spec.env_file`` comes first so the
-    spec's own values win.
+    spec's own values win. ``Restart=on-failure``, or ``Restart=no`` for a
+    spec whose ``restart`` is ``never``.
     """
     unit = unit_name(unit_prefix, spec.component, spec.release_id)
     env_files = []
@@ -185,7 +186,7 @@ def render_unit(
         f"WorkingDirectory={_unit_path_value('workdir', spec.workdir)}",
         *env_files,
         f"ExecStart=/bin/sh -c {quote_exec_arg(spec.command)}",
-        "Restart=on-failure",
+        "Restart=no" if spec.restart == "never" else "Restart=on-failure",
         f"RestartSec={_seconds(restart_sec)}",
         "KillMode=control-group",
         "KillSignal=SIGTERM",

@@ -44,6 +44,16 @@ class ComponentPlan(msgspec.Struct, frozen=True, kw_only=True):
     health: dict[str, Any] | None
     secrets: dict[str, str] = {}
     """env name → reference (``env:VAR`` or ``file:/abs/path``), never a value."""
+    restart: str | msgspec.UnsetType = msgspec.UNSET
+    """The stack file's ``restart``, recorded only when it is not the default
+    ``on-failure`` (UNSET fields are left out of the encoding): a plan that
+    does not set it has the same bytes, and so the same digest, as before the
+    field existed."""
+
+    @property
+    def restart_mode(self) -> str:
+        """``restart`` with its default: what the supervisor gets."""
+        return "on-failure" if isinstance(self.restart, msgspec.UnsetType) else self.restart
 
 
 class HostPlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -141,6 +151,7 @@ def build_plan(
                             for k, v in spec.env.items()
                             if isinstance(v, SecretRefSpec)
                         },
+                        restart=msgspec.UNSET if spec.restart == "on-failure" else spec.restart,
                     )
                 )
         plans.append(

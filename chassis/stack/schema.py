@@ -61,6 +61,9 @@ class ComponentSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     ports: dict[str, int] = {}
     health: HealthSpec | None = None
     resources: ResourcesSpec = ResourcesSpec()
+    restart: str = "on-failure"
+    """``on-failure`` (restart it when it crashes) or ``never``; checked with the
+    allowed values (``adapters.supervisors.base.RESTART_MODES``)."""
 
 
 class GroupSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):

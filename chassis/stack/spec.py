@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from adapters.connectors.base import ADDRESS, ADDRESS_RULE, ENV_NAME, NAME, name_problem
+from adapters.supervisors.base import RESTART_MODES
 from adapters.supervisors.envfile import value_problem
 from chassis.errors import WorkspaceError
 from chassis.export.delivery import DestinationError, parse_destination
@@ -488,6 +489,11 @@ def _check_component_values(path: Path, where: str, component: ComponentSpec) ->
     for name, port in component.ports.items():
         _check_name(path, _key(f"{where}.ports", name), "port", name)
         _check_port(path, f"{where}.ports.{name}", port)
+    if component.restart not in RESTART_MODES:
+        raise StackError(
+            f"{path}: {where}.restart: expected {' or '.join(RESTART_MODES)}, "
+            f"found {component.restart!r}"
+        )
     cpu = component.resources.cpu
     if not math.isfinite(cpu):
         raise StackError(f"{path}: {where}.resources.cpu: expected a number of cores, found {cpu}")

@@ -37,9 +37,15 @@ class Host:
         self.connector, self.root, self.supervisor = connector, root, supervisor
         self.workdir = root / "releases" / "r1"
 
-    def spec(self, component: str, command: str, env: dict[str, str] | None = None) -> ProcessSpec:
+    def spec(
+        self,
+        component: str,
+        command: str,
+        env: dict[str, str] | None = None,
+        restart: str = "on-failure",
+    ) -> ProcessSpec:
         return ProcessSpec(
-            component, "r1", command, str(self.workdir), env or {}, None, str(self.root)
+            component, "r1", command, str(self.workdir), env or {}, None, str(self.root), restart
         )
 
     def sh(self, command: str) -> str:
@@ -163,6 +169,38 @@ def test_a_crash_loop_gives_up_and_leaves_a_marker(host: Host) -> None:
     assert host.members(started.pid) == []
 
 
+@pytest.mark.parametrize("restart", ["on-failure", "never"])
+def test_a_process_that_exits_is_restarted_unless_its_spec_says_never(
+    host: Host, restart: str
+) -> None:
+    """The component's ``restart`` setting: the default restarts a process
+    that exits with a failure; ``never`` leaves it down (the wrapper runs it
+    once, logs its exit and exits)."""
+    supervisor = DirectSupervisor(host.connector, str(host.root), restart=QUICK)
+    started = supervisor.start(host.spec("flaky", "sleep 1; exit 3", restart=restart))
+    assert started.running and started.pid is not None
+
+    def exited_once() -> bool:
+        return "chassis-flaky exited with status 3" in host.log("flaky")
+
+    wait_for("the first exit", exited_once)
+    if restart == "on-failure":
+
+        def restarted() -> bool:
+            _, record = supervisor.observe("flaky")
+            return record is not None and record.restarts >= 1
+
+        wait_for("the restart", restarted)
+        assert "chassis-flaky restarting in 1s (restart 1)" in host.log("flaky")
+        return
+    wait_for("the wrapper to exit", lambda: host.members(started.pid) == [])
+    time.sleep(1.5)  # the first restart (after 1 s) would have come by now
+    state, record = supervisor.observe("flaky")
+    assert not state.running and record is None
+    log = host.log("flaky")
+    assert log.count("exited with status 3") == 1 and "restarting" not in log
+
+
 def test_a_crash_while_settling_is_a_failed_start_not_a_restart_loop(host: Host) -> None:
     with pytest.raises(SupervisorError, match="status 4"):
         host.supervisor.start(host.spec("flaky", "echo nope >&2; exit 4"))
@@ -181,6 +219,9 @@ def test_restart_policy_and_launch_command() -> None:
     spec = ProcessSpec("api", "r1", "run", "/srv/releases/r1", {}, None, "/srv")
     assert "'5 300 1 30' /srv/run/api.restarts" in launch_command(spec, None, RestartPolicy())
     assert "'' /srv/run/api.restarts" in launch_command(spec, None, None)
+    assert replace(spec, restart="never").restart == "never"
+    with pytest.raises(ValueError, match="restart 'always': expected one of on-failure, never"):
+        replace(spec, restart="always")
     assert restarts_path("/srv", "api") == "/srv/run/api.restarts"
 
 

@@ -100,6 +100,13 @@ def test_render_unit_options() -> None:
     assert "EnvironmentFile=/srv/shop/run/chassis-shop-api@3f9a0c.service.env\n" in text
 
 
+def test_render_unit_restart_follows_the_component_setting() -> None:
+    assert "\nRestart=on-failure\n" in render_unit(spec())
+    never = render_unit(spec(restart="never"))
+    assert "\nRestart=no\n" in never and "Restart=on-failure" not in never
+    assert render_unit(spec(restart="on-failure")) == render_unit(spec())
+
+
 def test_quote_exec_arg_escapes_for_systemd() -> None:
     assert quote_exec_arg("echo \"$HOME\" 100% \\ 'x'\n") == (
         '"echo \\"$$HOME\\" 100%% \\\\ \'x\'\\n"'

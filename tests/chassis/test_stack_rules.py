@@ -113,6 +113,16 @@ RULES: list[tuple[str, Callable[[Raw], None], str]] = [
         set_in(lambda raw: raw["components"]["api"]["resources"], memory=-1),
         f"{API}.resources.memory: a size cannot be negative",
     ),
+    (
+        "restart",
+        set_in(lambda raw: raw["components"]["api"], restart="always"),
+        f"{API}.restart: expected on-failure or never, found 'always'",
+    ),
+    (
+        "restart-type",
+        set_in(lambda raw: raw["components"]["api"], restart=False),
+        f"{API}.restart: expected a string, found boolean false",
+    ),
     # hosts
     (
         "ssh-root-relative",
@@ -182,6 +192,9 @@ def test_local_roots_may_be_relative_to_the_workspace_and_defaults_pass() -> Non
     raw = example()
     health(raw).update(passes=1, interval_ms=1, timeout_ms=1, window_ms=1)
     validate_stack(raw, FILE)
+    assert stack.components["api"].restart == "on-failure"
+    raw["components"]["api"]["restart"] = "never"
+    assert validate_stack(raw, FILE).components["api"].restart == "never"
 
 
 def test_stack_validate_reports_it(run: Runner, tmp_path: Path) -> None:

@@ -237,6 +237,28 @@ def unknown_host(setup: Setup) -> Call:
     return Call(["host", "show", "nohost"], setup.example())
 
 
+def unknown_host_removed(setup: Setup) -> Call:
+    """Was 9."""
+    return Call(["host", "remove", "nohost", "--reason", "gone"], setup.example())
+
+
+def unknown_host_inventory(setup: Setup) -> Call:
+    """Was 9."""
+    return Call(["host", "inventory", "dev-1", "nohost"], setup.example())
+
+
+def unknown_host_trust_key(setup: Setup) -> Call:
+    """Was 9."""
+    return Call(["host", "trust-key", "nohost", "--yes"], setup.example())
+
+
+def unknown_host_hardware(setup: Setup) -> Call:
+    """Was 9."""
+    return Call(
+        ["hardware", "validate", "--host", "nohost", "--runtime", "cuda-large"], setup.example()
+    )
+
+
 def unknown_environment_history(setup: Setup) -> Call:
     """Was 1."""
     return Call(["history", "shop", "--env", "nope"], setup.example())
@@ -365,6 +387,19 @@ CASES = [
     Case(8, "verification", verification, ("digest-mismatch",)),
     Case(9, "domain rule", domain_rule, ("declared",)),
     Case(10, "unknown host", unknown_host, ("nohost",)),
+    Case(10, "host remove of an unknown host", unknown_host_removed, ("no host named 'nohost'",)),
+    Case(
+        10, "host inventory of an unknown host", unknown_host_inventory, ("no host named 'nohost'",)
+    ),
+    Case(
+        10, "host trust-key of an unknown host", unknown_host_trust_key, ("no host named 'nohost'",)
+    ),
+    Case(
+        10,
+        "hardware validate of an unknown host",
+        unknown_host_hardware,
+        ("no host named 'nohost'",),
+    ),
     Case(10, "history of an unknown environment", unknown_environment_history, ("nope",)),
     Case(10, "deploy of an unknown app", unknown_app, ("unknown app 'nope'",)),
     Case(10, "deploy of an unknown release", unknown_release, ("no release 'v9' of shop",)),

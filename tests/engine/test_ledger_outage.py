@@ -25,7 +25,10 @@ import pytest
 
 from adapters.connectors.local import LocalConnector
 from adapters.supervisors.direct import DirectSupervisor
+from ledger.errors import StorageError
+from ledger.postgres import RECORDER_ATTEMPTS, connection_options, pool_wait
 from ledger.releases import release_dir_name
+from ledger.storage import POSTGRES_CONNECT_TIMEOUT_S, StorageConfig, open_ledger
 from tests.conftest import Runner
 from tests.engine.test_deploy_local import DEPLOY
 
@@ -170,3 +173,96 @@ def test_ledger_lost_mid_deploy_leaves_hosts_as_recorded_and_names_recover(
         assert on_host(shop, row["host"])[row["component"]] == row["release_id"]
     assert json.loads(run.ok("history", "shop", "--env", "dev", "--json").stdout)["lease"] is None
     run.ok("ledger", "verify")
+
+
+# Bounded waits (issue 12): the driver retries each statement ten times; each
+# try used to wait 5 s for a connection, so an outage took up to ~45 s to
+# surface. The bound is the URL's connect_timeout; timings are not asserted,
+# what reaches the driver and the pool is.
+
+
+def test_connect_timeout_is_read_from_the_url_and_checked() -> None:
+    base = "postgresql://chassis@db.example:5432/ledger"
+    assert StorageConfig.from_url(base).connect_timeout == POSTGRES_CONNECT_TIMEOUT_S == 5
+    config = StorageConfig.from_url(f"{base}?schema=shop&connect_timeout=3")
+    assert (config.schema, config.connect_timeout) == ("shop", 3)
+    assert config.eventsourcing_env()["POSTGRES_CONNECT_TIMEOUT"] == "3"
+    for bad in ("0", "1", "301", "2.5", "soon", "-3", "²"):
+        with pytest.raises(StorageError) as caught:
+            StorageConfig.from_url(f"{base}?connect_timeout={bad}")
+        assert str(caught.value) == (
+            f"ledger URL connect_timeout {bad!r}: expected whole seconds 2-300"
+        )
+
+
+def test_bounds_are_pool_waits_and_libpq_options() -> None:
+    options = connection_options(4)
+    assert options["connect_timeout"] == 4 and options["tcp_user_timeout"] == 4000
+    assert options["keepalives"] == 1 and options["keepalives_idle"] == 4
+    # The tries together wait about connect_timeout for a pooled connection.
+    assert pool_wait(5) * RECORDER_ATTEMPTS == pytest.approx(5)
+    assert pool_wait(2) >= 0.2
+
+
+@pytest.mark.postgres
+def test_the_configured_timeout_reaches_every_connection(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    direct: list[dict[str, object]] = []
+    connect = psycopg.connect
+
+    def recording(*args: object, **kwargs: object) -> object:
+        direct.append(kwargs)
+        return connect(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(psycopg, "connect", recording)
+    config = StorageConfig.from_url(f"{postgres_url}&connect_timeout=3")
+    ledger = open_ledger(config, None, create=True)
+    try:
+        pool = ledger.recorder.datastore.pool  # type: ignore[attr-defined]
+        assert pool.timeout == pool_wait(3)
+        assert {k: pool.kwargs[k] for k in connection_options(3)} == connection_options(3)
+        list(ledger.records())  # the pool's connections work with them
+        with pool.connection() as conn:  # and libpq has them
+            used = conn.info.get_parameters()
+        assert {k: used[k] for k in connection_options(3)} == {
+            k: str(v) for k, v in connection_options(3).items()
+        }
+    finally:
+        ledger.close()
+    assert direct, "the preflight connects directly"
+    for kwargs in direct:
+        assert {k: kwargs[k] for k in connection_options(3)} == connection_options(3)
+
+
+@pytest.mark.postgres
+def test_a_vanished_server_surfaces_as_a_storage_error(
+    postgres_url: str, forwarder: Forwarder
+) -> None:
+    """Every connection of an open ledger drops and new ones are refused
+    (the forwarder's cut): reading fails with the storage error (exit 4)
+    and returns at all (no timing is asserted beyond a generous ceiling)."""
+    config = StorageConfig.from_url(through(postgres_url, forwarder))
+    ledger = open_ledger(config, None, create=True)
+    try:
+        assert list(ledger.records()) == []
+        forwarder.cut()
+        outcome: list[BaseException | None] = []
+
+        def read() -> None:
+            try:
+                list(ledger.records())
+            except BaseException as e:  # what the reader saw, checked below
+                outcome.append(e)
+            else:
+                outcome.append(None)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout=60)
+        assert outcome, "the read was still waiting after 60 s"
+        assert isinstance(outcome[0], StorageError) and outcome[0].exit_code == 4, outcome
+    finally:
+        ledger.close()

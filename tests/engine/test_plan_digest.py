@@ -161,6 +161,31 @@ def test_a_plan_recorded_before_a_defaulted_field_still_verifies(
         verified_plan(ledger, loaded, 1)
 
 
+def test_restart_is_recorded_only_when_it_is_not_the_default(
+    ledger: Ledger, root_key: KeyPair
+) -> None:
+    """``restart`` came after plans were signed: a plan that leaves it at
+    ``on-failure`` has exactly the bytes (and digest) it had before; ``never``
+    is recorded, signed and read back."""
+    plan = a_plan()
+    data: dict[str, Any] = msgspec.to_builtins(plan)
+    assert "restart" not in data["hosts"][0]["components"][0]
+    digest = hashlib.sha256(b"chassis.plan.v1\x00" + canonical_json(data)).hexdigest()
+    assert plan.digest() == digest
+    assert plan.hosts[0].components[0].restart_mode == "on-failure"
+
+    never = msgspec.structs.replace(plan.hosts[0].components[0], restart="never")
+    stays_down = msgspec.structs.replace(
+        plan, hosts=[msgspec.structs.replace(plan.hosts[0], components=[never])]
+    )
+    digest, recorded_data = recorded_form(stays_down)
+    assert digest != plan.digest()
+    assert recorded_data["hosts"][0]["components"][0]["restart"] == "never"
+    loaded = recorded(ledger, root_key, digest, recorded_data)
+    back = verified_plan(ledger, loaded, 1)
+    assert back == stays_down and back.hosts[0].components[0].restart_mode == "never"
+
+
 # The attack, end to end.
 
 

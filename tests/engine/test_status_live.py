@@ -204,6 +204,48 @@ def test_a_crashed_component_comes_back_and_its_restarts_are_recorded(
     run.ok("ledger", "verify")
 
 
+def test_a_component_with_restart_never_stays_down_after_a_crash(
+    run: Runner,
+    quick: Path,  # noqa: F811 - the fixture
+) -> None:
+    """``restart = "never"`` in the stack file reaches the plan (recorded)
+    and the supervisor: the crashed api stays down, its neighbours still
+    come back."""
+    shop = quick
+    stack = shop / "chassis.toml"
+    text = stack.read_text()
+    stack.write_text(text.replace("[components.api]\n", '[components.api]\nrestart = "never"\n', 1))
+    plan = json.loads(run.ok("plan", *DEPLOY[1:], "--release", "v1", "--json").stdout)
+    restarts = {c["name"]: c.get("restart") for h in plan["hosts"] for c in h["components"]}
+    assert restarts == {"gateway": None, "api": "never", "worker": None}
+    run.ok(*DEPLOY, "--release", "v1")
+    rows = rows_of(run)
+    api, gateway = rows["api"], rows["gateway"]
+    root = shop / ".chassis" / "hosts" / api["host"]
+    connector = LocalConnector(api["host"])
+    supervisor = DirectSupervisor(connector, str(root))
+    wrapper = supervisor.state("api").pid
+    assert wrapper is not None
+    listing = connector.run(
+        f"ps -e -o pid=,pgid=,stat= | awk '$2 == {wrapper} && $3 !~ /^Z/ {{print $1}}'",
+        check=True,
+    ).stdout
+    service = [p for p in listing.split() if int(p) != wrapper]
+    assert service, "api runs under its wrapper"
+    connector.run("kill -KILL " + " ".join(service), check=True)
+    deadline = time.monotonic() + 15
+    while supervisor.state("api").running:
+        assert time.monotonic() < deadline, "the wrapper did not exit"
+        time.sleep(0.1)
+    time.sleep(1.5)  # the first restart (after 1 s) would have come by now
+    state, record = supervisor.observe("api")
+    assert not state.running and record is None, state.detail
+    log = (root / "logs" / "api.log").read_text()
+    assert "exited with status 137" in log and "restarting" not in log
+    gateway_root = shop / ".chassis" / "hosts" / gateway["host"]
+    crash_service(LocalConnector(gateway["host"]), gateway_root, "gateway", restarts=1)
+
+
 def test_a_restored_host_is_unknown_until_something_looks(
     run: Runner,
     quick: Path,  # noqa: F811 - the fixture
