@@ -8,13 +8,11 @@ that a supervised process that dies ends the gate at once.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from shlex import quote
@@ -31,6 +29,7 @@ from adapters.health.owner import Ownership, OwnerUnknown, observe
 from adapters.health.probes import ProbeResult
 from adapters.supervisors import DirectSupervisor, ProcessSpec
 from tests.sshd import SSHTestHost
+from tests.strays import stray_server, wait_listening
 
 
 def free_port(address: str) -> int:
@@ -38,32 +37,6 @@ def free_port(address: str) -> int:
         probe.bind((address, 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-def wait_listening(address: str, port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((address, port), 0.2):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {address}:{port}")
-
-
-@contextlib.contextmanager
-def stray_server(address: str, port: int, site: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A real ``python -m http.server`` that is none of ours, answering ``/healthz``."""
-    site.mkdir(exist_ok=True)
-    (site / "healthz").write_text("ok, says a stranger\n")
-    argv = [sys.executable, "-m", "http.server", str(port), "--bind", address]
-    server = subprocess.Popen(
-        [*argv, "--directory", str(site)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_listening(address, port)
-        yield server
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 @pytest.fixture(params=["local", "ssh"])

@@ -14,10 +14,7 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +36,7 @@ from tests.conftest import Runner
 from tests.engine.conftest import distinct_free_ports
 from tests.engine.test_reconcile import events
 from tests.sshd import SSHTestHost
+from tests.strays import stray_server
 
 DEPLOY = ("deploy", "own", "--env", "e", "--profile", "one")
 SLOW_API = "sleep 0.5; exec python3 app/api.py --bind {address} --port {port}"
@@ -99,32 +97,6 @@ def own(
     yield workspace
     with contextlib.closing(target.connect()) as connector:
         DirectSupervisor(connector, str(target.root)).stop("api")
-
-
-def wait_listening(address: str, port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((address, port), 0.2):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {address}:{port}")
-
-
-@contextlib.contextmanager
-def stray_server(address: str, port: int, site: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A real ``python -m http.server``, none of ours, answering ``/healthz`` with 200."""
-    site.mkdir(exist_ok=True)
-    (site / "healthz").write_text("ok, says a stranger\n")
-    argv = [sys.executable, "-m", "http.server", str(port), "--bind", address]
-    server = subprocess.Popen(
-        [*argv, "--directory", str(site)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_listening(address, port)
-        yield server
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def healthz(address: str, port: int) -> str:

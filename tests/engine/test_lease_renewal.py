@@ -33,6 +33,7 @@ from ledger.application import Ledger
 from ledger.canonical import parse_timestamp
 from ledger.installations import Installation, LeaseHeldError, LeaseHolder, LeaseLost
 from ledger.storage import open_ledger
+from tests import crashing
 from tests.conftest import Runner
 from tests.engine.test_recover import assert_hosts_agree_with_status, events
 
@@ -165,15 +166,8 @@ def test_recover_from_the_same_key_does_not_hijack_a_live_deploy(run: Runner, sh
 def test_a_dead_holder_on_this_machine_is_recovered_at_once(run: Runner, shop: Path) -> None:
     """Its lease is fresh (renewed at the intent) but its pid is gone."""
     run.ok(*DEPLOY, "--release", "v1")
-    crashed = subprocess.run(
-        [sys.executable, "-m", "chassis", *DEPLOY, "--release", "v2"],
-        cwd=shop,
-        env={**os.environ, "PYTHONPATH": str(REPO), "CHASSIS_CRASH_AT": "dev-2:start"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert crashed.returncode == 137, crashed.stderr
+    crashed = crashing.run("dev-2:start", *DEPLOY, "--release", "v2", cwd=shop)
+    assert crashed.returncode == crashing.CRASHED, crashed.stderr
     (listed,) = json.loads(run.ok("lease", "list", "--json").stdout)
     assert not listed["expired"]
     outcome = json.loads(run.ok("recover", "shop", "--env", "dev", "--json").stdout)

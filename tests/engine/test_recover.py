@@ -1,6 +1,6 @@
 """Recovery: kill -9 a deploy at every step boundary, then ``chassis recover``.
 
-The deploy runs in a real subprocess with ``CHASSIS_CRASH_AT`` (the process
+The deploy runs in a real subprocess under ``tests.crashing`` (the process
 ``os._exit(137)``s right after the named step's outcome is recorded). After
 ``chassis recover`` the lease is gone, the ledger verifies and the hosts
 agree with ``chassis status``: every component status names runs that
@@ -11,9 +11,7 @@ services answer with its label.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from chassis.workspace import Workspace
 from ledger.installations import Installation
 from ledger.releases import release_dir_name
 from ledger.storage import open_ledger
+from tests import crashing
 from tests.conftest import Runner
 from tests.engine.test_deploy_local import DEPLOY, get, port_of
 
@@ -44,16 +43,8 @@ def fast(shop: Path) -> Path:
 
 def crash_deploy(shop: Path, crash_at: str, *extra: str) -> subprocess.CompletedProcess[str]:
     """``chassis deploy … --release v2`` in a subprocess that dies at ``crash_at``."""
-    env = {**os.environ, "CHASSIS_CRASH_AT": crash_at}
-    result = subprocess.run(
-        [sys.executable, "-m", "chassis", *DEPLOY, "--release", "v2", *extra],
-        cwd=shop,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 137, (result.returncode, result.stdout, result.stderr)
+    result = crashing.run(crash_at, *DEPLOY, "--release", "v2", *extra, cwd=shop)
+    assert result.returncode == crashing.CRASHED, (result.returncode, result.stdout, result.stderr)
     return result
 
 
@@ -163,16 +154,8 @@ def test_a_crashed_recover_is_recovered(run: Runner, fast: Path) -> None:
     shop = fast
     run.ok(*DEPLOY, "--release", "v1")
     crash_deploy(shop, "dev-2:start", "--max-parallel", "1")
-    env = {**os.environ, "CHASSIS_CRASH_AT": "dev-1:recover-probe"}
-    died = subprocess.run(
-        [sys.executable, "-m", "chassis", "recover", "shop", "--env", "dev"],
-        cwd=shop,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert died.returncode == 137, died.stderr
+    died = crashing.run("dev-1:recover-probe", "recover", "shop", "--env", "dev", cwd=shop)
+    assert died.returncode == crashing.CRASHED, died.stderr
     held = lease(run)
     assert held is not None and held["revision"] == 2
 
@@ -244,17 +227,9 @@ def test_a_crashed_rollback_is_recovered(
     shop = fast
     run.ok(*DEPLOY, "--release", "v1")
     run.ok(*DEPLOY, "--release", "v2")
-    env = {**os.environ, "CHASSIS_CRASH_AT": crash_at}
     rollback = ("rollback", "shop", "--env", "dev", "--max-parallel", "1")
-    crashed = subprocess.run(
-        [sys.executable, "-m", "chassis", *rollback],
-        cwd=shop,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert crashed.returncode == 137, crashed.stderr
+    crashed = crashing.run(crash_at, *rollback, cwd=shop)
+    assert crashed.returncode == crashing.CRASHED, crashed.stderr
     held = lease(run)
     assert held is not None and held["operation"] == "rollback" and held["revision"] == 3
     outcome = json.loads(run.ok("recover", "shop", "--env", "dev", "--json").stdout)
@@ -278,16 +253,8 @@ def test_an_interrupted_placement_change_is_undone_on_retired_hosts_too(
     shop = fast
     run.ok(*DEPLOY, "--release", "v1")
     mono = ("deploy", "shop", "--env", "dev", "--profile", "monolith", "--release", "v2")
-    env = {**os.environ, "CHASSIS_CRASH_AT": "start"}
-    crashed = subprocess.run(
-        [sys.executable, "-m", "chassis", *mono],
-        cwd=shop,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert crashed.returncode == 137, crashed.stderr
+    crashed = crashing.run("start", *mono, cwd=shop)
+    assert crashed.returncode == crashing.CRASHED, crashed.stderr
     outcome = json.loads(run.ok("recover", "shop", "--env", "dev", "--json").stdout)
     assert outcome["outcome"] == "restored", outcome
     assert len(outcome["hosts"]) == 3, "the two retired hosts are restored as well"
