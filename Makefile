@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv lint test demo bench clean
+.PHONY: venv lint test soak demo bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "chassis needs Python 3.11+")'
@@ -23,6 +23,12 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+
+# Crash fuzzing at length: 200 random kills (tests/engine/test_crash_fuzz.py)
+# instead of the suite's 12. CHASSIS_SOAK_SEED=N tries other seeds.
+SOAK_RUNS ?= 200
+soak: $(STAMP)
+	CHASSIS_SOAK_RUNS=$(SOAK_RUNS) $(BIN)/python -m pytest tests/engine/test_crash_fuzz.py
 
 demo: $(STAMP)
 	$(BIN)/chassis demo

@@ -366,6 +366,8 @@ def _operation(ledger: Ledger, aggregate_id: UUID, version: int) -> _Built:
             outcome["status"] = "succeeded"
         elif isinstance(event, Installation.HostRestored):
             outcome["status"] = "restored" if event.ok else "failed"
+        elif isinstance(event, Installation.HostRetired):
+            outcome["status"] = "retired"
     for host, outcome in hosts.items():
         active = after.hosts.get(host)
         outcome["after"] = _brief(active)

@@ -207,6 +207,9 @@ class Installation(LedgerAggregate):
                 "revision": self.revision,
                 "started": started,
                 "ttl_s": self.lease_ttl_s,
+                # What the hosts ran: a failure restores them there, so
+                # these plans are kept until the operation ends.
+                "restores": sorted({int(e["revision"]) for e in aggregate.hosts.values()}),
             }
             aggregate.revisions.append(
                 {
@@ -283,6 +286,25 @@ class Installation(LedgerAggregate):
                 aggregate.hosts[self.host] = _active_entry(
                     self.release_id, self.label, self.revision, self.components, self.timestamp
                 )
+            aggregate.compact()
+
+    class HostRetired(LedgerEvent, frozen=True, kw_only=True):
+        """The operation's target runs nothing on ``host`` any more: its
+        ``components`` were stopped and ``current`` unlinked. Recorded as
+        what it is (not as a restore), after a ``retire`` step recorded
+        before anything was stopped."""
+
+        TOPIC: ClassVar[str] = "chassis.installation.host-retired.v1"
+        ROLE: ClassVar[str] = "operator"
+        op_id: str
+        host: str
+        components: list[str]
+        detail: str
+
+        def apply(self, aggregate: Installation) -> None:
+            aggregate.hosts.pop(self.host, None)
+            aggregate.observed.pop(self.host, None)
+            aggregate.drift.pop(self.host, None)
             aggregate.compact()
 
     class OperationFinished(LedgerEvent, frozen=True, kw_only=True):
@@ -470,6 +492,7 @@ class Installation(LedgerAggregate):
         keep = {int(e["revision"]) for e in self.hosts.values()}
         if self.lease is not None:
             keep.add(int(self.lease["revision"]))
+            keep.update(int(r) for r in self.lease.get("restores", ()))
         if self.last_successful is not None:
             keep.add(self.last_successful)
         return keep
@@ -680,6 +703,19 @@ class Installation(LedgerAggregate):
             revision=int(previous["revision"]) if previous else None,
             components=list(previous["components"]) if previous else [],
             ok=ok,
+            detail=detail,
+        )
+
+    def retire_host(
+        self, *, actor: str, op_id: str, host: str, components: list[str], detail: str
+    ) -> None:
+        self._require_operation(op_id)
+        self.trigger(
+            self.HostRetired,
+            keyid=actor,
+            op_id=op_id,
+            host=host,
+            components=components,
             detail=detail,
         )
 

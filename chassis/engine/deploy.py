@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,23 +24,16 @@ from typing import Any
 import msgspec
 
 from adapters.errors import ConnectorError
-from adapters.supervisors.base import SupervisorError
 from chassis.engine import preflight
-from chassis.engine.executor import (
-    HostDeployment,
-    StepFailed,
-    crash_point,
-    scrubbed,
+from chassis.engine.executor import INTERRUPTED, scrubbed
+from chassis.engine.lifecycle import (
+    RETIRED,
+    Operation,
+    befores,
+    run_operation,
 )
-from chassis.engine.operation import (
-    OperationRecorder,
-    deploy_host,
-    ledger_outage,
-    previous_plan,
-    restore_deployments,
-)
+from chassis.engine.operation import OperationRecorder
 from chassis.engine.plan import (
-    HostPlan,
     Plan,
     build_plan,
     hosts_revisions,
@@ -53,7 +45,6 @@ from chassis.engine.preflight import (
     check_bundle,
     check_plan,
     reach_hosts,
-    worker_failure,
 )
 from chassis.engine.releases import (
     all_releases,
@@ -62,12 +53,6 @@ from chassis.engine.releases import (
     require_bundle,
     resolve_release,
 )
-from chassis.engine.retire import (
-    evict_components,
-    recorded_plan,
-    retire_host,
-    unretire_host,
-)
 from chassis.errors import ChassisError, NotFound
 from chassis.hosts import HostView, declared_views, environment_hosts, sync_declared
 from chassis.inventory import ProbeFailed, inventory, probe
@@ -75,7 +60,6 @@ from chassis.secrets import check_available
 from chassis.stack.spec import Stack
 from chassis.workspace import Workspace
 from ledger.application import Ledger
-from ledger.errors import LedgerError, StorageError
 from ledger.hosts import Host
 from ledger.installations import Installation
 from ledger.releases import Release
@@ -85,10 +69,6 @@ DEFAULT_LEASE_TTL_S = 120
 a crashed holder's lease expires two minutes after its last renewal."""
 
 Progress = Callable[[str], None]
-
-
-class DeployInterrupted(ChassisError):
-    exit_code = 130
 
 
 @dataclass(frozen=True)
@@ -262,6 +242,7 @@ def deploy(
         installation = Installation.open(app, environment, actor=ledger.signer.keyid)
     # The plans a failure would restore, retiring or evicting hosts would stop.
     verified_plans(ledger, installation, hosts_revisions(installation))
+    before = befores(installation)
     previous_hosts = {name: dict(entry) for name, entry in installation.hosts.items()}
     op_id = uuid.uuid4().hex
     noop = _is_noop(plan, previous_hosts)
@@ -283,7 +264,6 @@ def deploy(
         now=datetime.now(UTC),
     )
     ledger.append(installation)
-    crash_point("*", "intent")
     revision = installation.revision
     recorder = OperationRecorder(ledger, installation, op_id)
     result = DeployResult(app, environment, revision, "pending", "", plan_digest)
@@ -296,31 +276,15 @@ def deploy(
                 description=f"{plan.label} is already active on every host",
             )
         )
+        recorder.close()
         result.status, result.description = "noop", f"{plan.label} is already active on every host"
         return result
-    try:
-        _run(
-            ledger,
-            ws,
-            plan,
-            bundle,
-            installation,
-            previous_hosts,
-            recorder,
-            options,
-            progress,
-            result,
-        )
-    except KeyboardInterrupt:
-        raise DeployInterrupted(
-            f"interrupted: revision {revision} of {app}/{environment} is unfinished and its lease "
-            f"is still held; hosts may be mid-deploy. Run 'chassis recover {app} --env "
-            f"{environment}' to complete it or restore the previous release"
-        ) from None
-    except StorageError as e:  # the ledger went away: hosts as last recorded, then recover
-        raise ledger_outage(e, recorder, progress) from None
-    finally:
-        recorder.close()
+    op = Operation(ledger, ws, recorder, before, progress)
+    run_operation(
+        op,
+        lambda: _run(op, plan, bundle, options, result),
+        what=f"revision {revision} of {app}/{environment}",
+    )
     return result
 
 
@@ -334,168 +298,62 @@ def _is_noop(plan: Plan, previous: dict[str, dict[str, Any]]) -> bool:
 
 
 def _run(
-    ledger: Ledger,
-    ws: Workspace,
+    op: Operation,
     plan: Plan,
     bundle: Path,
-    installation: Installation,
-    previous_hosts: dict[str, dict[str, Any]],
-    recorder: OperationRecorder,
     options: DeployOptions,
-    progress: Progress,
     result: DeployResult,
 ) -> None:
-    previous_plans = {
-        h.host: previous_plan(installation, previous_hosts.get(h.host), h.host) for h in plan.hosts
-    }
-    deployments: dict[str, HostDeployment] = {}
-    failures: dict[str, StepFailed | str] = {}
-    lock = threading.Lock()
-
-    def started(deployment: HostDeployment) -> None:
-        with lock:
-            deployments[deployment.host.host] = deployment
-
-    def one(host_plan: HostPlan) -> None:
-        name = host_plan.host
-        progress(f"{name}: deploying {plan.label}")
-        try:
-            deploy_host(
-                ledger,
-                ws,
-                plan,
-                host_plan,
-                bundle,
-                previous_plans[name],
-                recorder,
-                touched=name in evicted,
-                started=started,
-                progress=progress,
-            )
-        except StepFailed as failed:
-            with lock:
-                failures[name] = failed
-            progress(f"{name}: failed at {failed.step}: {failed.detail}")
-        except ConnectorError as e:
-            with lock:
-                failures[name] = e.diagnostics()
-            recorder.step(name)("connect", False, e.diagnostics(), {})
-            progress(f"{name}: {e.diagnostics()}")
-        except LedgerError:
-            raise  # the record itself failed: nothing more can be recorded here
-        except Exception as e:  # a bug must not strand the operation: record it, restore
-            broken = worker_failure(e, host_plan.steps)
-            with lock:
-                failures[name] = broken
-            recorder.step(name)(broken.step, False, broken.detail, broken.data)
-            progress(f"{name}: failed at {broken.step}: {broken.detail}")
-
-    # Hosts the new placement no longer uses are retired first: a component
-    # moving to another host may need its port there.
-    wanted = {h.host for h in plan.hosts}
-    leaving = {
-        name: (recorded_plan(installation, entry), entry)
-        for name, entry in sorted(previous_hosts.items())
-        if name not in wanted
-    }
-    retired: list[str] = []
-    evicted: set[str] = set()
+    """Evict, retire, deploy; on too many failures restore every touched host."""
+    before = op.before
     placed = {h.host: {c.name for c in h.components} for h in plan.hosts}
-    for name, entry in sorted(previous_hosts.items()):
-        moving = sorted(set(entry["components"]) - placed.get(name, set()))
-        if name not in placed or not moving:
-            continue
-        try:
-            host_was = recorded_plan(installation, entry)
-            evict_components(ledger, ws, host_was, name, moving, recorder.step(name))
-        except (ConnectorError, SupervisorError) as e:
-            failures[name] = e.diagnostics()
-            continue
-        evicted.add(name)
-    for name, (host_was, _) in leaving.items():
-        try:
-            detail = retire_host(ledger, ws, host_was, name, recorder)
-        except (ConnectorError, SupervisorError) as e:
-            failures[name] = e.diagnostics()
-            continue
-        retired.append(name)
-        result.hosts[name] = {"ok": True, "step": None, "detail": detail, "restored": False}
-        progress(f"{name}: {detail}")
-    try:
-        if len(failures) <= options.max_failures:
-            with ThreadPoolExecutor(max_workers=max(1, options.max_parallel)) as pool:
-                list(pool.map(one, plan.hosts))
-        if len(failures) > options.max_failures:
-            for name in retired:  # the deploy is undone: they run their release again
-                host_was, entry = leaving[name]
-                ok, detail = unretire_host(ledger, ws, host_was, name, entry, recorder)
-                result.hosts[name] = {"ok": ok, "step": None, "detail": detail, "restored": ok}
-        _settle(
-            plan,
-            deployments,
-            failures,
-            previous_plans,
-            previous_hosts,
-            recorder,
-            options,
-            progress,
-            result,
-        )
-    finally:
-        for deployment in deployments.values():
-            deployment.connector.close()
-
-
-def _settle(
-    plan: Plan,
-    deployments: dict[str, HostDeployment],
-    failures: dict[str, StepFailed | str],
-    previous_plans: dict[str, tuple[HostPlan | None, dict[str, Any] | None]],
-    previous_hosts: dict[str, dict[str, Any]],
-    recorder: OperationRecorder,
-    options: DeployOptions,
-    progress: Progress,
-    result: DeployResult,
-) -> None:
-    """Restore what must be restored, then record the operation's outcome."""
-    too_many = len(failures) > options.max_failures
-    to_restore = [
-        name for name, d in deployments.items() if d.touched and (too_many or name in failures)
-    ]
-    if to_restore:
-        progress(f"restoring {', '.join(sorted(to_restore))}")
-        restoring = {name: deployments[name] for name in to_restore}
-        restore_deployments(restoring, previous_plans, previous_hosts, recorder, progress)
-    for host_plan in plan.hosts:
-        name = host_plan.host
-        failure = failures.get(name)
+    # Hosts the new placement no longer uses are retired, and components it
+    # moves are evicted, before any host starts: they may need their ports.
+    for name, was in sorted(before.items()):
+        moving = sorted(set(was.components) - placed.get(name, set()))
+        if name in placed and moving:
+            op.evict(name, moving)
+    for name in sorted(set(before) - set(placed)):
+        if op.retire(name):
+            result.hosts[name] = {"ok": True, "step": None, "detail": RETIRED, "restored": False}
+    if len(op.failures) <= options.max_failures:
+        op.deploy_all(plan, plan.hosts, bundle, options.max_parallel)
+    too_many = len(op.failures) > options.max_failures or op.interrupted.is_set()
+    op.restore(None if too_many else list(op.failures))
+    for name in sorted({*placed, *op.failures, *op.restores}):
+        failure = op.failures.get(name)
+        restore = op.restores.get(name)
+        entry = result.hosts.get(name, {})
         result.hosts[name] = {
-            "ok": failure is None,
-            "step": failure.step if isinstance(failure, StepFailed) else None,
-            "detail": (failure.detail if isinstance(failure, StepFailed) else failure)
-            or "deployed",
-            "restored": name in to_restore,
+            "ok": failure is None and entry.get("ok", True),
+            "step": failure.step if failure else None,
+            "detail": failure.detail if failure else entry.get("detail", "deployed"),
+            "restored": bool(restore and restore[0]),
         }
+        if restore is not None:
+            result.hosts[name]["restore"] = restore[1]
+            if name not in op.failures and name not in placed:
+                result.hosts[name]["detail"] = restore[1]
     if too_many:
-        first = sorted(failures)[0]
-        failure = failures[first]
-        why = scrubbed(  # process output, on its way into the signed outcome
-            f"{first}: {failure.step}: {failure.detail}"
-            if isinstance(failure, StepFailed)
-            else f"{first}: {failure}"
-        )
+        why = _first_failure(op)
         status, description = (
             "failed",
-            f"deploy {plan.label} failed ({why}); previous release restored",
+            f"deploy {plan.label} failed ({why}); " + (op.restore_summary()),
         )
-    elif failures:
+    elif op.failures:
         status = "deployed"
-        description = f"deploy {plan.label}; {len(failures)} host(s) failed and were restored"
+        description = f"deploy {plan.label}; {len(op.failures)} host(s) failed: " + (
+            op.restore_summary()
+        )
     else:
         status, description = "deployed", f"deploy {plan.label}"
-    recorder(
-        lambda i: i.finish(
-            actor=recorder.actor, op_id=recorder.op_id, status=status, description=description
-        )
-    )
-    result.status, result.description = status, description
+    op.finish(status, description)
+    result.status, result.description = status, scrubbed(description)
+
+
+def _first_failure(op: Operation) -> str:
+    if op.interrupted.is_set():
+        return INTERRUPTED
+    first = sorted(op.failures)[0]
+    failure = op.failures[first]
+    return f"{first}: {failure.step}: {failure.detail}"

@@ -13,7 +13,6 @@ briefly down at a time.
 
 from __future__ import annotations
 
-import os
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,9 +32,7 @@ from chassis.secrets import SecretUnavailable, resolve_all
 from proofs.redaction import scrub_text
 
 KEEP_RELEASES = 3
-CRASH_ENV = "CHASSIS_CRASH_AT"
-"""Test hook: ``STEP`` or ``HOST:STEP`` makes the process exit (as if killed)
-right after that step's outcome is recorded."""
+INTERRUPTED = "interrupted by the operator (Ctrl-C)"
 
 Record = Callable[[str, bool, str, dict[str, Any]], None]
 
@@ -46,6 +43,8 @@ class StepFailed(Exception):
         self.step = step
         self.detail = detail
         self.data = data or {}
+        self.recorded = False
+        """True once the failure is in the ledger (``HostDeployment.run`` records it)."""
 
 
 @dataclass
@@ -62,6 +61,8 @@ class HostDeployment:
     touched: bool = False
     started: dict[str, ProcessState] = field(default_factory=dict)
     """What ``start`` launched, per component: the processes the gate watches."""
+    interrupted: Callable[[], bool] = lambda: False
+    """Asked before each step: true once the operator pressed Ctrl-C."""
 
     @property
     def root(self) -> str:
@@ -75,16 +76,20 @@ class HostDeployment:
         for step in self.host.steps:
             action = getattr(self, "_" + step.replace("-", "_"))
             try:
+                if self.interrupted():
+                    raise StepFailed(step, INTERRUPTED)
                 detail, data = action()
             except StepFailed as failed:
                 self.record(failed.step, False, failed.detail, failed.data)
+                failed.recorded = True
                 raise
             except (ConnectorError, SupervisorError) as e:
                 message = e.diagnostics()
                 self.record(step, False, message, {})
-                raise StepFailed(step, message) from e
+                broken = StepFailed(step, message)
+                broken.recorded = True
+                raise broken from e
             self.record(step, True, detail, data)
-            crash_point(self.host.host, step)
 
     # Steps. Each returns (detail, data) for the ledger.
 
@@ -344,6 +349,7 @@ class HostDeployment:
             env={},
             env_file=self._env_file(component.name),
             root=self.root,
+            restart=component.restart_mode,
         )
 
 
@@ -373,30 +379,10 @@ def run_gate(
     server on the port is not this release's health, and a process that
     dies ends the gate at once. Without either, any answer counts.
     """
-    health = component.health
-    if health is None:
+    check = health_check(component, workdir)
+    if check is None:
         return None
-    port = health.get("port")
-    if isinstance(port, str):
-        port = component.ports[port]
-    check = HealthCheck(
-        type=health["type"],
-        port=port,
-        path=health.get("path", "/"),
-        expect_status=health.get("expect_status", 200),
-        body_contains=health.get("body_contains"),
-        command=_in_dir(workdir, health.get("command")),
-        interval_ms=health.get("interval_ms", 500),
-        timeout_ms=health.get("timeout_ms", 2000),
-        passes=health.get("passes", 2),
-        window_ms=health.get("window_ms", 30000),
-    )
-    gate = HealthGate(
-        interval_ms=check.interval_ms,
-        timeout_ms=check.timeout_ms,
-        passes=check.passes,
-        window_ms=check.window_ms,
-    )
+    gate = health_gate(check)
     watch = None
     if process is None and supervisor is not None:
         process = supervisor.state(component.name)
@@ -416,8 +402,43 @@ def run_gate(
     return gate.run(probe_for(check, address, connector), watch=watch)
 
 
-def _in_dir(workdir: str, command: str | None) -> str | None:
-    return None if command is None else f"cd {shlex.quote(workdir)} && {command}"
+def health_check(component: ComponentPlan, workdir: str | None = None) -> HealthCheck | None:
+    """The check ``component`` declares, exactly as its gate runs it (the
+    pre-flight builds it too, so a bad value fails before the intent);
+    a ``command`` check runs in ``workdir``. None: it declares none."""
+    health = component.health
+    if health is None:
+        return None
+    port = health.get("port")
+    if isinstance(port, str):
+        if port not in component.ports:
+            raise ValueError(f"health port {port!r} is not one of the component's ports")
+        port = component.ports[port]
+    command = health.get("command")
+    if command is not None and workdir is not None:
+        command = f"cd {shlex.quote(workdir)} && {command}"
+    return HealthCheck(
+        type=health["type"],
+        port=port,
+        path=health.get("path", "/"),
+        expect_status=health.get("expect_status", 200),
+        body_contains=health.get("body_contains"),
+        command=command,
+        interval_ms=health.get("interval_ms", 500),
+        timeout_ms=health.get("timeout_ms", 2000),
+        passes=health.get("passes", 2),
+        window_ms=health.get("window_ms", 30000),
+    )
+
+
+def health_gate(check: HealthCheck) -> HealthGate:
+    """The gate that runs ``check`` (its constructor refuses bad numbers)."""
+    return HealthGate(
+        interval_ms=check.interval_ms,
+        timeout_ms=check.timeout_ms,
+        passes=check.passes,
+        window_ms=check.window_ms,
+    )
 
 
 def gate_evidence(result: GateResult) -> dict[str, Any]:
@@ -448,10 +469,3 @@ def scrubbed_data(data: Any) -> Any:
     if isinstance(data, list | tuple):
         return [scrubbed_data(v) for v in data]
     return data
-
-
-def crash_point(host: str, step: str) -> None:
-    """The recovery tests' kill -9: exit without cleanup at a step boundary."""
-    target = os.environ.get(CRASH_ENV)
-    if target and target in (step, f"{host}:{step}"):
-        os._exit(137)

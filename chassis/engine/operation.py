@@ -12,10 +12,9 @@ same error, so no thread goes on changing hosts it can no longer record.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, cast
 
 import msgspec
@@ -24,14 +23,11 @@ from adapters.connectors.base import Connector
 from adapters.supervisors.base import Supervisor
 from adapters.supervisors.direct import DirectSupervisor
 from adapters.supervisors.systemd import SystemdSupervisor
-from chassis.connect import connector_for
 from chassis.engine.executor import HostDeployment, scrubbed, scrubbed_data
 from chassis.engine.lease import LeaseKeeper
 from chassis.engine.plan import HostPlan, Plan
 from chassis.engine.restore import restore_host
-from chassis.hosts import get_host
 from chassis.views import histories
-from chassis.workspace import Workspace
 from ledger.application import Ledger
 from ledger.errors import ConflictError, LedgerError, NotFoundError, StorageError
 from ledger.installations import Installation, LeaseHolder, LeaseLost
@@ -260,58 +256,6 @@ def full_history(ledger: Ledger, installation: Installation) -> list[dict[str, A
     return list(found[0]["revisions"]) if found else list(installation.revisions)
 
 
-def deploy_host(
-    ledger: Ledger,
-    ws: Workspace,
-    plan: Plan,
-    host_plan: HostPlan,
-    bundle: Path,
-    previous: tuple[HostPlan | None, dict[str, Any] | None],
-    recorder: OperationRecorder,
-    *,
-    touched: bool,
-    started: Callable[[HostDeployment], None],
-    progress: Callable[[str], None],
-) -> None:
-    """Run ``plan`` on one host through every step and record it activated.
-
-    ``previous`` is what the host ran (plan and active entry), so its
-    components are stopped and its release kept. ``started`` receives the
-    deployment before its first step (whoever may have to restore it needs
-    it). Raises ``StepFailed`` (already recorded) or ``ConnectorError``;
-    the caller closes the deployment's connector.
-    """
-    name = host_plan.host
-    prev_plan, prev_entry = previous
-    recorder.check()  # a halted operation starts no other host
-    connector = connector_for(get_host(ledger, name), ws)
-    deployment = HostDeployment(
-        plan=plan,
-        host=host_plan,
-        connector=connector,
-        supervisor=supervisor_for(plan, host_plan, connector),
-        bundle=bundle,
-        record=recorder.step(name),
-        previous_components=[c.name for c in prev_plan.components] if prev_plan else [],
-        keep_also=(str(prev_entry["release_dir"]),) if prev_entry else (),
-        touched=touched,
-    )
-    recorder.deployments[name] = (deployment, previous)
-    started(deployment)
-    deployment.run()
-    recorder(
-        lambda i: i.activate_host(
-            actor=recorder.actor,
-            op_id=recorder.op_id,
-            host=name,
-            release_id=plan.release_id,
-            label=plan.label,
-            components=[c.name for c in host_plan.components],
-        )
-    )
-    progress(f"{name}: {plan.label} active and healthy")
-
-
 def restored(
     recorder: OperationRecorder,
     host: str,
@@ -334,32 +278,6 @@ def restored(
     return command
 
 
-def restore_deployments(
-    deployments: Mapping[str, HostDeployment],
-    previous_plans: Mapping[str, tuple[HostPlan | None, dict[str, Any] | None]],
-    previous_entries: Mapping[str, dict[str, Any] | None],
-    recorder: OperationRecorder,
-    progress: Callable[[str], None],
-) -> dict[str, tuple[bool, str]]:
-    """Put each host back on what it ran before the operation (its plan and
-    active entry, or nothing), in parallel, each restore recorded."""
-    outcomes: dict[str, tuple[bool, str]] = {}
-
-    def one(name: str) -> None:
-        deployment = deployments[name]
-        prev_plan, prev_entry = previous_plans[name]
-        ok, detail, _ = restore_host(
-            deployment.connector, deployment.supervisor, deployment.host, prev_plan, prev_entry
-        )
-        recorder(restored(recorder, name, previous_entries.get(name), ok, detail))
-        outcomes[name] = (ok, detail)
-        progress(f"{name}: {scrubbed(detail)}")
-
-    with ThreadPoolExecutor(max_workers=max(1, len(deployments))) as pool:
-        list(pool.map(one, sorted(deployments)))
-    return outcomes
-
-
 def _describe(event: Any) -> str:
     """An event as "what was recorded last" in a message."""
     if isinstance(event, Installation.StepRecorded):
@@ -368,6 +286,8 @@ def _describe(event: Any) -> str:
         return f"the activation of {event.host}"
     if isinstance(event, Installation.HostRestored):
         return f"the restore of {event.host}"
+    if isinstance(event, Installation.HostRetired):
+        return f"the retirement of {event.host}"
     if isinstance(event, Installation.LeaseRenewed):
         return "a lease renewal"
     return f"its {type(event).__name__} event"

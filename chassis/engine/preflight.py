@@ -34,13 +34,11 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from adapters.errors import ConnectorError, one_line
-from adapters.health.gate import HealthGate
-from adapters.health.probes import HealthCheck
 from adapters.supervisors.base import ProcessSpec
 from adapters.supervisors.systemd import render_unit
 from chassis.bundles import sha256_file
 from chassis.connect import connector_from_settings
-from chassis.engine.executor import StepFailed
+from chassis.engine.executor import StepFailed, health_check, health_gate
 from chassis.engine.plan import ComponentPlan, HostPlan, Plan
 from chassis.errors import ChassisError
 from chassis.workspace import Workspace
@@ -119,35 +117,13 @@ def _check_component(plan: Plan, host: HostPlan, component: ComponentPlan) -> No
         env={},
         env_file=path("releases", plan.release_dir, f".env.{component.name}"),
         root=host.root,
+        restart=component.restart_mode,
     )
     if host.supervisor == "systemd":
         render_unit(spec, unit_prefix=f"chassis-{plan.app}")
-    health = component.health
-    if health is None:
-        return
-    probed = health.get("port")
-    if isinstance(probed, str):
-        if probed not in component.ports:
-            raise ValueError(f"health port {probed!r} is not one of the component's ports")
-        probed = component.ports[probed]
-    check = HealthCheck(
-        type=health["type"],
-        port=probed,
-        path=health.get("path", "/"),
-        expect_status=health.get("expect_status", 200),
-        body_contains=health.get("body_contains"),
-        command=health.get("command"),
-        interval_ms=health.get("interval_ms", 500),
-        timeout_ms=health.get("timeout_ms", 2000),
-        passes=health.get("passes", 2),
-        window_ms=health.get("window_ms", 30000),
-    )
-    HealthGate(
-        interval_ms=check.interval_ms,
-        timeout_ms=check.timeout_ms,
-        passes=check.passes,
-        window_ms=check.window_ms,
-    )
+    check = health_check(component)
+    if check is not None:
+        health_gate(check)
 
 
 # -- the bundle -------------------------------------------------------------------------

@@ -48,8 +48,9 @@ from adapters.health import GateResult
 from adapters.supervisors.base import ProcessState, Supervisor, SupervisorError
 from adapters.supervisors.direct import DirectSupervisor, RestartRecord
 from chassis.connect import connector_for
-from chassis.engine.deploy import DEFAULT_LEASE_TTL_S, DeployInterrupted
-from chassis.engine.executor import HostDeployment, StepFailed, run_gate, scrubbed
+from chassis.engine.deploy import DEFAULT_LEASE_TTL_S
+from chassis.engine.executor import run_gate, scrubbed
+from chassis.engine.lifecycle import Operation, befores, run_operation
 from chassis.engine.operation import (
     OperationRecorder,
     load_installation,
@@ -537,6 +538,7 @@ def _repair_revision(
         )
     bundle = require_bundle(ws, release)
     names = sorted(c.host for c in checks)
+    before = befores(installation)
     whats = sorted({d["what"] for c in checks for d in c.differences})
     op_id = uuid.uuid4().hex
     plan_digest, plan_data = recorded_form(plan)
@@ -557,82 +559,49 @@ def _repair_revision(
     )
     ledger.append(installation)
     recorder = OperationRecorder(ledger, installation, op_id)
-    recorded = {name: dict(installation.hosts[name]) for name in names}
+    op = Operation(ledger, ws, recorder, before, progress)
     outcomes: dict[str, dict[str, Any]] = {}
-    lock = threading.Lock()
 
     def one(check: HostCheck) -> None:
         name = check.host
         host_plan = repair_steps(plan.host(name), check.differences)
-        connector: Connector | None = None
-        try:
-            connector = connector_for(get_host(ledger, name), ws)
-            deployment = HostDeployment(
-                plan=plan,
-                host=host_plan,
-                connector=connector,
-                supervisor=supervisor_for(plan, host_plan, connector),
-                bundle=bundle,
-                record=recorder.step(name),
-            )
-            progress(f"{name}: repairing {plan.label} ({', '.join(host_plan.steps)})")
-            deployment.run()
-            recorder(
-                lambda i: i.activate_host(
-                    actor=actor,
-                    op_id=op_id,
-                    host=name,
-                    release_id=plan.release_id,
-                    label=plan.label,
-                    components=[c.name for c in host_plan.components],
-                )
-            )
-            ok, detail = True, f"{plan.label} restored and healthy"
-        except StepFailed as failed:
-            ok, detail = False, f"repair failed at {failed.step}: {failed.detail}"
-        except (ConnectorError, ChassisError) as e:
-            recorder.step(name)("connect", False, e.diagnostics(), {})
-            ok, detail = False, f"repair failed: {e.diagnostics()}"
-        finally:
-            if connector is not None:
-                connector.close()
-        if not ok:
-            # The recorded entry stays; the next reconcile records what is still wrong.
-            recorder(
-                lambda i: i.restore_host(
-                    actor=actor,
-                    op_id=op_id,
-                    host=name,
-                    previous=recorded[name],
-                    ok=False,
-                    detail=scrubbed(detail),
-                )
-            )
-        progress(f"{name}: {detail}")
-        with lock:
-            outcomes[name] = {
-                "ok": ok,
-                "detail": detail,
-                "revision": installation.revision,
-                "steps": list(host_plan.steps),
-                "differences": check.differences,
-            }
+        progress(f"{name}: repairing {plan.label} ({', '.join(host_plan.steps)})")
+        op.deploy(plan, host_plan, bundle, on_done=lambda _: None)
+        outcomes[name] = {
+            "ok": name not in op.failures,
+            "revision": installation.revision,
+            "steps": list(host_plan.steps),
+            "differences": check.differences,
+        }
 
-    try:
+    def work() -> None:
         with ThreadPoolExecutor(max_workers=max(1, len(checks))) as pool:
             list(pool.map(one, checks))
-    except KeyboardInterrupt:
-        raise DeployInterrupted(
-            f"interrupted: repair revision {installation.revision} of {plan.app}/"
-            f"{plan.environment} is unfinished and its lease is still held. Run 'chassis "
-            f"recover {plan.app} --env {plan.environment}' to complete or undo it"
-        ) from None
-    failed = sorted(n for n, o in outcomes.items() if not o["ok"])
-    status = "failed" if len(failed) == len(names) else "deployed"
-    description = f"repair {plan.label} on {', '.join(names)}" + (
-        f"; {', '.join(failed)} could not be repaired" if failed else ""
+        # A host the repair changed and then failed goes back to what it ran.
+        op.restore(list(op.failures))
+        for name, outcome in outcomes.items():
+            failure = op.failures.get(name)
+            if failure is None:
+                outcome["detail"] = f"{plan.label} restored and healthy"
+            else:
+                outcome["detail"] = f"repair failed at {failure.step}: {failure.detail}"
+                if name in op.restores:
+                    outcome["detail"] += "; " + (
+                        "put back as it was"
+                        if op.restores[name][0]
+                        else f"NOT restored: {op.restores[name][1]}"
+                    )
+            progress(f"{name}: {scrubbed(outcome['detail'])}")
+        failed = sorted(op.failures)
+        status = "failed" if len(failed) == len(names) or op.interrupted.is_set() else "deployed"
+        description = f"repair {plan.label} on {', '.join(names)}" + (
+            f"; {', '.join(failed)} could not be repaired" if failed else ""
+        )
+        op.finish(status, description)
+
+    run_operation(
+        op, work, what=f"repair revision {installation.revision} of {plan.app}/{plan.environment}"
     )
-    recorder(lambda i: i.finish(actor=actor, op_id=op_id, status=status, description=description))
     return outcomes
 
 

@@ -43,17 +43,16 @@ from adapters.errors import ConnectorError
 from adapters.supervisors.base import SupervisorError
 from chassis.connect import connector_for
 from chassis.engine.deploy import DEFAULT_LEASE_TTL_S
-from chassis.engine.executor import crash_point, gate_evidence, run_gate, scrubbed, scrubbed_data
+from chassis.engine.executor import gate_evidence, run_gate, scrubbed, scrubbed_data
 from chassis.engine.lease import holder_running
+from chassis.engine.lifecycle import RETIRED, Before, Operation, befores, recorded_entry
 from chassis.engine.operation import (
     OperationRecorder,
     load_installation,
-    previous_plan,
+    restored,
     supervisor_for,
 )
 from chassis.engine.plan import ComponentPlan, HostPlan, Plan, verified_plan, verified_plans
-from chassis.engine.restore import restore_host
-from chassis.engine.retire import unretire_host
 from chassis.errors import ChassisError
 from chassis.hosts import get_host
 from chassis.workspace import Workspace
@@ -62,7 +61,7 @@ from ledger.canonical import format_timestamp
 from ledger.installations import Installation, LeaseHeldError, LeaseHolder
 
 PROBE_STEP = "recover-probe"
-"""The step name of the per-host probe records (and a ``CHASSIS_CRASH_AT`` point)."""
+"""The step name of the per-host probe records."""
 
 Progress = Callable[[str], None]
 Command = Callable[[Installation], None]
@@ -225,22 +224,13 @@ def recover(
     before = _state_before(ledger, installation, op_id)
     previous_hosts = {name: dict(entry) for name, entry in before.hosts.items()}
     placed = {h.host for h in plan.hosts}
-    retired = {
-        name: entry
-        for name, entry in previous_hosts.items()
-        if name not in placed and name not in installation.hosts
-    }
-    # What an undo restarts: the previous plans (as the installation holds
-    # them for the hosts of the plan, as they were for retired hosts).
-    verified_plans(
-        ledger,
-        installation,
-        {int(previous_hosts[h.host]["revision"]) for h in plan.hosts if h.host in previous_hosts},
-    )
-    retired_plans = verified_plans(ledger, before, {int(e["revision"]) for e in retired.values()})
-    previous_plans: PreviousPlans = {
-        h.host: previous_plan(installation, previous_hosts.get(h.host), h.host) for h in plan.hosts
-    }
+    # Every plan a restore may start (what each host ran before the
+    # operation), checked against its signed digest before anything is
+    # appended; hosts the operation retires are probed too, whether or not
+    # their retirement was recorded (a crash may have come half-way).
+    verified_plans(ledger, before, {int(e["revision"]) for e in previous_hosts.values()})
+    was = befores(before)
+    leaving = sorted(set(previous_hosts) - placed)
     result = RecoverResult(
         app, environment, "pending", "", revision=revision, operation=operation, label=plan.label
     )
@@ -249,7 +239,7 @@ def recover(
         f"was held by key {str(lease['holder'])[:16]} since {lease['started']}" + why
     )
     record = OperationRecorder(ledger, installation, op_id)
-    probes: dict[str, _Probe] = {}
+    op = Operation(ledger, ws, record, was, progress)
     try:
         record(
             lambda i: i.resume_operation(
@@ -259,34 +249,22 @@ def recover(
         progress(
             f"recovering {operation} {plan.label} (revision {revision}) of {app}/{environment}"
         )
-        probes = _probe_all(ledger, ws, plan, previous_plans)
-        record(*(_probe_recorder(probes[h.host], actor, op_id) for h in plan.hosts))
-        for host_plan in plan.hosts:
-            progress(f"{host_plan.host}: {probes[host_plan.host].summary()}")
-        for host_plan in plan.hosts:
-            crash_point(host_plan.host, PROBE_STEP)
+        probes = _probe_all(ledger, ws, plan, was, leaving)
+        for probe in probes.values():
+            if probe.connector is not None:
+                op.adopt(probe.host, probe.connector)
+        record(*(_probe_recorder(probes[name], actor, op_id) for name in sorted(probes)))
+        for name in sorted(probes):
+            progress(f"{name}: {probes[name].summary()}")
         if all(p.on_new and p.healthy is not False for p in probes.values()):
-            _complete(plan, previous_hosts, record, actor, op_id, result, progress)
+            _complete(plan, previous_hosts, leaving, record, actor, op_id, result, progress)
         else:
-            def unretire() -> None:
-                for name, entry in sorted(retired.items()):
-                    was = retired_plans[int(entry["revision"])]
-                    try:
-                        ok, detail = unretire_host(ledger, ws, was, name, entry, record)
-                    except (ConnectorError, SupervisorError) as e:
-                        ok, detail = False, e.diagnostics()
-                    result.hosts[name] = {"action": "restored", "ok": ok, "detail": detail}
-
-            _undo(
-                plan, probes, previous_plans, previous_hosts, record, actor, op_id, result, unretire
-            )
+            _undo(plan, probes, op, leaving, result)
             for name, outcome in sorted(result.hosts.items()):
                 progress(f"{name}: {outcome['detail']}")
     finally:
         record.close()
-        for probe in probes.values():
-            if probe.connector is not None:
-                probe.connector.close()
+        op.close()
     return result
 
 
@@ -331,42 +309,56 @@ def _state_before(ledger: Ledger, installation: Installation, op_id: str) -> Ins
 
 
 def _probe_all(
-    ledger: Ledger, ws: Workspace, plan: Plan, previous_plans: PreviousPlans
+    ledger: Ledger, ws: Workspace, plan: Plan, was: dict[str, Before], leaving: list[str]
 ) -> dict[str, _Probe]:
-    """Look at every host in parallel. Health gates run only where a host
-    looks settled on one release, and the new release is gated only if every
-    host is on it (otherwise the operation is undone anyway)."""
+    """Look at every host in parallel: those of the plan, and those the
+    operation retires. Health gates run only where a host looks settled on
+    one release, and the new release is gated only if every host is on it
+    (otherwise the operation is undone anyway)."""
     probes: dict[str, _Probe] = {}
     lock = threading.Lock()
+    targets: list[tuple[str, Plan, HostPlan, bool]] = [(h.host, plan, h, False) for h in plan.hosts]
+    for name in leaving:
+        before = was[name]
+        if before.plan is not None and before.host_plan is not None:
+            targets.append((name, before.plan, before.host_plan, True))
 
-    def look(host_plan: HostPlan) -> None:
-        probe = _Probe(host_plan.host)
+    def look(target: tuple[str, Plan, HostPlan, bool]) -> None:
+        name, host_in, host_plan, retiring = target
+        probe = _Probe(name)
         try:
-            probe.connector = connector_for(get_host(ledger, host_plan.host), ws)
+            probe.connector = connector_for(get_host(ledger, name), ws)
+            before = was.get(name) or Before()
+            _look(probe, host_in, host_plan, probe.connector, before, retiring=retiring)
         except ChassisError as e:
             probe.error = e.diagnostics()
-        else:
-            _look(probe, plan, host_plan, probe.connector, *previous_plans[host_plan.host])
+        except Exception as e:  # a probe worker never escapes: the host is undone
+            probe.error = f"unexpected {type(e).__name__}: {e}"
         with lock:
-            probes[host_plan.host] = probe
+            probes[name] = probe
 
-    def gate(host_plan: HostPlan) -> None:
-        probe = probes[host_plan.host]
-        prev_plan, prev_entry = previous_plans[host_plan.host]
+    def gate(target: tuple[str, Plan, HostPlan, bool]) -> None:
+        name, host_in, host_plan, retiring = target
+        probe = probes[name]
+        before = was.get(name) or Before()
         if probe.connector is None:
             return
-        if probe.on_new and all_new:
-            _gate(probe, plan, host_plan, probe.connector, host_plan.components, plan.release_dir)
-        elif probe.on_previous and prev_plan is not None and prev_entry is not None:
-            release_dir = str(prev_entry["release_dir"])
-            _gate(probe, plan, host_plan, probe.connector, prev_plan.components, release_dir)
+        if probe.on_new and all_new and not retiring:
+            _gate(
+                probe, host_in, host_plan, probe.connector, host_plan.components, plan.release_dir
+            )
+        elif probe.on_previous and before.host_plan is not None and before.release is not None:
+            release_dir = str(before.release["release_dir"])
+            _gate(
+                probe, host_in, host_plan, probe.connector, before.host_plan.components, release_dir
+            )
 
-    workers = max(1, len(plan.hosts))
+    workers = max(1, len(targets))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(look, plan.hosts))
+        list(pool.map(look, targets))
     all_new = all(p.on_new for p in probes.values())
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(gate, plan.hosts))
+        list(pool.map(gate, targets))
     return probes
 
 
@@ -375,11 +367,15 @@ def _look(
     plan: Plan,
     host_plan: HostPlan,
     connector: Connector,
-    prev_plan: HostPlan | None,
-    prev_entry: dict[str, Any] | None,
+    before: Before,
+    *,
+    retiring: bool,
 ) -> None:
+    """``retiring``: the operation's target runs nothing on this host, so
+    "on the new release" means nothing of the installation runs there."""
     root = host_plan.root.rstrip("/")
-    new = {c.name for c in host_plan.components}
+    prev_plan, prev_entry = before.host_plan, before.release
+    new = set() if retiring else {c.name for c in host_plan.components}
     old = {c.name for c in prev_plan.components} if prev_plan else set()
     try:
         link = connector.run(
@@ -408,9 +404,12 @@ def _look(
     def idle(names: set[str]) -> bool:
         return not any(probe.components[n]["running"] for n in names)
 
-    probe.on_new = (
-        probe.current == plan.release_dir and runs(new, plan.release_id) and idle(old - new)
-    )
+    if retiring:
+        probe.on_new = probe.current is None and idle(old)
+    else:
+        probe.on_new = (
+            probe.current == plan.release_dir and runs(new, plan.release_id) and idle(old - new)
+        )
     if prev_entry is None:
         probe.on_previous = probe.current is None and idle(new | old)
     else:
@@ -435,7 +434,10 @@ def _gate(
         for component in components:
             # Health counts only from our own process holding the port.
             gate = run_gate(
-                component, host_plan.address, connector, workdir,
+                component,
+                host_plan.address,
+                connector,
+                workdir,
                 supervisor=supervisor_for(plan, host_plan, connector),
             )
             if gate is None:
@@ -454,14 +456,16 @@ def _gate(
 def _complete(
     plan: Plan,
     previous_hosts: dict[str, dict[str, Any]],
+    leaving: list[str],
     record: OperationRecorder,
     actor: str,
     op_id: str,
     result: RecoverResult,
     progress: Progress,
 ) -> None:
-    """Every host runs the new release, healthy: record the activations the
-    crash did not, and the outcome, in one save."""
+    """Every host runs the new release, healthy (and the hosts it retires run
+    nothing): record the activations and retirements the crash did not, and
+    the outcome, in one save."""
     installation = record.installation
     revision = int(installation.revision)
     wanted = {h.host: sorted(c.name for c in h.components) for h in plan.hosts}
@@ -486,6 +490,10 @@ def _complete(
             "ok": True,
             "detail": f"{plan.label} runs and is healthy",
         }
+    for name in leaving:
+        if name in installation.hosts:
+            commands.append(_retirement(name, previous_hosts[name], actor, op_id))
+        result.hosts[name] = {"action": "retired", "ok": True, "detail": RETIRED}
     status = "noop" if noop else "deployed"
     description = (
         f"{result.operation} {plan.label}"
@@ -516,62 +524,64 @@ def _activation(plan: Plan, host: str, components: list[str], actor: str, op_id:
     return command
 
 
+def _retirement(host: str, entry: dict[str, Any], actor: str, op_id: str) -> Command:
+    def command(installation: Installation) -> None:
+        installation.retire_host(
+            actor=actor,
+            op_id=op_id,
+            host=host,
+            components=list(entry["components"]),
+            detail=RETIRED + " (found so by recover)",
+        )
+
+    return command
+
+
 def _undo(
     plan: Plan,
     probes: dict[str, _Probe],
-    previous_plans: PreviousPlans,
-    previous_hosts: dict[str, dict[str, Any]],
-    record: OperationRecorder,
-    actor: str,
-    op_id: str,
+    op: Operation,
+    leaving: list[str],
     result: RecoverResult,
-    unretire: Callable[[], None],
 ) -> None:
-    """Put every host of the plan back on what it ran before the operation.
-    A host found there, healthy, keeps running; the others are restored as a
-    failed deploy restores them, each outcome recorded as it happens. Hosts
-    the operation had retired (a placement change) then run their release
-    again (``unretire``)."""
-    installation = record.installation
-
-    def one(host_plan: HostPlan) -> None:
-        name = host_plan.host
-        probe = probes[name]
-        previous = previous_hosts.get(name)
-        prev_plan, prev_entry = previous_plans[name]
-        settled = probe.on_previous and probe.healthy is not False and probe.error is None
+    """Put every host back on what it ran before the operation: those of the
+    plan and those it was retiring. A host found there, healthy, keeps
+    running; the others are restored as a failed operation restores them
+    (all stopped first, then started and gated), each outcome recorded."""
+    installation = op.recorder.installation
+    record = op.recorder
+    hosts = {h.host: h for h in plan.hosts}
+    for name in sorted({*hosts, *leaving}):
+        probe = probes.get(name)
+        before = op.was(name)
+        previous = recorded_entry(before)
+        settled = (
+            probe is not None
+            and probe.on_previous
+            and probe.healthy is not False
+            and probe.error is None
+        )
         if settled and installation.hosts.get(name) == previous:
-            was = f" {previous['label']}, healthy" if previous else " (nothing)"
+            was = f" {before.entry['label']}, healthy" if before.entry else " (nothing)"
             result.hosts[name] = {
                 "action": "left-running",
                 "ok": True,
                 "detail": f"already on its previous release{was}",
             }
-            return
-        if settled:
-            ok, detail = True, "already on its previous release, healthy"
-        elif probe.connector is None:
-            ok, detail = False, f"cannot reach the host: {probe.error}"
+        elif settled:
+            detail = "already on its previous release, healthy"
+            record(restored(record, name, previous, True, detail))
+            result.hosts[name] = {"action": "restored", "ok": True, "detail": detail}
+        elif probe is None or probe.connector is None:
+            why = probe.error if probe is not None else "no plan recorded for it"
+            detail = f"cannot reach the host: {why}"
+            record(restored(record, name, previous, False, detail))
+            result.hosts[name] = {"action": "restored", "ok": False, "detail": detail}
         else:
-            supervisor = supervisor_for(plan, host_plan, probe.connector)
-            ok, detail, _ = restore_host(
-                probe.connector, supervisor, host_plan, prev_plan, prev_entry
-            )
-        record(
-            lambda i: i.restore_host(
-                actor=actor,
-                op_id=op_id,
-                host=name,
-                previous=previous,
-                ok=ok,
-                detail=scrubbed(detail),
-            )
-        )
+            host_plan = hosts.get(name)
+            op.mark(name, plan if host_plan is not None else None, host_plan)
+    for name, (ok, detail) in op.restore().items():
         result.hosts[name] = {"action": "restored", "ok": ok, "detail": detail}
-
-    with ThreadPoolExecutor(max_workers=max(1, len(plan.hosts))) as pool:
-        list(pool.map(one, plan.hosts))
-    unretire()
     what = f"{result.operation} {plan.label}"
     failed = sorted(name for name, outcome in result.hosts.items() if not outcome["ok"])
     if failed:
@@ -587,6 +597,7 @@ def _undo(
         done = "no host had changed yet"
     else:
         done = "the previous release is restored"
+    actor = record.actor
     description = f"{what} was interrupted; {done} (recover, key {actor[:16]})"
-    record(lambda i: i.finish(actor=actor, op_id=op_id, status="failed", description=description))
+    op.finish("failed", description)
     result.outcome, result.status, result.description = "restored", "failed", description

@@ -20,11 +20,42 @@ def restore_host(
     previous_release: dict[str, Any] | None,
 ) -> tuple[bool, str, dict[str, Any]]:
     """Stop what the failed operation started; start the previous release's
-    components again and point ``current`` back at it. Returns (ok, detail, evidence)."""
-    root = current.root.rstrip("/")
+    components again and point ``current`` back at it. Returns (ok, detail, evidence).
+
+    One host on its own; an operation restoring several hosts stops them all
+    first (``stop_for_restore``), then starts them (``start_previous``), so a
+    component moving back never finds its port still held on another host."""
+    stopped = stop_for_restore(supervisor, current, previous)
+    if stopped is not None:
+        return False, stopped, {}
+    return start_previous(connector, supervisor, current.root, previous, previous_release)
+
+
+def stop_for_restore(
+    supervisor: Supervisor, current: HostPlan, previous: HostPlan | None
+) -> str | None:
+    """Stop every component the operation or the previous release runs on the
+    host; returns why that failed, or None."""
     try:
         for name in sorted({*(c.name for c in current.components), *_names(previous)}):
             supervisor.stop(name)
+    except (ConnectorError, SupervisorError) as e:
+        return f"restore failed: {e.diagnostics()}"
+    return None
+
+
+def start_previous(
+    connector: Connector,
+    supervisor: Supervisor,
+    root: str,
+    previous: HostPlan | None,
+    previous_release: dict[str, Any] | None,
+) -> tuple[bool, str, dict[str, Any]]:
+    """Start the previous release's components (their processes must pass
+    the health gate: only our restarted process's answer counts) and point
+    ``current`` back at it; with no previous release, unlink ``current``."""
+    root = root.rstrip("/")
+    try:
         if previous is None or previous_release is None:
             connector.run(f"rm -f {shlex.quote(root + '/current')}", check=True, timeout=30)
             return True, "stopped; the host ran nothing of this installation before", {}
@@ -36,7 +67,6 @@ def restore_host(
         for component in previous.components:
             supervisor.start(_spec(component, previous_release, workdir, root))
         for component in previous.components:
-            # Only our restarted process's answer counts (not a stranger on the port).
             result = run_gate(
                 component, previous.address, connector, workdir, supervisor=supervisor
             )
@@ -69,4 +99,5 @@ def _spec(
         env={},
         env_file=f"{workdir}/.env.{component.name}",
         root=root,
+        restart=component.restart_mode,
     )

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,17 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from adapters.errors import ConnectorError
-from adapters.supervisors.base import SupervisorError
-from chassis.engine.deploy import DEFAULT_LEASE_TTL_S, DeployInterrupted, Progress
-from chassis.engine.executor import HostDeployment, StepFailed, crash_point, scrubbed
+from chassis.engine.deploy import DEFAULT_LEASE_TTL_S, Progress
+from chassis.engine.executor import INTERRUPTED, scrubbed
+from chassis.engine.lifecycle import RETIRED, Operation, befores, run_operation
 from chassis.engine.operation import (
     OperationRecorder,
-    deploy_host,
     full_history,
     load_installation,
-    previous_plan,
-    restore_deployments,
 )
 from chassis.engine.plan import (
     HostPlan,
@@ -45,20 +40,14 @@ from chassis.engine.plan import (
     recorded_form,
     verified_plans,
 )
-from chassis.engine.preflight import check_bundle, check_plan, reach_hosts, worker_failure
+from chassis.engine.preflight import check_bundle, check_plan, reach_hosts
 from chassis.engine.releases import require_bundle
-from chassis.engine.retire import (
-    evict_components,
-    recorded_plan,
-    retire_host,
-    unretire_host,
-)
 from chassis.errors import ChassisError
 from chassis.hosts import get_host
 from chassis.secrets import check_available
 from chassis.workspace import Workspace
 from ledger.application import Ledger
-from ledger.errors import DomainRuleError, LedgerError
+from ledger.errors import DomainRuleError
 from ledger.installations import Installation
 from ledger.releases import Release
 
@@ -329,9 +318,7 @@ def plan_rollback(
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return a["release_id"] == b["release_id"] and sorted(a["components"]) == sorted(
-        b["components"]
-    )
+    return a["release_id"] == b["release_id"] and sorted(a["components"]) == sorted(b["components"])
 
 
 def rollback(
@@ -360,6 +347,7 @@ def rollback(
         progress(f"  skipped revision {skip['revision']} ({skip['label']}): {skip['why']}")
     recorded = target.state.revision_entry(target.revision)
     target_plan = plan.target_plan
+    before = befores(installation)
     # The digest recorded is recomputed from the verified plan, never copied.
     plan_digest, plan_data = recorded_form(target_plan)
     op_id = uuid.uuid4().hex
@@ -387,19 +375,14 @@ def rollback(
         digest=target.state_digest,
     )
     ledger.append(installation)
-    crash_point("*", "intent")
     recorder = OperationRecorder(ledger, installation, op_id)
-    result = RollbackResult(
-        app, environment, installation.revision, "pending", "", plan, hosts={}
+    result = RollbackResult(app, environment, installation.revision, "pending", "", plan, hosts={})
+    op = Operation(ledger, ws, recorder, before, progress)
+    run_operation(
+        op,
+        lambda: _execute(op, plan, max_parallel, result),
+        what=f"rollback revision {result.revision} of {app}/{environment}",
     )
-    try:
-        _execute(ledger, ws, plan, recorder, max_parallel, progress, result)
-    except KeyboardInterrupt:
-        raise DeployInterrupted(
-            f"interrupted: rollback revision {result.revision} of {app}/{environment} is "
-            f"unfinished and its lease is still held. Run 'chassis recover {app} --env "
-            f"{environment}'"
-        ) from None
     result.state_digest = installation.state_digest()
     return result
 
@@ -419,183 +402,69 @@ def _preflight(ledger: Ledger, ws: Workspace, plan: RollbackPlan, progress: Prog
 
 
 def _execute(
-    ledger: Ledger,
-    ws: Workspace,
+    op: Operation,
     plan: RollbackPlan,
-    recorder: OperationRecorder,
     max_parallel: int,
-    progress: Progress,
     result: RollbackResult,
 ) -> None:
-    installation = recorder.installation
+    """Retire and evict first (a component moving to another host may need
+    its port), then deploy the target's plans; on any failure restore every
+    host the rollback touched."""
     target = plan.target
-    failures: dict[str, str] = {}
-    touched: dict[str, tuple[HostDeployment, HostChange]] = {}
-    evicted: set[str] = set()
-    lock = threading.Lock()
+    for change in plan.changes:
+        if change.action == "unchanged":
+            result.hosts[change.host] = {
+                "action": "unchanged",
+                "ok": True,
+                "detail": "already there",
+            }
+    retiring = [c.host for c in plan.changes if c.action == "retire"]
+    deploying = [c for c in plan.changes if c.action == "deploy"]
+    workers = max(1, max_parallel)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for name, ok in zip(retiring, pool.map(op.retire, retiring), strict=True):
+            if ok:
+                result.hosts[name] = {"action": "retire", "ok": True, "detail": RETIRED}
+    for change in deploying:
+        assert change.host_plan is not None
+        staying = {c.name for c in change.host_plan.components}
+        moving = sorted(set(op.was(change.host).components) - staying)
+        if moving:
+            op.evict(change.host, moving)
 
     def one(change: HostChange) -> None:
-        name = change.host
-        if change.action == "unchanged":
-            result.hosts[name] = {"action": "unchanged", "ok": True, "detail": "already there"}
-            return
-        if change.action == "retire":
-            assert change.current is not None
-            try:
-                detail = retire_host(ledger, ws, retiring_plans[name], name, recorder)
-            except (ConnectorError, SupervisorError) as e:
-                with lock:
-                    failures[name] = e.diagnostics()
-                return
-            except LedgerError:
-                raise  # the record itself failed: nothing more can be recorded here
-            except Exception as e:  # a bug must not strand the rollback: record it, restore
-                broken = worker_failure(e, (), default="retire")
-                with lock:
-                    failures[name] = f"{broken.step}: {broken.detail}"
-                recorder.step(name)(broken.step, False, broken.detail, broken.data)
-                progress(f"{name}: failed at {broken.step}: {broken.detail}")
-                return
-            result.hosts[name] = {"action": "retire", "ok": True, "detail": detail}
-            progress(f"{name}: {detail}")
-            return
         assert change.plan is not None and change.host_plan is not None
+        op.progress(f"{change.host}: rolling back to {change.plan.label}")
+        if op.deploy(change.plan, change.host_plan, plan.bundles[change.plan.release_id]):
+            result.hosts[change.host] = {
+                "action": "deploy",
+                "ok": True,
+                "detail": "restored target",
+            }
 
-        def started(deployment: HostDeployment) -> None:
-            with lock:
-                touched[name] = (deployment, change)
-
-        progress(f"{name}: rolling back to {change.plan.label}")
-        try:
-            deploy_host(
-                ledger,
-                ws,
-                change.plan,
-                change.host_plan,
-                plan.bundles[change.plan.release_id],
-                previous_plan(installation, change.current, name),
-                recorder,
-                touched=name in evicted,
-                started=started,
-                progress=progress,
-            )
-            result.hosts[name] = {"action": "deploy", "ok": True, "detail": "restored target"}
-        except StepFailed as failed:
-            with lock:
-                failures[name] = f"{failed.step}: {failed.detail}"
-            progress(f"{name}: failed at {failed.step}: {failed.detail}")
-        except (ConnectorError, SupervisorError) as e:
-            with lock:
-                failures[name] = e.diagnostics()
-            recorder.step(name)("connect", False, e.diagnostics(), {})
-            progress(f"{name}: {e.diagnostics()}")
-        except LedgerError:
-            raise  # the record itself failed: nothing more can be recorded here
-        except Exception as e:  # a bug must not strand the rollback: record it, restore
-            broken = worker_failure(e, change.host_plan.steps)
-            with lock:
-                failures[name] = f"{broken.step}: {broken.detail}"
-            recorder.step(name)(broken.step, False, broken.detail, broken.data)
-            progress(f"{name}: failed at {broken.step}: {broken.detail}")
-
-    retiring = [c for c in plan.changes if c.action == "retire"]
-    retiring_plans = {
-        c.host: recorded_plan(installation, c.current) for c in retiring if c.current is not None
-    }
-    try:
-        # Retire and evict first: a component moving to another host may need its port.
-        with ThreadPoolExecutor(max_workers=max(1, max_parallel)) as pool:
-            list(pool.map(one, retiring))
-            for change in plan.changes:
-                if _evict_moving(ledger, ws, installation, change, recorder, failures):
-                    evicted.add(change.host)
-            if not failures:
-                list(pool.map(one, [c for c in plan.changes if c.action != "retire"]))
-        if failures:
-            _undo(installation, touched, recorder, progress, result)
-            _unretire(ledger, ws, retiring_plans, retiring, failures, recorder, progress, result)
-            first = sorted(failures)[0]
-            status = "failed"
-            description = scrubbed(  # process output, on its way into the signed outcome
-                f"rollback to {target.revision} failed ({first}: {failures[first]}); "
-                "the pre-rollback release was restored"
-            )
-            for name, why in failures.items():
-                result.hosts[name] = {**result.hosts.get(name, {}), "ok": False, "detail": why}
+    if not op.failures:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(one, deploying))
+    if op.failures or op.interrupted.is_set():
+        op.restore()
+        for name, failure in op.failures.items():
+            result.hosts[name] = {
+                **result.hosts.get(name, {}),
+                "ok": False,
+                "detail": f"{failure.step}: {failure.detail}",
+            }
+        for name, (ok, detail) in op.restores.items():
+            result.hosts[name] = {**result.hosts.get(name, {}), "restored": ok, "restore": detail}
+        if op.interrupted.is_set():
+            why = INTERRUPTED
         else:
-            status, description = "deployed", f"rollback to {target.revision} ({target.label})"
-        recorder(
-            lambda i: i.finish(
-                actor=recorder.actor, op_id=recorder.op_id, status=status, description=description
-            )
+            first = sorted(op.failures)[0]
+            why = f"{first}: {op.failures[first].step}: {op.failures[first].detail}"
+        status = "failed"
+        description = f"rollback to {target.revision} failed ({why}); " + (
+            "the pre-rollback release was restored" if not op.unrestored() else op.restore_summary()
         )
-        result.status, result.description = status, description
-    finally:
-        for deployment, _ in touched.values():
-            deployment.connector.close()
-
-
-def _evict_moving(
-    ledger: Ledger,
-    ws: Workspace,
-    installation: Installation,
-    change: HostChange,
-    recorder: OperationRecorder,
-    failures: dict[str, str],
-) -> bool:
-    """Stop components the target runs elsewhere before any host starts."""
-    if change.action != "deploy" or change.current is None or change.host_plan is None:
-        return False
-    staying = {c.name for c in change.host_plan.components}
-    moving = sorted(set(change.current["components"]) - staying)
-    if not moving:
-        return False
-    try:
-        was = recorded_plan(installation, change.current)
-        evict_components(ledger, ws, was, change.host, moving, recorder.step(change.host))
-    except (ConnectorError, SupervisorError) as e:
-        failures[change.host] = e.diagnostics()
-        return False
-    return True
-
-
-def _unretire(
-    ledger: Ledger,
-    ws: Workspace,
-    plans: dict[str, Plan],
-    retired: list[HostChange],
-    failures: dict[str, str],
-    recorder: OperationRecorder,
-    progress: Progress,
-    result: RollbackResult,
-) -> None:
-    """The rollback failed: start what the retired hosts ran before again."""
-    for change in retired:
-        if change.host in failures or change.current is None:
-            continue
-        ok, detail = unretire_host(
-            ledger, ws, plans[change.host], change.host, change.current, recorder
-        )
-        result.hosts[change.host] = {"action": "retire", "ok": ok, "restore": detail}
-        progress(f"{change.host}: {detail}")
-
-
-def _undo(
-    installation: Installation,
-    touched: dict[str, tuple[HostDeployment, HostChange]],
-    recorder: OperationRecorder,
-    progress: Progress,
-    result: RollbackResult,
-) -> None:
-    """Put every host the rollback touched back on its pre-rollback release."""
-    changed = {name: d for name, (d, _) in touched.items() if d.touched}
-    outcomes = restore_deployments(
-        changed,
-        {n: previous_plan(installation, touched[n][1].current, n) for n in changed},
-        {n: touched[n][1].current for n in changed},
-        recorder,
-        progress,
-    )
-    for name, (ok, detail) in outcomes.items():
-        result.hosts[name] = {**result.hosts.get(name, {}), "restored": ok, "restore": detail}
-
+    else:
+        status, description = "deployed", f"rollback to {target.revision} ({target.label})"
+    op.finish(status, description)
+    result.status, result.description = status, scrubbed(description)

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from adapters.connectors.local import LocalConnector
 from adapters.supervisors.direct import DirectSupervisor
-from chassis.engine.deploy import DeployInterrupted, DeployOptions, deploy
+from chassis.engine.deploy import DeployOptions, deploy
+from chassis.engine.lifecycle import DeployInterrupted
 from chassis.engine.recover import recover
 from chassis.engine.rollback import RevisionNotFound, RollbackRefused, rollback
 from chassis.keyring import load_acting_key
