@@ -22,11 +22,15 @@ from typing import Any
 import pytest
 
 from adapters.connectors.local import LocalConnector
+from adapters.connectors.ssh import SSHConnector
 from adapters.supervisors.direct import DirectSupervisor
 from ledger.installations import Installation
 from tests.conftest import Runner
 from tests.engine.test_deploy_local import DEPLOY, get, port_of
+from tests.engine.test_deploy_ssh import DEPLOY as LAB_DEPLOY
+from tests.engine.test_deploy_ssh import lab  # noqa: F401 - the lab fixture
 from tests.engine.test_reconcile import events, kill_group
+from tests.sshd import SSHTestHost
 
 MONOLITH = ("deploy", "shop", "--env", "dev", "--profile", "monolith")
 COMPONENTS = ("gateway", "api", "worker")
@@ -227,9 +231,7 @@ def _deploy_in_background(shop: Path, label: str) -> subprocess.Popen[str]:
     )
 
 
-def _wait_for_step(
-    shop: Path, step: str, process: subprocess.Popen[str], known: set[str]
-) -> None:
+def _wait_for_step(shop: Path, step: str, process: subprocess.Popen[str], known: set[str]) -> None:
     """Until the operation ``process`` started (not one of ``known``) has
     recorded ``step`` on some host."""
     deadline = time.monotonic() + 60
@@ -300,4 +302,55 @@ def test_a_second_ctrl_c_leaves_the_operation_to_recover(run: Runner, slow_gate:
     assert history["lease"] is None
     rows = recorded(run)
     assert rows == running(slow_gate)
+    run.ok("ledger", "verify")
+
+
+def _lab_running(hosts: list[SSHTestHost], roots: dict[str, Path]) -> dict[str, dict[str, str]]:
+    found: dict[str, dict[str, str]] = {}
+    for host in hosts:
+        with SSHConnector(host.settings()) as connector:
+            supervisor = DirectSupervisor(connector, str(roots[host.name]))
+            for component in COMPONENTS:
+                state = supervisor.state(component)
+                if state.running:
+                    found.setdefault(host.name, {})[component] = str(state.release_id)
+    return found
+
+
+def test_over_ssh_a_placement_change_failing_half_way_puts_every_host_back(
+    run: Runner,
+    lab: tuple[Path, list[SSHTestHost], dict[str, Path]],  # noqa: F811 - the fixture
+) -> None:
+    """sshd hosts: split → one host; one retiring host cannot be retired
+    (its ``current`` is in the way). The host already retired and stopped
+    gets its release back, healthy; the one that failed half-way is reported
+    as not restored, never as "restored"."""
+    root, hosts, roots = lab
+    with (root / "chassis.toml").open("a") as stack:
+        stack.write(
+            '\n[profiles.mono]\ngroups.all = { components = ["gateway", "api", "worker"] }\n'
+        )
+    run.ok(*LAB_DEPLOY, "--release", "v1")
+    before = _lab_running(hosts, roots)
+    plan = json.loads(
+        run.ok(
+            "plan", "lab", "--env", "lab", "--profile", "mono", "--release", "v2", "--json"
+        ).stdout
+    )
+    (kept,) = (h["host"] for h in plan["hosts"])
+    blocked, retired = sorted(set(before) - {kept})[::-1]  # retired first, by name
+    current = roots[blocked] / "current"
+    current.unlink()
+    current.mkdir()
+    (current / "in-the-way").write_text("x")
+    result = run("deploy", "lab", "--env", "lab", "--profile", "mono", "--release", "v2", "--json")
+    assert result.exit_code == 16, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["hosts"][retired]["restored"] is True, outcome["hosts"]
+    assert outcome["hosts"][blocked]["ok"] is False
+    now = _lab_running(hosts, roots)
+    assert now[retired] == before[retired] and now[kept] == before[kept]
+    assert "NOT restored on " + blocked in outcome["description"] or (
+        now.get(blocked) == before[blocked]
+    ), outcome["description"]
     run.ok("ledger", "verify")
