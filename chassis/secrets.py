@@ -16,6 +16,8 @@ scrubbed; the CLI warns about it.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -64,3 +66,40 @@ def check_available(components: Iterable[tuple[str, Mapping[str, str]]]) -> None
     """Raise before anything is recorded if a referenced secret cannot be read."""
     for component, secrets in components:
         resolve_all(secrets, component=component)
+
+
+def fingerprint(ref: str, value: str, key: bytes) -> str:
+    """What a plan records of a resolved secret: ``KEYID:DIGEST``, an HMAC of
+    the reference and value under the workspace's redaction key (never the
+    value; ``KEYID`` names the key, so two workspaces' fingerprints are never
+    compared as if they could be)."""
+    keyid = hashlib.sha256(b"chassis.secret-key.v1\x00" + key).hexdigest()[:8]
+    mac = hmac.new(key, ref.encode() + b"\x00" + value.encode(), hashlib.sha256)
+    return f"{keyid}:{mac.hexdigest()[:32]}"
+
+
+def fingerprints(secrets: Mapping[str, str], *, component: str, key: bytes) -> dict[str, str]:
+    """env name → fingerprint of each of ``component``'s secrets, resolved now."""
+    return {
+        name: fingerprint(ref, resolve(name, ref, component=component), key)
+        for name, ref in secrets.items()
+    }
+
+
+def changed_secrets(
+    before: Mapping[str, str], now: Mapping[str, str]
+) -> tuple[list[str], list[str]]:
+    """(changed, unknown) env names between two fingerprint maps: changed
+    when both were taken with the same key and differ (or the reference is
+    new); unknown when the key differs (another workspace recorded them)."""
+    changed: list[str] = []
+    unknown: list[str] = []
+    for name, mark in sorted(now.items()):
+        old = before.get(name)
+        if old is None:
+            changed.append(name)
+        elif old.split(":", 1)[0] != mark.split(":", 1)[0]:
+            unknown.append(name)
+        elif old != mark:
+            changed.append(name)
+    return changed, unknown

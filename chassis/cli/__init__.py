@@ -21,7 +21,7 @@ from chassis import __version__
 from chassis.cli.app import App, scrubbed_output
 from chassis.cli.audit import audit_group
 from chassis.cli.demo_cmd import demo_command
-from chassis.cli.deploy_cmd import deploy_command, plan_command
+from chassis.cli.deploy_cmd import deploy_command, plan_command, redeploy_command
 from chassis.cli.doctor_cmd import doctor_command
 from chassis.cli.hardware import hardware_group
 from chassis.cli.host import host_group
@@ -177,6 +177,7 @@ for command in (
     release_group,
     plan_command,
     deploy_command,
+    redeploy_command,
     recover_command,
     reconcile_command,
     prune_command,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from chassis.cli.app import App, pass_app, table
-from chassis.engine.deploy import DeployOptions, deploy, prepare
+from chassis.engine.deploy import DeployOptions, DeployResult, deploy, prepare
+from chassis.engine.plan import Plan
 from chassis.errors import ChassisError
 
 DEPLOY_FAILED = 16
@@ -59,6 +60,7 @@ def plan_command(
         record=False,
     )
     data = plan.to_dict()
+    _note_secret_changes(app, app_name, environment, plan)
 
     def human() -> None:
         click.echo(
@@ -69,6 +71,24 @@ def plan_command(
         click.echo("steps per host: " + " -> ".join(plan.hosts[0].steps if plan.hosts else []))
 
     app.emit(data, as_json=as_json, human=human)
+
+
+def _note_secret_changes(app: App, app_name: str, environment: str, plan: Plan) -> None:
+    """Say which secrets would reach the hosts with new values (stderr, so
+    ``--json`` stays the plan): what a rotation changes, before it runs."""
+    from chassis.engine.deploy import secret_changes
+    from chassis.engine.lifecycle import befores
+    from ledger.installations import Installation
+
+    key = Installation.id_for(Installation.key(app_name, environment))
+    installation = app.ledger().find(Installation, key)
+    if installation is None:
+        return
+    changed, unknown = secret_changes(plan, befores(installation))
+    if changed:
+        app.note(f"secrets with new values since what runs now: {', '.join(changed)}")
+    if unknown:
+        app.note(f"secrets that cannot be compared with what runs now: {', '.join(unknown)}")
 
 
 @click.command(
@@ -94,6 +114,19 @@ Examples:
     help="Hosts allowed to fail (and be restored) before the whole deploy is restored.",
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Deploy even if the release is already active everywhere: env references are "
+    "resolved anew and every component restarts through the health gate.",
+)
+@click.option(
+    "--reason",
+    "--message",
+    "reason",
+    metavar="TEXT",
+    help="Why: recorded in the revision's description (shown by history).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
 @pass_app
 @click.pass_context
@@ -107,6 +140,8 @@ def deploy_command(
     max_parallel: int,
     max_failures: int,
     dry_run: bool,
+    force: bool,
+    reason: str | None,
     as_json: bool,
 ) -> None:
     """Deploy RELEASE of APP to ENV: upload, verify on the host, unpack, configure,
@@ -129,9 +164,16 @@ def deploy_command(
         environment=environment,
         profile=profile,
         label=label,
-        options=DeployOptions(max_parallel=max_parallel, max_failures=max_failures),
+        options=DeployOptions(
+            max_parallel=max_parallel, max_failures=max_failures, force=force, reason=reason
+        ),
         progress=app.note,
     )
+    _report(app, result, as_json)
+
+
+def _report(app: App, result: DeployResult, as_json: bool) -> None:
+    """The deploy's summary; exit 16 when it failed (and was restored)."""
     rows = [
         [
             h,
@@ -150,3 +192,46 @@ def deploy_command(
     app.emit(result.to_dict(), as_json=as_json, human=human)
     if result.status == "failed":
         raise DeployFailed(f"revision {result.revision}: {result.description}")
+
+
+@click.command(
+    "redeploy",
+    epilog="""\b
+Deploys the release and profile of the last successful revision again, as a
+new revision: env references (from_env, from_file) are resolved anew, so a
+rotated secret reaches the hosts, and every component restarts through the
+health gate (restored on failure). The revision records which secrets
+changed, by keyed fingerprint, never their values.
+Exit status: as deploy (0, 16 failed and restored, 7 locked, 10 nothing
+deployed yet).
+Examples:
+  chassis redeploy shop --env prod --reason 'rotated DB_PASSWORD'
+  chassis deploy shop --env prod --profile monolith --release v2 --force   # same, explicit""",
+)
+@click.argument("app_name", metavar="APP")
+@click.option("--env", "environment", required=True)
+@click.option("--max-parallel", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--reason", "--message", "reason", metavar="TEXT", help="Recorded with the revision.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
+@pass_app
+def redeploy_command(
+    app: App,
+    app_name: str,
+    environment: str,
+    max_parallel: int,
+    reason: str | None,
+    as_json: bool,
+) -> None:
+    """Restart APP in ENV on its current release, re-reading env references."""
+    from chassis.engine.deploy import redeploy
+
+    result = redeploy(
+        app.ledger(signing=True),
+        app.workspace,
+        app.stack(),
+        app=app_name,
+        environment=environment,
+        options=DeployOptions(max_parallel=max_parallel, reason=reason),
+        progress=app.note,
+    )
+    _report(app, result, as_json)

@@ -14,9 +14,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,12 @@ from chassis.engine import preflight
 from chassis.engine.executor import INTERRUPTED, scrubbed
 from chassis.engine.lifecycle import (
     RETIRED,
+    Before,
     Operation,
     befores,
     run_operation,
 )
-from chassis.engine.operation import OperationRecorder
+from chassis.engine.operation import OperationRecorder, load_installation
 from chassis.engine.plan import (
     Plan,
     build_plan,
@@ -56,7 +57,8 @@ from chassis.engine.releases import (
 from chassis.errors import ChassisError, NotFound
 from chassis.hosts import HostView, declared_views, environment_hosts, sync_declared
 from chassis.inventory import ProbeFailed, inventory, probe
-from chassis.secrets import check_available
+from chassis.receipts import redaction_key
+from chassis.secrets import SecretUnavailable, changed_secrets, check_available, fingerprints
 from chassis.stack.spec import Stack
 from chassis.workspace import Workspace
 from ledger.application import Ledger
@@ -76,6 +78,10 @@ class DeployOptions:
     max_parallel: int = 4
     max_failures: int = 0
     lease_ttl_s: int = DEFAULT_LEASE_TTL_S
+    force: bool = False
+    """Deploy (restart through the health gate) even if nothing changed."""
+    reason: str | None = None
+    """Why, in the revision's description (``--reason``)."""
 
 
 @dataclass
@@ -139,6 +145,7 @@ def prepare(
     probed = {v.name for v in views if v.facts is None}
     hosts = _with_live_facts(views, ws, progress)
     plan = build_plan(stack, hosts, ws, environment=environment, profile=profile, release=release)
+    plan = fingerprinted(plan, ws, strict=record)
     check_plan(plan)
     if not record:
         return plan, bundle
@@ -165,13 +172,17 @@ def prepare(
         failed = [r.error for r in inventory(ledger, ws, fresh) if r.error]
         if failed:
             raise HostsUnreachable("; ".join(failed))
-    final = build_plan(
-        stack,
-        environment_hosts(ledger, environment),
+    final = fingerprinted(
+        build_plan(
+            stack,
+            environment_hosts(ledger, environment),
+            ws,
+            environment=environment,
+            profile=profile,
+            release=recorded,
+        ),
         ws,
-        environment=environment,
-        profile=profile,
-        release=recorded,
+        strict=True,
     )
     if final.digest() != plan.digest():  # facts changed in between: check what runs
         check_plan(final)
@@ -185,6 +196,58 @@ def prepare(
             progress,
         )
     return final, require_bundle(ws, recorded)
+
+
+def fingerprinted(plan: Plan, ws: Workspace, *, strict: bool) -> Plan:
+    """``plan`` with the fingerprint of every secret its components use
+    (``chassis.secrets.fingerprint``), so a rotated value changes the plan.
+    ``strict``: a secret that cannot be read raises (before any intent);
+    otherwise (a plan that records nothing) its component is left without."""
+    key = redaction_key(ws)
+    hosts = []
+    for host in plan.hosts:
+        components = []
+        for component in host.components:
+            if component.secrets:
+                try:
+                    marks = fingerprints(component.secrets, component=component.name, key=key)
+                except SecretUnavailable:
+                    if strict:
+                        raise
+                else:
+                    component = msgspec.structs.replace(component, secret_fingerprints=marks)
+            components.append(component)
+        hosts.append(msgspec.structs.replace(host, components=components))
+    return msgspec.structs.replace(plan, hosts=hosts)
+
+
+def secret_changes(plan: Plan, before: Mapping[str, Before]) -> tuple[list[str], list[str]]:
+    """(changed, unknown) ``component.ENV`` secrets of ``plan`` against what
+    each host runs now: changed values (or references new to a component);
+    unknown where the running plan's fingerprints cannot be compared (none
+    recorded, or recorded by another workspace's key)."""
+    changed: set[str] = set()
+    unknown: set[str] = set()
+    for host in plan.hosts:
+        running = before.get(host.host)
+        old = (
+            {c.name: c for c in running.host_plan.components}
+            if running and (running.host_plan is not None)
+            else {}
+        )
+        for component in host.components:
+            marks = component.secret_fingerprints
+            if isinstance(marks, msgspec.UnsetType) or component.name not in old:
+                continue
+            was = old[component.name].secret_fingerprints
+            names = [f"{component.name}.{n}" for n in marks]
+            if isinstance(was, msgspec.UnsetType):
+                unknown.update(names)
+                continue
+            differ, other_key = changed_secrets(was, marks)
+            changed.update(f"{component.name}.{n}" for n in differ)
+            unknown.update(f"{component.name}.{n}" for n in other_key)
+    return sorted(changed), sorted(unknown - changed)
 
 
 def _with_live_facts(views: list[HostView], ws: Workspace, progress: Progress) -> list[HostView]:
@@ -208,6 +271,40 @@ def _with_live_facts(views: list[HostView], ws: Workspace, progress: Progress) -
     if problems:
         raise preflight.unreachable(problems, len(views), progress)
     return [found[v.name][0] if v.name in found else v for v in views]
+
+
+def redeploy(
+    ledger: Ledger,
+    ws: Workspace,
+    stack: Stack,
+    *,
+    app: str,
+    environment: str,
+    options: DeployOptions,
+    progress: Progress,
+) -> DeployResult:
+    """Deploy the release and profile of the last successful revision again,
+    as a new revision: env references are resolved anew (a rotated secret is
+    pushed) and every component restarts through the health gate."""
+    installation = load_installation(ledger, app, environment)
+    if installation.last_successful is None:
+        raise NotFound(f"{app}/{environment} has no successful revision to redeploy")
+    entry = installation.revision_entry(installation.last_successful)
+    progress(
+        f"redeploying {entry['label']} (revision {entry['revision']}, profile "
+        f"{entry['profile']}) to {app}/{environment}"
+    )
+    return deploy(
+        ledger,
+        ws,
+        stack,
+        app=app,
+        environment=environment,
+        profile=str(entry["profile"]),
+        label=str(entry["label"]),
+        options=replace(options, force=True),
+        progress=progress,
+    )
 
 
 def deploy(
@@ -245,9 +342,22 @@ def deploy(
     before = befores(installation)
     previous_hosts = {name: dict(entry) for name, entry in installation.hosts.items()}
     op_id = uuid.uuid4().hex
-    noop = _is_noop(plan, previous_hosts)
+    rotated, uncertain = secret_changes(plan, before)
+    noop = _is_noop(plan, previous_hosts) and not rotated and not options.force
+    if noop and uncertain:
+        progress(
+            f"secrets {', '.join(uncertain)}: cannot tell whether they changed (their running "
+            "fingerprints were recorded by another workspace, or before fingerprints were "
+            "kept); run 'chassis redeploy' to push their current values"
+        )
     # One digest, of exactly the plan executed below.
     plan_digest, plan_data = recorded_form(plan)
+    what = "redeploy" if options.force and _is_noop(plan, previous_hosts) else "deploy"
+    description = f"{what} {plan.label}" + (" (no change)" if noop else "")
+    if rotated:
+        description += f" (secrets changed: {', '.join(rotated)})"
+    if options.reason:
+        description += f": {options.reason}"
     installation.start_operation(
         actor=ledger.signer.keyid,
         op_id=op_id,
@@ -260,7 +370,7 @@ def deploy(
         plan_digest=plan_digest,
         plan=plan_data,
         lease_ttl_s=options.lease_ttl_s,
-        description=f"deploy {plan.label}" + (" (no change)" if noop else ""),
+        description=scrubbed(description),
         now=datetime.now(UTC),
     )
     ledger.append(installation)
@@ -282,7 +392,7 @@ def deploy(
     op = Operation(ledger, ws, recorder, before, progress)
     run_operation(
         op,
-        lambda: _run(op, plan, bundle, options, result),
+        lambda: _run(op, plan, bundle, options, result, scrubbed(description)),
         what=f"revision {revision} of {app}/{environment}",
     )
     return result
@@ -303,8 +413,10 @@ def _run(
     bundle: Path,
     options: DeployOptions,
     result: DeployResult,
+    title: str,
 ) -> None:
-    """Evict, retire, deploy; on too many failures restore every touched host."""
+    """Evict, retire, deploy; on too many failures restore every touched host.
+    ``title``: the intent's description, which the outcome's starts with."""
     before = op.before
     placed = {h.host: {c.name for c in h.components} for h in plan.hosts}
     # Hosts the new placement no longer uses are retired, and components it
@@ -342,11 +454,9 @@ def _run(
         )
     elif op.failures:
         status = "deployed"
-        description = f"deploy {plan.label}; {len(op.failures)} host(s) failed: " + (
-            op.restore_summary()
-        )
+        description = f"{title}; {len(op.failures)} host(s) failed: " + (op.restore_summary())
     else:
-        status, description = "deployed", f"deploy {plan.label}"
+        status, description = "deployed", title
     op.finish(status, description)
     result.status, result.description = status, scrubbed(description)
 

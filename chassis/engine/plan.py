@@ -44,6 +44,12 @@ class ComponentPlan(msgspec.Struct, frozen=True, kw_only=True):
     health: dict[str, Any] | None
     secrets: dict[str, str] = {}
     """env name → reference (``env:VAR`` or ``file:/abs/path``), never a value."""
+    secret_fingerprints: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
+    """env name → ``KEYID:HMAC`` of each secret's value when the plan was made
+    (``chassis.secrets.fingerprint``): a rotated secret changes the plan, and
+    the revision says which reference changed, never the value. Left out
+    (UNSET) when there are no secrets, or when they could not be read for a
+    plan that records nothing."""
     restart: str | msgspec.UnsetType = msgspec.UNSET
     """The stack file's ``restart``, recorded only when it is not the default
     ``on-failure`` (UNSET fields are left out of the encoding): a plan that
