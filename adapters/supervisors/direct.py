@@ -486,6 +486,8 @@ def launch_command(
     q = shlex.quote
     log = q(log_path(spec.root, spec.component))
     marker = q(start_marker(spec.component, spec.release_id))
+    pidfile = q(pid_path(spec.root, spec.component))
+    pidtmp = q(pid_path(spec.root, spec.component) + ".launch")
     env_check = ""
     if spec.env_file is not None:
         env_check = f"[ -r {q(spec.env_file)} ] || exit {_ENV_FILE_UNREADABLE}; "
@@ -499,6 +501,14 @@ def launch_command(
         f"< /dev/null >> {log} 2>&1 & "
         'pid=$!; echo "pid $pid"; '
         '{ IFS= read -r st < "/proc/$pid/stat"; } 2>/dev/null && printf \'%s\\n\' "$st"; '
+        # The pidfile is written here, on the host, in the same command: a
+        # chassis killed while this runs must not leave a process nobody
+        # can find (recover reads the pidfile). Same bytes as PidRecord's.
+        'if [ -n "$st" ]; then rest=${st##*) }; set -- $rest; '
+        'if [ "$1" != Z ]; then '
+        f"printf '{{\"pid\":%s,\"start\":%s,\"release_id\":\"%s\",\"component\":\"%s\"}}\\n' "
+        f'"$pid" "${{20}}" {q(spec.release_id)} {q(spec.component)} > {pidtmp} '
+        f"&& mv -f -- {pidtmp} {pidfile}; fi; fi; "
         "exit 0"
     )
 

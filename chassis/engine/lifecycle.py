@@ -47,6 +47,7 @@ from chassis.engine.operation import (
 )
 from chassis.engine.plan import HostPlan, Plan
 from chassis.engine.preflight import worker_failure
+from chassis.engine.releases import require_bundle
 from chassis.engine.restore import start_previous, stop_for_restore
 from chassis.errors import ChassisError
 from chassis.hosts import get_host
@@ -54,11 +55,13 @@ from chassis.workspace import Workspace
 from ledger.application import Ledger
 from ledger.errors import LedgerError, StorageError
 from ledger.installations import Installation
-from ledger.releases import release_dir_name
+from ledger.releases import Release, release_dir_name
 
 Progress = Callable[[str], None]
 
 RETIRED = "retired: the operation's target runs nothing here"
+RESTAGE_STEPS = ("upload", "verify", "unpack", "configure")
+"""What puts a previous release's directory back on a host before a restore."""
 
 
 @dataclass(frozen=True)
@@ -282,7 +285,13 @@ class Operation:
         return self._guarded(host, "retire", work)
 
     def deploy(
-        self, plan: Plan, host_plan: HostPlan, bundle: Path, *, on_done: Progress | None = None
+        self,
+        plan: Plan,
+        host_plan: HostPlan,
+        bundle: Path,
+        *,
+        on_done: Progress | None = None,
+        only: frozenset[str] | None = None,
     ) -> bool:
         """Run ``plan`` on one host through every step and record it activated."""
         name = host_plan.host
@@ -306,6 +315,7 @@ class Operation:
                 keep_also=(str(was.release["release_dir"]),) if was.release else (),
                 touched=touched.changed,
                 interrupted=self.interrupted.is_set,
+                only=only,
             )
             touched.deployment = deployment
             self.recorder.deployments[name] = (deployment, (was.host_plan, was.release))
@@ -374,6 +384,9 @@ class Operation:
                 connector, supervisor = found
                 root = (touched.host_plan or touched.before.host_plan or _no_plan(name)).root
                 try:
+                    problem = self._restage(name, touched.before, connector, supervisor)
+                    if problem is not None:
+                        raise StepFailed("restore", problem)
                     ok, detail, _ = start_previous(
                         connector,
                         supervisor,
@@ -381,7 +394,9 @@ class Operation:
                         touched.before.host_plan,
                         touched.before.release,
                     )
-                except Exception as e:
+                except StepFailed as e:
+                    ok, detail = False, e.detail
+                except Exception as e:  # a restore worker never lets one escape
                     ok, detail = False, f"restore failed: unexpected {type(e).__name__}: {e}"
             self.recorder(restored(self.recorder, name, recorded_entry(touched.before), ok, detail))
             with self._lock:
@@ -394,6 +409,42 @@ class Operation:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(start, names))
         return {n: self.restores[n] for n in names}
+
+    def _restage(
+        self, name: str, before: Before, connector: Connector, supervisor: Supervisor
+    ) -> str | None:
+        """Put the previous release's directory back (upload, verify, unpack,
+        configure: each recorded) when it is gone from the host, say because
+        its deletion was the drift a repair was fixing; returns why it cannot
+        be, or None."""
+        if before.plan is None or before.host_plan is None or before.release is None:
+            return None
+        release_dir = str(before.release["release_dir"])
+        workdir = f"{before.host_plan.root.rstrip('/')}/releases/{release_dir}"
+        if connector.exists(f"{workdir}/.chassis-release"):
+            return None
+        gone = f"releases/{release_dir} is gone from the host"
+        key = Release.id_for(Release.key(before.plan.app, before.plan.label))
+        release = self.ledger.find(Release, key)
+        if release is None or release.release_id != before.plan.release_id:
+            return f"{gone}, and release {before.plan.label} is not registered as recorded"
+        try:
+            bundle = require_bundle(self.ws, release)
+        except ChassisError as e:
+            return f"{gone}, and {e.diagnostics()}"
+        staging = HostDeployment(
+            plan=before.plan,
+            host=msgspec.structs.replace(before.host_plan, steps=list(RESTAGE_STEPS)),
+            connector=connector,
+            supervisor=supervisor,
+            bundle=bundle,
+            record=self.recorder.step(name),
+        )
+        try:
+            staging.run()
+        except StepFailed as e:
+            return f"{gone}, and putting it back failed at {e.step}: {e.detail}"
+        return None
 
     def unrestored(self) -> list[str]:
         return sorted(n for n, (ok, _) in self.restores.items() if not ok)

@@ -1,0 +1,47 @@
+"""The direct supervisor's launch writes the pidfile on the host, in the same
+command that starts the process: a chassis killed while that command runs
+(found by the crash fuzzer: the process kept its port, nobody could find it)
+leaves a pidfile naming what it started, so recover and stop can find it."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from adapters.connectors.local import LocalConnector
+from adapters.supervisors.base import ProcessSpec
+from adapters.supervisors.direct import (
+    DirectSupervisor,
+    PidRecord,
+    launch_command,
+    parse_launch,
+    pid_path,
+)
+
+
+def test_the_launch_command_itself_writes_the_pidfile(tmp_path: Path) -> None:
+    root = tmp_path / "host"
+    for part in ("run", "logs", "releases/r1"):
+        (root / part).mkdir(parents=True)
+    spec = ProcessSpec(
+        component="api",
+        release_id="ab" * 32,
+        command="sleep 30",
+        workdir=str(root / "releases/r1"),
+        env={},
+        env_file=None,
+        root=str(root),
+    )
+    connector = LocalConnector("h")
+    result = connector.run(launch_command(spec, None))  # no Python writes anything after
+    pid, stat = parse_launch(result.stdout)
+    try:
+        assert stat is not None
+        written = Path(pid_path(str(root), "api")).read_bytes()
+        assert written == PidRecord(pid, stat.starttime, spec.release_id, "api").to_bytes()
+        assert not Path(pid_path(str(root), "api") + ".launch").exists()
+        state = DirectSupervisor(connector, str(root)).state("api")
+        assert state.running and state.pid == pid and state.release_id == spec.release_id
+    finally:
+        os.killpg(pid, signal.SIGKILL)
