@@ -24,7 +24,7 @@ from ledger.errors import ConflictError, DomainRuleError
 from ledger.events import LedgerEvent
 from ledger.snapshots import SnapshotBinding
 
-OPERATIONS = ("deploy", "rollback", "recover", "repair")
+OPERATIONS = ("deploy", "rollback", "recover", "repair", "restart", "remove")
 _HOLDER_KEYS = ("renewed", "hostname", "pid", "process")
 """Lease keys that describe the holding process (``LeaseRenewed``)."""
 STATE_TAG = b"chassis.installation.state.v1\x00"

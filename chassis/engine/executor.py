@@ -63,6 +63,17 @@ class HostDeployment:
     """What ``start`` launched, per component: the processes the gate watches."""
     interrupted: Callable[[], bool] = lambda: False
     """Asked before each step: true once the operator pressed Ctrl-C."""
+    only: frozenset[str] | None = None
+    """Restart only these components (``chassis restart --component``): stop-old,
+    start and health leave the host's other components alone."""
+
+    def _acting(self) -> list[ComponentPlan]:
+        """The components stop-old, start and health act on."""
+        return [c for c in self.host.components if self.only is None or c.name in self.only]
+
+    def _acting_names(self) -> list[str]:
+        names = {*self.previous_components, *(c.name for c in self.host.components)}
+        return sorted(n for n in names if self.only is None or n in self.only)
 
     @property
     def root(self) -> str:
@@ -167,7 +178,7 @@ class HostDeployment:
 
     def _stop_old(self) -> tuple[str, dict[str, Any]]:
         self._ports_free("stop-old", self._ours())  # a stranger's port: fail before any stop
-        names = sorted({*self.previous_components, *(c.name for c in self.host.components)})
+        names = self._acting_names()
         stopped = []
         for name in names:
             if self.supervisor.state(name).running:
@@ -181,7 +192,7 @@ class HostDeployment:
         # stop-old stopped ours: whoever listens now would make the start fail.
         self._ports_free("start", [])
         pids: dict[str, int] = {}
-        for component in self.host.components:
+        for component in self._acting():
             try:
                 state = self.supervisor.start(self._spec(component))
             except SupervisorError as e:
@@ -199,7 +210,7 @@ class HostDeployment:
 
     def _health(self) -> tuple[str, dict[str, Any]]:
         evidence: dict[str, Any] = {}
-        for component in self.host.components:
+        for component in self._acting():
             result = self.gate(component)
             if result is None:
                 self._still_running(component.name)
@@ -261,8 +272,9 @@ class HostDeployment:
 
     def _ours(self) -> list[ProcessState]:
         """This installation's processes on the host that stop-old is about to stop."""
-        names = sorted({*self.previous_components, *(c.name for c in self.host.components)})
-        return [state for state in map(self.supervisor.state, names) if state.running]
+        return [
+            state for state in map(self.supervisor.state, self._acting_names()) if state.running
+        ]
 
     def _ports_free(self, step: str, ours: list[ProcessState]) -> None:
         """StepFailed naming the holder when anything but ``ours`` listens on a
@@ -274,7 +286,7 @@ class HostDeployment:
         """
         needed = {
             port: component.name
-            for component in self.host.components
+            for component in self._acting()
             for port in declared_ports(component)
         }
         if not needed:

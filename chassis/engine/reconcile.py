@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import shlex
 import threading
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,11 +47,8 @@ from adapters.health import GateResult
 from adapters.supervisors.base import ProcessState, Supervisor, SupervisorError
 from adapters.supervisors.direct import DirectSupervisor, RestartRecord
 from chassis.connect import connector_for
-from chassis.engine.deploy import DEFAULT_LEASE_TTL_S
 from chassis.engine.executor import run_gate, scrubbed
-from chassis.engine.lifecycle import Operation, befores, run_operation
 from chassis.engine.operation import (
-    OperationRecorder,
     load_installation,
     previous_plan,
     supervisor_for,
@@ -62,17 +58,16 @@ from chassis.engine.plan import (
     HostPlan,
     Plan,
     hosts_revisions,
-    recorded_form,
     verified_plan,
     verified_plans,
 )
-from chassis.engine.releases import require_bundle
+from chassis.engine.rerun import rerun_revision
 from chassis.errors import ChassisError
 from chassis.hosts import get_host
 from chassis.workspace import Workspace
 from ledger.application import Ledger
 from ledger.installations import Installation, LeaseHeldError
-from ledger.releases import Release, release_dir_name
+from ledger.releases import release_dir_name
 
 QUICK_WINDOW_MS = 1500
 """Longest a reconcile health check keeps trying (or the check's own window, if shorter)."""
@@ -527,81 +522,22 @@ def _repair_revision(
     checks: list[HostCheck],
     progress: Progress,
 ) -> dict[str, dict[str, Any]]:
-    assert ledger.signer is not None
-    actor = ledger.signer.keyid
     plan = verified_plan(ledger, installation, revision)
-    release = ledger.find(Release, Release.id_for(Release.key(plan.app, plan.label)))
-    if release is None or release.release_id != plan.release_id:
-        raise ChassisError(
-            f"release {plan.label} of revision {revision} is not registered as recorded; "
-            "cannot repair from the bundle store"
-        )
-    bundle = require_bundle(ws, release)
     names = sorted(c.host for c in checks)
-    before = befores(installation)
     whats = sorted({d["what"] for c in checks for d in c.differences})
-    op_id = uuid.uuid4().hex
-    plan_digest, plan_data = recorded_form(plan)
-    installation.start_operation(
-        actor=actor,
-        op_id=op_id,
+    outcomes = rerun_revision(
+        ledger,
+        ws,
+        installation,
+        revision,
+        {c.host: repair_steps(plan.host(c.host), c.differences).steps for c in checks},
         operation="repair",
-        label=plan.label,
-        release_id=plan.release_id,
-        profile=plan.profile,
-        placement={group: h.host for h in plan.hosts for group in h.groups},
-        host_components={h.host: [c.name for c in h.components] for h in plan.hosts},
-        plan_digest=plan_digest,
-        plan=plan_data,
-        lease_ttl_s=DEFAULT_LEASE_TTL_S,
         description=f"repair {plan.label} on {', '.join(names)} (drift: {', '.join(whats)})",
-        now=datetime.now(UTC),
+        verb="repair",
+        progress=progress,
     )
-    ledger.append(installation)
-    recorder = OperationRecorder(ledger, installation, op_id)
-    op = Operation(ledger, ws, recorder, before, progress)
-    outcomes: dict[str, dict[str, Any]] = {}
-
-    def one(check: HostCheck) -> None:
-        name = check.host
-        host_plan = repair_steps(plan.host(name), check.differences)
-        progress(f"{name}: repairing {plan.label} ({', '.join(host_plan.steps)})")
-        op.deploy(plan, host_plan, bundle, on_done=lambda _: None)
-        outcomes[name] = {
-            "ok": name not in op.failures,
-            "revision": installation.revision,
-            "steps": list(host_plan.steps),
-            "differences": check.differences,
-        }
-
-    def work() -> None:
-        with ThreadPoolExecutor(max_workers=max(1, len(checks))) as pool:
-            list(pool.map(one, checks))
-        # A host the repair changed and then failed goes back to what it ran.
-        op.restore(list(op.failures))
-        for name, outcome in outcomes.items():
-            failure = op.failures.get(name)
-            if failure is None:
-                outcome["detail"] = f"{plan.label} restored and healthy"
-            else:
-                outcome["detail"] = f"repair failed at {failure.step}: {failure.detail}"
-                if name in op.restores:
-                    outcome["detail"] += "; " + (
-                        "put back as it was"
-                        if op.restores[name][0]
-                        else f"NOT restored: {op.restores[name][1]}"
-                    )
-            progress(f"{name}: {scrubbed(outcome['detail'])}")
-        failed = sorted(op.failures)
-        status = "failed" if len(failed) == len(names) or op.interrupted.is_set() else "deployed"
-        description = f"repair {plan.label} on {', '.join(names)}" + (
-            f"; {', '.join(failed)} could not be repaired" if failed else ""
-        )
-        op.finish(status, description)
-
-    run_operation(
-        op, work, what=f"repair revision {installation.revision} of {plan.app}/{plan.environment}"
-    )
+    for check in checks:
+        outcomes[check.host]["differences"] = check.differences
     return outcomes
 
 

@@ -61,7 +61,17 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NotRequired, TypedDict
 
 FORMATS = ("otlp-json", "cloudevents", "dsse")
-OPERATIONS = ("deploy", "rollback", "recover", "lease-break", "inventory", "admission", "repair")
+OPERATIONS = (
+    "deploy",
+    "rollback",
+    "recover",
+    "lease-break",
+    "inventory",
+    "admission",
+    "repair",
+    "restart",
+    "remove",
+)
 STATUSES = ("succeeded", "failed")
 OTLP_PATHS = {"traces": "/v1/traces", "logs": "/v1/logs"}
 
