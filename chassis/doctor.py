@@ -161,6 +161,15 @@ def check_components(ws: Workspace) -> Check:
 
 
 def check_keys(ws: Workspace, key_ref: str | None) -> Check:
+    from chassis.keyring import env_signing_key
+    from ledger.errors import KeyFileError
+
+    try:
+        from_env = env_signing_key()
+    except KeyFileError as e:
+        return Check("keys", "fail", str(e), "set CHASSIS_SIGNING_KEY to the key, or unset it")
+    if from_env is not None:
+        return Check("keys", "pass", f"acting key from CHASSIS_SIGNING_KEY ({from_env.keyid[:16]})")
     directory = keys_dir()
     if not directory.is_dir():
         return Check("keys", "fail", f"{directory}: no key directory", "run 'chassis init'")

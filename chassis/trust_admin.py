@@ -13,9 +13,15 @@ from pathlib import Path
 import msgspec
 
 from chassis.errors import WorkspaceError
-from chassis.keyring import load_acting_key
+from chassis.keyring import env_signing_key, load_acting_key
 from chassis.stack.example import example_stack
-from chassis.workspace import SETTINGS_FILE, STACK_FILE, STATE_DIR, WorkspaceSettings
+from chassis.workspace import (
+    SETTINGS_FILE,
+    STACK_FILE,
+    STATE_DIR,
+    Workspace,
+    WorkspaceSettings,
+)
 from ledger.application import Ledger
 from ledger.errors import NotAuthorisedError
 from ledger.keys import KeyPair, check_key_name, generate_keypair, keyid_for, load_public_key
@@ -44,6 +50,10 @@ class InitResult:
     created_key: bool
     joined_existing_ledger: bool
     ledger: str
+    remembered_ledger: str | None = None
+    """The URL kept in workspace.json (given with --ledger or CHASSIS_LEDGER)."""
+    dropped_password: bool = False
+    """The URL given had a password, which workspace.json does not keep."""
 
 
 def init_workspace(
@@ -55,7 +65,13 @@ def init_workspace(
     ledger_url: str | None,
     example: bool = False,
 ) -> InitResult:
-    """Create a workspace and, on a new ledger, its root of trust."""
+    """Create a workspace and, on a new ledger, its root of trust.
+
+    The ledger is ``ledger_url`` (``--ledger`` or ``CHASSIS_LEDGER``), else
+    ``[ledger] url`` of an existing stack file, else ``.chassis/ledger.db``;
+    a ``ledger_url`` is kept in ``workspace.json`` without any password. With
+    ``CHASSIS_SIGNING_KEY`` set, that key joins (or roots) the ledger instead
+    of a key file."""
     root = directory.expanduser().absolute()
     if (root / STATE_DIR / SETTINGS_FILE).exists():
         raise WorkspaceError(f"{root}: already a chassis workspace")
@@ -70,17 +86,29 @@ def init_workspace(
     (root / STATE_DIR).mkdir(parents=True, exist_ok=True)
     generated: KeyPair | None = None
     try:
+        ws = Workspace(root)
         storage = StorageConfig.from_url(
-            ledger_url or f"sqlite:///{root / STATE_DIR / 'ledger.db'}"
+            ledger_url or ws.stack_ledger_url() or ws.default_ledger_url
         )
+        default = StorageConfig.from_url(ws.default_ledger_url)
+        remembered = storage.url() if ledger_url and storage != default else None
+        from_env = env_signing_key()
         probe = open_ledger(storage, None, create=True)
         trust = probe.trust()
         probe.close()
         if trust is not None:
-            signer = _join_existing(trust, keys, key_name)
+            signer = from_env or _join_existing(trust, keys, key_name)
+            _check_joining(trust, signer)
             root_keyid = trust.root_keyid
         else:
-            if key_name is not None and (keys / f"{key_name}.key").exists():
+            if from_env is not None:  # the root of trust, under the root key's name
+                signer = KeyPair(
+                    name=key_name or f"{name}-root",
+                    private_key=from_env.private_key,
+                    public_key=from_env.public_key,
+                    keyid=from_env.keyid,
+                )
+            elif key_name is not None and (keys / f"{key_name}.key").exists():
                 signer = load_acting_key(keys, key_name)
             else:
                 signer = generated = generate_keypair(keys, key_name or f"{name}-root")
@@ -95,7 +123,10 @@ def init_workspace(
             )
             ledger.close()
             root_keyid = signer.keyid
-        _write_workspace_files(root, name, root_keyid, signer.name, example=example)
+        default_key = signer.keyid[:16] if from_env is not None else signer.name
+        _write_workspace_files(
+            root, name, root_keyid, default_key, example=example, ledger=remembered
+        )
     except BaseException:
         if generated is not None:
             for suffix in (".key", ".pub"):
@@ -111,6 +142,8 @@ def init_workspace(
         created_key=generated is not None,
         joined_existing_ledger=trust is not None,
         ledger=storage.describe(),
+        remembered_ledger=remembered,
+        dropped_password=remembered is not None and bool(storage.password),
     )
 
 
@@ -121,17 +154,25 @@ def _join_existing(trust: TrustState, keys: Path, key_name: str | None) -> KeyPa
             "pass --key NAME with a key it trusts, or ask an admin to 'chassis key trust' yours",
             reason="unknown-key",
         )
-    signer = load_acting_key(keys, key_name)
+    return load_acting_key(keys, key_name)
+
+
+def _check_joining(trust: TrustState, signer: KeyPair) -> None:
     if signer.keyid not in trust.keys or not trust.keys[signer.keyid].active:
         raise NotAuthorisedError(
-            f"key {signer.keyid[:16]} ({key_name}) is not trusted by this ledger",
+            f"key {signer.keyid[:16]} ({signer.name}) is not trusted by this ledger",
             reason="unknown-key",
         )
-    return signer
 
 
 def _write_workspace_files(
-    root: Path, name: str, root_keyid: str, default_key: str, *, example: bool
+    root: Path,
+    name: str,
+    root_keyid: str,
+    default_key: str,
+    *,
+    example: bool,
+    ledger: str | None = None,
 ) -> None:
     stack = root / STACK_FILE
     if not stack.exists():
@@ -141,7 +182,9 @@ def _write_workspace_files(
             else STACK_TEMPLATE.format(name=name, schema=name.replace("-", "_"))
         )
         stack.write_text(text)
-    settings = WorkspaceSettings(name=name, root_keyid=root_keyid, default_key=default_key)
+    settings = WorkspaceSettings(
+        name=name, root_keyid=root_keyid, default_key=default_key, ledger=ledger
+    )
     tmp = root / STATE_DIR / f"{SETTINGS_FILE}.tmp"
     tmp.write_bytes(msgspec.json.format(msgspec.json.encode(settings)) + b"\n")
     tmp.replace(root / STATE_DIR / SETTINGS_FILE)

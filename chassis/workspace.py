@@ -22,11 +22,15 @@ STATE_DIR = ".chassis"
 SETTINGS_FILE = "workspace.json"
 
 
-class WorkspaceSettings(msgspec.Struct, kw_only=True):
+class WorkspaceSettings(msgspec.Struct, kw_only=True, omit_defaults=True):
     name: str
     root_keyid: str
     """Pinned root of trust: verification fails if the ledger's root differs."""
     default_key: str
+    ledger: str | None = None
+    """The ledger URL ``chassis init`` was given (``--ledger`` or
+    ``CHASSIS_LEDGER``), never with a password; absent (files written before
+    it existed, or the default ledger) means ``[ledger] url`` or the default."""
 
 
 def keys_dir() -> Path:
@@ -89,17 +93,29 @@ class Workspace:
             raise WorkspaceError(f"{self.stack_file}: invalid TOML: {e}") from None
 
     def ledger_url(self) -> str:
-        """``CHASSIS_LEDGER``, else ``[ledger] url``, else ``.chassis/ledger.db``."""
+        """``CHASSIS_LEDGER``, else the URL ``chassis init`` was given (kept in
+        ``workspace.json``), else ``[ledger] url``, else ``.chassis/ledger.db``."""
         from_env = os.environ.get(EnvVars.LEDGER)
         if from_env:
             return from_env
+        remembered = self.settings().ledger if self.settings_path.is_file() else None
+        if remembered:
+            return remembered
+        return self.stack_ledger_url() or self.default_ledger_url
+
+    @property
+    def default_ledger_url(self) -> str:
+        return f"sqlite:///{self.state_dir / 'ledger.db'}"
+
+    def stack_ledger_url(self) -> str | None:
+        """``[ledger] url`` of the stack file, if any."""
         section = self.stack().get("ledger", {})
         if not isinstance(section, dict):
             raise WorkspaceError(f"{self.stack_file}: [ledger] must be a table")
         url = section.get("url")
         if url is not None and not isinstance(url, str):
             raise WorkspaceError(f"{self.stack_file}: ledger.url: expected a string")
-        return url or f"sqlite:///{self.state_dir / 'ledger.db'}"
+        return url or None
 
     def storage(self) -> StorageConfig:
         return StorageConfig.from_url(self.ledger_url())

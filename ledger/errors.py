@@ -23,6 +23,13 @@ class StorageError(LedgerError):
     exit_code = 4
 
 
+class LedgerURLError(StorageError):
+    """The ledger URL itself is malformed or incomplete: a configuration error
+    (exit 3), found before any connection is made."""
+
+    exit_code = 3
+
+
 class KeyFileError(LedgerError):
     """A key file is missing, malformed or too widely readable."""
 

@@ -8,6 +8,7 @@ that group or others can read is refused rather than used.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -158,6 +159,57 @@ def load_keypair(path: Path) -> KeyPair:
         raise KeyFileError(f"{path}: expected an Ed25519 private key")
     name = path.name.removesuffix(PRIVATE_SUFFIX)
     return _keypair(name, loaded)
+
+
+PRIVATE_KEY_FORMS = (
+    "an Ed25519 private key: PKCS#8 PEM (what a .key file holds), that PEM in base64, "
+    "or the 32-byte seed in base64 or 64 hex digits"
+)
+
+
+def load_private_key_text(text: str, *, name: str, source: str) -> KeyPair:
+    """A private key given as text (an environment variable), in any of
+    :data:`PRIVATE_KEY_FORMS`; a PEM whose newlines were written as ``\\n``
+    is accepted too. Raises ``KeyFileError`` naming ``source`` and what was
+    expected, never quoting the text."""
+    private_key = _private_key_from_text(text.strip())
+    if private_key is None:
+        raise KeyFileError(f"{source}: expected {PRIVATE_KEY_FORMS}")
+    return _keypair(name, private_key)
+
+
+def _private_key_from_text(text: str) -> Ed25519PrivateKey | None:
+    if "-----BEGIN" in text:
+        return _from_pem(text.replace("\\n", "\n").encode())
+    if re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(text))
+    compact = re.sub(r"\s+", "", text)
+    if not re.fullmatch(r"[A-Za-z0-9+/_-]+={0,2}", compact):
+        return None
+    try:
+        data = base64.b64decode(
+            compact.replace("-", "+").replace("_", "/") + "=" * (-len(compact) % 4),
+            validate=True,
+        )
+    except ValueError:
+        return None
+    if len(data) == 32:
+        return Ed25519PrivateKey.from_private_bytes(data)
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return _from_pem(data)
+    try:
+        loaded = serialization.load_der_private_key(data, password=None)
+    except (ValueError, TypeError):
+        return None
+    return loaded if isinstance(loaded, Ed25519PrivateKey) else None
+
+
+def _from_pem(data: bytes) -> Ed25519PrivateKey | None:
+    try:
+        loaded = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        return None
+    return loaded if isinstance(loaded, Ed25519PrivateKey) else None
 
 
 def load_public_key(path: Path) -> bytes:

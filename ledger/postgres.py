@@ -67,4 +67,9 @@ class LedgerPostgresFactory(PostgresFactory):
         if not isinstance(kwargs, dict):  # eventsourcing passes a dict
             raise TypeError(f"unexpected connection pool kwargs: {type(kwargs).__name__}")
         kwargs.update(connection_options(connect_timeout))
+        if not kwargs.get("password"):
+            # An empty password would be sent as ``password=''``, which keeps
+            # libpq from reading PGPASSWORD: a URL without one (as a
+            # workspace keeps it) leaves it to PGPASSWORD or ~/.pgpass.
+            kwargs.pop("password", None)
         pool.timeout = pool_wait(connect_timeout)

@@ -1,9 +1,20 @@
 """Where the ledger lives: a SQLite file by default, PostgreSQL when shared.
 
 ``StorageConfig.from_url`` accepts ``sqlite:///ABS/PATH``, a plain file path,
-or ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=NAME][&connect_timeout=S]``.
+or ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB?schema=NAME[&connect_timeout=S]``.
 Problems are found before eventsourcing is involved, so each gets one clear
-line. Passwords never appear in messages or ``repr``.
+line; a URL that is malformed or incomplete is a configuration error
+(:class:`~ledger.errors.LedgerURLError`, exit 3). Passwords never appear in
+messages or ``repr``.
+
+A PostgreSQL URL must name its schema: without one every workspace pointed at
+the database would share ``public``, and one that was never initialised there
+would read an empty ledger instead of failing.
+
+Only ``open_ledger(..., create=True)`` (``chassis init``) creates a schema or
+the ledger's tables. Any other open first checks that the ledger's event
+table is there and otherwise fails with "no ledger at URL" (exit 4), having
+created nothing.
 
 ``connect_timeout`` (whole seconds, default :data:`POSTGRES_CONNECT_TIMEOUT_S`)
 bounds how long the ledger may stay silent: a connection attempt, a
@@ -19,9 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from ledger.errors import StorageError
+from ledger.errors import LedgerURLError, StorageError
 
 if TYPE_CHECKING:
     from ledger.application import Ledger
@@ -34,6 +45,9 @@ POSTGRES_CONNECT_TIMEOUT_S = 5
 CONNECT_TIMEOUT_RANGE = (2, 300)
 """libpq waits at least 2 s for a connection, whatever it is told."""
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+EVENTS_TABLES = {"sqlite": "stored_events", "postgresql": "ledger_events"}
+"""The ledger's event table per backend (eventsourcing's names): its presence
+is what "a ledger is here" means."""
 
 
 @dataclass(frozen=True)
@@ -57,11 +71,12 @@ class StorageConfig:
         if url.startswith("sqlite:"):
             rest = url.removeprefix("sqlite:")
             if not rest.startswith("///") or not rest.strip("/"):
-                raise StorageError(f"ledger URL {url!r}: expected sqlite:///ABSOLUTE/PATH")
+                raise LedgerURLError(f"ledger URL {url!r}: expected sqlite:///ABSOLUTE/PATH")
             return cls(kind="sqlite", path=Path("/" + rest.lstrip("/")))
         if "://" in url:
-            raise StorageError(
-                f"ledger URL {redact_url(url)!r}: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
+            raise LedgerURLError(
+                f"ledger URL {redact_url(url)!r}: expected sqlite:///PATH or "
+                "postgresql://USER@HOST:PORT/DB?schema=NAME"
             )
         return cls(kind="sqlite", path=Path(url).absolute())
 
@@ -71,20 +86,33 @@ class StorageConfig:
         try:
             port = parts.port or 5432
         except ValueError:
-            raise StorageError(f"ledger URL {redact_url(url)!r}: port is not a number") from None
+            raise LedgerURLError(f"ledger URL {redact_url(url)!r}: port is not a number") from None
         dbname = parts.path.lstrip("/")
         if not parts.hostname or not dbname:
-            raise StorageError(
-                f"ledger URL {redact_url(url)!r}: expected postgresql://USER@HOST:PORT/DB"
+            raise LedgerURLError(
+                f"ledger URL {redact_url(url)!r}: expected postgresql://USER@HOST:PORT/DB?schema=NAME"
             )
-        query = parse_qs(parts.query)
-        schema = query.get("schema", ["public"])[-1]
+        query = parse_qs(parts.query, keep_blank_values=True)
+        if not query.get("schema", [""])[-1]:
+            kept = [(k, v[-1]) for k, v in query.items() if k != "schema"]
+            example = (
+                redact_url(url.split("?", 1)[0])
+                + "?"
+                + urlencode([*kept, ("schema", "chassis_prod")])
+            )
+            raise LedgerURLError(
+                f"ledger URL {redact_url(url)!r} names no schema: add ?schema=NAME "
+                f"(one per ledger, a lowercase SQL identifier), e.g. {example}"
+            )
+        schema = query["schema"][-1]
         if not _SCHEMA_NAME.match(schema):
-            raise StorageError(f"ledger URL schema {schema!r}: expected a lowercase SQL identifier")
+            raise LedgerURLError(
+                f"ledger URL schema {schema!r}: expected a lowercase SQL identifier"
+            )
         timeout_text = query.get("connect_timeout", [str(POSTGRES_CONNECT_TIMEOUT_S)])[-1]
         low, high = CONNECT_TIMEOUT_RANGE
         if not re.fullmatch(r"[0-9]{1,4}", timeout_text) or not low <= int(timeout_text) <= high:
-            raise StorageError(
+            raise LedgerURLError(
                 f"ledger URL connect_timeout {timeout_text!r}: expected whole seconds {low}-{high}"
             )
         return cls(
@@ -106,6 +134,13 @@ class StorageConfig:
             f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}?schema={self.schema}"
         )
 
+    def url(self) -> str:
+        """A URL that opens this ledger again, never with a password (what a
+        workspace may keep): :meth:`describe` plus a non-default connect_timeout."""
+        if self.kind == "postgresql" and self.connect_timeout != POSTGRES_CONNECT_TIMEOUT_S:
+            return f"{self.describe()}&connect_timeout={self.connect_timeout}"
+        return self.describe()
+
     def eventsourcing_env(self) -> dict[str, str]:
         if self.kind == "sqlite":
             return {
@@ -125,7 +160,9 @@ class StorageConfig:
         }
 
     def preflight(self, *, create: bool) -> None:
-        """Check the store is what it claims to be; create the schema if asked."""
+        """Check the store is what it claims to be; create the schema if asked.
+        Without ``create``, also check the ledger is there: its event table
+        exists (else ``StorageError`` "no ledger at …"; nothing is created)."""
         if self.kind == "sqlite":
             self._preflight_sqlite(create=create)
         else:
@@ -136,7 +173,7 @@ class StorageConfig:
         path = self.path
         if not path.exists():
             if not create:
-                raise StorageError(f"{path}: no ledger database here (run 'chassis init')")
+                raise self._no_ledger("the file does not exist")
             if not path.parent.is_dir():
                 raise StorageError(f"{path.parent}: directory does not exist")
             return
@@ -149,6 +186,31 @@ class StorageConfig:
             raise StorageError(f"{path}: cannot read ({e.strerror})") from None
         if header and header != SQLITE_MAGIC:
             raise StorageError(f"{path}: not a SQLite database")
+        if not create and not self._sqlite_has_ledger(path):
+            raise self._no_ledger("the file holds no ledger tables")
+
+    def _sqlite_has_ledger(self, path: Path) -> bool:
+        """Whether the ledger's event table exists (read only: creates nothing)."""
+        import sqlite3
+
+        try:
+            conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=30)
+            try:
+                row = conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                    (EVENTS_TABLES["sqlite"],),
+                ).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error as e:
+            raise StorageError(f"{path}: cannot read as a SQLite database ({e})") from None
+        return row is not None
+
+    def _no_ledger(self, why: str) -> StorageError:
+        return StorageError(
+            f"no ledger at {self.describe()}: {why} (run 'chassis init' to create one "
+            "there, or check the ledger URL)"
+        )
 
     def _with_postgres(self, action: Callable[[Any], T]) -> T:
         """Run ``action`` on a fresh connection; errors become one clear line."""
@@ -189,20 +251,22 @@ class StorageConfig:
         ).fetchone()
         if exists is None:
             if not create:
-                raise StorageError(
-                    f"PostgreSQL {self._where}: schema {self.schema!r} does not exist "
-                    "(run 'chassis init')"
-                )
+                raise self._no_ledger(f"schema {self.schema!r} does not exist")
             conn.execute(
                 sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
             )
+        elif not create:
+            table = f"{self.schema}.{EVENTS_TABLES['postgresql']}"
+            row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+            if not row[0]:
+                raise self._no_ledger(f"schema {self.schema!r} holds no ledger tables")
 
     def open_postgres(self, build: Callable[[bool], T]) -> T:
         """Call ``build(create_tables)``; table creation is serialised across
         processes by an advisory lock, since concurrent DDL on the same
         catalog rows fails ("tuple concurrently updated")."""
 
-        table = "ledger_events"
+        table = EVENTS_TABLES["postgresql"]
         if self.postgres_table_exists(table):
             return build(False)
         return self.with_ddl_lock(lambda: build(not self.postgres_table_exists(table)))
@@ -236,13 +300,21 @@ def redact_url(url: str) -> str:
 
 
 def open_ledger(config: StorageConfig, signer: KeyPair | None, *, create: bool = False) -> Ledger:
-    """Open the ledger store. Raises ``StorageError`` with one clear line."""
+    """Open the ledger store. Raises ``StorageError`` with one clear line.
+
+    Only with ``create`` (``chassis init``) are the schema and the ledger's
+    tables made; otherwise a store without the ledger's tables is refused
+    ("no ledger at …"), with or without ``signer``, before anything is
+    created. (On a ledger that exists, derived tables — views, the Merkle
+    log, receipts — are still created on first use.)"""
     from eventsourcing.persistence import PersistenceError
 
     from ledger.application import Ledger
 
-    config.preflight(create=create)
+    config.preflight(create=create)  # without create: the ledger's tables are there
     try:
+        if config.kind == "postgresql" and not create:
+            return Ledger(config, signer, create_tables=False)
         if config.kind == "postgresql":
             return config.open_postgres(
                 lambda create_tables: Ledger(config, signer, create_tables=create_tables)

@@ -29,7 +29,13 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 @pytest.fixture(autouse=True)
 def isolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Keys, config and cwd under tmp; no inherited CHASSIS_* settings."""
-    for name in ("CHASSIS_LEDGER", "CHASSIS_KEY", "CHASSIS_WORKSPACE"):
+    for name in (
+        "CHASSIS_LEDGER",
+        "CHASSIS_KEY",
+        "CHASSIS_WORKSPACE",
+        "CHASSIS_SIGNING_KEY",
+        "CHASSIS_DEBUG",
+    ):
         monkeypatch.delenv(name, raising=False)
     keys = tmp_path / "keys"
     monkeypatch.setenv("CHASSIS_KEYS_DIR", str(keys))

@@ -19,26 +19,8 @@ import click
 from adapters.errors import one_line
 from chassis import __version__
 from chassis.cli.app import App, scrubbed_output
-from chassis.cli.audit import audit_group
-from chassis.cli.demo_cmd import demo_command
-from chassis.cli.deploy_cmd import deploy_command, plan_command, redeploy_command
-from chassis.cli.doctor_cmd import doctor_command
-from chassis.cli.hardware import hardware_group
-from chassis.cli.host import host_group
-from chassis.cli.init_cmd import init_command
-from chassis.cli.key import key_group
-from chassis.cli.lease import lease_group
-from chassis.cli.ledger import ledger_group
-from chassis.cli.proof import proof_group
-from chassis.cli.receipts import receipts_group
-from chassis.cli.reconcile_cmd import prune_command, reconcile_command
-from chassis.cli.recover_cmd import recover_command
-from chassis.cli.release import release_group
-from chassis.cli.rollback_cmd import rollback_command
-from chassis.cli.stack import stack_group
-from chassis.cli.status_cmd import history_command, status_command
+from chassis.cli.lazy import Lazy, LazyGroup
 from chassis.config.env import EnvVars
-from proofs.redaction import scrub_text
 
 INTERNAL_ERROR = 1
 VERIFICATION_FAILED = 8
@@ -51,7 +33,108 @@ DEBUG_ENV = "CHASSIS_DEBUG"
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
-class ChassisGroup(click.Group):
+COMMANDS = {
+    "audit": Lazy(
+        "chassis.cli.audit:audit_group", "Replay and inspect recorded history (never writes)."
+    ),
+    "demo": Lazy(
+        "chassis.cli.demo_cmd:demo_command",
+        "Deploy the sample app (three HTTP services) to three local hosts: v1, v2, then a v3 "
+        "that fails its health gate and is restored to v2.",
+    ),
+    "deploy": Lazy(
+        "chassis.cli.deploy_cmd:deploy_command",
+        "Deploy RELEASE of APP to ENV: upload, verify on the host, unpack, configure, start, "
+        "health-gate, swap; restore the previous release if it fails.",
+    ),
+    "doctor": Lazy(
+        "chassis.cli.doctor_cmd:doctor_command",
+        "Preflight checks: Python, workspace, ledger, keys, every host (SSH with a known host "
+        "key, python3, disk under its root, systemd), package shadowing.",
+    ),
+    "hardware": Lazy(
+        "chassis.cli.hardware:hardware_group", "Check hosts against runtime hardware requirements."
+    ),
+    "history": Lazy(
+        "chassis.cli.status_cmd:history_command",
+        "Every revision (time, operation, release, status, description) and the last "
+        "successful one.",
+    ),
+    "host": Lazy(
+        "chassis.cli.host:host_group",
+        "Register hosts, gather their facts, pin their SSH host keys.",
+    ),
+    "init": Lazy(
+        "chassis.cli.init_cmd:init_command",
+        "Create a workspace and its ledger, with a new root key as the root of trust.",
+    ),
+    "key": Lazy("chassis.cli.key:key_group", "Create, trust, revoke and list signing keys."),
+    "lease": Lazy(
+        "chassis.cli.lease:lease_group", "Leases: one operation at a time per app and environment."
+    ),
+    "ledger": Lazy("chassis.cli.ledger:ledger_group", "Inspect and verify the event ledger."),
+    "plan": Lazy(
+        "chassis.cli.deploy_cmd:plan_command",
+        "Compile the deployment plan and print it with its digest; changes nothing.",
+    ),
+    "proof": Lazy(
+        "chassis.cli.proof:proof_group",
+        "Issue and verify proofs that strangers can check offline.",
+    ),
+    "prune": Lazy(
+        "chassis.cli.reconcile_cmd:prune_command",
+        "Remove old release directories of APP in ENV from its hosts.",
+    ),
+    "receipts": Lazy(
+        "chassis.cli.receipts:receipts_group", "List, show and export operation receipts."
+    ),
+    "reconcile": Lazy(
+        "chassis.cli.reconcile_cmd:reconcile_command",
+        "Check that the hosts of APP in ENV run what the ledger says; record any drift.",
+    ),
+    "recover": Lazy(
+        "chassis.cli.recover_cmd:recover_command",
+        "Recover APP in ENV after a crashed deploy: complete it or restore the previous release.",
+    ),
+    "logs": Lazy(
+        "chassis.cli.logs_cmd:logs_command",
+        "Print the last lines each component of APP in ENV wrote (-f: and follow).",
+    ),
+    "redeploy": Lazy(
+        "chassis.cli.deploy_cmd:redeploy_command",
+        "Restart APP in ENV on its current release, re-reading env references.",
+    ),
+    "remove": Lazy(
+        "chassis.cli.restart_cmd:remove_command",
+        "Stop APP in ENV everywhere and record it removed.",
+    ),
+    "restart": Lazy(
+        "chassis.cli.restart_cmd:restart_command",
+        "Restart the components of APP in ENV through the health gate.",
+    ),
+    "release": Lazy(
+        "chassis.cli.release:release_group",
+        "Register release bundles (content-addressed) and list them.",
+    ),
+    "rollback": Lazy(
+        "chassis.cli.rollback_cmd:rollback_command",
+        "Roll APP in ENV back to an earlier revision's exact state (releases, config, processes).",
+    ),
+    "stack": Lazy(
+        "chassis.cli.stack:stack_group",
+        "Validate chassis.toml and show where each node group would run.",
+    ),
+    "status": Lazy(
+        "chassis.cli.status_cmd:status_command",
+        "What runs where, as last observed: host, component, release, revision, state, health, "
+        "restarts, and when it was observed.",
+    ),
+}
+"""Every top-level command, imported only when used (``chassis.cli.lazy``);
+the short help is what ``chassis --help`` lists."""
+
+
+class ChassisGroup(LazyGroup):
     """Maps errors to one stderr line and their exit code, here only: typed
     errors to theirs, anything else (a bug) to 1; the traceback with --debug."""
 
@@ -91,6 +174,8 @@ class ChassisGroup(click.Group):
                 # The ledger did not verify: sign no checkpoint over it, and
                 # say one thing, not that as well.
                 ctx.obj.skip_aftermath = True
+            from proofs.redaction import scrub_text
+
             click.echo(f"chassis: error: {scrub_text(message)}", err=True)
             raise click.exceptions.Exit(code) from None
 
@@ -107,6 +192,8 @@ def _message(e: BaseException) -> str:
 
 
 def _print_traceback() -> None:
+    from proofs.redaction import scrub_text
+
     click.echo(scrub_text(traceback.format_exc()).rstrip("\n"), err=True)
 
 
@@ -114,6 +201,8 @@ class _StderrHandler(logging.Handler):
     """Library log records to whatever ``sys.stderr`` is when they come."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        from proofs.redaction import scrub_text
+
         try:
             sys.stderr.write(scrub_text(self.format(record)) + "\n")
         except Exception:
@@ -139,6 +228,7 @@ def _library_logs() -> Iterator[None]:
 
 @click.group(
     cls=ChassisGroup,
+    lazy=COMMANDS,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="Example: chassis init ./shop --name shop && cd shop && chassis ledger verify",
 )
@@ -170,33 +260,6 @@ def cli(ctx: click.Context, workspace: Path | None, key_ref: str | None, debug: 
     app = App(workspace_path=workspace, key_ref=key_ref)
     ctx.obj = app
     ctx.call_on_close(app.close)
-
-
-for command in (
-    init_command,
-    release_group,
-    plan_command,
-    deploy_command,
-    redeploy_command,
-    recover_command,
-    reconcile_command,
-    prune_command,
-    rollback_command,
-    audit_group,
-    proof_group,
-    receipts_group,
-    status_command,
-    history_command,
-    lease_group,
-    key_group,
-    ledger_group,
-    stack_group,
-    host_group,
-    hardware_group,
-    doctor_command,
-    demo_command,
-):
-    cli.add_command(command)
 
 
 def main() -> None:

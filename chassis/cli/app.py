@@ -16,24 +16,18 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
-from chassis.engine.executor import scrubbed_data
-from chassis.keyring import load_acting_key
-from chassis.stack.spec import Stack, load_stack
-from chassis.workspace import Workspace, keys_dir
-from ledger.application import Ledger
-from ledger.keys import KeyPair
-from ledger.storage import open_ledger
-from proofs.redaction import (
-    MIN_WORD_CHARS,
-    SECRET_VALUES,
-    clear_secrets,
-    scrub_text,
-    scrub_values,
-)
+# Light on purpose: every command imports this module, ``chassis --version``
+# and ``--help`` included. What opens the ledger, loads keys or reaches the
+# engine is imported where it is used (``tests/cli/test_fast_start.py``).
+if TYPE_CHECKING:
+    from chassis.stack.spec import Stack
+    from chassis.workspace import Workspace
+    from ledger.application import Ledger
+    from ledger.keys import KeyPair
 
 
 @dataclass
@@ -45,30 +39,52 @@ class App:
     _stack: Stack | None = field(default=None, repr=False)
     skip_aftermath: bool = False
     """Set when the command failed because the ledger does not verify."""
+    _env_key_noted: bool = field(default=False, repr=False)
 
     @property
     def keys_dir(self) -> Path:
+        from chassis.workspace import keys_dir
+
         return keys_dir()
 
     @property
     def workspace(self) -> Workspace:
         if self._workspace is None:
+            from chassis.workspace import Workspace
+
             self._workspace = Workspace.find(self.workspace_path)
         return self._workspace
 
     def stack(self) -> Stack:
         """The workspace's validated stack file."""
         if self._stack is None:
+            from chassis.stack.spec import load_stack
+
             self._stack = load_stack(self.workspace.stack_file)
         return self._stack
 
     def signer(self) -> KeyPair:
+        """``CHASSIS_SIGNING_KEY`` when set (``--key`` is then ignored, with a
+        note), else the key file ``--key`` or the workspace's default names."""
+        from chassis.keyring import env_signing_key, load_acting_key
+
+        from_env = env_signing_key()
+        if from_env is not None:
+            if self.key_ref and not self._env_key_noted:
+                self._env_key_noted = True
+                self.note(
+                    f"acting as the key in CHASSIS_SIGNING_KEY "
+                    f"({from_env.keyid[:16]}); --key/CHASSIS_KEY {self.key_ref!r} is ignored"
+                )
+            return from_env
         ref = self.key_ref or self.workspace.settings().default_key
         return load_acting_key(self.keys_dir, ref)
 
     def ledger(self, *, signing: bool = False) -> Ledger:
         """The workspace ledger; with ``signing`` it can append as the acting key."""
         if self._ledger is None or (signing and self._ledger.signer is None):
+            from ledger.storage import open_ledger
+
             signer = self.signer() if signing else None
             self._ledger = open_ledger(self.workspace.storage(), signer)
         return self._ledger
@@ -89,15 +105,44 @@ class App:
     def emit(self, data: Any, *, as_json: bool, human: Callable[[], None]) -> None:
         """Print ``data`` as JSON with ``--json``, else let ``human`` render it."""
         if as_json:
-            click.echo(json.dumps(scrubbed_data(data), indent=2, sort_keys=True))
+            click.echo(json.dumps(_scrubbed_data(data), indent=2, sort_keys=True))
         else:
             human()
 
     def note(self, message: str) -> None:
+        from proofs.redaction import scrub_text
+
         click.echo(scrub_text(message), err=True)
 
 
 pass_app = click.make_pass_decorator(App)
+
+wait_lock_option = click.option(
+    "--wait-lock",
+    "wait_lock",
+    type=click.IntRange(min=1),
+    is_flag=False,
+    flag_value=600,  # chassis.engine.lease.DEFAULT_WAIT_LOCK_S (not imported: start-up)
+    default=None,
+    metavar="[SECONDS]",
+    help="If another operation holds the lease, wait for it to finish (600 s, or "
+    "--wait-lock=SECONDS) instead of exiting 7 at once.",
+)
+"""``--wait-lock[=SECONDS]`` of every command that takes an installation's lease."""
+
+
+def _scrubbed_data(data: Any) -> Any:
+    """``data`` with every string scrubbed (as ``chassis.engine.executor.scrubbed_data``,
+    here so that printing JSON does not import the engine)."""
+    from proofs.redaction import scrub_text
+
+    if isinstance(data, str):
+        return scrub_text(data)
+    if isinstance(data, dict):
+        return {k: _scrubbed_data(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_scrubbed_data(v) for v in data]
+    return data
 
 
 class ScrubbedStream(io.TextIOBase):
@@ -107,8 +152,11 @@ class ScrubbedStream(io.TextIOBase):
     No ``buffer``: click then writes text here instead of going around it."""
 
     def __init__(self, target: TextIO) -> None:
+        from proofs.redaction import scrub_values
+
         super().__init__()
         self.target = target
+        self._scrub = scrub_values
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -130,7 +178,7 @@ class ScrubbedStream(io.TextIOBase):
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        self.target.write(scrub_values(text))
+        self.target.write(self._scrub(text))
         return len(text)
 
     def flush(self) -> None:
@@ -144,11 +192,14 @@ def scrubbed_output() -> Iterator[None]:
     scrub, and forget them all at the end (entered by the CLI group before
     the command, so it closes after the command's own close: receipts and
     exports still see the values)."""
+    from proofs.redaction import MIN_WORD_CHARS, SECRET_VALUES, clear_secrets
+
     clear_secrets()
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = ScrubbedStream(saved[0]), ScrubbedStream(saved[1])
     try:
-        yield
+        with _signing_key_taken():
+            yield
     finally:
         try:
             for name in SECRET_VALUES.too_short():
@@ -161,6 +212,21 @@ def scrubbed_output() -> Iterator[None]:
         finally:
             sys.stdout, sys.stderr = saved
             clear_secrets()
+
+
+def _signing_key_taken() -> contextlib.AbstractContextManager[None]:
+    """``CHASSIS_SIGNING_KEY``, when set, out of ``os.environ`` and scrubbed
+    for the command (:func:`chassis.keyring.signing_key_taken`); the key
+    modules are imported only then."""
+    import os
+
+    from chassis.config.env import EnvVars
+
+    if EnvVars.SIGNING_KEY not in os.environ:
+        return contextlib.nullcontext()
+    from chassis.keyring import signing_key_taken
+
+    return signing_key_taken()
 
 
 def table(rows: list[list[str]], headers: list[str]) -> None:

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from chassis.demo import run_demo
-
 
 @click.command(
     "demo",
@@ -26,4 +24,6 @@ Examples:
 def demo_command(target: Path | None, keep: bool) -> None:
     """Deploy the sample app (three HTTP services) to three local hosts: v1, v2,
     then a v3 that fails its health gate and is restored to v2."""
+    from chassis.demo import run_demo
+
     run_demo(target, keep, say=click.echo)

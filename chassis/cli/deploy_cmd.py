@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from chassis.cli.app import App, pass_app, table
-from chassis.engine.deploy import DeployOptions, DeployResult, deploy, prepare
-from chassis.engine.plan import Plan
+from chassis.cli.app import App, pass_app, table, wait_lock_option
 from chassis.errors import ChassisError
+
+if TYPE_CHECKING:  # the engine is imported when a command runs, not for --help
+    from chassis.engine.deploy import DeployResult
+    from chassis.engine.plan import Plan
 
 DEPLOY_FAILED = 16
 
@@ -48,6 +52,8 @@ def plan_command(
     app: App, app_name: str, environment: str, profile: str, label: str, as_json: bool
 ) -> None:
     """Compile the deployment plan and print it with its digest; changes nothing."""
+    from chassis.engine.deploy import prepare
+
     plan, _ = prepare(
         app.ledger(),
         app.workspace,
@@ -94,7 +100,8 @@ def _note_secret_changes(app: App, app_name: str, environment: str, plan: Plan) 
 @click.command(
     "deploy",
     epilog="""\b
-Exit status: 0 deployed (or no change), 16 failed and restored, 7 locked,
+Exit status: 0 deployed (or no change), 16 failed and restored, 7 locked
+(after --wait-lock: still locked when the time ran out, or its holder is gone),
 11 a host unreachable or its key unknown before anything started (nothing
 recorded), 3 a value a host step would refuse, 10 unknown app.
 Examples:
@@ -127,6 +134,7 @@ Examples:
     metavar="TEXT",
     help="Why: recorded in the revision's description (shown by history).",
 )
+@wait_lock_option
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
 @pass_app
 @click.pass_context
@@ -142,6 +150,7 @@ def deploy_command(
     dry_run: bool,
     force: bool,
     reason: str | None,
+    wait_lock: int | None,
     as_json: bool,
 ) -> None:
     """Deploy RELEASE of APP to ENV: upload, verify on the host, unpack, configure,
@@ -156,17 +165,26 @@ def deploy_command(
             as_json=as_json,
         )
         return
-    result = deploy(
-        app.ledger(signing=True),
-        app.workspace,
-        app.stack(),
-        app=app_name,
-        environment=environment,
-        profile=profile,
-        label=label,
-        options=DeployOptions(
-            max_parallel=max_parallel, max_failures=max_failures, force=force, reason=reason
+    from chassis.engine.deploy import DeployOptions, deploy
+    from chassis.engine.lease import lease_reader, when_lease_free
+
+    ledger = app.ledger(signing=True)
+    result = when_lease_free(
+        lease_reader(ledger, app_name, environment),
+        lambda: deploy(
+            ledger,
+            app.workspace,
+            app.stack(),
+            app=app_name,
+            environment=environment,
+            profile=profile,
+            label=label,
+            options=DeployOptions(
+                max_parallel=max_parallel, max_failures=max_failures, force=force, reason=reason
+            ),
+            progress=app.note,
         ),
+        wait_s=wait_lock,
         progress=app.note,
     )
     _report(app, result, as_json)
@@ -212,6 +230,7 @@ Examples:
 @click.option("--env", "environment", required=True)
 @click.option("--max-parallel", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--reason", "--message", "reason", metavar="TEXT", help="Recorded with the revision.")
+@wait_lock_option
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
 @pass_app
 def redeploy_command(
@@ -220,18 +239,26 @@ def redeploy_command(
     environment: str,
     max_parallel: int,
     reason: str | None,
+    wait_lock: int | None,
     as_json: bool,
 ) -> None:
     """Restart APP in ENV on its current release, re-reading env references."""
-    from chassis.engine.deploy import redeploy
+    from chassis.engine.deploy import DeployOptions, redeploy
+    from chassis.engine.lease import lease_reader, when_lease_free
 
-    result = redeploy(
-        app.ledger(signing=True),
-        app.workspace,
-        app.stack(),
-        app=app_name,
-        environment=environment,
-        options=DeployOptions(max_parallel=max_parallel, reason=reason),
+    ledger = app.ledger(signing=True)
+    result = when_lease_free(
+        lease_reader(ledger, app_name, environment),
+        lambda: redeploy(
+            ledger,
+            app.workspace,
+            app.stack(),
+            app=app_name,
+            environment=environment,
+            options=DeployOptions(max_parallel=max_parallel, reason=reason),
+            progress=app.note,
+        ),
+        wait_s=wait_lock,
         progress=app.note,
     )
     _report(app, result, as_json)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from chassis.cli.app import App, pass_app, table
-from chassis.doctor import run_doctor
 
 DOCTOR_FAILED = 14
 
@@ -31,6 +30,8 @@ Examples:
 def doctor_command(ctx: click.Context, app: App, timeout: float, as_json: bool) -> None:
     """Preflight checks: Python, workspace, ledger, keys, every host (SSH with a
     known host key, python3, disk under its root, systemd), package shadowing."""
+    from chassis.doctor import run_doctor
+
     checks = run_doctor(app.workspace_path, app.key_ref, timeout)
     rows = [
         [

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import click
 
-from chassis.cli.app import App, pass_app, table
-from chassis.engine.executor import KEEP_RELEASES
-from chassis.engine.prune import prune
-from chassis.engine.reconcile import DriftFound, HostsUnchecked, reconcile
+from chassis.cli.app import App, pass_app, table, wait_lock_option
+from chassis.engine.executor import KEEP_RELEASES  # prune's default, in its --help
 
 
 @click.command(
@@ -21,7 +19,8 @@ shown by 'chassis status'. --repair runs a 'repair' operation that puts the
 recorded release back (re-uploaded from the bundle store if needed, health
 gated), then checks again.
 Exit status: 0 every host matches (after --repair: matches now), 7 an
-operation holds the lease, 10 no such installation, 11 a host could not be
+operation holds the lease (after --wait-lock: still, when the time ran out,
+or its holder is gone), 10 no such installation, 11 a host could not be
 checked (wins over 18), 18 drift found (differences listed).
 Examples:
   chassis reconcile shop --env dev
@@ -31,18 +30,33 @@ Examples:
 @click.argument("app_name", metavar="APP")
 @click.option("--env", "environment", required=True)
 @click.option("--repair", is_flag=True, help="Restore the recorded release on drifted hosts.")
+@wait_lock_option
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @pass_app
 def reconcile_command(
-    app: App, app_name: str, environment: str, repair: bool, as_json: bool
+    app: App,
+    app_name: str,
+    environment: str,
+    repair: bool,
+    wait_lock: int | None,
+    as_json: bool,
 ) -> None:
     """Check that the hosts of APP in ENV run what the ledger says; record any drift."""
-    result = reconcile(
-        app.ledger(signing=True),
-        app.workspace,
-        app=app_name,
-        environment=environment,
-        repair=repair,
+    from chassis.engine.lease import lease_reader, when_lease_free
+    from chassis.engine.reconcile import DriftFound, HostsUnchecked, reconcile
+
+    ledger = app.ledger(signing=True)
+    result = when_lease_free(
+        lease_reader(ledger, app_name, environment),
+        lambda: reconcile(
+            ledger,
+            app.workspace,
+            app=app_name,
+            environment=environment,
+            repair=repair,
+            progress=app.note,
+        ),
+        wait_s=wait_lock,
         progress=app.note,
     )
 
@@ -99,6 +113,9 @@ def prune_command(
     app: App, app_name: str, environment: str, keep: int, dry_run: bool, as_json: bool
 ) -> None:
     """Remove old release directories of APP in ENV from its hosts."""
+    from chassis.engine.prune import prune
+    from chassis.engine.reconcile import HostsUnchecked
+
     result = prune(
         app.ledger(),
         app.workspace,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from chassis.cli.app import App, pass_app, table
-from chassis.engine.recover import RecoveryIncomplete, recover
 
 
 @click.command(
@@ -40,6 +39,8 @@ Examples:
 @pass_app
 def recover_command(app: App, app_name: str, environment: str, force: bool, as_json: bool) -> None:
     """Recover APP in ENV after a crashed deploy: complete it or restore the previous release."""
+    from chassis.engine.recover import RecoveryIncomplete, recover
+
     result = recover(
         app.ledger(signing=True),
         app.workspace,

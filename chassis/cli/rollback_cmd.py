@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import click
 
-from chassis.cli.app import App, pass_app, table
+from chassis.cli.app import App, pass_app, table, wait_lock_option
 from chassis.cli.deploy_cmd import DEPLOY_FAILED
-from chassis.engine.operation import load_installation
-from chassis.engine.rollback import plan_rollback, rollback
 
 
 @click.command(
@@ -19,7 +17,8 @@ same health-gated steps as a deploy. The rollback is recorded as a new revision
 "rollback to REV"; history is never rewritten.
 Default target: the newest successful revision before the current one, skipping
 failed and rolled-back revisions and any with the current state.
-Exit status: 0 rolled back, 7 locked, 9 refused (no earlier successful
+Exit status: 0 rolled back, 7 locked (after --wait-lock: still locked when
+the time ran out, or its holder is gone), 9 refused (no earlier successful
 revision, --to the current one), 10 no such revision, 3 a bundle is gone from
 the store, 16 the rollback failed and the pre-rollback release was restored.
 Examples:
@@ -34,6 +33,7 @@ Examples:
 @click.option(
     "--dry-run", is_flag=True, help="Print the target and the per-host diff; change nothing."
 )
+@wait_lock_option
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @pass_app
 @click.pass_context
@@ -45,9 +45,13 @@ def rollback_command(
     to: str | None,
     max_parallel: int,
     dry_run: bool,
+    wait_lock: int | None,
     as_json: bool,
 ) -> None:
     """Roll APP in ENV back to an earlier revision's exact state (releases, config, processes)."""
+    from chassis.engine.operation import load_installation
+    from chassis.engine.rollback import plan_rollback, rollback
+
     if dry_run:
         ledger = app.ledger()
         installation = load_installation(ledger, app_name, environment)
@@ -67,13 +71,21 @@ def rollback_command(
 
         app.emit(data, as_json=as_json, human=human_plan)
         return
-    result = rollback(
-        app.ledger(signing=True),
-        app.workspace,
-        app=app_name,
-        environment=environment,
-        to=to,
-        max_parallel=max_parallel,
+    from chassis.engine.lease import lease_reader, when_lease_free
+
+    ledger = app.ledger(signing=True)
+    result = when_lease_free(
+        lease_reader(ledger, app_name, environment),
+        lambda: rollback(
+            ledger,
+            app.workspace,
+            app=app_name,
+            environment=environment,
+            to=to,
+            max_parallel=max_parallel,
+            progress=app.note,
+        ),
+        wait_s=wait_lock,
         progress=app.note,
     )
     data = result.to_dict()

@@ -12,4 +12,7 @@ class EnvVars:
     """Private key directory (default: $XDG_CONFIG_HOME/chassis/keys)."""
     KEY = "CHASSIS_KEY"
     """Name or key id of the acting key (default: the workspace's default key)."""
+    SIGNING_KEY = "CHASSIS_SIGNING_KEY"
+    """The acting private key itself (CI): PKCS#8 PEM, its base64, or the 32-byte
+    seed as base64 or hex. Used instead of any key file when set; never printed."""
     XDG_CONFIG_HOME = "XDG_CONFIG_HOME"

@@ -7,6 +7,9 @@ holder stops renewing, so its lease expires one ttl after its last renewal
 whatever the ttl's length; a working one never expires, however long it
 works. On the holder's own machine ``chassis recover`` need not wait for
 that: it can see whether the recorded process still runs.
+
+``--wait-lock`` (deploy, rollback, reconcile) waits for a live holder to
+finish instead of failing at once: :func:`when_lease_free`.
 """
 
 from __future__ import annotations
@@ -16,13 +19,20 @@ import gc
 import os
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from ledger.errors import LedgerError
-from ledger.installations import LeaseHolder, process_token
+from ledger.installations import Installation, LeaseHeldError, LeaseHolder, process_token
+
+if TYPE_CHECKING:
+    from ledger.application import Ledger
+
+T = TypeVar("T")
 
 _MIN_INTERVAL_S = 0.2
 
@@ -110,3 +120,90 @@ def holder_running(lease: dict[str, Any]) -> bool | None:
         if stat[stat.rfind(")") + 2 :].startswith(("Z", "X")):
             return False
     return True
+
+
+DEFAULT_WAIT_LOCK_S = 600
+"""``--wait-lock`` without a number: ten minutes."""
+WAIT_POLL_S = 1.0
+"""How often a waiting command reads the lease again."""
+
+
+def lease_reader(ledger: Ledger, app: str, environment: str) -> Callable[[], Installation | None]:
+    """Reads the installation of ``app`` in ``environment`` from the ledger
+    anew on each call (None before its first deploy): what
+    :func:`when_lease_free` polls."""
+    key = Installation.id_for(Installation.key(app, environment))
+    return lambda: ledger.find(Installation, key)
+
+
+def when_lease_free(
+    installation: Callable[[], Installation | None],
+    action: Callable[[], T],
+    *,
+    wait_s: float | None,
+    progress: Callable[[str], None],
+    poll_s: float = WAIT_POLL_S,
+) -> T:
+    """Run ``action`` (a command that takes or needs the installation's lease).
+
+    Without ``wait_s`` that is all: a held lease fails it at once (exit 7).
+    With it, while another operation holds the lease (``installation()``
+    reads it from the ledger again each time), wait, saying once per holder
+    what is awaited, and run ``action`` when the lease is free; if ``action``
+    is refused because another command took the lease first, wait again.
+    After ``wait_s`` seconds the refusal is raised with "waited N s" added.
+    A lease whose holder is gone (expired, or its process no longer runs on
+    this machine) is not waited for: only ``chassis recover`` or ``chassis
+    lease break`` frees it, so the refusal comes at once, saying so.
+    """
+    if wait_s is None:
+        return action()
+    started = time.monotonic()
+    announced: object = None
+    while True:
+        current = installation()
+        if current is None or current.lease is None:
+            try:
+                return action()
+            except LeaseHeldError:
+                current = installation()
+                if current is None or current.lease is None:
+                    raise  # not the installation's lease: nothing to wait for
+        assert current.lease is not None
+        waited = time.monotonic() - started
+        gone = _holder_gone(current)
+        if gone is not None:
+            again = installation()  # it may have finished just now
+            if again is None or again.lease is None or again.lease["op_id"] != gone:
+                continue
+            _refuse(again, f"; its holder is gone: waiting cannot free it (waited {waited:.0f} s)")
+        if waited >= wait_s:
+            _refuse(current, f" (waited {waited:.0f} s)")
+        if current.lease["op_id"] != announced:
+            announced = current.lease["op_id"]
+            progress(
+                f"waiting up to {wait_s:g} s for the lease of {current.app}/"
+                f"{current.environment}, held by {current.lease_text(datetime.now(UTC))}"
+            )
+        time.sleep(max(0.0, min(poll_s, wait_s - waited)))
+
+
+def _holder_gone(installation: Installation) -> str | None:
+    """The lease's op_id when its holder will not free it: expired, or its
+    process known (on this machine) not to run; else None."""
+    lease = installation.lease
+    if lease is None:
+        return None
+    expires = installation.lease_expires()
+    if (expires is not None and datetime.now(UTC) > expires) or holder_running(lease) is False:
+        return str(lease["op_id"])
+    return None
+
+
+def _refuse(installation: Installation, suffix: str) -> NoReturn:
+    """Raise the lease-held refusal ``check_lease_free`` gives, with ``suffix``."""
+    try:
+        installation.check_lease_free(datetime.now(UTC))
+    except LeaseHeldError as e:
+        raise LeaseHeldError(f"{e}{suffix}") from None
+    raise AssertionError("the lease was held")

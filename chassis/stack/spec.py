@@ -27,7 +27,6 @@ from adapters.connectors.base import ADDRESS, ADDRESS_RULE, ENV_NAME, NAME, name
 from adapters.supervisors.base import RESTART_MODES
 from adapters.supervisors.envfile import value_problem
 from chassis.errors import WorkspaceError
-from chassis.export.delivery import DestinationError, parse_destination
 from chassis.stack.schema import (
     AppSpec,
     ComponentSpec,
@@ -315,6 +314,9 @@ def _check_export(stack: Stack) -> None:
             f"{path}: export.format: expected one of {', '.join(FORMATS)}, found {export.format!r}"
         )
     if export.to is not None:
+        # Here, not at the top: reading a stack file need not import the exporters.
+        from chassis.export.delivery import DestinationError, parse_destination
+
         try:
             parse_destination(export.to, path.parent)
         except DestinationError as e:

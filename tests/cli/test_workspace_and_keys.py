@@ -45,8 +45,11 @@ def test_init_twice_is_refused(run: Runner, workspace: Path) -> None:
 def test_every_command_has_help_with_an_example() -> None:
     def walk(command: click.Command, path: list[str]) -> list[tuple[list[str], click.Command]]:
         found = [(path, command)]
-        if isinstance(command, click.Group):
-            for name, sub in command.commands.items():
+        if isinstance(command, click.Group):  # lazy groups: list_commands, not .commands
+            ctx = click.Context(command)
+            for name in command.list_commands(ctx):
+                sub = command.get_command(ctx, name)
+                assert sub is not None, [*path, name]
                 found += walk(sub, [*path, name])
         return found
 
@@ -150,7 +153,10 @@ def test_unreachable_postgres_fails_within_ten_seconds(tmp_path: Path) -> None:
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
     port = silent.getsockname()[1]
-    env = {**os.environ, "CHASSIS_LEDGER": f"postgresql://chassis:s3cret@127.0.0.1:{port}/ledger"}
+    env = {
+        **os.environ,
+        "CHASSIS_LEDGER": f"postgresql://chassis:s3cret@127.0.0.1:{port}/ledger?schema=shop",
+    }
     try:
         done = subprocess.run(
             [sys.executable, "-m", "chassis", "init", str(tmp_path / "ws")],
@@ -175,7 +181,7 @@ def test_refused_connection_postgres(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    monkeypatch.setenv("CHASSIS_LEDGER", f"postgresql://postgres@127.0.0.1:{port}/test")
+    monkeypatch.setenv("CHASSIS_LEDGER", f"postgresql://postgres@127.0.0.1:{port}/test?schema=shop")
     result = run("init", str(tmp_path / "ws"))
     assert result.exit_code == 4 and "cannot reach PostgreSQL" in result.stderr
 

@@ -182,14 +182,14 @@ def test_ledger_lost_mid_deploy_leaves_hosts_as_recorded_and_names_recover(
 
 
 def test_connect_timeout_is_read_from_the_url_and_checked() -> None:
-    base = "postgresql://chassis@db.example:5432/ledger"
+    base = "postgresql://chassis@db.example:5432/ledger?schema=shop"
     assert StorageConfig.from_url(base).connect_timeout == POSTGRES_CONNECT_TIMEOUT_S == 5
-    config = StorageConfig.from_url(f"{base}?schema=shop&connect_timeout=3")
+    config = StorageConfig.from_url(f"{base}&connect_timeout=3")
     assert (config.schema, config.connect_timeout) == ("shop", 3)
     assert config.eventsourcing_env()["POSTGRES_CONNECT_TIMEOUT"] == "3"
     for bad in ("0", "1", "301", "2.5", "soon", "-3", "²"):
         with pytest.raises(StorageError) as caught:
-            StorageConfig.from_url(f"{base}?connect_timeout={bad}")
+            StorageConfig.from_url(f"{base}&connect_timeout={bad}")
         assert str(caught.value) == (
             f"ledger URL connect_timeout {bad!r}: expected whole seconds 2-300"
         )

@@ -5,8 +5,6 @@ from __future__ import annotations
 import click
 
 from chassis.cli.app import App, pass_app, table
-from chassis.engine.operation import load_installation
-from chassis.replay import replay
 
 
 @click.group("audit", epilog="Example: chassis audit replay shop --env prod --at 3")
@@ -34,6 +32,9 @@ Examples:
 def replay_command(app: App, app_name: str, environment: str, at: str, as_json: bool) -> None:
     """Print APP in ENV as it was at a point of its history: profile, placement,
     release per host and component, config digests and the state digest."""
+    from chassis.engine.operation import load_installation
+    from chassis.replay import replay
+
     ledger = app.ledger()
     data = replay(ledger, load_installation(ledger, app_name, environment), at)
 

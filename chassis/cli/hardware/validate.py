@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from chassis.cli.app import App, pass_app
-from chassis.hardware import validate_hardware
 
 ADMISSION_REJECTED = 13
 
@@ -30,6 +29,8 @@ def validate_command(
 ) -> None:
     """Admit or reject HOST for RUNTIME from its recorded hardware; the verdict
     is recorded in the ledger."""
+    from chassis.hardware import validate_hardware
+
     verdict = validate_hardware(
         app.ledger(signing=True), app.workspace, app.stack(), host_name, runtime_name
     )

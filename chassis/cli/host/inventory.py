@@ -7,7 +7,6 @@ import click
 from chassis.cli.app import App, pass_app, table
 from chassis.cli.host.render import summary_of
 from chassis.hosts import all_hosts, get_host, sync_declared
-from chassis.inventory import inventory
 
 
 @click.command(
@@ -40,6 +39,8 @@ def inventory_command(
 ) -> None:
     """Gather facts (CPU, memory, disks, GPUs via NVML) from hosts, in parallel,
     and record those whose capacity changed."""
+    from chassis.inventory import inventory  # the connectors: fabric, paramiko
+
     if not names and not all_hosts_flag:
         raise click.UsageError("name one or more hosts, or pass --all")
     ledger = app.ledger(signing=True)

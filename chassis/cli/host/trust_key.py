@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from adapters.errors import ConnectorError
 from chassis.cli.app import App, pass_app
-from chassis.connect import HostKeyOffer, HostKeyPinError, pin_host
 from chassis.hosts import all_hosts, environment_hosts, get_host, sync_declared
+
+if TYPE_CHECKING:  # chassis.connect is SSH (fabric, paramiko): imported when the command runs
+    from chassis.connect import HostKeyOffer
 
 REFUSED_EXIT = 11
 """Any host not pinned (declined, key changed, unreachable): the host stays
@@ -76,6 +80,8 @@ def trust_key_command(
     as_json: bool,
 ) -> None:
     """Fetch the SSH host key of each host NAME and pin it in .chassis/known_hosts."""
+    from chassis.connect import HostKeyPinError, pin_host
+
     if all_flag == bool(names):
         raise click.UsageError("name one or more hosts, or pass --all")
     if environment is not None and not all_flag:

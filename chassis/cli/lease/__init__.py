@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 import click
 
 from chassis.cli.app import App, pass_app, table
-from chassis.engine.operation import load_installation
 from chassis.views import histories
 from ledger.canonical import format_timestamp, parse_timestamp
 from ledger.installations import Installation
@@ -90,6 +89,8 @@ Example:
 @pass_app
 def break_command(app: App, app_name: str, environment: str, reason: str, force: bool) -> None:
     """Break the lease of APP in ENV."""
+    from chassis.engine.operation import load_installation
+
     ledger = app.ledger(signing=True)
     assert ledger.signer is not None
     actor = ledger.signer.keyid

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import click
 
-from chassis.cli.ledger.checkpoint import checkpoint_command
-from chassis.cli.ledger.log import log_command
-from chassis.cli.ledger.rebuild_views import rebuild_views_command
-from chassis.cli.ledger.verify import verify_command
+from chassis.cli.lazy import Lazy, LazyGroup
+
+COMMANDS = {
+    "checkpoint": Lazy(
+        "chassis.cli.ledger.checkpoint:checkpoint_command",
+        "Sign and store a checkpoint of the ledger now.",
+    ),
+    "log": Lazy(
+        "chassis.cli.ledger.log:log_command",
+        "Events in global order: seq, time, topic, aggregate, version, key id, digest.",
+    ),
+    "rebuild-views": Lazy(
+        "chassis.cli.ledger.rebuild_views:rebuild_views_command",
+        "Fold status, history and hosts again from the verified events.",
+    ),
+    "verify": Lazy(
+        "chassis.cli.ledger.verify:verify_command",
+        "Recompute every digest and link; check every signature against trust as of its event.",
+    ),
+}
 
 
-@click.group("ledger", epilog="Example: chassis ledger verify --json")
+@click.group("ledger", cls=LazyGroup, lazy=COMMANDS, epilog="Example: chassis ledger verify --json")
 def ledger_group() -> None:
     """Inspect and verify the event ledger."""
-
-
-ledger_group.add_command(checkpoint_command)
-ledger_group.add_command(log_command)
-ledger_group.add_command(rebuild_views_command)
-ledger_group.add_command(verify_command)

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from chassis.cli.app import App, pass_app
 from chassis.cli.proof.tlog import consistency_command, inclusion_command, verify_tlog
 from chassis.errors import WorkspaceError
-from chassis.rollback_proof import (
-    ProofReport,
-    keys_from_dir,
-    load_envelope,
-    rollback_proof,
-    verify_in_workspace,
-    verify_rollback_envelope,
-)
 from proofs.rollback import ProofCheckError
 from proofs.tlog_proof import HEADER as TLOG_PROOF_HEADER
+
+if TYPE_CHECKING:  # chassis.rollback_proof reaches the engine: imported when used
+    from chassis.rollback_proof import ProofReport
 
 
 @click.group("proof", epilog="Example: chassis proof rollback shop --env prod --out rb.json")
@@ -52,6 +48,8 @@ def rollback_command(
     app: App, app_name: str, environment: str, revision: int | None, out: Path | None
 ) -> None:
     """Write a signed proof that a rollback restored exactly its target's state."""
+    from chassis.rollback_proof import rollback_proof
+
     envelope = rollback_proof(
         app.ledger(),
         app.workspace,
@@ -125,6 +123,8 @@ def verify_command(
     if head == TLOG_PROOF_HEADER.encode():
         verify_tlog(app, file.read_text(encoding="utf-8", errors="replace"), key_file, as_json)
         return
+    from chassis.rollback_proof import load_envelope
+
     envelope = load_envelope(file)
     try:
         report = _verify(app, envelope, trusted_keys, use_workspace)
@@ -145,6 +145,8 @@ def verify_command(
 def _verify(
     app: App, envelope: dict[str, object], trusted_keys: Path | None, use_workspace: bool
 ) -> ProofReport:
+    from chassis.rollback_proof import keys_from_dir, verify_in_workspace, verify_rollback_envelope
+
     if trusted_keys is not None and not use_workspace:
         return verify_rollback_envelope(envelope, keys_from_dir(trusted_keys))
     try:

@@ -7,13 +7,20 @@ import json
 import click
 
 from chassis.cli.app import App, pass_app, table
-from chassis.cli.receipts.export import export_command
+from chassis.cli.lazy import Lazy, LazyGroup
 from chassis.inclusion import inclusion_for
 from chassis.receipts import ReceiptStore
 
 
 @click.group(
     "receipts",
+    cls=LazyGroup,
+    lazy={
+        "export": Lazy(
+            "chassis.cli.receipts.export:export_command",
+            "Export receipts as OTLP/JSON, CloudEvents or DSSE to a file or an endpoint.",
+        )
+    },
     epilog="""\b
 Every completed deploy, rollback, recover, repair, lease break, inventory
 change and hardware admission yields a receipt: a DSSE envelope holding an
@@ -89,6 +96,3 @@ def show_command(app: App, ref: str, decoded: bool, with_proof: bool) -> None:
         return
     body = receipt.statement if decoded else receipt.envelope
     click.echo(json.dumps(body, indent=2, sort_keys=True))
-
-
-receipts_group.add_command(export_command)

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from chassis.cli.app import App, pass_app
-from chassis.export import (
-    ExportUndelivered,
-    export_receipts,
-    parse_destination,
-    rendered,
-)
-from chassis.export.delivery import DestinationError
-from chassis.export.outbox import Item
 from proofs.export import FORMATS
+
+if TYPE_CHECKING:  # the exporters are imported when the command runs
+    from chassis.export.outbox import Item
 
 
 @click.command(
@@ -78,6 +74,9 @@ def export_command(
     as_json: bool,
 ) -> None:
     """Export receipts as OTLP/JSON, CloudEvents or DSSE to a file or an endpoint."""
+    from chassis.export import ExportUndelivered, export_receipts, parse_destination, rendered
+    from chassis.export.delivery import DestinationError
+
     settings = app.stack().export
     format = format_name or settings.format
     if to is not None:

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from chassis.cli.app import App, pass_app, table
-from chassis.engine.releases import add_release, all_releases, check_release_input
 
 
 @click.group("release", epilog="Example: chassis release add v2 --artifact dist/shop-v2.tar.gz")
@@ -51,6 +50,8 @@ def add_command(
     app: App, label: str, artifact: Path, config: tuple[str, ...], as_json: bool
 ) -> None:
     """Copy a bundle into the workspace store and register it as LABEL."""
+    from chassis.engine.releases import add_release, check_release_input
+
     values: dict[str, str] = {}
     for item in config:
         key, sep, value = item.partition("=")
@@ -80,6 +81,8 @@ def add_command(
 @pass_app
 def list_command(app: App, as_json: bool) -> None:
     """Registered releases of this workspace's app."""
+    from chassis.engine.releases import all_releases
+
     releases = all_releases(app.ledger(), app.stack().app.name)
     rows = [
         [r.label, r.release_id[:16], r.bundle_sha256[:16], str(r.bundle_size)] for r in releases

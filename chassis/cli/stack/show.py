@@ -6,8 +6,6 @@ import click
 
 from chassis.cli.app import App, pass_app, table
 from chassis.hosts import environment_hosts, sync_declared
-from chassis.inventory import inventory
-from chassis.topology import compile_topology
 
 
 @click.command(
@@ -24,6 +22,9 @@ Examples:
 def show_command(app: App, profile: str, environment: str, as_json: bool) -> None:
     """The compiled topology: node groups, their components, the host chosen
     for each and why. Hosts never inventoried are probed (and recorded) first."""
+    from chassis.inventory import inventory  # the connectors: fabric, paramiko
+    from chassis.topology import compile_topology
+
     stack = app.stack()
     stack.profile(profile)
     stack.environment(environment)
