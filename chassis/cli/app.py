@@ -102,6 +102,12 @@ class App:
 
     # Output.
 
+    def target(self, app_name: str | None, environment: str | None) -> tuple[str, str]:
+        """APP and ENV as given, else the workspace's app and ``[defaults] env``
+        (or its only environment): short commands in a workspace."""
+        stack = self.stack()
+        return app_name or stack.app.name, environment or stack.default_environment()
+
     def emit(self, data: Any, *, as_json: bool, human: Callable[[], None]) -> None:
         """Print ``data`` as JSON with ``--json``, else let ``human`` render it."""
         if as_json:

@@ -42,16 +42,27 @@ def _plan_rows(plan_dict: dict[str, object]) -> list[list[str]]:
 Example:
   chassis plan shop --env dev --profile ternary-split-3 --release v1 --json""",
 )
-@click.argument("app_name", metavar="APP")
-@click.option("--env", "environment", required=True)
-@click.option("--profile", required=True)
+@click.argument("app_name", metavar="[APP]", required=False)
+@click.option(
+    "--env", "environment", default=None, help="Default: [defaults] env, or the only one."
+)
+@click.option(
+    "--profile", default=None, help="Default: the environment's profile, then [defaults] profile."
+)
 @click.option("--release", "label", required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @pass_app
 def plan_command(
-    app: App, app_name: str, environment: str, profile: str, label: str, as_json: bool
+    app: App,
+    app_name: str | None,
+    environment: str | None,
+    profile: str | None,
+    label: str,
+    as_json: bool,
 ) -> None:
     """Compile the deployment plan and print it with its digest; changes nothing."""
+    app_name, environment = app.target(app_name, environment)
+    profile = profile or app.stack().default_profile(environment)
     from chassis.engine.deploy import prepare
 
     plan, _ = prepare(
@@ -108,9 +119,13 @@ Examples:
   chassis deploy shop --env dev --profile ternary-split-3 --release v1
   chassis deploy shop --env prod --profile monolith --release v2 --max-parallel 2 --dry-run""",
 )
-@click.argument("app_name", metavar="APP")
-@click.option("--env", "environment", required=True)
-@click.option("--profile", required=True)
+@click.argument("app_name", metavar="[APP]", required=False)
+@click.option(
+    "--env", "environment", default=None, help="Default: [defaults] env, or the only one."
+)
+@click.option(
+    "--profile", default=None, help="Default: the environment's profile, then [defaults] profile."
+)
 @click.option("--release", "label", required=True)
 @click.option("--max-parallel", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option(
@@ -141,9 +156,9 @@ Examples:
 def deploy_command(
     ctx: click.Context,
     app: App,
-    app_name: str,
-    environment: str,
-    profile: str,
+    app_name: str | None,
+    environment: str | None,
+    profile: str | None,
     label: str,
     max_parallel: int,
     max_failures: int,
@@ -155,6 +170,8 @@ def deploy_command(
 ) -> None:
     """Deploy RELEASE of APP to ENV: upload, verify on the host, unpack, configure,
     start, health-gate, swap; restore the previous release if it fails."""
+    app_name, environment = app.target(app_name, environment)
+    profile = profile or app.stack().default_profile(environment)
     if dry_run:
         ctx.invoke(
             plan_command,
@@ -226,8 +243,10 @@ Examples:
   chassis redeploy shop --env prod --reason 'rotated DB_PASSWORD'
   chassis deploy shop --env prod --profile monolith --release v2 --force   # same, explicit""",
 )
-@click.argument("app_name", metavar="APP")
-@click.option("--env", "environment", required=True)
+@click.argument("app_name", metavar="[APP]", required=False)
+@click.option(
+    "--env", "environment", default=None, help="Default: [defaults] env, or the only one."
+)
 @click.option("--max-parallel", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--reason", "--message", "reason", metavar="TEXT", help="Recorded with the revision.")
 @wait_lock_option
@@ -235,14 +254,15 @@ Examples:
 @pass_app
 def redeploy_command(
     app: App,
-    app_name: str,
-    environment: str,
+    app_name: str | None,
+    environment: str | None,
     max_parallel: int,
     reason: str | None,
     wait_lock: int | None,
     as_json: bool,
 ) -> None:
     """Restart APP in ENV on its current release, re-reading env references."""
+    app_name, environment = app.target(app_name, environment)
     from chassis.engine.deploy import DeployOptions, redeploy
     from chassis.engine.lease import lease_reader, when_lease_free
 

@@ -22,8 +22,10 @@ Examples:
   chassis logs shop --env prod --host prod-2 -f
   chassis logs shop --env prod --json""",
 )
-@click.argument("app_name", metavar="APP")
-@click.option("--env", "environment", required=True)
+@click.argument("app_name", metavar="[APP]", required=False)
+@click.option(
+    "--env", "environment", default=None, help="Default: [defaults] env, or the only one."
+)
 @click.option("--host", default=None, help="Only this host.")
 @click.option("--component", default=None, help="Only this component.")
 @click.option("-n", "--lines", type=click.IntRange(min=0), default=50, show_default=True)
@@ -32,8 +34,8 @@ Examples:
 @pass_app
 def logs_command(
     app: App,
-    app_name: str,
-    environment: str,
+    app_name: str | None,
+    environment: str | None,
     host: str | None,
     component: str | None,
     lines: int,
@@ -41,6 +43,7 @@ def logs_command(
     as_json: bool,
 ) -> None:
     """Print the last lines each component of APP in ENV wrote (-f: and follow)."""
+    app_name, environment = app.target(app_name, environment)
     import json
 
     from chassis import logs

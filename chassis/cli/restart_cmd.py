@@ -32,8 +32,10 @@ Examples:
   chassis restart shop --env prod --component api --reason 'stuck worker pool'
   chassis restart shop --env prod --host prod-2 --json""",
 )
-@click.argument("app_name", metavar="APP")
-@click.option("--env", "environment", required=True)
+@click.argument("app_name", metavar="[APP]", required=False)
+@click.option(
+    "--env", "environment", default=None, help="Default: [defaults] env, or the only one."
+)
 @click.option("--host", default=None, help="Only this host.")
 @click.option("--component", default=None, help="Only this component.")
 @click.option("--reason", "--message", "reason", metavar="TEXT", help="Recorded with it.")
@@ -42,8 +44,8 @@ Examples:
 @pass_app
 def restart_command(
     app: App,
-    app_name: str,
-    environment: str,
+    app_name: str | None,
+    environment: str | None,
     host: str | None,
     component: str | None,
     reason: str | None,
@@ -51,6 +53,7 @@ def restart_command(
     as_json: bool,
 ) -> None:
     """Restart the components of APP in ENV through the health gate."""
+    app_name, environment = app.target(app_name, environment)
     from chassis.engine.lease import lease_reader, when_lease_free
     from chassis.engine.restart import restart
 
@@ -99,8 +102,10 @@ deployed; 2 not confirmed.
 Examples:
   chassis remove shop --env staging --reason 'env retired' --yes""",
 )
-@click.argument("app_name", metavar="APP")
-@click.option("--env", "environment", required=True)
+@click.argument("app_name", metavar="[APP]", required=False)
+@click.option(
+    "--env", "environment", default=None, help="Default: [defaults] env, or the only one."
+)
 @click.option("--reason", required=True, metavar="TEXT", help="Why (recorded).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @wait_lock_option
@@ -108,14 +113,15 @@ Examples:
 @pass_app
 def remove_command(
     app: App,
-    app_name: str,
-    environment: str,
+    app_name: str | None,
+    environment: str | None,
     reason: str,
     yes: bool,
     wait_lock: int | None,
     as_json: bool,
 ) -> None:
     """Stop APP in ENV everywhere and record it removed."""
+    app_name, environment = app.target(app_name, environment)
     from chassis.engine.remove import remove
 
     if not yes:

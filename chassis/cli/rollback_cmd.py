@@ -26,8 +26,10 @@ Examples:
   chassis rollback shop --env prod --to 3 --dry-run
   chassis rollback shop --env prod --to v1 --json""",
 )
-@click.argument("app_name", metavar="APP")
-@click.option("--env", "environment", required=True)
+@click.argument("app_name", metavar="[APP]", required=False)
+@click.option(
+    "--env", "environment", default=None, help="Default: [defaults] env, or the only one."
+)
 @click.option("--to", "to", metavar="REV|LABEL", help="Target revision number or release label.")
 @click.option("--max-parallel", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option(
@@ -40,8 +42,8 @@ Examples:
 def rollback_command(
     ctx: click.Context,
     app: App,
-    app_name: str,
-    environment: str,
+    app_name: str | None,
+    environment: str | None,
     to: str | None,
     max_parallel: int,
     dry_run: bool,
@@ -49,6 +51,7 @@ def rollback_command(
     as_json: bool,
 ) -> None:
     """Roll APP in ENV back to an earlier revision's exact state (releases, config, processes)."""
+    app_name, environment = app.target(app_name, environment)
     from chassis.engine.operation import load_installation
     from chassis.engine.rollback import plan_rollback, rollback
 

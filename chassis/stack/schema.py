@@ -95,6 +95,8 @@ class HostSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
 class EnvironmentSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
     description: str = ""
     hosts: list[HostSpec]
+    profile: str | None = None
+    """The profile a deploy to this environment uses when ``--profile`` is not given."""
     ssh_timeout_ms: int | None = None
     """How long an ssh host may stay silent before the step waiting on it fails:
     connecting (at most 10 s), a transfer making no progress, keepalives
@@ -118,6 +120,13 @@ class RuntimeSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True)
     """A version range such as ">=12.0,<13"."""
     min_cores: int = 0
     min_memory: int | str = 0
+
+
+class DefaultsSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``[defaults]``: what a command uses when ``--env``/``--profile`` are left out."""
+
+    env: str | None = None
+    profile: str | None = None
 
 
 class LedgerSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):

@@ -30,6 +30,7 @@ from chassis.errors import WorkspaceError
 from chassis.stack.schema import (
     AppSpec,
     ComponentSpec,
+    DefaultsSpec,
     EnvironmentSpec,
     ExportSpec,
     HealthSpec,
@@ -47,6 +48,7 @@ T = TypeVar("T")
 
 SECTIONS = (
     "app",
+    "defaults",
     "components",
     "profiles",
     "environments",
@@ -116,6 +118,34 @@ class Stack:
     runtimes: dict[str, RuntimeSpec]
     ledger: LedgerSpec
     export: ExportSpec = field(default_factory=ExportSpec)
+    defaults: DefaultsSpec = field(default_factory=DefaultsSpec)
+
+    def default_environment(self) -> str:
+        """``[defaults] env``, or the only environment; else a StackError with the fix."""
+        if self.defaults.env is not None:
+            return self.defaults.env
+        if len(self.environments) == 1:
+            return next(iter(self.environments))
+        known = ", ".join(self.environments) or "none"
+        raise StackError(
+            f"{self.path}: no --env given and no default: pass --env NAME or set "
+            f'[defaults] env = "NAME" (environments: {known})'
+        )
+
+    def default_profile(self, environment: str) -> str:
+        """The environment's ``profile``, then ``[defaults] profile``, then the
+        only profile; else a StackError with the fix."""
+        chosen = self.environment(environment).profile or self.defaults.profile
+        if chosen is not None:
+            return chosen
+        if len(self.profiles) == 1:
+            return next(iter(self.profiles))
+        known = ", ".join(self.profiles) or "none"
+        raise StackError(
+            f"{self.path}: no --profile given and no default for {environment}: pass "
+            f'--profile NAME, or set profile = "NAME" in [environments.{environment}] or '
+            f"[defaults] (profiles: {known})"
+        )
 
     def profile(self, name: str) -> ProfileSpec:
         if name not in self.profiles:
@@ -195,6 +225,7 @@ def validate_stack(raw: dict[str, Any], path: Path) -> Stack:
         runtimes=_table_of(raw, "runtimes", RuntimeSpec, path),
         ledger=_convert(raw.get("ledger", {}), LedgerSpec, "ledger", path),
         export=_convert(raw.get("export", {}), ExportSpec, "export", path),
+        defaults=_convert(raw.get("defaults", {}), DefaultsSpec, "defaults", path),
     )
     _check_references(stack)
     return stack
@@ -331,6 +362,22 @@ SSH_TIMEOUT_MS = (100, 600_000)
 """The range of ``ssh_timeout_ms``: a silent host must fail within minutes."""
 
 
+def _check_defaults(stack: Stack) -> None:
+    """``[defaults]`` and each environment's ``profile`` name what exists."""
+    path, profiles = stack.path, ", ".join(stack.profiles) or "none"
+    if stack.defaults.env is not None and stack.defaults.env not in stack.environments:
+        known = ", ".join(stack.environments) or "none"
+        raise StackError(
+            f"{path}: defaults.env: no environment {stack.defaults.env!r} (environments: {known})"
+        )
+    chosen = [("defaults.profile", stack.defaults.profile)] + [
+        (f"environments.{name}.profile", env.profile) for name, env in stack.environments.items()
+    ]
+    for where, profile in chosen:
+        if profile is not None and profile not in stack.profiles:
+            raise StackError(f"{path}: {where}: no profile {profile!r} (profiles: {profiles})")
+
+
 def _check_ssh_timeout(path: Path, where: str, value: int | None) -> None:
     low, high = SSH_TIMEOUT_MS
     if value is not None and not low <= value <= high:
@@ -366,6 +413,7 @@ def _refuse_secret_value(path: Path, where: str, value: str) -> None:
 def _check_references(stack: Stack) -> None:
     path = stack.path
     _check_export(stack)
+    _check_defaults(stack)
     for name, component in stack.components.items():
         where = f"components.{name}"
         for key, value in component.env.items():

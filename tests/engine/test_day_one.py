@@ -190,3 +190,27 @@ def test_restart_and_logs_over_ssh(
     assert result["status"] == "deployed"
     assert not any((roots[h.name] / "current").exists() for h in hosts)
     run.ok("ledger", "verify")
+
+
+def test_short_commands_from_defaults(run: Runner, shop: Path) -> None:
+    """``[defaults] env`` and an environment's ``profile`` make APP, --env and
+    --profile optional; without them the error names the fix."""
+    missing = run("deploy", "--release", "v1")
+    assert missing.exit_code == 3 and "[defaults] env" in missing.stderr, missing.stderr
+    stack = shop / "chassis.toml"
+    text = stack.read_text()
+    stack.write_text(text.replace("[environments.dev]\n", '[environments.dev]\nprofile = "nope"\n'))
+    bad = run("stack", "validate")
+    assert bad.exit_code == 3 and "environments.dev.profile: no profile 'nope'" in bad.stderr
+    stack.write_text(
+        '[defaults]\nenv = "dev"\n\n'
+        + text.replace("[environments.dev]\n", '[environments.dev]\nprofile = "ternary-split-3"\n')
+    )
+    run.ok("deploy", "--release", "v1", "--message", "first")
+    last = history(run)["revisions"][-1]
+    assert (last["profile"], last["label"]) == ("ternary-split-3", "v1")
+    assert "first" in last["description"]
+    assert json.loads(run.ok("logs", "-n", "1", "--json").stdout)
+    run.ok("restart", "--component", "worker")
+    run.ok("redeploy")
+    assert history(run)["revisions"][-1]["description"].startswith("redeploy v1")
