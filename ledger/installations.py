@@ -226,6 +226,7 @@ class Installation(LedgerAggregate):
                     "description": self.description,
                     "plan_digest": self.plan_digest,
                     "started_version": self.originator_version,
+                    "actor": self.keyid,
                 }
             )
             aggregate.plans[str(self.revision)] = self.plan

@@ -159,18 +159,32 @@ def _seen_now(row: StatusRow, check: HostCheck, now: datetime) -> StatusRow:
     return replace(row, observed_age_s=0, **fresh)
 
 
-@click.command("history", epilog="Example: chassis history shop --env dev")
-@click.argument("app_name", metavar="APP")
-@click.option("--env", "environment", required=True)
+@click.command(
+    "history",
+    epilog="""\b
+BY is the name of the key that signed each revision's intent (its key id in
+--json as "actor", for revisions recorded since it was kept).
+Examples:
+  chassis history shop --env dev
+  chassis history --json          # [defaults] env, the workspace's app""",
+)
+@click.argument("app_name", metavar="[APP]", required=False)
+@click.option(
+    "--env", "environment", default=None, help="Default: [defaults] env, or the only one."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print history as JSON.")
 @pass_app
-def history_command(app: App, app_name: str, environment: str, as_json: bool) -> None:
-    """Every revision (time, operation, release, status, description) and the
-    last successful one."""
-    found = histories(app.ledger(), app_name, environment)
+def history_command(app: App, app_name: str | None, environment: str | None, as_json: bool) -> None:
+    """Every revision (time, operation, release, status, who, description) and
+    the last successful one."""
+    app_name, environment = app.target(app_name, environment)
+    ledger = app.ledger()
+    found = histories(ledger, app_name, environment)
     if not found:
         raise NotFound(f"no installation of {app_name} in {environment}")
     data = found[0]
+    trust = ledger.trust()
+    names = {k: v.name for k, v in trust.keys.items()} if trust is not None else {}
     rows = [
         [
             str(r["revision"]),
@@ -178,13 +192,14 @@ def history_command(app: App, app_name: str, environment: str, as_json: bool) ->
             r["operation"],
             r["label"],
             r["status"],
+            names.get(str(r.get("actor")), str(r.get("actor") or "-")[:16]),
             r["description"],
         ]
         for r in data["revisions"]
     ]
 
     def human() -> None:
-        table(rows, ["REV", "TIME", "OPERATION", "RELEASE", "STATUS", "DESCRIPTION"])
+        table(rows, ["REV", "TIME", "OPERATION", "RELEASE", "STATUS", "BY", "DESCRIPTION"])
         click.echo(f"last successful revision: {data['last_successful'] or 'none'}")
 
     app.emit(data, as_json=as_json, human=human)

@@ -210,6 +210,10 @@ def test_short_commands_from_defaults(run: Runner, shop: Path) -> None:
     last = history(run)["revisions"][-1]
     assert (last["profile"], last["label"]) == ("ternary-split-3", "v1")
     assert "first" in last["description"]
+    keys = json.loads(run.ok("key", "list", "--json").stdout)
+    signer = next(k for k in keys if k["keyid"] == last["actor"])
+    table = run.ok("history").stdout
+    assert "BY" in table and signer["name"] in table.splitlines()[-2], table
     assert json.loads(run.ok("logs", "-n", "1", "--json").stdout)
     run.ok("restart", "--component", "worker")
     run.ok("redeploy")
