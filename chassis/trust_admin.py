@@ -182,6 +182,10 @@ def _write_workspace_files(
             else STACK_TEMPLATE.format(name=name, schema=name.replace("-", "_"))
         )
         stack.write_text(text)
+        if example:  # the example deploys as written: its release's bundle exists
+            from chassis.sample_app import build_sample_release
+
+            build_sample_release(root / "dist", "v1")
     settings = WorkspaceSettings(
         name=name, root_keyid=root_keyid, default_key=default_key, ledger=ledger
     )

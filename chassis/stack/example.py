@@ -75,9 +75,16 @@ hosts = [
 # A release is a .tar.gz bundle plus its configuration; its id is a digest
 # of both. (The deploy engine builds and uses these.)
 
+# `chassis init --example` built this bundle from dist/sample-app-v1/ (the
+# sample app's source: change it, bundle it with `tar czf`, add it as v2).
 [releases.v1]
-artifact = "dist/{name}-v1.tar.gz"
-config = {{ GREETING = "hello" }}
+artifact = "dist/sample-app-v1.tar.gz"
+# config = {{ GREETING = "hello" }}   # release config: env for every component
+
+# Shorter commands: with these, `chassis deploy --release v1` is enough.
+# [defaults]
+# env = "dev"
+# and in [environments.dev]: profile = "ternary-split-3"
 
 # ------------------------------------------------------------------ runtimes
 # Hardware requirements for `chassis hardware validate`; built in:

@@ -376,7 +376,7 @@ CASES = [
         internal_error,
         ("internal error: RuntimeError: injected bug", "--debug"),
     ),
-    Case(2, "usage", usage, ("Missing option '--env'",), form="usage"),
+    Case(2, "usage", usage, ("Missing option '--release'",), form="usage"),
     Case(3, "not a workspace", not_a_workspace, ("workspace",)),
     Case(3, "relative ssh root", relative_ssh_root, ("hosts[0].root", "absolute", "srv/lab")),
     Case(3, "health passes = 0", health_passes_zero, ("components.api.health.passes",)),
