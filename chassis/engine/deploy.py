@@ -195,7 +195,7 @@ def prepare(
             ws,
             progress,
         )
-    return final, require_bundle(ws, recorded)
+    return final, require_bundle(ws, recorded, ledger)
 
 
 def fingerprinted(plan: Plan, ws: Workspace, *, strict: bool) -> Plan:

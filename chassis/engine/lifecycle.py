@@ -429,7 +429,7 @@ class Operation:
         if release is None or release.release_id != before.plan.release_id:
             return f"{gone}, and release {before.plan.label} is not registered as recorded"
         try:
-            bundle = require_bundle(self.ws, release)
+            bundle = require_bundle(self.ws, release, self.ledger)
         except ChassisError as e:
             return f"{gone}, and {e.diagnostics()}"
         staging = HostDeployment(

@@ -17,6 +17,7 @@ from adapters.connectors.base import name_problem
 from adapters.supervisors.envfile import value_problem
 from chassis.bundles import check_bundle, sha256_file
 from chassis.errors import ChassisError
+from chassis.release_store import SharedBundles, shared
 from chassis.stack.spec import SECRET_KEY, Stack, looks_secret
 from chassis.workspace import Workspace
 from ledger.application import Ledger
@@ -46,13 +47,11 @@ def add_release(
     existing = ledger.find(Release, Release.id_for(Release.key(app, label)))
     if existing is not None:
         existing.check_same(sha256, config)
+        # The same content again: put the bundle back where it is missing
+        # (a teammate's store, a fresh CI runner), its sha256 just checked.
+        _store(ledger, ws, sha256, source)
         return existing
-    stored = bundle_path(ws, sha256)
-    if not stored.exists():
-        stored.parent.mkdir(parents=True, exist_ok=True)
-        tmp = stored.with_name(f".{stored.name}.tmp")
-        shutil.copyfile(source, tmp)
-        tmp.replace(stored)
+    stored = _store(ledger, ws, sha256, source)
     release = Release.register(
         app=app,
         label=label,
@@ -138,7 +137,7 @@ def peek_release(
         raise ReleaseError(
             f"no release {label!r} of {app} (releases: {', '.join(known) or 'none'})"
         )
-    return found, require_bundle(ws, found)
+    return found, require_bundle(ws, found, ledger)
 
 
 def resolve_release(ledger: Ledger, ws: Workspace, stack: Stack, label: str) -> Release:
@@ -180,11 +179,33 @@ def all_releases(ledger: Ledger, app: str) -> list[Release]:
     return releases
 
 
-def require_bundle(ws: Workspace, release: Release) -> Path:
+def _store(ledger: Ledger, ws: Workspace, sha256: str, source: Path) -> Path:
+    """Copy a checked bundle into the workspace store, and into the shared
+    ledger's store when the ledger is shared; the stored path."""
+    stored = bundle_path(ws, sha256)
+    if not stored.exists():
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stored.with_name(f".{stored.name}.tmp")
+        shutil.copyfile(source, tmp)
+        tmp.replace(stored)
+    if shared(ledger):
+        SharedBundles(ledger).put(sha256, stored)
+    return stored
+
+
+def require_bundle(ws: Workspace, release: Release, ledger: Ledger | None = None) -> Path:
+    """The bundle of ``release`` in the workspace store, fetched (and its
+    sha256 checked) from the shared ledger when this workspace lacks it."""
     path = bundle_path(ws, release.bundle_sha256)
-    if not path.is_file():
-        raise ReleaseError(
-            f"{path}: the bundle of release {release.label} is gone from the store; "
-            f"add it again with 'chassis release add {release.label} --artifact FILE'"
-        )
-    return path
+    if path.is_file():
+        return path
+    why = ""
+    if ledger is not None and shared(ledger):
+        problem = SharedBundles(ledger).fetch(release.bundle_sha256, path)
+        if problem is None:
+            return path
+        why = f" ({problem})"
+    raise ReleaseError(
+        f"{path}: the bundle of release {release.label} is gone from the store{why}; "
+        f"add it again with 'chassis release add {release.label} --artifact FILE'"
+    )

@@ -56,7 +56,7 @@ def rerun_revision(
             f"release {plan.label} of revision {revision} is not registered as recorded; "
             f"cannot {verb} from the bundle store"
         )
-    bundle = require_bundle(ws, release)
+    bundle = require_bundle(ws, release, ledger)
     names = sorted(steps)
     before = befores(installation)
     op_id = uuid.uuid4().hex

@@ -303,7 +303,7 @@ def plan_rollback(
         if plan.release_id not in bundles:
             release_key = Release.id_for(Release.key(installation.app, plan.label))
             release = ledger.load(Release, release_key)
-            bundles[plan.release_id] = require_bundle(ws, release)
+            bundles[plan.release_id] = require_bundle(ws, release, ledger)
         check_available((c.name, c.secrets) for c in host_plan.components)
         changes.append(HostChange(host, "deploy", current, wanted, plan, host_plan))
     return RollbackPlan(
