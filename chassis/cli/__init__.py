@@ -57,7 +57,7 @@ COMMANDS = {
     ),
     "history": Lazy(
         "chassis.cli.status_cmd:history_command",
-        "Every revision (time, operation, release, status, description) and the last "
+        "Every revision (time, operation, release, status, who, description) and the last "
         "successful one.",
     ),
     "host": Lazy(

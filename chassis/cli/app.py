@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import click
 
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from chassis.workspace import Workspace
     from ledger.application import Ledger
     from ledger.keys import KeyPair
+
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -107,6 +110,25 @@ class App:
         (or its only environment): short commands in a workspace."""
         stack = self.stack()
         return app_name or stack.app.name, environment or stack.default_environment()
+
+    def when_free(
+        self,
+        ledger: Ledger,
+        app_name: str,
+        environment: str,
+        wait_lock: int | None,
+        action: Callable[[], T],
+    ) -> T:
+        """Run ``action`` (which takes the installation's lease); with
+        ``--wait-lock`` first wait for a live holder (``chassis.engine.lease``)."""
+        from chassis.engine.lease import lease_reader, when_lease_free
+
+        return when_lease_free(
+            lease_reader(ledger, app_name, environment),
+            action,
+            wait_s=wait_lock,
+            progress=self.note,
+        )
 
     def emit(self, data: Any, *, as_json: bool, human: Callable[[], None]) -> None:
         """Print ``data`` as JSON with ``--json``, else let ``human`` render it."""

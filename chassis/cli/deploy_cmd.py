@@ -183,11 +183,13 @@ def deploy_command(
         )
         return
     from chassis.engine.deploy import DeployOptions, deploy
-    from chassis.engine.lease import lease_reader, when_lease_free
 
     ledger = app.ledger(signing=True)
-    result = when_lease_free(
-        lease_reader(ledger, app_name, environment),
+    result = app.when_free(
+        ledger,
+        app_name,
+        environment,
+        wait_lock,
         lambda: deploy(
             ledger,
             app.workspace,
@@ -201,8 +203,6 @@ def deploy_command(
             ),
             progress=app.note,
         ),
-        wait_s=wait_lock,
-        progress=app.note,
     )
     _report(app, result, as_json)
 
@@ -264,11 +264,13 @@ def redeploy_command(
     """Restart APP in ENV on its current release, re-reading env references."""
     app_name, environment = app.target(app_name, environment)
     from chassis.engine.deploy import DeployOptions, redeploy
-    from chassis.engine.lease import lease_reader, when_lease_free
 
     ledger = app.ledger(signing=True)
-    result = when_lease_free(
-        lease_reader(ledger, app_name, environment),
+    result = app.when_free(
+        ledger,
+        app_name,
+        environment,
+        wait_lock,
         lambda: redeploy(
             ledger,
             app.workspace,
@@ -278,7 +280,5 @@ def redeploy_command(
             options=DeployOptions(max_parallel=max_parallel, reason=reason),
             progress=app.note,
         ),
-        wait_s=wait_lock,
-        progress=app.note,
     )
     _report(app, result, as_json)

@@ -42,12 +42,14 @@ def reconcile_command(
     as_json: bool,
 ) -> None:
     """Check that the hosts of APP in ENV run what the ledger says; record any drift."""
-    from chassis.engine.lease import lease_reader, when_lease_free
     from chassis.engine.reconcile import DriftFound, HostsUnchecked, reconcile
 
     ledger = app.ledger(signing=True)
-    result = when_lease_free(
-        lease_reader(ledger, app_name, environment),
+    result = app.when_free(
+        ledger,
+        app_name,
+        environment,
+        wait_lock,
         lambda: reconcile(
             ledger,
             app.workspace,
@@ -56,8 +58,6 @@ def reconcile_command(
             repair=repair,
             progress=app.note,
         ),
-        wait_s=wait_lock,
-        progress=app.note,
     )
 
     def human() -> None:

@@ -53,13 +53,15 @@ def restart_command(
     as_json: bool,
 ) -> None:
     """Restart the components of APP in ENV through the health gate."""
-    app_name, environment = app.target(app_name, environment)
-    from chassis.engine.lease import lease_reader, when_lease_free
     from chassis.engine.restart import restart
 
+    app_name, environment = app.target(app_name, environment)
     ledger = app.ledger(signing=True)
-    outcomes = when_lease_free(
-        lease_reader(ledger, app_name, environment),
+    outcomes = app.when_free(
+        ledger,
+        app_name,
+        environment,
+        wait_lock,
         lambda: restart(
             ledger,
             app.workspace,
@@ -70,8 +72,6 @@ def restart_command(
             reason=reason,
             progress=app.note,
         ),
-        wait_s=wait_lock,
-        progress=app.note,
     )
 
     def human() -> None:
@@ -128,11 +128,12 @@ def remove_command(
         if not sys.stdin.isatty():
             raise click.UsageError("remove stops every host of the installation: pass --yes")
         click.confirm(f"stop {app_name} on every host of {environment}?", abort=True, err=True)
-    from chassis.engine.lease import lease_reader, when_lease_free
-
     ledger = app.ledger(signing=True)
-    result = when_lease_free(
-        lease_reader(ledger, app_name, environment),
+    result = app.when_free(
+        ledger,
+        app_name,
+        environment,
+        wait_lock,
         lambda: remove(
             ledger,
             app.workspace,
@@ -141,8 +142,6 @@ def remove_command(
             reason=reason,
             progress=app.note,
         ),
-        wait_s=wait_lock,
-        progress=app.note,
     )
 
     def human() -> None:

@@ -74,11 +74,12 @@ def rollback_command(
 
         app.emit(data, as_json=as_json, human=human_plan)
         return
-    from chassis.engine.lease import lease_reader, when_lease_free
-
     ledger = app.ledger(signing=True)
-    result = when_lease_free(
-        lease_reader(ledger, app_name, environment),
+    result = app.when_free(
+        ledger,
+        app_name,
+        environment,
+        wait_lock,
         lambda: rollback(
             ledger,
             app.workspace,
@@ -88,8 +89,6 @@ def rollback_command(
             max_parallel=max_parallel,
             progress=app.note,
         ),
-        wait_s=wait_lock,
-        progress=app.note,
     )
     data = result.to_dict()
 

@@ -63,9 +63,7 @@ def list_command(app: App, as_json: bool) -> None:
         data,
         as_json=as_json,
         human=lambda: (
-            table(rows, [*headers, "EXPIRES", "STATE"])
-            if rows
-            else click.echo("no leases held")
+            table(rows, [*headers, "EXPIRES", "STATE"]) if rows else click.echo("no leases held")
         ),
     )
 
