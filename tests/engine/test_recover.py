@@ -11,6 +11,7 @@ services answer with its label.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,9 @@ def test_a_host_that_cannot_be_restored_keeps_the_lease(run: Runner, fast: Path)
     v1_dir = (shop / ".chassis" / "hosts" / "dev-1" / "current").resolve()
     hidden = releases / "hidden"
     v1_dir.rename(hidden)
+    # ... and its bundle, from which a restore would otherwise put it back.
+    store = shop / ".chassis" / "bundles"
+    store.rename(shop / ".chassis" / "bundles-hidden")
 
     failed = run("recover", "shop", "--env", "dev", "--json")
     assert failed.exit_code == 17, failed.stderr
@@ -212,8 +216,24 @@ def test_a_host_that_cannot_be_restored_keeps_the_lease(run: Runner, fast: Path)
     run.ok("ledger", "verify")
 
     hidden.rename(v1_dir)
+    (shop / ".chassis" / "bundles-hidden").rename(store)
     outcome = json.loads(run.ok("recover", "shop", "--env", "dev", "--json").stdout)
     assert outcome["outcome"] == "restored"
+    assert_hosts_agree_with_status(run, shop, "v1")
+
+
+def test_a_restore_puts_a_deleted_release_directory_back(run: Runner, fast: Path) -> None:
+    """Found by the crash fuzzer (a repair killed after its intent): the
+    release a host must go back to is gone from it; the restore puts it back
+    from the bundle store (each step recorded) instead of giving up."""
+    shop = fast
+    run.ok(*DEPLOY, "--release", "v1")
+    crash_deploy(shop, "dev-1:start", "--max-parallel", "1")
+    v1_dir = (shop / ".chassis" / "hosts" / "dev-1" / "current").resolve()
+    shutil.rmtree(v1_dir)
+    outcome = json.loads(run.ok("recover", "shop", "--env", "dev", "--json").stdout)
+    assert outcome["outcome"] == "restored", outcome
+    assert (v1_dir / ".chassis-release").is_file()
     assert_hosts_agree_with_status(run, shop, "v1")
 
 
