@@ -260,8 +260,11 @@ def rendered_or_refused(env: dict[str, str]) -> bytes | None:
     first_bad = min(name for name, problem in problems.items() if problem)
     assert message.startswith(f"environment variable {first_bad}: value ")
     assert "\n" not in message
+    explanation = problems[first_bad] or ""
     for value in env.values():
-        if len(value) > 3:
+        # A value that is a word of the explanation itself ("code" in
+        # "Unicode") cannot tell a leak from the message's own text.
+        if len(value) > 3 and value not in explanation:
             assert value not in message
     return None
 
@@ -272,6 +275,7 @@ def rendered_or_refused(env: dict[str, str]) -> bytes | None:
 @example({"NUL": "a\x00b"})
 @example({"SURROGATE": "\ud800"})
 @example({"NONCHAR": "\ufffe"})
+@example({"A": "code", "B": "\ufdd0"})
 def test_values_survive_the_writer_and_systemds_rules(env: dict[str, str]) -> None:
     data = rendered_or_refused(env)
     if data is None:
