@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from adapters.connectors.ssh import SSHSettings, known_hosts_name
+from tests import ports
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 HOST_COUNT = 3
@@ -114,10 +115,8 @@ def openssh_fingerprint(public_line: str) -> str:
 
 
 def free_port(address: str) -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        port: int = s.getsockname()[1]
-        return port
+    return ports.free_port(address)
+
 
 
 SSHD_CONFIG = """\

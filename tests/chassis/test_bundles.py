@@ -346,8 +346,9 @@ def test_build_bundle_checks_its_output_with_the_hosts_reader(tmp_path: Path) ->
     ("content", "problem"),
     [
         (b"not a gzip file at all", "not a readable tar.gz"),
-        (gzip.compress(b"gzip but not a tar" * 40), "not a readable tar.gz"),
+        (gzip.compress(b"gzip but not a tar" * 40, mtime=0), "not a readable tar.gz"),
     ],
+    ids=["not-gzip", "gzip-not-tar"],  # stable ids: xdist workers must collect the same tests
 )
 def test_check_bundle_rejects_garbage(tmp_path: Path, content: bytes, problem: str) -> None:
     bundle = tmp_path / "junk.tar.gz"

@@ -19,6 +19,7 @@ import pytest
 
 from chassis.bundles import check_bundle
 from chassis.sample_app import SERVICES, build_sample_release, write_sample_app
+from tests import ports
 
 VERSION = "2.5.0-demo"
 START_TIMEOUT_S = 10.0
@@ -31,10 +32,8 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return ports.free_port()
+
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -230,7 +229,7 @@ def test_sample_release_bundle_is_safe_and_reproducible(tmp_path: Path) -> None:
     assert bundle.read_bytes() == again.read_bytes()
     assert digest == digest_again
     info = check_bundle(bundle)
-    assert info.files == 4 and info.top_level == ["VERSION", "app"]
+    assert info.files == 5 and info.top_level == ["VERSION", "app"]  # 3 services, score, VERSION
     _, other_digest = build_sample_release(tmp_path / "a", "2.6.0")
     assert other_digest != digest
 

@@ -22,6 +22,7 @@ from adapters.connectors import Connector
 from adapters.health import HealthGate, http_probe
 from adapters.supervisors import DirectSupervisor, ProcessSpec, SupervisorError
 from adapters.supervisors.direct import PidRecord, parse_proc_stat, pid_path
+from tests import ports
 
 APP = """\
 import hashlib, http.server, os, sys
@@ -49,10 +50,8 @@ http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return ports.free_port()
+
 
 
 def port_is_free(port: int) -> bool:

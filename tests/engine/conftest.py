@@ -4,7 +4,6 @@ whose processes are always stopped afterwards."""
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from adapters.connectors.local import LocalConnector
 from adapters.supervisors.direct import DirectSupervisor
 from chassis.sample_app import build_sample_release
+from tests import ports
 from tests.conftest import Runner
 
 
@@ -25,10 +25,7 @@ def distinct_free_ports() -> tuple[int, int]:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return ports.free_port()
 
 
 @pytest.fixture

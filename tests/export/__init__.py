@@ -10,14 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests import ports
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return ports.free_port()
+
 
 
 class Receiver:
