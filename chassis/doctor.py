@@ -2,10 +2,15 @@
 
 Read-only: doctor appends nothing to the ledger (declared hosts are checked
 from the stack file, not registered).
+
+A host whose address is a placeholder (an address reserved for documentation,
+such as the ``chassis init --example`` stack's prod hosts at 192.0.2.x) is not
+contacted: its check fails with what to do instead of a connect timeout.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 import stat
 import sys
@@ -35,6 +40,13 @@ Status = Literal["pass", "warn", "fail"]
 OUR_PACKAGES = ("chassis", "ledger", "projections", "adapters", "proofs")
 DISTRIBUTION = "chassis-ledger"
 LOW_DISK_BYTES = 1 << 30
+DOCUMENTATION_NETWORKS = tuple(
+    ipaddress.ip_network(net)
+    for net in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
+)
+"""Addresses reserved for documentation (RFC 5737, RFC 3849): never a real host."""
+DOCUMENTATION_DOMAINS = ("example", "example.com", "example.net", "example.org", "invalid")
+"""Names reserved for examples (RFC 2606), with every name under them."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +60,13 @@ class Check:
         return asdict(self)
 
 
-def run_doctor(workspace_path: Path | None, key_ref: str | None, timeout: float) -> list[Check]:
+def run_doctor(
+    workspace_path: Path | None,
+    key_ref: str | None,
+    timeout: float,
+    environment: str | None = None,
+) -> list[Check]:
+    """Every check; with ``environment``, only that environment's hosts."""
     checks = [check_python(), check_shadowing()]
     try:
         ws = Workspace.find(workspace_path)
@@ -62,7 +80,7 @@ def run_doctor(workspace_path: Path | None, key_ref: str | None, timeout: float)
     if checks[-1].status == "pass":  # a ledger that does not verify says nothing true
         checks.append(check_components(ws))
     checks.append(check_keys(ws, key_ref))
-    checks.extend(check_hosts(ws, timeout))
+    checks.extend(check_hosts(ws, timeout, environment))
     return checks
 
 
@@ -204,8 +222,20 @@ def _hosts(ws: Workspace) -> list[tuple[str, HostSettings]]:
     return sorted(found.items())
 
 
-def check_hosts(ws: Workspace, timeout: float) -> list[Check]:
+def check_hosts(ws: Workspace, timeout: float, environment: str | None = None) -> list[Check]:
     hosts = _hosts(ws)
+    if environment is not None:
+        known = sorted({settings.environment for _, settings in hosts})
+        hosts = [(name, found) for name, found in hosts if found.environment == environment]
+        if not hosts:
+            return [
+                Check(
+                    "hosts",
+                    "fail",
+                    f"no hosts in environment {environment!r}",
+                    f"pass --env one of: {', '.join(known) or 'none'}",
+                )
+            ]
     if not hosts:
         return [
             Check(
@@ -220,8 +250,34 @@ def check_hosts(ws: Workspace, timeout: float) -> list[Check]:
     return [check for checks in per_host for check in checks]
 
 
+def is_placeholder(address: str | None) -> bool:
+    """An address reserved for documentation or examples: nothing answers there."""
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        name = address.lower().rstrip(".")
+        return any(name == d or name.endswith(f".{d}") for d in DOCUMENTATION_DOMAINS)
+    return any(ip in network for network in DOCUMENTATION_NETWORKS)
+
+
+def placeholder_check(name: str, settings: HostSettings) -> Check:
+    """What a placeholder host is and what to do, instead of a connect timeout."""
+    return Check(
+        f"host {name}: reachable",
+        "fail",
+        f"{name}: placeholder host ({settings.address}, an address reserved for examples, "
+        "as `chassis init --example` writes): not contacted",
+        f"replace its address in chassis.toml, or remove the environment "
+        f"{settings.environment!r}; or check the others only: chassis doctor --env ENV",
+    )
+
+
 def _check_host(ws: Workspace, name: str, settings: HostSettings, timeout: float) -> list[Check]:
     label = f"host {name}"
+    if settings.connector == "ssh" and is_placeholder(settings.address):
+        return [placeholder_check(name, settings)]
     root = settings.root
     if settings.connector == "local" and not root.startswith("/"):
         root = str((ws.root / root).resolve())

@@ -54,6 +54,9 @@ groups.worker = {{ components = ["worker"], labels = {{ role = "batch" }} }}
 # -------------------------------------------------------------- environments
 # dev: three local hosts, each with its own root directory (relative paths
 # are under the workspace). prod: ssh hosts; keys are paths, never contents.
+# PLACEHOLDERS: the prod addresses (192.0.2.x) are reserved for documentation
+# and reach nothing: put your hosts' addresses there, or delete the prod table.
+# `chassis doctor` names them until then (`chassis doctor --env dev` skips them).
 
 [environments.dev]
 description = "local processes on this machine"
@@ -66,9 +69,9 @@ hosts = [
 [environments.prod]
 description = "three ssh hosts under systemd"
 hosts = [
-  {{ name = "prod-1", connector = "ssh", address = "prod-1.internal.example", user = "deploy", key = "~/.ssh/chassis_ed25519", root = "/srv/{name}", supervisor = "systemd" }},
-  {{ name = "prod-2", connector = "ssh", address = "prod-2.internal.example", user = "deploy", key = "~/.ssh/chassis_ed25519", root = "/srv/{name}", supervisor = "systemd" }},
-  {{ name = "prod-3", connector = "ssh", address = "prod-3.internal.example", user = "deploy", key = "~/.ssh/chassis_ed25519", root = "/srv/{name}", supervisor = "systemd", labels = {{ role = "batch" }} }},
+  {{ name = "prod-1", connector = "ssh", address = "192.0.2.11", user = "deploy", key = "~/.ssh/chassis_ed25519", root = "/srv/{name}", supervisor = "systemd" }},
+  {{ name = "prod-2", connector = "ssh", address = "192.0.2.12", user = "deploy", key = "~/.ssh/chassis_ed25519", root = "/srv/{name}", supervisor = "systemd" }},
+  {{ name = "prod-3", connector = "ssh", address = "192.0.2.13", user = "deploy", key = "~/.ssh/chassis_ed25519", root = "/srv/{name}", supervisor = "systemd", labels = {{ role = "batch" }} }},
 ]
 
 # ------------------------------------------------------------------ releases

@@ -1,7 +1,10 @@
 """Loading and validating ``chassis.toml`` into a :class:`Stack`.
 
 Every error is one line: the file, the key path (``environments.prod.hosts[2].port``),
-what was expected and what was found.
+what was expected (the valid values or keys, where there is a list) and what
+was found. Validation goes on past a problem and collects every one: a
+:class:`StackError` says the first (its message, one line) and carries them
+all (``problems``), which ``chassis stack validate`` prints.
 
 Names are data (DESIGN.md §1 principle 10): the app, component, profile,
 node group, environment, host, runtime and release names and label keys
@@ -13,13 +16,16 @@ here, before it can reach a command line, a path, a unit name or an env file.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import posixpath
 import re
 import tomllib
+import types
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import msgspec
 
@@ -85,7 +91,45 @@ _TYPE_WORDS = {
 
 
 class StackError(WorkspaceError):
-    """``chassis.toml`` is malformed or inconsistent."""
+    """``chassis.toml`` is malformed or inconsistent.
+
+    ``str()`` is the first problem, one line; ``problems`` holds every one
+    (the first included): each table's types and keys first, then the
+    references between tables and the values' ranges."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems: list[str] = list(problems) or [message]
+
+    def diagnostics(self) -> str:
+        """The first problem, and how many more ``chassis stack validate`` lists."""
+        more = len(self.problems) - 1
+        if more < 1:
+            return str(self)
+        noun = "problem" if more == 1 else "problems"
+        return f"{self} (and {more} more {noun}: run `chassis stack validate`)"
+
+
+class _Problems:
+    """Every problem of one stack file: each check runs in :meth:`each`,
+    which records its ``StackError`` and lets the next check run."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+
+    @contextlib.contextmanager
+    def each(self) -> Iterator[None]:
+        try:
+            yield
+        except StackError as e:
+            self.lines.extend(e.problems)
+
+    def raise_any(self) -> None:
+        if self.lines:
+            raise StackError(self.lines[0], self.lines)
 
 
 @dataclass(frozen=True)
@@ -206,40 +250,71 @@ def load_stack(path: Path) -> Stack:
 
 
 def validate_stack(raw: dict[str, Any], path: Path) -> Stack:
+    """The stack in ``raw``; else a ``StackError`` carrying every problem."""
+    problems = _Problems()
     for key in raw:
         if key not in SECTIONS:
-            raise StackError(
-                f"{path}: {key}: unknown section (expected one of {', '.join(SECTIONS)})"
-            )
+            problems.add(f"{path}: {key}: unknown section (expected one of {', '.join(SECTIONS)})")
+    app = AppSpec(name="")  # never returned: a missing or bad [app] is a problem
     if "app" not in raw:
-        raise StackError(f'{path}: app: missing section [app] with name = "…"')
-    app = _convert(raw["app"], AppSpec, "app", path)
-    _check_name(path, "app.name", "app", app.name)
+        problems.add(f'{path}: app: missing section [app] with name = "…"')
+    else:
+        with problems.each():
+            app = _convert(raw["app"], AppSpec, "app", path)
+            _check_name(path, "app.name", "app", app.name)
     stack = Stack(
         path=path,
         app=app,
-        components=_table_of(raw, "components", ComponentSpec, path),
-        profiles=_table_of(raw, "profiles", ProfileSpec, path),
-        environments=_table_of(raw, "environments", EnvironmentSpec, path),
-        releases=_table_of(raw, "releases", ReleaseSpec, path),
-        runtimes=_table_of(raw, "runtimes", RuntimeSpec, path),
-        ledger=_convert(raw.get("ledger", {}), LedgerSpec, "ledger", path),
-        export=_convert(raw.get("export", {}), ExportSpec, "export", path),
-        defaults=_convert(raw.get("defaults", {}), DefaultsSpec, "defaults", path),
+        components=_table_of(raw, "components", ComponentSpec, path, problems),
+        profiles=_table_of(raw, "profiles", ProfileSpec, path, problems),
+        environments=_table_of(raw, "environments", EnvironmentSpec, path, problems),
+        releases=_table_of(raw, "releases", ReleaseSpec, path, problems),
+        runtimes=_table_of(raw, "runtimes", RuntimeSpec, path, problems),
+        ledger=_convert_or(LedgerSpec(), raw.get("ledger", {}), "ledger", path, problems),
+        export=_convert_or(ExportSpec(), raw.get("export", {}), "export", path, problems),
+        defaults=_convert_or(DefaultsSpec(), raw.get("defaults", {}), "defaults", path, problems),
     )
-    _check_references(stack)
+    _check_references(stack, _Declared(raw), problems)
+    problems.raise_any()
     return stack
 
 
-def _table_of(raw: dict[str, Any], section: str, kind: type[T], path: Path) -> dict[str, T]:
+class _Declared:
+    """The names each section of the file declares, converted or not: a
+    reference to an entry that has its own problem is not another problem."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self._raw = raw
+
+    def names(self, section: str) -> list[str] | None:
+        """None when the section itself is not a table (nothing to check against)."""
+        table = self._raw.get(section, {})
+        return [str(name) for name in table] if isinstance(table, dict) else None
+
+
+def _table_of(
+    raw: dict[str, Any], section: str, kind: type[T], path: Path, problems: _Problems
+) -> dict[str, T]:
+    """The entries of ``[section]`` that convert; each one that does not is a problem."""
     table = raw.get(section, {})
     if not isinstance(table, dict):
-        raise StackError(f"{path}: {section}: expected a table, found {_describe(table)}")
+        problems.add(f"{path}: {section}: expected a table, found {_describe(table)}")
+        return {}
     result: dict[str, T] = {}
     for name, value in table.items():
-        _check_name(path, _key(section, name), _KINDS[section], name)
-        result[name] = _convert(value, kind, f"{section}.{name}", path)
+        with problems.each():
+            _check_name(path, _key(section, name), _KINDS[section], name)
+            result[name] = _convert(value, kind, f"{section}.{name}", path)
     return result
+
+
+def _convert_or(default: T, value: Any, where: str, path: Path, problems: _Problems) -> T:
+    """``value`` as the type of ``default``; ``default`` (and a problem) when it is not one."""
+    try:
+        return _convert(value, type(default), where, path)
+    except StackError as e:
+        problems.add(str(e))
+        return default
 
 
 def _check_value(path: Path, where: str, value: str) -> None:
@@ -274,35 +349,48 @@ def _convert(value: Any, kind: type[T], where: str, path: Path) -> T:
     try:
         return msgspec.convert(value, kind)
     except msgspec.ValidationError as e:
-        raise StackError(f"{path}: {_explain(str(e), value, where)}") from None
+        raise StackError(f"{path}: {_explain(str(e), value, where, kind)}") from None
 
 
-def _explain(message: str, raw: Any, where: str) -> str:
+def _explain(message: str, raw: Any, where: str, kind: Any = None) -> str:
     """Turn msgspec's ``Expected `int`, got `str` - at `$.hosts[2].port``` into
-    ``environments.prod.hosts[2].port: expected an integer, found "x"``."""
+    ``environments.prod.hosts[2].port: expected an integer, found "x"``; where
+    the schema (``kind``, followed along the path) has a list of valid values
+    or keys, the line names them."""
     detail, _, at = message.partition(" - at `")
     segments = re.findall(r"\.([^.\[`]+)|\[(\d+|\.\.\.)\]", at.rstrip("`").removeprefix("$"))
     node: Any = raw
+    schema: Any = kind
     parts: list[str] = [where]
     for key, index in segments:
         if key:
             parts.append(f".{key}")
             node = node.get(key) if isinstance(node, dict) else None
+            schema = _schema_step(schema, key)
         elif index == "...":
             bad = _first_bad_key(node, detail)
             parts.append(f".{bad}" if bad is not None else "[…]")
             node = node.get(bad) if isinstance(node, dict) and bad is not None else None
+            schema = _schema_step(schema, None)
         else:
             parts.append(f"[{index}]")
             node = node[int(index)] if isinstance(node, list) and int(index) < len(node) else None
+            schema = _schema_step(schema, int(index))
     location = "".join(parts)
     unknown = re.match(r"Object contains unknown field `(.+)`", detail)
     if unknown:
-        return f"{location}.{unknown.group(1)}: unknown key"
+        keys = _schema_keys(schema)
+        valid = f"; expected one of: {', '.join(keys)}" if keys else ""
+        return f"{location}.{unknown.group(1)}: unknown key{valid}"
     missing = re.match(r"Object missing required field `(.+)`", detail)
     if missing:
         return f"{location}.{missing.group(1)}: missing required key"
+    values = _schema_values(schema)
+    if values and detail.startswith("Invalid enum value"):
+        return f"{location}: expected one of {', '.join(values)}, found {node!r}"
     expected = re.match(r"Expected `(.+?)`, got `(.+?)`", detail)
+    if expected and values:
+        return f"{location}: expected one of {', '.join(values)}, found {_describe(node)}"
     if expected:
         wanted = " or ".join(
             _TYPE_WORDS.get(t.strip(), t.strip()) for t in expected.group(1).split("|")
@@ -311,10 +399,58 @@ def _explain(message: str, raw: Any, where: str) -> str:
     return f"{location}: {detail[0].lower()}{detail[1:]}"
 
 
+def _members(schema: Any) -> list[Any]:
+    """The types of a union (``X | None`` without the None), or the one type."""
+    if get_origin(schema) in (Union, types.UnionType):
+        return [member for member in get_args(schema) if member is not type(None)]
+    return [] if schema is None else [schema]
+
+
+def _is_table(member: Any) -> bool:
+    return isinstance(member, type) and issubclass(member, msgspec.Struct)
+
+
+def _schema_step(schema: Any, step: str | int | None) -> Any:
+    """The type one step down: a table's key (``str``), an array's item
+    (``int``), a map's value (a key msgspec hides: ``None``); None when unknown."""
+    for member in _members(schema):
+        origin = get_origin(member)
+        if isinstance(step, int):
+            if origin is list:
+                return get_args(member)[0]
+        elif origin is dict:
+            return get_args(member)[1]
+        elif step is not None and _is_table(member) and step in member.__struct_fields__:
+            return get_type_hints(member)[step]
+    return None
+
+
+def _schema_keys(schema: Any) -> list[str]:
+    """The keys of the table the schema describes, in declaration order."""
+    for member in _members(schema):
+        if _is_table(member):
+            return list(member.__struct_fields__)
+    return []
+
+
+def _schema_values(schema: Any) -> list[str]:
+    """The values of a ``Literal`` field, in declaration order."""
+    return [
+        str(value)
+        for member in _members(schema)
+        if get_origin(member) is Literal
+        for value in get_args(member)
+    ]
+
+
 def _first_bad_key(node: Any, detail: str) -> str | None:
     """msgspec hides dict keys as ``[...]``: find the entry the error is about."""
     if not isinstance(node, dict):
         return None
+    unknown = re.search(r"unknown field `(.+?)`", detail)
+    for key, value in node.items():
+        if unknown and isinstance(value, dict) and unknown.group(1) in value:
+            return str(key)
     got = re.search(r"got `(\w+)`", detail)
     kinds = {"str": str, "int": int, "float": float, "bool": bool, "object": dict, "array": list}
     wanted = kinds.get(got.group(1)) if got else None
@@ -362,20 +498,21 @@ SSH_TIMEOUT_MS = (100, 600_000)
 """The range of ``ssh_timeout_ms``: a silent host must fail within minutes."""
 
 
-def _check_defaults(stack: Stack) -> None:
-    """``[defaults]`` and each environment's ``profile`` name what exists."""
-    path, profiles = stack.path, ", ".join(stack.profiles) or "none"
-    if stack.defaults.env is not None and stack.defaults.env not in stack.environments:
-        known = ", ".join(stack.environments) or "none"
-        raise StackError(
-            f"{path}: defaults.env: no environment {stack.defaults.env!r} (environments: {known})"
-        )
+def _check_defaults(stack: Stack, declared: _Declared, problems: _Problems) -> None:
+    """``[defaults]`` and each environment's ``profile`` name what the file declares."""
+    path = stack.path
+    environments, profiles = declared.names("environments"), declared.names("profiles")
+    wanted = stack.defaults.env
+    if environments is not None and wanted is not None and wanted not in environments:
+        known = ", ".join(environments) or "none"
+        problems.add(f"{path}: defaults.env: no environment {wanted!r} (environments: {known})")
     chosen = [("defaults.profile", stack.defaults.profile)] + [
         (f"environments.{name}.profile", env.profile) for name, env in stack.environments.items()
     ]
     for where, profile in chosen:
-        if profile is not None and profile not in stack.profiles:
-            raise StackError(f"{path}: {where}: no profile {profile!r} (profiles: {profiles})")
+        if profiles is not None and profile is not None and profile not in profiles:
+            known = ", ".join(profiles) or "none"
+            problems.add(f"{path}: {where}: no profile {profile!r} (profiles: {known})")
 
 
 def _check_ssh_timeout(path: Path, where: str, value: int | None) -> None:
@@ -410,109 +547,145 @@ def _refuse_secret_value(path: Path, where: str, value: str) -> None:
         )
 
 
-def _check_references(stack: Stack) -> None:
+def _check_references(stack: Stack, declared: _Declared, problems: _Problems) -> None:
+    """Each check its own unit: one problem does not hide the next."""
     path = stack.path
-    _check_export(stack)
-    _check_defaults(stack)
+    with problems.each():
+        _check_export(stack)
+    _check_defaults(stack, declared, problems)
     for name, component in stack.components.items():
         where = f"components.{name}"
         for key, value in component.env.items():
-            _check_name(path, _key(f"{where}.env", key), "env", key)
-            if isinstance(value, SecretRefSpec):
-                _check_secret_ref(path, f"{where}.env.{key}", value)
-                continue
-            _check_value(path, f"{where}.env.{key}", value)
-            if SECRET_KEY.search(key):
-                raise StackError(
-                    f"{path}: {where}.env.{key}: looks like a secret; chassis.toml is shared and "
-                    f'recorded, so give a reference instead: {key} = {{ from_env = "VAR" }} '
-                    'or { from_file = "PATH" }'
-                )
-            _refuse_secret_value(path, f"{where}.env.{key}", value)
-        for size_key in ("memory", "vram"):
-            try:
-                parse_size(getattr(component.resources, size_key))
-            except ValueError as e:
-                raise StackError(f"{path}: {where}.resources.{size_key}: {e}") from None
-        if component.resources.cpu < 0 or component.resources.gpus < 0:
-            raise StackError(f"{path}: {where}.resources: cpu and gpus cannot be negative")
-        _check_component_values(path, where, component)
-        health = component.health
-        if health is not None:
-            _check_health(path, f"{where}.health", health)
-            if isinstance(health.port, str) and health.port not in component.ports:
-                raise StackError(
-                    f"{path}: {where}.health.port: expected one of this component's ports "
-                    f"({', '.join(component.ports) or 'none declared'}), found {health.port!r}"
-                )
-            if health.type in ("http", "tcp") and health.port is None:
-                raise StackError(f"{path}: {where}.health.port: required for a {health.type} check")
-            if health.type == "command" and not health.command:
-                raise StackError(f"{path}: {where}.health.command: required for a command check")
+            with problems.each():
+                _check_env(path, f"{where}.env", key, value)
+        with problems.each():
+            _check_resources(path, where, component)
+        with problems.each():
+            _check_component_values(path, where, component)
+        if component.health is not None:
+            with problems.each():
+                _check_component_health(path, where, component, component.health)
     for name, profile in stack.profiles.items():
-        if not profile.groups:
-            raise StackError(f"{path}: profiles.{name}.groups: expected at least one group")
-        placed: dict[str, str] = {}
-        for group_name, group in profile.groups.items():
-            _check_name(path, _key(f"profiles.{name}.groups", group_name), "group", group_name)
-            for i, member in enumerate(group.components):
-                if member not in stack.components:
-                    known = ", ".join(stack.components) or "none"
-                    raise StackError(
-                        f"{path}: profiles.{name}.groups.{group_name}.components[{i}]: "
-                        f"no component {member!r} (components: {known})"
-                    )
-                if member in placed:
-                    raise StackError(
-                        f"{path}: profiles.{name}.groups.{group_name}.components[{i}]: "
-                        f"{member!r} is already in group {placed[member]!r}"
-                    )
-                placed[member] = group_name
-            for label, value in group.labels.items():
-                labels = f"profiles.{name}.groups.{group_name}.labels"
-                _check_name(path, _key(labels, label), "label", label)
-                _refuse_secret_value(path, f"{labels}.{label}", value)
+        _check_profile(path, name, profile, declared.names("components"), problems)
     seen: dict[str, str] = {}
     for env_name, env in stack.environments.items():
-        _check_ssh_timeout(path, f"environments.{env_name}", env.ssh_timeout_ms)
+        with problems.each():
+            _check_ssh_timeout(path, f"environments.{env_name}", env.ssh_timeout_ms)
         for i, host in enumerate(env.hosts):
             where = f"environments.{env_name}.hosts[{i}]"
-            _check_ssh_timeout(path, where, host.ssh_timeout_ms)
-            _check_name(path, f"{where}.name", "host", host.name)
-            if host.name in seen:
-                raise StackError(
-                    f"{path}: {where}.name: host {host.name!r} is already declared "
-                    f"at {seen[host.name]}"
-                )
-            seen[host.name] = where
-            if host.connector == "ssh":
-                for required in ("address", "user"):
-                    if not getattr(host, required):
-                        raise StackError(f"{path}: {where}.{required}: required for an ssh host")
-            if host.address is not None and not ADDRESS.match(host.address):
-                raise StackError(
-                    f"{path}: {where}.address: expected {ADDRESS_RULE}, found {host.address!r}"
-                )
-            if not 1 <= host.port <= 65535:
-                raise StackError(f"{path}: {where}.port: expected 1-65535, found {host.port}")
-            _check_host_paths(path, where, host)
+            with problems.each():
+                _check_host(path, where, host, seen)
             for label, value in host.labels.items():
-                _check_name(path, _key(f"{where}.labels", label), "label", label)
-                _refuse_secret_value(path, f"{where}.labels.{label}", value)
+                with problems.each():
+                    _check_name(path, _key(f"{where}.labels", label), "label", label)
+                    _refuse_secret_value(path, f"{where}.labels.{label}", value)
     for label_name, release in stack.releases.items():
-        _check_release_values(path, f"releases.{label_name}", release)
+        with problems.each():
+            _check_release_values(path, f"releases.{label_name}", release)
         for key, value in release.config.items():
-            # Release config becomes environment variables of every component.
-            _check_name(path, _key(f"releases.{label_name}.config", key), "env", key)
-            _check_value(path, f"releases.{label_name}.config.{key}", value)
-            _refuse_secret_value(path, f"releases.{label_name}.config.{key}", value)
+            with problems.each():
+                # Release config becomes environment variables of every component.
+                _check_name(path, _key(f"releases.{label_name}.config", key), "env", key)
+                _check_value(path, f"releases.{label_name}.config.{key}", value)
+                _refuse_secret_value(path, f"releases.{label_name}.config.{key}", value)
     for name, runtime in stack.runtimes.items():
-        for size_key in ("min_vram", "min_memory"):
-            try:
-                parse_size(getattr(runtime, size_key))
-            except ValueError as e:
-                raise StackError(f"{path}: runtimes.{name}.{size_key}: {e}") from None
-        _check_runtime_values(path, f"runtimes.{name}", runtime)
+        with problems.each():
+            for size_key in ("min_vram", "min_memory"):
+                try:
+                    parse_size(getattr(runtime, size_key))
+                except ValueError as e:
+                    raise StackError(f"{path}: runtimes.{name}.{size_key}: {e}") from None
+            _check_runtime_values(path, f"runtimes.{name}", runtime)
+
+
+def _check_env(path: Path, where: str, key: str, value: str | SecretRefSpec) -> None:
+    """One ``env`` entry of a component: its name, and a value or a reference."""
+    _check_name(path, _key(where, key), "env", key)
+    if isinstance(value, SecretRefSpec):
+        _check_secret_ref(path, f"{where}.{key}", value)
+        return
+    _check_value(path, f"{where}.{key}", value)
+    if SECRET_KEY.search(key):
+        raise StackError(
+            f"{path}: {where}.{key}: looks like a secret; chassis.toml is shared and "
+            f'recorded, so give a reference instead: {key} = {{ from_env = "VAR" }} '
+            'or { from_file = "PATH" }'
+        )
+    _refuse_secret_value(path, f"{where}.{key}", value)
+
+
+def _check_resources(path: Path, where: str, component: ComponentSpec) -> None:
+    for size_key in ("memory", "vram"):
+        try:
+            parse_size(getattr(component.resources, size_key))
+        except ValueError as e:
+            raise StackError(f"{path}: {where}.resources.{size_key}: {e}") from None
+    if component.resources.cpu < 0 or component.resources.gpus < 0:
+        raise StackError(f"{path}: {where}.resources: cpu and gpus cannot be negative")
+
+
+def _check_component_health(
+    path: Path, where: str, component: ComponentSpec, health: HealthSpec
+) -> None:
+    _check_health(path, f"{where}.health", health)
+    if isinstance(health.port, str) and health.port not in component.ports:
+        raise StackError(
+            f"{path}: {where}.health.port: expected one of this component's ports "
+            f"({', '.join(component.ports) or 'none declared'}), found {health.port!r}"
+        )
+    if health.type in ("http", "tcp") and health.port is None:
+        raise StackError(f"{path}: {where}.health.port: required for a {health.type} check")
+    if health.type == "command" and not health.command:
+        raise StackError(f"{path}: {where}.health.command: required for a command check")
+
+
+def _check_profile(
+    path: Path, name: str, profile: ProfileSpec, components: list[str] | None, problems: _Problems
+) -> None:
+    """Each group's name, members and labels. A member is checked against the
+    components the file declares (``None``: the section is not a table)."""
+    if not profile.groups:
+        problems.add(f"{path}: profiles.{name}.groups: expected at least one group")
+    placed: dict[str, str] = {}
+    for group_name, group in profile.groups.items():
+        with problems.each():
+            _check_name(path, _key(f"profiles.{name}.groups", group_name), "group", group_name)
+        for i, member in enumerate(group.components):
+            where = f"profiles.{name}.groups.{group_name}.components[{i}]"
+            if components is not None and member not in components:
+                known = ", ".join(components) or "none"
+                problems.add(f"{path}: {where}: no component {member!r} (components: {known})")
+            elif member in placed:
+                problems.add(f"{path}: {where}: {member!r} is already in group {placed[member]!r}")
+            else:
+                placed[member] = group_name
+        for label, value in group.labels.items():
+            labels = f"profiles.{name}.groups.{group_name}.labels"
+            with problems.each():
+                _check_name(path, _key(labels, label), "label", label)
+                _refuse_secret_value(path, f"{labels}.{label}", value)
+
+
+def _check_host(path: Path, where: str, host: HostSpec, seen: dict[str, str]) -> None:
+    """One host: its name (unique across environments), connection and paths."""
+    _check_ssh_timeout(path, where, host.ssh_timeout_ms)
+    _check_name(path, f"{where}.name", "host", host.name)
+    if host.name in seen:
+        raise StackError(
+            f"{path}: {where}.name: host {host.name!r} is already declared at {seen[host.name]}"
+        )
+    seen[host.name] = where
+    if host.connector == "ssh":
+        for required in ("address", "user"):
+            if not getattr(host, required):
+                raise StackError(f"{path}: {where}.{required}: required for an ssh host")
+    if host.address is not None and not ADDRESS.match(host.address):
+        raise StackError(
+            f"{path}: {where}.address: expected {ADDRESS_RULE}, found {host.address!r}"
+        )
+    if not 1 <= host.port <= 65535:
+        raise StackError(f"{path}: {where}.port: expected 1-65535, found {host.port}")
+    _check_host_paths(path, where, host)
 
 
 # -- numbers in range, paths that every connector and supervisor accepts ------------

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from chassis.stack.example import example_stack
+from chassis.stack.schema import ComponentSpec
 from chassis.stack.spec import StackError, load_stack, parse_size, validate_stack
 
 FILE = Path("/ws/chassis.toml")
@@ -49,7 +50,8 @@ def test_wrong_type_names_the_key_path() -> None:
 def test_unknown_key() -> None:
     raw = example()
     raw["components"]["api"]["replicas"] = 3
-    assert error_for(raw) == "components.api.replicas: unknown key"
+    keys = ", ".join(ComponentSpec.__struct_fields__)  # command, env, ports, health, …
+    assert error_for(raw) == f"components.api.replicas: unknown key; expected one of: {keys}"
 
 
 def test_unknown_section_and_missing_key() -> None:
