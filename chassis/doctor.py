@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from adapters.errors import ConnectorError
 from chassis.audit import verify_workspace
-from chassis.connect import connector_from_settings
+from chassis.connect import connector_from_settings, recorded_pin
 from chassis.errors import ChassisError
 from chassis.hosts import all_hosts, settings_from_spec
 from chassis.keyring import local_key_path
@@ -282,7 +282,9 @@ def _check_host(ws: Workspace, name: str, settings: HostSettings, timeout: float
     if settings.connector == "local" and not root.startswith("/"):
         root = str((ws.root / root).resolve())
     try:
-        with connector_from_settings(name, settings, ws, connect_timeout=timeout) as connector:
+        with connector_from_settings(
+            name, settings, ws, connect_timeout=timeout, pin=recorded_pin(ws, name)
+        ) as connector:
             connector.connect()
             checks = [Check(f"{label}: reachable", "pass", connector.where())]
             checks.append(

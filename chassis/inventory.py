@@ -20,7 +20,7 @@ from adapters.errors import ConnectorError
 from adapters.facts.inventory import HostInventory
 from adapters.facts.model import FactsError, HostFacts, facts_digest, parse_probe_output
 from adapters.facts.probe import collect
-from chassis.connect import DEFAULT_CONNECT_TIMEOUT_S, connector_from_settings
+from chassis.connect import DEFAULT_CONNECT_TIMEOUT_S, connector_from_settings, recorded_pin
 from chassis.errors import ChassisError
 from chassis.hosts import HostLike, resolve_root
 from chassis.workspace import Workspace
@@ -60,8 +60,9 @@ def probe(
     roots = ["/", resolve_root(host, ws.root)]
     if host.settings.connector == "local":
         return _parse(host.name, json.dumps(collect(roots)))
+    pin = host.key_pin() if isinstance(host, Host) else recorded_pin(ws, host.name)
     with connector_from_settings(
-        host.name, host.settings, ws, connect_timeout=timeout
+        host.name, host.settings, ws, connect_timeout=timeout, pin=pin
     ) as connector:
         return probe_remote(host.name, connector, roots)
 

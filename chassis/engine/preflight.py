@@ -37,7 +37,7 @@ from adapters.errors import ConnectorError, one_line
 from adapters.supervisors.base import ProcessSpec
 from adapters.supervisors.systemd import render_unit
 from chassis.bundles import sha256_file
-from chassis.connect import connector_from_settings
+from chassis.connect import connector_from_settings, recorded_pin
 from chassis.engine.executor import StepFailed, health_check, health_gate
 from chassis.engine.plan import ComponentPlan, HostPlan, Plan
 from chassis.errors import ChassisError
@@ -204,7 +204,10 @@ def unreachable(
 def _reach(name: str, settings: HostSettings, ws: Workspace, timeout: float) -> str | None:
     """None if ``name`` runs a command over a session checked against its pin."""
     try:
-        with connector_from_settings(name, settings, ws, connect_timeout=timeout) as connector:
+        pin = recorded_pin(ws, name)
+        with connector_from_settings(
+            name, settings, ws, connect_timeout=timeout, pin=pin
+        ) as connector:
             connector.connect()
             result = connector.run("true", timeout=timeout)
             if not result.ok:

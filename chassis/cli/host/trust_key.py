@@ -79,7 +79,11 @@ def trust_key_command(
     timeout: float,
     as_json: bool,
 ) -> None:
-    """Fetch the SSH host key of each host NAME and pin it in .chassis/known_hosts."""
+    """Fetch the SSH host key of each host NAME and pin it in .chassis/known_hosts.
+
+    The pin is also recorded in the ledger, signed by the acting key, for every
+    workspace on the same ledger.
+    """
     from chassis.connect import HostKeyPinError, pin_host
 
     if all_flag == bool(names):
@@ -118,7 +122,12 @@ def trust_key_command(
     for host in hosts:
         try:
             result = pin_host(
-                app.workspace, host, replace=replace, confirm=confirm, timeout=timeout
+                app.workspace,
+                host,
+                replace=replace,
+                confirm=confirm,
+                timeout=timeout,
+                ledger=ledger,
             )
         except (HostKeyPinError, ConnectorError) as e:
             failed = True
