@@ -14,10 +14,14 @@ result, which may turn a pass into a failure (the answer came from someone
 else) or raise :class:`ProcessGone` (the process we started is gone), which
 ends the gate at once: a dead process never recovers within the window, and
 its exit is the cause worth reporting (see :mod:`adapters.health.owner`).
+It also takes an optional *on_attempt*, told of every attempt as it ends
+(:class:`Attempt`), so an operator can watch the window; what it does (or
+raises) changes nothing about the verdict.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,7 +30,16 @@ from dataclasses import dataclass, field
 from adapters.errors import one_line
 from adapters.health.probes import ProbeResult
 
-__all__ = ["KEEP_RESULTS", "GateResult", "HealthGate", "ProcessGone", "Watch", "check_timings"]
+__all__ = [
+    "KEEP_RESULTS",
+    "Attempt",
+    "GateResult",
+    "HealthGate",
+    "OnAttempt",
+    "ProcessGone",
+    "Watch",
+    "check_timings",
+]
 
 KEEP_RESULTS = 10
 
@@ -37,6 +50,27 @@ class ProcessGone(Exception):
 
 Watch = Callable[[ProbeResult], ProbeResult]
 """Checks one attempt's result against the host; may raise :class:`ProcessGone`."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt as it ended: what ``on_attempt`` is told."""
+
+    number: int
+    """1 for the first attempt."""
+    result: ProbeResult
+    """After the watch: a pass the watch refused is a failure here."""
+    consecutive: int
+    """Consecutive passes so far, this one included."""
+    passes: int
+    """Consecutive passes the gate needs."""
+    elapsed_ms: int
+    """Since the gate's first attempt started."""
+    window_ms: int
+
+
+OnAttempt = Callable[[Attempt], None]
+"""Told of each attempt (progress output); never changes the verdict."""
 
 
 def check_timings(interval_ms: int, timeout_ms: int, passes: int, window_ms: int) -> None:
@@ -93,7 +127,13 @@ class HealthGate:
         self._sleep = sleep
         self._keep = keep
 
-    def run(self, probe: Callable[[], ProbeResult], *, watch: Watch | None = None) -> GateResult:
+    def run(
+        self,
+        probe: Callable[[], ProbeResult],
+        *,
+        watch: Watch | None = None,
+        on_attempt: OnAttempt | None = None,
+    ) -> GateResult:
         interval = self.interval_ms / 1000
         started = self._clock()
         deadline = started + self.window_ms / 1000
@@ -135,6 +175,11 @@ class HealthGate:
                 consecutive = 0
                 last_failure = result
             elapsed_ms = max(0, round((self._clock() - started) * 1000))
+            if on_attempt is not None:
+                self._tell(
+                    on_attempt,
+                    Attempt(attempts, result, consecutive, self.passes, elapsed_ms, self.window_ms),
+                )
             if consecutive >= self.passes:
                 return GateResult(
                     True,
@@ -164,6 +209,11 @@ class HealthGate:
             wait = next_at - self._clock()
             if wait > 0:
                 self._sleep(wait)
+
+    @staticmethod
+    def _tell(on_attempt: OnAttempt, attempt: Attempt) -> None:
+        with contextlib.suppress(Exception):  # progress output must not decide health
+            on_attempt(attempt)
 
     def _attempt(self, probe: Callable[[], ProbeResult], attempt_at: float) -> ProbeResult:
         try:

@@ -5,6 +5,10 @@ Output is also where secret values end: ``scrubbed_output`` holds stdout and
 stderr for the whole command, so no byte it prints (tables, ``--json``,
 notes, errors, receipts shown) carries a secret value the command resolved,
 whichever code path printed it.
+
+Colour only where a person reads it: a stream that is a terminal, and
+``NO_COLOR`` unset or empty (https://no-color.org); anywhere else (a pipe, a
+file, CI, the tests) the output is plain text without an escape code.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
@@ -138,9 +144,14 @@ class App:
             human()
 
     def note(self, message: str) -> None:
+        """``message`` on stderr, scrubbed; its outcome words (a step's ``ok``,
+        ``FAILED``, ``restored``) in colour on a terminal (:func:`coloured`)."""
         from proofs.redaction import scrub_text
 
-        click.echo(scrub_text(message), err=True)
+        text = scrub_text(message)  # before any escape code, which could split a value
+        if colour_wanted(sys.stderr):
+            text = coloured(text)
+        click.echo(text, err=True)
 
 
 pass_app = click.make_pass_decorator(App)
@@ -257,12 +268,75 @@ def _signing_key_taken() -> contextlib.AbstractContextManager[None]:
     return signing_key_taken()
 
 
-def table(rows: list[list[str]], headers: list[str]) -> None:
-    """Left-aligned columns, two spaces apart."""
+def colour_wanted(stream: object) -> bool:
+    """Whether to colour what goes to ``stream``: a terminal, and ``NO_COLOR``
+    unset or empty."""
+    if os.environ.get("NO_COLOR", ""):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if callable(isatty) else False
+    except (OSError, ValueError):  # closed or detached
+        return False
+
+
+OUTCOME_COLOURS: dict[str, str] = {
+    "ok": "green",
+    "active and healthy": "green",
+    "FAILED": "red",
+    "failed at": "red",
+    "NOT restored": "red",
+    "restored": "yellow",
+}
+"""The colour of each outcome word in notes and in result columns."""
+
+_OUTCOME_WORDS = re.compile(
+    r"\bFAILED\b|\bfailed at\b|\bNOT restored\b|\brestored\b|\bactive and healthy\b"
+    r"|(?<= )ok(?= \()"  # a step's "STEP ok (0.42s)"
+)
+
+
+def coloured(text: str) -> str:
+    """``text`` with its outcome words styled (:data:`OUTCOME_COLOURS`)."""
+
+    def style(found: re.Match[str]) -> str:
+        word = found.group(0)
+        return _styled(word, OUTCOME_COLOURS[word])
+
+    return _OUTCOME_WORDS.sub(style, text)
+
+
+def _styled(text: str, colour: str) -> str:
+    """``text`` in ``colour`` (bold when red: a failure stands out)."""
+    return click.style(text, fg=colour, bold=True if colour == "red" else None)
+
+
+def outcome_colour(cell: str) -> str | None:
+    """The colour of a result cell (``ok``, ``failed at …``, ``restored``), if any."""
+    for word, colour in OUTCOME_COLOURS.items():
+        if cell == word or cell.startswith(word + " "):
+            return colour
+    return None
+
+
+def table(
+    rows: list[list[str]],
+    headers: list[str],
+    *,
+    colours: Mapping[int, Callable[[str], str | None]] | None = None,
+) -> None:
+    """Left-aligned columns, two spaces apart. ``colours``: column index ->
+    the colour of a cell's text (None: plain), on a terminal only; the
+    header row is never coloured, and widths are those of the plain text."""
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-    for line in [headers, *rows]:
-        click.echo(
-            "  ".join(
-                str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)
-            ).rstrip()
-        )
+    styles = colours if colours and colour_wanted(sys.stdout) else {}
+    for index, line in enumerate([headers, *rows]):
+        cells = []
+        for column, (cell, width) in enumerate(zip(line, widths, strict=True)):
+            text = str(cell).ljust(width)
+            colour = styles[column](str(cell)) if index and column in styles else None
+            if colour is not None:
+                shown = str(cell)
+                text = _styled(shown, colour) + text[len(shown) :]
+            cells.append(text)
+        click.echo("  ".join(cells).rstrip())

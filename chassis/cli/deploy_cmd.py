@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from chassis.cli.app import App, pass_app, table, wait_lock_option
+from chassis.cli.app import App, outcome_colour, pass_app, table, wait_lock_option
 from chassis.errors import ChassisError
 
 if TYPE_CHECKING:  # the engine is imported when a command runs, not for --help
@@ -208,7 +208,9 @@ def deploy_command(
 
 
 def _report(app: App, result: DeployResult, as_json: bool) -> None:
-    """The deploy's summary; exit 16 when it failed (and was restored)."""
+    """The deploy's summary; exit 16 when it failed (and was restored). Its
+    RESULT and restored columns are coloured on a terminal; each failed host
+    is one row (its step and detail), never a traceback."""
     rows = [
         [
             h,
@@ -222,7 +224,11 @@ def _report(app: App, result: DeployResult, as_json: bool) -> None:
     def human() -> None:
         click.echo(f"revision {result.revision}: {result.status}: {result.description}")
         if rows:
-            table(rows, ["HOST", "RESULT", "", "DETAIL"])
+            table(
+                rows,
+                ["HOST", "RESULT", "", "DETAIL"],
+                colours={1: outcome_colour, 2: outcome_colour},
+            )
 
     app.emit(result.to_dict(), as_json=as_json, human=human)
     if result.status == "failed":

@@ -1,8 +1,10 @@
 """Running one host's part of a plan, step by step, and restoring it.
 
 Every step's outcome is handed to ``record`` (which appends it to the ledger)
-before the next step starts. Host operations go through the connector, so
-local and SSH hosts behave the same.
+before the next step starts, and, with a ``progress``, told to the operator
+as it ends: ``HOST: STEP ok (0.42s)`` or ``HOST: STEP FAILED (1.10s): detail``,
+with the health gate's attempts in between (:func:`attempt_reporter`). Host
+operations go through the connector, so local and SSH hosts behave the same.
 
 Components listen on fixed ports, so a host cannot run two releases of one
 component at once: the old release is stopped just before the new one
@@ -14,14 +16,15 @@ briefly down at a time.
 from __future__ import annotations
 
 import shlex
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from adapters.connectors.base import Connector
-from adapters.errors import ConnectorError
-from adapters.health.gate import GateResult, HealthGate
+from adapters.errors import ConnectorError, one_line
+from adapters.health.gate import Attempt, GateResult, HealthGate, OnAttempt
 from adapters.health.owner import OwnerUnknown, ProcessWatch, port_conflicts
 from adapters.health.probes import HealthCheck, probe_for
 from adapters.supervisors.base import ProcessSpec, ProcessState, Supervisor, SupervisorError
@@ -35,6 +38,11 @@ KEEP_RELEASES = 3
 INTERRUPTED = "interrupted by the operator (Ctrl-C)"
 
 Record = Callable[[str, bool, str, dict[str, Any]], None]
+Progress = Callable[[str], None]
+ATTEMPT_EVERY_S = 1.0
+"""Health attempts whose outcome did not change are told at most this often."""
+DETAIL_CHARS = 300
+"""A progress line's detail is cut to this (the ledger and summary keep it whole)."""
 
 
 class StepFailed(Exception):
@@ -45,6 +53,8 @@ class StepFailed(Exception):
         self.data = data or {}
         self.recorded = False
         """True once the failure is in the ledger (``HostDeployment.run`` records it)."""
+        self.reported = False
+        """True once a progress line told it (``HostDeployment.run`` with a progress)."""
 
 
 @dataclass
@@ -66,6 +76,8 @@ class HostDeployment:
     only: frozenset[str] | None = None
     """Restart only these components (``chassis restart --component``): stop-old,
     start and health leave the host's other components alone."""
+    progress: Progress | None = None
+    """Told each step's outcome and elapsed time, and the health gate's attempts."""
 
     def _acting(self) -> list[ComponentPlan]:
         """The components stop-old, start and health act on."""
@@ -86,21 +98,37 @@ class HostDeployment:
         """All steps; raises ``StepFailed`` at the first failing one."""
         for step in self.host.steps:
             action = getattr(self, "_" + step.replace("-", "_"))
+            began = time.monotonic()
             try:
                 if self.interrupted():
                     raise StepFailed(step, INTERRUPTED)
                 detail, data = action()
             except StepFailed as failed:
+                elapsed = time.monotonic() - began
                 self.record(failed.step, False, failed.detail, failed.data)
                 failed.recorded = True
+                self._tell_failed(failed, elapsed)
                 raise
             except (ConnectorError, SupervisorError) as e:
+                elapsed = time.monotonic() - began
                 message = e.diagnostics()
                 self.record(step, False, message, {})
                 broken = StepFailed(step, message)
                 broken.recorded = True
+                self._tell_failed(broken, elapsed)
                 raise broken from e
+            elapsed = time.monotonic() - began  # the step's own time, not its record's
             self.record(step, True, detail, data)
+            if self.progress is not None:
+                self.progress(f"{self.host.host}: {step} ok ({elapsed:.2f}s)")
+
+    def _tell_failed(self, failed: StepFailed, elapsed: float) -> None:
+        """The host's one failure line (``Operation.fail`` then prints none)."""
+        if self.progress is None:
+            return
+        detail = one_line(scrubbed(failed.detail), limit=DETAIL_CHARS)
+        self.progress(f"{self.host.host}: {failed.step} FAILED ({elapsed:.2f}s): {detail}")
+        failed.reported = True
 
     # Steps. Each returns (detail, data) for the ledger.
 
@@ -268,6 +296,11 @@ class HostDeployment:
             workdir,
             supervisor=self.supervisor,
             process=self.started.get(component.name),
+            on_attempt=(
+                attempt_reporter(self.progress, f"{self.host.host}: health {component.name}")
+                if self.progress is not None
+                else None
+            ),
         )
 
     def _ours(self) -> list[ProcessState]:
@@ -382,6 +415,7 @@ def run_gate(
     *,
     supervisor: Supervisor | None = None,
     process: ProcessState | None = None,
+    on_attempt: OnAttempt | None = None,
 ) -> GateResult | None:
     """Run ``component``'s health gate (None: it has no check).
 
@@ -390,6 +424,7 @@ def run_gate(
     socket probed (:class:`~adapters.health.owner.ProcessWatch`): a stray
     server on the port is not this release's health, and a process that
     dies ends the gate at once. Without either, any answer counts.
+    ``on_attempt`` is told of each attempt (:func:`attempt_reporter`).
     """
     check = health_check(component, workdir)
     if check is None:
@@ -411,7 +446,37 @@ def run_gate(
             address=address,
             child=supervisor is not None and supervisor.pid_is_wrapper,
         )
-    return gate.run(probe_for(check, address, connector), watch=watch)
+    return gate.run(probe_for(check, address, connector), watch=watch, on_attempt=on_attempt)
+
+
+def attempt_reporter(
+    progress: Progress,
+    prefix: str,
+    *,
+    every_s: float = ATTEMPT_EVERY_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> OnAttempt:
+    """Tells ``progress`` a health gate's attempts, one line each,
+    ``PREFIX attempt 3: DETAIL (1/2 passes needed, 5.1s of 8s)``: the first
+    one, each whose outcome (pass or fail) differs from the last told, and
+    otherwise at most one per ``every_s``, so a fast gate does not flood."""
+    told: list[tuple[bool, float]] = []
+
+    def tell(attempt: Attempt) -> None:
+        now = clock()
+        if told:
+            ok, at = told[-1]
+            if ok == attempt.result.ok and now - at < every_s:
+                return
+        told[:] = [(attempt.result.ok, now)]
+        detail = one_line(scrubbed(attempt.result.detail), limit=DETAIL_CHARS)
+        progress(
+            f"{prefix} attempt {attempt.number}: {detail} "
+            f"({attempt.consecutive}/{attempt.passes} passes needed, "
+            f"{attempt.elapsed_ms / 1000:.1f}s of {attempt.window_ms / 1000:g}s)"
+        )
+
+    return tell
 
 
 def health_check(component: ComponentPlan, workdir: str | None = None) -> HealthCheck | None:

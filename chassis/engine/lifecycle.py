@@ -160,7 +160,8 @@ class Operation:
             self.failures.setdefault(host, failure)
         if record:
             self.recorder.step(host)(failure.step, False, failure.detail, failure.data)
-        self.progress(f"{host}: failed at {failure.step}: {scrubbed(failure.detail)}")
+        if not failure.reported:  # else its step's FAILED line told it: one line per host
+            self.progress(f"{host}: failed at {failure.step}: {scrubbed(failure.detail)}")
 
     def _touch(self, touched: Touched) -> None:
         with self._lock:
@@ -316,6 +317,7 @@ class Operation:
                 touched=touched.changed,
                 interrupted=self.interrupted.is_set,
                 only=only,
+                progress=self.progress,
             )
             touched.deployment = deployment
             self.recorder.deployments[name] = (deployment, (was.host_plan, was.release))
