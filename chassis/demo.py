@@ -5,7 +5,10 @@ the sample app's three HTTP services, the ``ternary-split-3`` profile over
 three local hosts with separate roots: deploy v1, then v2, then a v3 whose
 health check fails and is restored to v2 automatically. Last act: roll back
 to v1 (replayed from its release snapshot), issue the rollback proof and
-verify it. Status and history after each step; the ledger is verified.
+verify it; then promote v2 again only through every evolution gate (a trial
+beside v1, the way back drilled, a second key's consent, a health-gated
+swap) and verify that proof too. Status and history after each step; the
+ledger is verified.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from adapters.connectors.local import LocalConnector
@@ -30,13 +34,14 @@ from chassis.keyring import load_acting_key, local_key_path
 from chassis.rollback_proof import keys_from_trust, rollback_proof, verify_rollback_envelope
 from chassis.sample_app import build_sample_release
 from chassis.stack.spec import load_stack
-from chassis.trust_admin import init_workspace
+from chassis.trust_admin import init_workspace, new_key, trust_public_key
 from chassis.views import histories, status_rows
 from chassis.workspace import Workspace, keys_dir
 from ledger.application import Ledger
 from ledger.storage import open_ledger
 
 DEMO_KEY = "chassis-demo"
+APPROVER_KEY = "chassis-demo-approver"
 Say = Callable[[str], None]
 
 
@@ -48,6 +53,9 @@ class DemoReport:
     kept_running: bool = False
     proof: Path | None = None
     proof_checks: list[str] = field(default_factory=list)
+    evolution: str = ""
+    evolution_proof: Path | None = None
+    evolution_checks: list[str] = field(default_factory=list)
 
 
 def free_port() -> int:
@@ -94,6 +102,7 @@ def run_demo(workspace: Path | None, keep: bool, say: Say) -> DemoReport:
             _show(ledger, say)
             _settle(ledger, ws, say)
         _last_act(ledger, ws, report, say)
+        _evolution(ledger, ws, keys, report, say)
         report.revisions = histories(ledger, "demo", "dev")[0]["revisions"]
         verified = verify_workspace(ws, ledger)
         report.verified_events = verified.events
@@ -105,8 +114,10 @@ def run_demo(workspace: Path | None, keep: bool, say: Say) -> DemoReport:
         ledger.close()
     say(f"\nEverything lives in {root}:")
     say("  chassis.toml, .chassis/ledger.db, .chassis/hosts/dev-{1,2,3}, dist/,")
-    say("  rollback-proof.dsse.json, the signed proof of the rollback; check it with")
+    say("  rollback-proof.dsse.json, the signed proof of the rollback, and")
+    say("  evolution-proof.dsse.json, the gated promotion of v2; check them with")
     say(f"    chassis --workspace {root} proof verify {root}/rollback-proof.dsse.json")
+    say(f"    chassis --workspace {root} proof verify {root}/evolution-proof.dsse.json")
     say(f"  receipts: chassis --workspace {root} receipts list")
     say(f"  inspect: chassis --workspace {root} status | history demo --env dev | ledger log")
     return report
@@ -116,7 +127,12 @@ def _last_act(ledger: Ledger, ws: Workspace, report: DemoReport, say: Say) -> No
     """Roll back to v1, then prove it and verify the proof as a stranger would."""
     say("\n== rollback to v1 (the state replayed from revision 1's release snapshot)")
     result = rollback(
-        ledger, ws, app="demo", environment="dev", to="v1", max_parallel=3,
+        ledger,
+        ws,
+        app="demo",
+        environment="dev",
+        to="v1",
+        max_parallel=3,
         progress=lambda m: say("   " + m),
     )
     same = "equals" if result.state_digest == result.plan.target.state_digest else "DIFFERS from"
@@ -134,6 +150,59 @@ def _last_act(ledger: Ledger, ws: Workspace, report: DemoReport, say: Say) -> No
     keys, revoked = keys_from_trust(ledger.trust(), "operator")
     checked = verify_rollback_envelope(envelope, keys, revoked=revoked, ledger=ledger)
     report.proof_checks = [c.name for c in checked.checks]
+    for check in checked.checks:
+        say(f"   verified {check.name}: {check.detail}")
+
+
+def _evolution(ledger: Ledger, ws: Workspace, keys: Path, report: DemoReport, say: Say) -> None:
+    """Promote v2 again, this time only through every gate: a trial beside v1,
+    the way back drilled, and an approver's consent (a second key); then
+    prove it and verify the proof."""
+    from chassis.consent import grant
+    from chassis.evolution.proof import evolution_proof
+    from chassis.evolution.run import EvolutionRequest, evolve
+    from ledger.evolution import GATES
+
+    say("\n== evolution proof of v2: trial, score, rollback drill, consent, health-gated swap")
+    path = local_key_path(keys, APPROVER_KEY)
+    if path is None:
+        new_key(ledger, keys, name=APPROVER_KEY, roles=["approver"])
+    else:
+        trust_public_key(ledger, path.with_suffix(".pub"), name=APPROVER_KEY, roles=["approver"])
+    approving = open_ledger(ws.storage(), load_acting_key(keys, APPROVER_KEY))
+    try:
+        consent = grant(
+            approving,
+            app="demo",
+            environment="dev",
+            label="v2",
+            ttl=timedelta(hours=1),
+            reason="demo: reviewed",
+            at=datetime.now(UTC),
+        )
+    finally:
+        approving.close()
+    say(f"   consent {consent.short_id} granted by {APPROVER_KEY} (role approver)")
+    request = EvolutionRequest(
+        app="demo",
+        environment="dev",
+        profile="ternary-split-3",
+        candidate="v2",
+        required=frozenset(GATES),
+    )
+    result = evolve(ledger, ws, load_stack(ws.stack_file), request, lambda m: say("   " + m))
+    report.evolution = result.outcome
+    say(f"   {result.outcome}: v2 (revision {result.revision})")
+    _show(ledger, say)
+    _settle(ledger, ws, say)
+    assert ledger.signer is not None
+    envelope = evolution_proof(ledger, ws, ledger.signer, result)
+    report.evolution_proof = ws.root / "evolution-proof.dsse.json"
+    report.evolution_proof.write_text(json.dumps(envelope, indent=2, sort_keys=True) + "\n")
+    say(f"\n== evolution proof written to {report.evolution_proof.name}")
+    keys_now, revoked = keys_from_trust(ledger.trust(), "operator")
+    checked = verify_rollback_envelope(envelope, keys_now, revoked=revoked, ledger=ledger)
+    report.evolution_checks = [c.name for c in checked.checks]
     for check in checked.checks:
         say(f"   verified {check.name}: {check.detail}")
 
@@ -159,8 +228,9 @@ def _settle(ledger: Ledger, ws: Workspace, say: Say) -> None:
 def _free_ports(ws: Workspace) -> None:
     """The example's fixed ports may be taken on this machine: pick free ones."""
     gateway, api = free_port(), free_port()
-    while api == gateway:
-        api = free_port()
+    # The evolution trial runs beside on each port + 10000.
+    while api == gateway or max(gateway, api) > 55535:
+        gateway, api = free_port(), free_port()
     text = re.sub(r"\b8080\b", str(gateway), ws.stack_file.read_text())
     ws.stack_file.write_text(re.sub(r"\b8081\b", str(api), text))
 

@@ -25,6 +25,7 @@ EXIT_CODES = {
     17: "recover could not restore a host; the lease stays held",
     18: "reconcile found drift (differences listed)",
     19: "export could not be delivered (items stay queued)",
+    20: "evolution: a required gate failed; the candidate was not promoted",
 }
 
 

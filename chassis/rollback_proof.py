@@ -33,7 +33,14 @@ from ledger.records import MalformedRecordError, SealedRecord, parse_record
 from ledger.trust import TrustedKey
 from proofs.chain import LedgerVerificationError, VerifiedLedger, verify_ledger
 from proofs.dsse import PAYLOAD_TYPE_INTOTO, EnvelopeError, sign_envelope, verify_envelope
-from proofs.intoto import ROLLBACK_PROOF_PREDICATE, statement, statement_bytes, subject
+from proofs.evolution import check_evolution_evidence, check_evolution_statement
+from proofs.intoto import (
+    EVOLUTION_PROOF_PREDICATE,
+    ROLLBACK_PROOF_PREDICATE,
+    statement,
+    statement_bytes,
+    subject,
+)
 from proofs.ledger_verify import LedgerReport
 from proofs.rollback import (
     Check,
@@ -277,10 +284,19 @@ def _verify(
     body = verified.statement
     if body is None:
         raise ProofCheckError("statement", "the envelope holds no in-toto statement")
-    report = ProofReport("rollback-proof", verified.keyid, statement=body)
+    evolution = body.get("predicateType") == EVOLUTION_PROOF_PREDICATE
+    kind = "evolution-proof" if evolution else "rollback-proof"
+    report = ProofReport(kind, verified.keyid, statement=body)
     if verified_ledger is not None:
         report.checks.append(verified_ledger)
     report.checks.append(Check("signature", f"DSSE signature by trusted key {verified.keyid[:16]}"))
+    if evolution:
+        report.checks.extend(check_evolution_statement(body))
+        if ledger is not None:
+            with failing_as("evidence"):
+                lookup = lambda seq: _record_at(ledger, seq)  # noqa: E731
+                report.checks.extend(check_evolution_evidence(body, lookup))
+        return report
     report.checks.extend(check_rollback_statement(body))
     if ledger is not None:
         with failing_as("cited-events"):

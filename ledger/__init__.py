@@ -8,6 +8,7 @@ SQLite or PostgreSQL. Nothing here imports any other Chassis package.
 from ledger.aggregate import LedgerAggregate
 from ledger.application import Ledger
 from ledger.canonical import EVENT_DIGEST_TAG, GENESIS
+from ledger.consents import Consent
 from ledger.errors import (
     ConflictError,
     KeyFileError,
@@ -16,6 +17,7 @@ from ledger.errors import (
     StorageError,
 )
 from ledger.events import LedgerEvent, event_type_for_topic
+from ledger.evolution import EvolutionRun
 from ledger.hosts import Host, HostSettings
 from ledger.installations import Installation, LeaseHeldError
 from ledger.keys import KeyPair, generate_keypair, keyid_for, load_keypair
@@ -28,6 +30,8 @@ __all__ = [
     "EVENT_DIGEST_TAG",
     "GENESIS",
     "ConflictError",
+    "Consent",
+    "EvolutionRun",
     "Host",
     "HostSettings",
     "Installation",

@@ -21,6 +21,8 @@ from typing import Any
 import msgspec.inspect as mi
 
 # Every aggregate of the ledger, so that each topic is registered here.
+import ledger.consents
+import ledger.evolution
 import ledger.hosts
 import ledger.installations
 import ledger.releases

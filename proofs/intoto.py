@@ -26,6 +26,7 @@ from ledger.canonical import canonical_json
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 RECEIPT_PREDICATE = "https://chassis.dev/receipt/v1"
 ROLLBACK_PROOF_PREDICATE = "https://chassis.dev/rollback-proof/v1"
+EVOLUTION_PROOF_PREDICATE = "https://chassis.dev/evolution-proof/v1"
 
 _HEX = re.compile(r"[0-9a-f]+")
 _HEX_LENGTHS = {"sha1": 40, "sha224": 56, "sha256": 64, "sha384": 96, "sha512": 128}

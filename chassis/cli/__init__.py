@@ -37,6 +37,10 @@ COMMANDS = {
     "audit": Lazy(
         "chassis.cli.audit:audit_group", "Replay and inspect recorded history (never writes)."
     ),
+    "consent": Lazy(
+        "chassis.cli.consent_cmd:consent_group",
+        "Two-person consent: approvers permit promoting a candidate release.",
+    ),
     "demo": Lazy(
         "chassis.cli.demo_cmd:demo_command",
         "Deploy the sample app (three HTTP services) to three local hosts: v1, v2, then a v3 "
@@ -46,6 +50,10 @@ COMMANDS = {
         "chassis.cli.deploy_cmd:deploy_command",
         "Deploy RELEASE of APP to ENV: upload, verify on the host, unpack, configure, start, "
         "health-gate, swap; restore the previous release if it fails.",
+    ),
+    "evolution": Lazy(
+        "chassis.cli.evolution_cmd:evolution_group",
+        "Gate a candidate release (trial, score, consent, swap, rollback drill) and prove it.",
     ),
     "doctor": Lazy(
         "chassis.cli.doctor_cmd:doctor_command",
@@ -137,6 +145,11 @@ the short help is what ``chassis --help`` lists."""
 class ChassisGroup(LazyGroup):
     """Maps errors to one stderr line and their exit code, here only: typed
     errors to theirs, anything else (a bug) to 1; the traceback with --debug."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        from chassis.references import strip_references
+
+        return super().parse_args(ctx, strip_references(args))
 
     def invoke(self, ctx: click.Context) -> Any:
         debug = bool(ctx.params.get("debug"))

@@ -12,7 +12,9 @@ from chassis.cli.app import App, pass_app, table
     epilog="""\b
 Probes every host of the interrupted operation, then completes it (the new
 release runs, healthy, everywhere) or restores the previous release on every
-host. Everything it finds and does is recorded.
+host. Everything it finds and does is recorded. An evolution run whose
+process died ('chassis evolution proof') has its trial slots swept from its
+hosts and is finished as aborted (a run still running here is left alone).
 A lease that is still being renewed belongs to a working operation: recover
 refuses it, whichever key holds it, and says what runs where (key, host, pid,
 last renewal). On the holder's machine it checks the pid: a dead holder is
@@ -40,7 +42,16 @@ Examples:
 def recover_command(app: App, app_name: str, environment: str, force: bool, as_json: bool) -> None:
     """Recover APP in ENV after a crashed deploy: complete it or restore the previous release."""
     from chassis.engine.recover import RecoveryIncomplete, recover
+    from chassis.evolution.recover import recover_runs
 
+    runs = recover_runs(
+        app.ledger(signing=True),
+        app.workspace,
+        app=app_name,
+        environment=environment,
+        force=force,
+        progress=app.note,
+    )
     result = recover(
         app.ledger(signing=True),
         app.workspace,
@@ -62,6 +73,6 @@ def recover_command(app: App, app_name: str, environment: str, force: bool, as_j
         if rows:
             table(rows, ["HOST", "ACTION", "", "DETAIL"])
 
-    app.emit(result.to_dict(), as_json=as_json, human=human)
+    app.emit({**result.to_dict(), "evolution_runs": runs}, as_json=as_json, human=human)
     if result.outcome == "incomplete":
         raise RecoveryIncomplete(result.description)

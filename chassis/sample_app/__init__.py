@@ -9,6 +9,7 @@ because they run on hosts that have ``python3`` but not Chassis:
     app/gateway.py   python3 app/gateway.py --port 8080 --upstream 127.0.0.1:8081
     app/api.py       python3 app/api.py --port 8081
     app/worker.py    python3 app/worker.py
+    app/score.py     python3 app/score.py  (the evolution fixtures' score command)
 
 Behaviour switches read from the environment (the release's rendered config):
 ``FAIL_HEALTH=1`` (``/healthz`` answers 503) and ``CRASH_ON_START=1`` (exit 3).
@@ -49,7 +50,7 @@ def write_sample_app(dest: Path, version: str) -> Path:
     source = service_source()
     app = dest / "app"
     app.mkdir(parents=True, exist_ok=True)
-    for name in SERVICES:
+    for name in (*SERVICES, "score"):
         script = app / f"{name}.py"
         script.write_bytes(source)
         script.chmod(0o755)

@@ -14,12 +14,20 @@ later), so it must never import anything but the standard library.
   the upstream, so each host can be health-checked on its own.
 - ``worker`` serves nothing: it writes a ready file once started, removes it
   when stopped, and ticks once a second.
+- ``score`` is a client, the evolution scoring gate's command: it sends
+  ``--requests`` GETs to ``/api/score`` on ``$CHASSIS_PORT_HTTP`` and prints
+  ``{"error_rate": …, "latency_p95_ms": …}`` on one line.
 
 The version is the ``VERSION`` file of the release directory (the working
 directory, else the tree this file sits in); the release id is
 ``$CHASSIS_RELEASE_ID``. ``FAIL_HEALTH=1`` makes ``/healthz`` answer 503 and
 ``CRASH_ON_START=1`` makes the program exit with status 3 at once: the demo's
-deliberately broken releases. SIGTERM or SIGINT stop it cleanly with status 0.
+deliberately broken releases. The evolution fixtures plant faults too:
+``PLANTED_FAULT=1`` makes every third ``/api/`` request answer 500,
+``SLOW_MS=N`` delays every ``/api/`` answer by N ms, and
+``HANG_HEALTH_OUTSIDE_TRIAL=1`` makes ``/healthz`` hang for 10 s unless
+``$CHASSIS_TRIAL_SLOT`` is set (healthy in a trial, not in production).
+SIGTERM or SIGINT stop it cleanly with status 0.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ import signal
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,7 +49,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-ROLES = ("gateway", "api", "worker")
+ROLES = ("gateway", "api", "worker", "score")
 DEFAULT_PORTS = {"gateway": 8080, "api": 8081}
 DEFAULT_UPSTREAM = "127.0.0.1:8081"
 EXIT_CRASH = 3
@@ -89,6 +99,13 @@ class SampleServer(ThreadingHTTPServer):
         self.identity = identity
         self.upstream = upstream
         self.fail_health = flag("FAIL_HEALTH")
+        self.hang_health = flag("HANG_HEALTH_OUTSIDE_TRIAL") and not os.environ.get(
+            "CHASSIS_TRIAL_SLOT"
+        )
+        self.planted_fault = flag("PLANTED_FAULT")
+        self.slow_s = int(os.environ.get("SLOW_MS", "0") or 0) / 1000
+        self.requests = 0
+        self.lock = threading.Lock()
         super().__init__(address, Handler)
 
 
@@ -100,6 +117,8 @@ class Handler(BaseHTTPRequestHandler):
         identity = self.server.identity
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
+            if self.server.hang_health:
+                time.sleep(10)
             if self.server.fail_health:
                 text = f"failing {identity.role} {identity.version} (FAIL_HEALTH=1)\n"
                 self.reply(HTTPStatus.SERVICE_UNAVAILABLE, text.encode())
@@ -111,6 +130,13 @@ class Handler(BaseHTTPRequestHandler):
         elif self.server.upstream and (path == "/upstream" or path.startswith("/api/")):
             self.proxy(self.server.upstream, "/" if path == "/upstream" else self.path)
         elif identity.role == "api" and path.startswith("/api/"):
+            with self.server.lock:
+                self.server.requests += 1
+                count = self.server.requests
+            time.sleep(self.server.slow_s)
+            if self.server.planted_fault and count % 3 == 0:
+                self.reply(HTTPStatus.INTERNAL_SERVER_ERROR, b"planted fault\n")
+                return
             self.reply_json({**identity.document(), "path": path})
         else:
             self.reply(HTTPStatus.NOT_FOUND, f"no such path: {path}\n".encode())
@@ -232,6 +258,27 @@ def default_ready_file() -> Path:
     return base / "run" / "worker.ready"
 
 
+def score(requests: int) -> int:
+    """Measure the api on ``$CHASSIS_PORT_HTTP``: error rate and p95 latency."""
+    port = os.environ.get("CHASSIS_PORT_HTTP", "")
+    if not port.isdigit():
+        sys.stderr.write("score: CHASSIS_PORT_HTTP is not set\n")
+        return 2
+    errors, latencies = 0, []
+    for _ in range(requests):
+        began = time.monotonic()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/score", timeout=5) as r:
+                r.read()
+        except (urllib.error.URLError, OSError):
+            errors += 1
+        latencies.append((time.monotonic() - began) * 1000)
+    latencies.sort()
+    p95 = latencies[max(0, int(len(latencies) * 0.95) - 1)] if latencies else 0.0
+    print(json.dumps({"error_rate": errors / max(1, requests), "latency_p95_ms": round(p95, 3)}))
+    return 0
+
+
 def upstream_address(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -256,6 +303,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=upstream_address,
         help=f"gateway: HOST:PORT of the api (default {DEFAULT_UPSTREAM})",
     )
+    parser.add_argument("--requests", type=int, default=30, help="score: requests to send")
     parser.add_argument(
         "--ready-file",
         type=Path,
@@ -274,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             " (deliberately broken release)\n"
         )
         return EXIT_CRASH
+    if role == "score":
+        return score(args.requests)
     identity = Identity(role, read_version(), os.environ.get("CHASSIS_RELEASE_ID") or None)
     if role == "worker":
         return work(identity, args.ready_file or default_ready_file())

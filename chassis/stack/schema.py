@@ -55,6 +55,21 @@ class SecretRefSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     from_file: str | None = None
 
 
+class ScoreSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The evolution scoring gate (``guides/evolution.md``): ``command`` runs on
+    the host against the candidate's trial and against production, and prints
+    a JSON object holding ``metric``; the candidate is blocked when it regresses
+    past ``max_regression`` (a fraction of the baseline) or leaves ``min``/``max``."""
+
+    command: str
+    metric: str
+    better: Literal["lower", "higher"] = "lower"
+    max_regression: float | None = None
+    min: float | None = None
+    max: float | None = None
+    timeout_ms: int = 30000
+
+
 class ComponentSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
     command: str
     env: dict[str, str | SecretRefSpec] = {}
@@ -64,6 +79,7 @@ class ComponentSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     restart: str = "on-failure"
     """``on-failure`` (restart it when it crashes) or ``never``; checked with the
     allowed values (``adapters.supervisors.base.RESTART_MODES``)."""
+    score: ScoreSpec | None = None
 
 
 class GroupSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):

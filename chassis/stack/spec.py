@@ -45,6 +45,7 @@ from chassis.stack.schema import (
     ProfileSpec,
     ReleaseSpec,
     RuntimeSpec,
+    ScoreSpec,
     SecretRefSpec,
 )
 from proofs.export import FORMATS
@@ -720,6 +721,28 @@ def _check_component_values(path: Path, where: str, component: ComponentSpec) ->
     cpu = component.resources.cpu
     if not math.isfinite(cpu):
         raise StackError(f"{path}: {where}.resources.cpu: expected a number of cores, found {cpu}")
+    if component.score is not None:
+        _check_score(path, f"{where}.score", component.score)
+
+
+def _check_score(path: Path, where: str, score: ScoreSpec) -> None:
+    """The evolution scoring gate (guides/evolution.md): a command, a metric
+    name, thresholds that are finite numbers, a timeout in range."""
+    if not score.command.strip() or "\0" in score.command:
+        raise StackError(f"{path}: {where}.command: expected a command, found {score.command!r}")
+    if not score.metric.strip():
+        raise StackError(f"{path}: {where}.metric: expected the name of a metric")
+    for key in ("max_regression", "min", "max"):
+        value = getattr(score, key)
+        if value is not None and not math.isfinite(value):
+            raise StackError(f"{path}: {where}.{key}: expected a finite number, found {value}")
+    if score.max_regression is not None and score.max_regression < 0:
+        raise StackError(
+            f"{path}: {where}.max_regression: expected 0 or more (a fraction of the baseline), "
+            f"found {score.max_regression}"
+        )
+    if not 1 <= score.timeout_ms <= 600_000:
+        raise StackError(f"{path}: {where}.timeout_ms: expected 1-600000, found {score.timeout_ms}")
 
 
 def _check_health(path: Path, where: str, health: HealthSpec) -> None:

@@ -313,6 +313,13 @@ def deploy_failed(setup: Setup) -> Call:
     return Call([*DEPLOY, "--release", "v3"], root)
 
 
+def evolution_gate_failed(setup: Setup) -> Call:
+    root = setup.shop()
+    setup.in_ws(root, *DEPLOY, "--release", "v1")
+    gated = ["evolution", "proof", "shop", "--env", "dev", "--profile", "ternary-split-3"]
+    return Call([*gated, "--candidate", "v2", "--require-consent"], root)
+
+
 def reconcile_drift(setup: Setup) -> Call:
     root = setup.shop()
     setup.in_ws(root, *DEPLOY, "--release", "v1")
@@ -436,6 +443,13 @@ CASES = [
     ),
     Case(18, "reconcile drift", reconcile_drift, ("drift",), notes=True),
     Case(19, "export undelivered", export_undelivered, ("still queued",), notes=True),
+    Case(
+        20,
+        "evolution gate failed",
+        evolution_gate_failed,
+        ("v2 not promoted", "consent did not pass", "proof:"),
+        notes=True,
+    ),
     Case(130, "interrupted", interrupted, ("interrupted",)),
 ]
 

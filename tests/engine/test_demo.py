@@ -26,15 +26,21 @@ def test_demo_end_to_end_leaves_nothing_running(run: Runner, tmp_path: Path) -> 
         ("v1", "superseded"),
         ("v2", "rolled-back"),
         ("v3", "failed"),
-        ("v1", "deployed"),
+        ("v1", "superseded"),
+        ("v2", "deployed"),
     ]
     assert "revision 4: deployed: rollback to 1 (v1)" in out
     assert "equals revision 1's" in out
     assert "verified cited-events" in out and "verified replay" in out
+    # Last, v2 again, only through every evolution gate, and proven.
+    assert "promoted: v2 (revision 5)" in out
+    for gate in ("trial", "score", "rollback-drill", "consent", "swap"):
+        assert f"gate {gate}: PASS" in out
+    assert "verified promotion-rule" in out and "verified verdicts" in out
     status = json.loads(run.ok("--workspace", str(target), "status", "--json").stdout)
-    assert {r["label"] for r in status} == {"v1"}
-    proof = target / "rollback-proof.dsse.json"
-    run.ok("--workspace", str(target), "proof", "verify", str(proof))
+    assert {r["label"] for r in status} == {"v2"}
+    for proof in ("rollback-proof.dsse.json", "evolution-proof.dsse.json"):
+        run.ok("--workspace", str(target), "proof", "verify", str(target / proof))
     assert "checkpoint: tree size" in out
     assert "receipts: inventory, inventory, inventory, deploy" in out
     listed = json.loads(run.ok("--workspace", str(target), "receipts", "list", "--json").stdout)
@@ -43,6 +49,7 @@ def test_demo_end_to_end_leaves_nothing_running(run: Runner, tmp_path: Path) -> 
         "deploy",
         "deploy",
         "rollback",
+        "deploy",
     ]
     verified = json.loads(run.ok("--workspace", str(target), "ledger", "verify", "--json").stdout)
     assert verified["checkpoints"]["checked"], verified

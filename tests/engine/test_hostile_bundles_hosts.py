@@ -183,11 +183,12 @@ def place_good(connector: Connector, world: Path) -> tuple[Path, str, list[Recor
 
 def check_placed(world: Path, release: Path, records: list[Record]) -> None:
     assert records[-1][:2] == ("unpack", True)
-    assert records[-1][3] == {"files": 4, "dirs": 1, "symlinks": 0, "size": records[-1][3]["size"]}
+    assert records[-1][3] == {"files": 5, "dirs": 1, "symlinks": 0, "size": records[-1][3]["size"]}
     assert sorted(p.name for p in release.iterdir()) == [".chassis-release", "VERSION", "app"]
     assert sorted(p.name for p in (release / "app").iterdir()) == [
         "api.py",
         "gateway.py",
+        "score.py",
         "worker.py",
     ]
     assert stat.S_IMODE(release.stat().st_mode) == 0o755

@@ -1,0 +1,1 @@
+"""Evolution: promoting a candidate release only after its gates pass (``chassis evolution``)."""
