@@ -50,6 +50,7 @@ bench: compile
 	$(BIN)/python bench/ledger.py
 	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/read_cost.py
+	$(BIN)/python bench/redaction.py
 	$(BIN)/python bench/deploy.py
 
 clean:

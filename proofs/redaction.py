@@ -91,6 +91,7 @@ whichever form was found.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import itertools
@@ -177,6 +178,7 @@ _TOKEN_SHAPES = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(name: str) -> bool:
     """True when a key of that name may hold a secret (see the module docstring)."""
     words = [word.lower() for word in _WORD.findall(name)]
@@ -247,7 +249,46 @@ class Redactor:
         return self.marker(encoded)
 
 
+_TRIGGERS = (
+    "-----begin",
+    "bearer",
+    "basic",
+    "://",
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "auth",
+    "cookie",
+    "credential",
+    "session",
+    "key",
+    "github_pat_",
+    "akia",
+    "asia",
+    "xox",
+    "k_live_",
+    "aiza",
+    "eyj",
+)
+_TRIGGER = re.compile("|".join([*map(re.escape, _TRIGGERS), "gh[pousr]_"]))
+
+
+def _may_hold_secret(text: str) -> bool:
+    """Whether any pattern of :func:`_scan` could match: each needs, in any
+    case, the PEM armour, a scheme, a URL, a secret-like name (every segment,
+    pair and fragment of ``is_secret_key`` contains one of these letter
+    runs) or a token prefix. Most text holds none, and a few substring
+    tests rule out all five passes (a receipt redacts thousands of strings)."""
+    return _TRIGGER.search(text.lower()) is not None
+
+
 def _scan(text: str, marker: Callable[[str], str]) -> str:
+    return scan_patterns(text, marker) if _may_hold_secret(text) else text
+
+
+def scan_patterns(text: str, marker: Callable[[str], str]) -> str:
+    """Every pattern pass over ``text`` (what :func:`_scan` runs when needed)."""
     text = _PEM.sub(lambda m: marker(m.group(0)), text)
     text = _SCHEME_CREDENTIALS.sub(_scheme_credentials(marker), text)
     text = _URL_PASSWORD.sub(_url_password(marker), text)

@@ -246,3 +246,40 @@ def test_markers_are_equal_exactly_for_equal_values(a: str, b: str) -> None:
     marker_b = redactor.data({"password": b})["password"]
     assert (marker_a == marker_b) == (a == b)
     assert redactor.value(f"password={a}") == f"password={marker_a}"
+
+
+_FRAGMENTS = [
+    "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----",
+    "Bearer abcdefghijklmnopqrstu",
+    "BASIC dXNlcjpwYXNzd29yZA==",
+    "https://user:hunter22@db.example/x",
+    "DB_PASSWORD=s3cr3tvalue",
+    "?Token=abc12345",
+    '"apiKey": "k-123456789"',
+    "AccessKey: AKIAABCDEFGHIJKLMNOP",
+    "ghp_" + "a" * 36,
+    "GHP_" + "a" * 36,
+    "eyJhbGciOi.eyJzdWIiOi.sig",
+    "xoxb-1234567890-abc",
+    "sk_live_" + "b" * 20,
+    "AIza" + "c" * 35,
+    "SessionId: 42",
+    "plain words only",
+    "GET /healthz HTTP/1.1 200",
+]
+
+
+@given(
+    parts=st.lists(
+        st.one_of(st.sampled_from(_FRAGMENTS), st.text(alphabet=string.printable, max_size=30)),
+        max_size=6,
+    )
+)
+def test_the_prefilter_never_changes_what_is_redacted(parts: list[str]) -> None:
+    """Issue 17: a substring prefilter skips the pattern passes for text that
+    cannot match any of them; it must skip only such text."""
+    from proofs.redaction import _scan, scan_patterns
+
+    redactor = Redactor(b"k" * 32)
+    text = " ".join(parts)
+    assert _scan(text, redactor.marker) == scan_patterns(text, redactor.marker)
