@@ -11,7 +11,7 @@ import posixpath
 import re
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -123,6 +123,28 @@ class Connector(ABC):
         :class:`~adapters.errors.ConnectorTimeout` raised; with ``check`` a
         non-zero exit raises :class:`~adapters.errors.CommandFailed`.
         """
+
+    def run_streaming(
+        self,
+        command: str,
+        chunks: Iterable[bytes],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        env: Mapping[str, str] | None = None,
+        display: str | None = None,
+    ) -> CommandResult:
+        """Run ``command`` like :meth:`run`, its stdin fed from ``chunks`` as
+        they come, then closed: a stream of any length, never held whole.
+
+        Each chunk must be taken, and the command must exit after the last,
+        within ``timeout`` (SSH also bounds each send by the connector's I/O
+        timeout, as for file transfers); past it the command is killed and
+        :class:`~adapters.errors.ConnectorTimeout` raised. A command that exits
+        before reading everything ends the stream early; its result is
+        returned. An error raised by ``chunks`` kills the command and
+        propagates. This default joins the chunks and calls :meth:`run`.
+        """
+        return self.run(command, timeout=timeout, stdin=b"".join(chunks), env=env, display=display)
 
     @abstractmethod
     def put(self, local: Path, remote: str, *, mode: int | None = None) -> None:

@@ -14,8 +14,9 @@ import shutil
 import signal
 import stat
 import subprocess
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -98,6 +99,96 @@ class LocalConnector(Connector):
                 stderr=result.stderr,
             )
         return result
+
+    def run_streaming(
+        self,
+        command: str,
+        chunks: Iterable[bytes],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        env: Mapping[str, str] | None = None,
+        display: str | None = None,
+    ) -> CommandResult:
+        shown = command if display is None else display
+        extra = checked_env(env)
+        full_env = {**os.environ, **extra} if extra else None
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", command],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            start_new_session=True,
+        )
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        out: list[bytes] = []
+        err: list[bytes] = []
+        readers = [
+            threading.Thread(target=_drain, args=(proc.stdout, out), daemon=True),
+            threading.Thread(target=_drain, args=(proc.stderr, err), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
+        # A write blocks while the command does not read: a watchdog kills the
+        # group when one chunk (or the exit after the last) waits past `timeout`.
+        # Time spent producing the chunks does not count.
+        waiting: list[float | None] = [None]
+        stalled = threading.Event()
+        finished = threading.Event()
+
+        def watch() -> None:
+            while not finished.wait(min(timeout, 0.5)):
+                since = waiting[0]
+                if since is not None and time.monotonic() - since > timeout:
+                    stalled.set()
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    return
+
+        threading.Thread(target=watch, daemon=True).start()
+        try:
+            for chunk in chunks:
+                if proc.poll() is not None:
+                    break  # it exited without reading everything
+                waiting[0] = time.monotonic()
+                try:
+                    proc.stdin.write(chunk)
+                except BrokenPipeError:
+                    break
+                finally:
+                    waiting[0] = None
+            waiting[0] = time.monotonic()
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+            proc.wait()
+        except BaseException:
+            finished.set()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+            proc.wait(timeout=_REAP_TIMEOUT)
+            raise
+        finally:
+            finished.set()
+        for reader in readers:
+            # A grandchild that left the group may hold the pipes: stop waiting.
+            reader.join(timeout=_REAP_TIMEOUT)
+        if stalled.is_set():
+            raise ConnectorTimeout(
+                self.name,
+                f"command made no progress for {timeout:g}s: {shown}",
+                where=self.where(),
+                timeout=timeout,
+            )
+        return CommandResult(
+            command=shown,
+            exit_code=proc.returncode,
+            stdout=b"".join(out).decode("utf-8", "replace"),
+            stderr=b"".join(err).decode("utf-8", "replace"),
+            duration_s=time.monotonic() - started,
+        )
 
     # -- files ------------------------------------------------------------
 
@@ -187,6 +278,13 @@ class LocalConnector(Connector):
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
             raise self._file_error(e, link, "symlink") from e
+
+
+def _drain(stream: IO[bytes], into: list[bytes]) -> None:
+    """Read ``stream`` to its end into ``into`` (a thread per output pipe)."""
+    with stream:
+        while chunk := stream.read1(_CHUNK):  # type: ignore[attr-defined]
+            into.append(chunk)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

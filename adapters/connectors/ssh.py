@@ -45,7 +45,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -527,13 +527,7 @@ class SSHConnector(Connector):
     ) -> CommandResult:
         shown = command if display is None else display
         conn = self._connection()
-        exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in checked_env(env).items())
-        marker = f"chassis-pid-{os.urandom(6).hex()}"
-        # sshd makes the login shell a session leader, so $$ is the process
-        # group to kill on timeout; `exec` keeps that pid for the POSIX sh.
-        wrapped = (
-            f"printf '%s %s\\n' {marker} $$ >&2; exec /bin/sh -c {shlex.quote(exports + command)}"
-        )
+        wrapped, marker = _wrapped(command, env)
         runner = _Runner(context=conn, inline_env=False)
         runner.stdin_data = stdin or b""
         started = time.monotonic()
@@ -582,6 +576,113 @@ class SSHConnector(Connector):
                 stderr=result.stderr,
             )
         return result
+
+    def run_streaming(
+        self,
+        command: str,
+        chunks: Iterable[bytes],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        env: Mapping[str, str] | None = None,
+        display: str | None = None,
+    ) -> CommandResult:
+        shown = command if display is None else display
+        doing = f"command {shown!r}"
+        transport: paramiko.Transport = self._connection().transport
+        wrapped, marker = _wrapped(command, env)
+        started = time.monotonic()
+        try:
+            channel = transport.open_session(timeout=self.settings.io_timeout)
+            # Each send waits for window space at most this long: the progress
+            # deadline of the stream, as for SFTP transfers.
+            channel.settimeout(min(timeout, self.settings.io_timeout))
+            channel.exec_command(wrapped)
+        except TimeoutError as e:
+            raise self._stalled(f"starting {doing}") from e
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            raise self._lost(e, f"starting {doing}") from e
+        out: list[bytes] = []
+        err: list[bytes] = []
+        drains = [
+            threading.Thread(target=_drain, args=(channel.recv, out, channel), daemon=True),
+            threading.Thread(target=_drain, args=(channel.recv_stderr, err, channel), daemon=True),
+        ]
+        for drain in drains:
+            drain.start()
+
+        killed: list[bool] = []
+
+        def kill() -> None:
+            """Close the channel and kill the command's process group (once)."""
+            if killed:
+                return
+            killed.append(True)
+            pid = _strip_marker(b"".join(err).decode("utf-8", "replace"), marker)[1]
+            channel.close()
+            alive = self._alive is not None and not self._alive.dead
+            if pid is not None and alive and transport.is_active():
+                with contextlib.suppress(Exception):
+                    self.run(
+                        f"kill -s KILL -- -{pid} 2>/dev/null || kill -s KILL {pid} 2>/dev/null; "
+                        "true",
+                        timeout=_KILL_TIMEOUT,
+                    )
+
+        def send(data: bytes | None) -> None:
+            """One chunk (None: the end of input); transport errors become ours."""
+            try:
+                if data is None:
+                    channel.shutdown_write()
+                else:
+                    channel.sendall(data)
+            except TimeoutError as e:
+                kill()
+                raise self._stalled(f"streaming into {doing}") from e
+            except (OSError, EOFError, paramiko.SSHException) as e:
+                if exited():
+                    return  # it exited without reading everything
+                kill()
+                raise self._lost(e, doing) from e
+
+        def exited() -> bool:
+            """The command's exit status came (a closed channel has none)."""
+            return bool(channel.exit_status_ready()) and channel.recv_exit_status() != -1
+
+        try:
+            for chunk in chunks:  # an error of `chunks` itself propagates as it is
+                if exited():
+                    break
+                send(chunk)
+            if not exited():
+                send(None)
+        except BaseException:
+            kill()
+            raise
+        if not channel.status_event.wait(timeout):
+            kill()
+            raise self._frozen(doing) or ConnectorTimeout(
+                self.name,
+                f"command did not exit within {timeout:g}s of the end of its input: {shown}",
+                where=self.where(),
+                timeout=timeout,
+            )
+        for drain in drains:
+            drain.join(timeout=self.settings.io_timeout)
+        frozen = self._frozen(doing)
+        if frozen is not None:  # the keepalive closed the channel under the command
+            raise frozen
+        exit_code = channel.recv_exit_status()
+        channel.close()
+        if exit_code == -1:  # closed without an exit status: the session broke
+            raise self._lost(EOFError("channel closed without an exit status"), doing)
+        stderr = _strip_marker(b"".join(err).decode("utf-8", "replace"), marker)[0]
+        return CommandResult(
+            command=shown,
+            exit_code=exit_code,
+            stdout=b"".join(out).decode("utf-8", "replace"),
+            stderr=stderr,
+            duration_s=time.monotonic() - started,
+        )
 
     def _kill_remote(self, runner: _Runner, marker: str) -> None:
         """Kill an abandoned command's process group over a fresh channel."""
@@ -738,6 +839,34 @@ def _handshake_done(client: paramiko.SSHClient) -> bool:
     """Whether the key exchange (and host key check) finished: failures after it are auth."""
     transport = client.get_transport()
     return transport is not None and transport.host_key is not None
+
+
+def _wrapped(command: str, env: Mapping[str, str] | None) -> tuple[str, str]:
+    """``(command for the login shell, marker)``: ``command`` under ``sh -c``
+    with ``env`` exported, after a stderr line ``marker PID``."""
+    exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in checked_env(env).items())
+    marker = f"chassis-pid-{os.urandom(6).hex()}"
+    # sshd makes the login shell a session leader, so $$ is the process
+    # group to kill on timeout; `exec` keeps that pid for the POSIX sh.
+    wrapped = f"printf '%s %s\\n' {marker} $$ >&2; exec /bin/sh -c {shlex.quote(exports + command)}"
+    return wrapped, marker
+
+
+def _drain(recv: Callable[[int], bytes], into: list[bytes], channel: paramiko.Channel) -> None:
+    """Read one of a channel's streams to its end (its socket timeout only
+    bounds each wait, so a silent command is waited for until it closes)."""
+    while True:
+        try:
+            data = recv(_CHUNK)
+        except TimeoutError:
+            if channel.closed:
+                return
+            continue
+        except (OSError, EOFError, paramiko.SSHException):
+            return
+        if not data:
+            return
+        into.append(data)
 
 
 def _strip_marker(stderr: str, marker: str) -> tuple[str, int | None]:
