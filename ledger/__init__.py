@@ -21,6 +21,7 @@ from ledger.evolution import EvolutionRun
 from ledger.hosts import Host, HostSettings
 from ledger.installations import Installation, LeaseHeldError
 from ledger.keys import KeyPair, generate_keypair, keyid_for, load_keypair
+from ledger.models import ModelAsset
 from ledger.records import SealedRecord, parse_record
 from ledger.releases import Release
 from ledger.storage import StorageConfig, open_ledger
@@ -42,6 +43,7 @@ __all__ = [
     "LedgerAggregate",
     "LedgerError",
     "LedgerEvent",
+    "ModelAsset",
     "NotAuthorisedError",
     "Release",
     "Role",

@@ -25,6 +25,7 @@ import ledger.consents
 import ledger.evolution
 import ledger.hosts
 import ledger.installations
+import ledger.models
 import ledger.releases
 import ledger.trust  # noqa: F401
 from ledger.events import ENVELOPE_FIELDS, registered_topics

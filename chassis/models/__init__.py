@@ -1,0 +1,1 @@
+"""Model assets: manifests, their registry in the ledger, their life on hosts."""
