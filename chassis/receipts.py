@@ -39,6 +39,7 @@ from ledger.events import LedgerEvent
 from ledger.hosts import Host
 from ledger.installations import Installation
 from ledger.keys import KeyPair
+from ledger.models import ModelAsset
 from ledger.records import MalformedRecordError, parse_record
 from ledger.tables import SideTables
 from proofs.dsse import PAYLOAD_TYPE_INTOTO, envelope_digest, sign_envelope
@@ -52,6 +53,7 @@ COMPLETING_TOPICS = (
     Installation.LeaseBroken.TOPIC,
     Host.Inventoried.TOPIC,
     Host.AdmissionEvaluated.TOPIC,
+    ModelAsset.Materialized.TOPIC,
 )
 
 Note = Callable[[str], None]
@@ -313,6 +315,8 @@ def _build(
         return _operation(ledger, aggregate_id, version)
     if topic == Installation.LeaseBroken.TOPIC:
         return _lease_break(ledger, aggregate_id, version)
+    if topic == ModelAsset.Materialized.TOPIC:
+        return _materialized(ledger, aggregate_id, version)
     return _host_event(ledger, topic, aggregate_id, version, previous_facts)
 
 
@@ -513,6 +517,54 @@ def _host_event(
         finished=at,
         subjects=[subject(f"host/{host.name}", digest)],
         hosts={host.name: {"status": predicate["status"], "started": at, "finished": at}},
+        predicate=predicate,
+    )
+
+
+def _materialized(ledger: Ledger, aggregate_id: UUID, version: int) -> _Built:
+    """A model put on a host (``chassis model materialize``): what was sent
+    and skipped, and the manifest digest the host now holds (or not)."""
+    [event] = list(_events(ledger, aggregate_id, version, version))
+    assert isinstance(event, ModelAsset.Materialized)
+    model = ledger.load(ModelAsset, aggregate_id, version=version)
+    started = finished = format_timestamp(event.timestamp)
+    for earlier in _events(ledger, aggregate_id, 1, version):
+        if (
+            isinstance(earlier, ModelAsset.MaterializeStarted)
+            and earlier.host == event.host
+            and earlier.manifest_digest == event.manifest_digest
+        ):
+            started = format_timestamp(earlier.timestamp)
+    status = "succeeded" if event.ok else "failed"
+    environment = "chassis"
+    host = ledger.find(Host, Host.id_for(event.host))
+    if host is not None:
+        environment = host.settings.environment
+    predicate: dict[str, Any] = {
+        "operation": "materialize",
+        "status": status,
+        "model": model.name,
+        "host": event.host,
+        "manifest_digest": event.manifest_digest,
+        "bytes_sent": event.bytes_sent,
+        "files_sent": event.files_sent,
+        "files_skipped": event.files_skipped,
+        "detail": event.detail,
+        "actor": event.keyid,
+    }
+    return _Built(
+        operation="materialize",
+        status=status,
+        op_id=_derived_op_id(event),
+        app="chassis",
+        environment=environment,
+        revision=None,
+        label=None,
+        release_id=None,
+        started=started,
+        finished=finished,
+        subjects=[subject(f"model/{model.name}", event.manifest_digest)],
+        hosts={event.host: {"status": status, "started": started, "finished": finished}},
         predicate=predicate,
     )
 

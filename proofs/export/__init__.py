@@ -15,7 +15,8 @@ Receipt record
      "envelope": {...},                   # the DSSE envelope of the receipt
      "statement": {...},                  # its in-toto Statement v1
      "operation": "deploy" | "rollback" | "recover" | "lease-break"
-                  | "inventory" | "admission" | "repair",
+                  | "inventory" | "admission" | "repair" | "restart" | "remove"
+                  | "materialize",
      "status": "succeeded" | "failed",
      "op_id": "<32 hex>",                 # becomes the OTLP trace id
      "app": str, "environment": str,
@@ -71,6 +72,7 @@ OPERATIONS = (
     "repair",
     "restart",
     "remove",
+    "materialize",
 )
 STATUSES = ("succeeded", "failed")
 OTLP_PATHS = {"traces": "/v1/traces", "logs": "/v1/logs"}
