@@ -35,6 +35,7 @@ from chassis.engine.lifecycle import (
 )
 from chassis.engine.operation import OperationRecorder, load_installation
 from chassis.engine.plan import (
+    ModelRef,
     Plan,
     build_plan,
     hosts_revisions,
@@ -57,6 +58,7 @@ from chassis.engine.releases import (
 from chassis.errors import ChassisError, NotFound
 from chassis.hosts import HostView, declared_views, environment_hosts, sync_declared
 from chassis.inventory import ProbeFailed, inventory, probe
+from chassis.models.cache import require_models
 from chassis.receipts import redaction_key
 from chassis.secrets import SecretUnavailable, changed_secrets, check_available, fingerprints
 from chassis.stack.spec import Stack
@@ -64,6 +66,7 @@ from chassis.workspace import Workspace
 from ledger.application import Ledger
 from ledger.hosts import Host
 from ledger.installations import Installation
+from ledger.models import ModelAsset
 from ledger.releases import Release
 
 DEFAULT_LEASE_TTL_S = 120
@@ -82,6 +85,9 @@ class DeployOptions:
     """Deploy (restart through the health gate) even if nothing changed."""
     reason: str | None = None
     """Why, in the revision's description (``--reason``)."""
+    model_overrides: Mapping[str, str] = field(default_factory=dict)
+    """component → model NAME run instead of the stack file's ``model``
+    (``chassis model swap``): recorded in the plan (``ModelRef.swapped``)."""
 
 
 @dataclass
@@ -118,6 +124,7 @@ def prepare(
     progress: Progress,
     record: bool = True,
     also_reach: Iterable[str] = (),
+    model_overrides: Mapping[str, str] | None = None,
 ) -> tuple[Plan, Path]:
     """Check names, compile the plan and check it; raises before any intent is recorded.
 
@@ -129,6 +136,10 @@ def prepare(
     or evict) reachable with its pinned key. Only then are declared hosts and
     the release registered and never-probed hosts inventoried, as on any
     first use.
+
+    A component's ``model`` (or ``model_overrides``) is resolved to that
+    model's newest manifest in the ledger; with ``record``, a model whose
+    directory is not complete on its host fails the pre-flight.
     """
     if app != stack.app.name:
         raise NotFound(f"unknown app {app!r} (this workspace deploys {stack.app.name!r})")
@@ -143,8 +154,11 @@ def prepare(
     release, bundle = peek_release(ledger, ws, stack, label)
     views = declared_views(ledger, stack, environment)
     probed = {v.name for v in views if v.facts is None}
+    models = model_refs(ledger, stack, profile, model_overrides or {})
     hosts = _with_live_facts(views, ws, progress)
-    plan = build_plan(stack, hosts, ws, environment=environment, profile=profile, release=release)
+    plan = build_plan(
+        stack, hosts, ws, environment=environment, profile=profile, release=release, models=models
+    )
     plan = fingerprinted(plan, ws, strict=record)
     check_plan(plan)
     if not record:
@@ -164,6 +178,7 @@ def prepare(
         ws,
         progress,
     )
+    require_models(ledger, ws, plan, settings, progress)
     recorded = resolve_release(ledger, ws, stack, label)
     sync_declared(ledger, stack)
     fresh = [h for h in environment_hosts(ledger, environment) if h.facts is None]
@@ -180,12 +195,14 @@ def prepare(
             environment=environment,
             profile=profile,
             release=recorded,
+            models=models,
         ),
         ws,
         strict=True,
     )
     if final.digest() != plan.digest():  # facts changed in between: check what runs
         check_plan(final)
+        require_models(ledger, ws, final, settings, progress)
         reach_hosts(
             [
                 (h.host, settings[h.host])
@@ -196,6 +213,57 @@ def prepare(
             progress,
         )
     return final, require_bundle(ws, recorded, ledger)
+
+
+def model_refs(
+    ledger: Ledger, stack: Stack, profile: str, overrides: Mapping[str, str]
+) -> dict[str, ModelRef]:
+    """component → the model it runs with: its ``model`` (or its override),
+    at that model's newest manifest. ``NotFound`` (exit 10) for an unknown
+    component or a model the ledger does not hold."""
+    placed = [c for g in stack.profile(profile).groups.values() for c in g.components]
+    for component in sorted(overrides):
+        if component not in placed:
+            raise NotFound(
+                f"no component {component!r} in profile {profile} of {stack.app.name} "
+                f"(components: {', '.join(sorted(placed)) or 'none'})"
+            )
+    refs: dict[str, ModelRef] = {}
+    for component in placed:
+        name = overrides.get(component) or stack.components[component].model
+        if name is None:
+            continue
+        asset = ledger.find(ModelAsset, ModelAsset.id_for(name))
+        if asset is None:
+            raise NotFound(
+                f"component {component}: no model {name!r} is recorded "
+                "(see 'chassis model list'; record it with 'chassis model add')"
+            )
+        swapped = (
+            component in overrides and overrides[component] != stack.components[component].model
+        )
+        refs[component] = ModelRef(
+            name=name, digest=str(asset.current["digest"]), swapped=swapped or msgspec.UNSET
+        )
+    return refs
+
+
+def models_changed(plan: Plan, before: Mapping[str, Before]) -> list[str]:
+    """``component: NAME DIGEST`` of each component whose model differs from
+    what its host runs now (a swap, a new manifest, a changed ``model``)."""
+    changed: list[str] = []
+    for host in plan.hosts:
+        running = before.get(host.host)
+        was = running.plan.models(host.host) if running and running.plan else {}
+        for component in host.components:
+            model = component.model
+            now = model.digest if isinstance(model, ModelRef) else None
+            if now != was.get(component.name) and (now is not None or component.name in was):
+                said = (
+                    f"{model.name} {model.digest[:12]}" if isinstance(model, ModelRef) else "none"
+                )
+                changed.append(f"{component.name}: {said}")
+    return sorted(set(changed))
 
 
 def fingerprinted(plan: Plan, ws: Workspace, *, strict: bool) -> Plan:
@@ -333,6 +401,7 @@ def deploy(
         label=label,
         progress=progress,
         also_reach=sorted(installation.hosts) if installation is not None else (),
+        model_overrides=options.model_overrides,
     )
     check_available((c.name, c.secrets) for h in plan.hosts for c in h.components)
     if installation is None:
@@ -343,7 +412,8 @@ def deploy(
     previous_hosts = {name: dict(entry) for name, entry in installation.hosts.items()}
     op_id = uuid.uuid4().hex
     rotated, uncertain = secret_changes(plan, before)
-    noop = _is_noop(plan, previous_hosts) and not rotated and not options.force
+    remodelled = models_changed(plan, before)
+    noop = _is_noop(plan, previous_hosts) and not rotated and not remodelled and not options.force
     if noop and uncertain:
         progress(
             f"secrets {', '.join(uncertain)}: cannot tell whether they changed (their running "
@@ -353,9 +423,13 @@ def deploy(
     # One digest, of exactly the plan executed below.
     plan_digest, plan_data = recorded_form(plan)
     what = "redeploy" if options.force and _is_noop(plan, previous_hosts) else "deploy"
+    if options.model_overrides:
+        what = "model swap"
     description = f"{what} {plan.label}" + (" (no change)" if noop else "")
     if rotated:
         description += f" (secrets changed: {', '.join(rotated)})"
+    if remodelled:
+        description += f" (models: {', '.join(remodelled)})"
     if options.reason:
         description += f": {options.reason}"
     installation.start_operation(

@@ -15,7 +15,7 @@ that runs: it refuses one whose digest is not the one its signed
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -34,6 +34,23 @@ from ledger.releases import release_dir_name
 
 PLAN_TAG = b"chassis.plan.v1\x00"
 STEPS = ("upload", "verify", "unpack", "configure", "stop-old", "start", "health", "swap", "prune")
+MODEL_DIR_ENV = "CHASSIS_MODEL_DIR"
+"""What a component with a ``model`` gets: that model's directory on its host."""
+
+
+class ModelRef(msgspec.Struct, frozen=True, kw_only=True):
+    """The model a component runs with, as the plan was made: its name and
+    the manifest digest whose directory ``CHASSIS_MODEL_DIR`` names."""
+
+    name: str
+    digest: str
+    swapped: bool | msgspec.UnsetType = msgspec.UNSET
+    """True when ``chassis model swap`` chose it instead of the stack file's ``model``."""
+
+
+def model_dir(root: str, digest: str) -> str:
+    """Where manifest ``digest`` lives on a host whose root is ``root``."""
+    return "/".join([root.rstrip("/"), "models", "sha256", digest])
 
 
 class ComponentPlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,6 +72,9 @@ class ComponentPlan(msgspec.Struct, frozen=True, kw_only=True):
     ``on-failure`` (UNSET fields are left out of the encoding): a plan that
     does not set it has the same bytes, and so the same digest, as before the
     field existed."""
+    model: ModelRef | msgspec.UnsetType = msgspec.UNSET
+    """The component's model (left out when it has none: the plan's bytes
+    are then those of a plan made before models existed)."""
 
     @property
     def restart_mode(self) -> str:
@@ -95,6 +115,16 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     def host(self, name: str) -> HostPlan:
         return next(h for h in self.hosts if h.host == name)
 
+    def models(self, host: str) -> dict[str, str]:
+        """component → model digest of what this plan runs on ``host``."""
+        return {
+            c.name: c.model.digest
+            for h in self.hosts
+            if h.host == host
+            for c in h.components
+            if isinstance(c.model, ModelRef)
+        }
+
 
 def health_dict(health: HealthSpec | None) -> dict[str, Any] | None:
     if health is None:
@@ -126,9 +156,13 @@ def build_plan(
     environment: str,
     profile: str,
     release: ReleaseLike,
+    models: Mapping[str, ModelRef] | None = None,
 ) -> Plan:
     """Compile ``profile`` onto ``environment`` for ``release``. Pure: raises
-    on any impossible placement; records nothing."""
+    on any impossible placement; records nothing. ``models``: component →
+    the model it runs with (resolved from the ledger by the caller), for
+    every placed component whose stack entry names a ``model``."""
+    models = models or {}
     topology = compile_topology(stack, hosts_in_env, profile, environment)
     hosts = {h.name: h for h in hosts_in_env}
     by_host: dict[str, list[str]] = {}
@@ -137,19 +171,24 @@ def build_plan(
     plans: list[HostPlan] = []
     for host_name in sorted(by_host):
         host = hosts[host_name]
+        root = resolve_root(host, ws.root)
         components: list[ComponentPlan] = []
         for group in by_host[host_name]:
             for name in stack.profile(profile).groups[group].components:
                 spec = stack.components[name]
+                model = models.get(name)
+                if spec.model is not None and model is None:
+                    raise ChassisError(f"component {name}: model {spec.model} was not resolved")
+                env = {
+                    k: v for k, v in {**release.config, **spec.env}.items() if isinstance(v, str)
+                }
+                if model is not None:
+                    env[MODEL_DIR_ENV] = model_dir(root, model.digest)
                 components.append(
                     ComponentPlan(
                         name=name,
                         command=spec.command,
-                        env={
-                            k: v
-                            for k, v in {**release.config, **spec.env}.items()
-                            if isinstance(v, str)
-                        },
+                        env=env,
                         ports=dict(spec.ports),
                         health=health_dict(spec.health),
                         secrets={
@@ -158,6 +197,7 @@ def build_plan(
                             if isinstance(v, SecretRefSpec)
                         },
                         restart=msgspec.UNSET if spec.restart == "on-failure" else spec.restart,
+                        model=msgspec.UNSET if model is None else model,
                     )
                 )
         plans.append(
@@ -165,7 +205,7 @@ def build_plan(
                 host=host_name,
                 connector=host.settings.connector,
                 address=host.settings.address or "127.0.0.1",
-                root=resolve_root(host, ws.root),
+                root=root,
                 supervisor=host.settings.supervisor,
                 groups=by_host[host_name],
                 components=components,
@@ -256,6 +296,18 @@ def verified_plans(
 def hosts_revisions(installation: Installation) -> set[int]:
     """The revisions whose plans the hosts run now (what a restore would start)."""
     return {int(entry["revision"]) for entry in installation.hosts.values()}
+
+
+def running_models(installation: Installation) -> dict[str, dict[str, str]]:
+    """host → component → model digest of what each host runs now (the plan
+    of its active revision); hosts whose components run no model are left out."""
+    found: dict[str, dict[str, str]] = {}
+    for host, entry in installation.hosts.items():
+        plan = msgspec.convert(installation.plan_of(int(entry["revision"])), Plan)
+        models = plan.models(host)
+        if models:
+            found[host] = models
+    return found
 
 
 def _signed_digest(ledger: Ledger, installation: Installation, entry: dict[str, Any]) -> str:

@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from chassis.engine.deploy import DEFAULT_LEASE_TTL_S, Progress
 from chassis.engine.executor import INTERRUPTED, scrubbed
 from chassis.engine.lifecycle import RETIRED, Operation, befores, run_operation
@@ -38,12 +40,14 @@ from chassis.engine.plan import (
     Plan,
     hosts_revisions,
     recorded_form,
+    running_models,
     verified_plans,
 )
 from chassis.engine.preflight import check_bundle, check_plan, reach_hosts
 from chassis.engine.releases import require_bundle
 from chassis.errors import ChassisError
 from chassis.hosts import get_host
+from chassis.models.cache import require_models
 from chassis.secrets import check_available
 from chassis.workspace import Workspace
 from ledger.application import Ledger
@@ -195,7 +199,10 @@ def choose_target(ledger: Ledger, installation: Installation, to: str | None) ->
         why = _skip_reason(entry)
         if why is None:
             target = _target(ledger, installation, entry, "", skipped)
-            if target.state_digest != current_digest:
+            # A revision that changed only a model (a swap) has the same spatial state.
+            if target.state_digest != current_digest or (
+                running_models(target.state) != running_models(installation)
+            ):
                 reason = f"last successful revision before {current}"
                 return dataclasses.replace(target, reason=reason)
             why = "same state as the current revision"
@@ -285,13 +292,15 @@ def plan_rollback(
     )
     changes: list[HostChange] = []
     bundles: dict[str, Path] = {}
+    models_now, models_then = running_models(installation), running_models(target.state)
     for host in sorted({*installation.hosts, *target.state.hosts}):
         current = installation.hosts.get(host)
         wanted = target.state.hosts.get(host)
         if wanted is None:
             changes.append(HostChange(host, "retire", current, None, None, None))
             continue
-        if current is not None and _same(current, wanted):
+        same_models = models_now.get(host) == models_then.get(host)
+        if current is not None and _same(current, wanted) and same_models:
             changes.append(HostChange(host, "unchanged", current, wanted, None, None))
             continue
         plan = target_plans[int(wanted["revision"])]
@@ -398,7 +407,15 @@ def _preflight(ledger: Ledger, ws: Workspace, plan: RollbackPlan, progress: Prog
         check_bundle(
             plan.bundles[release_plan.release_id], release_plan.bundle_sha256, release_plan.label
         )
-    reach_hosts([(c.host, get_host(ledger, c.host).settings) for c in acting], ws, progress)
+    settings = {c.host: get_host(ledger, c.host).settings for c in acting}
+    reach_hosts(list(settings.items()), ws, progress)
+    # The models the earlier plans name must still be on their hosts (an
+    # eviction does not protect an earlier revision's model).
+    for change in acting:
+        if change.plan is not None:
+            only_here = [h for h in change.plan.hosts if h.host == change.host]
+            here = msgspec.structs.replace(change.plan, hosts=only_here)
+            require_models(ledger, ws, here, settings, progress)
 
 
 def _execute(

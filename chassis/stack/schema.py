@@ -80,6 +80,10 @@ class ComponentSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     """``on-failure`` (restart it when it crashes) or ``never``; checked with the
     allowed values (``adapters.supervisors.base.RESTART_MODES``)."""
     score: ScoreSpec | None = None
+    model: str | None = None
+    """A recorded model's NAME (``chassis model add``): the plan gives the
+    component ``CHASSIS_MODEL_DIR``, that model's newest manifest on its host
+    (``guides/model_assets.md``)."""
 
 
 class GroupSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):

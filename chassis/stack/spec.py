@@ -723,6 +723,8 @@ def _check_component_values(path: Path, where: str, component: ComponentSpec) ->
         raise StackError(f"{path}: {where}.resources.cpu: expected a number of cores, found {cpu}")
     if component.score is not None:
         _check_score(path, f"{where}.score", component.score)
+    if component.model is not None:
+        _check_name(path, f"{where}.model", "model", component.model)
 
 
 def _check_score(path: Path, where: str, score: ScoreSpec) -> None:
