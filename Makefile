@@ -51,6 +51,7 @@ bench: compile
 	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/read_cost.py
 	$(BIN)/python bench/redaction.py
+	$(BIN)/python bench/models.py
 	$(BIN)/python bench/deploy.py
 
 clean:

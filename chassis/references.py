@@ -6,7 +6,8 @@ wherever a name is, so its commands run as written::
 
 A prefix is removed from the value of an option that takes that kind of name
 (``--profile profile:x``, ``--target host:x``) and from a bare argument that
-is exactly ``KIND:NAME``; never from free text (``--reason``, ``--message``,
+is exactly ``KIND:NAME``; ``runtime:APP:NAME`` (the original qualified a
+runtime by its app) is ``NAME``; never from free text (``--reason``, ``--message``,
 ``--config``). ``model:`` references are resolved by ``chassis model``.
 """
 
@@ -31,11 +32,14 @@ _REFERENCE = re.compile(rf"({'|'.join(PREFIXES)}):(.+)\Z")
 
 def _bare(value: str, kind: str | None = None) -> str:
     found = _REFERENCE.match(value)
-    if found is None or not NAME.match(found.group(2)):
+    if found is None or (kind is not None and found.group(1) != kind):
         return value
-    if kind is not None and found.group(1) != kind:
-        return value
-    return found.group(2)
+    name = found.group(2)
+    if found.group(1) == "runtime" and name.count(":") == 1:
+        # The original qualified runtimes by their app: runtime:APP:NAME.
+        app, _, runtime = name.partition(":")
+        name = runtime if NAME.match(app) else name
+    return name if NAME.match(name) else value
 
 
 def strip_references(args: list[str]) -> list[str]:

@@ -81,6 +81,10 @@ COMMANDS = {
         "chassis.cli.lease:lease_group", "Leases: one operation at a time per app and environment."
     ),
     "ledger": Lazy("chassis.cli.ledger:ledger_group", "Inspect and verify the event ledger."),
+    "model": Lazy(
+        "chassis.cli.model:model_group",
+        "Model assets: record, materialize on hosts with verified bytes, cache, swap.",
+    ),
     "plan": Lazy(
         "chassis.cli.deploy_cmd:plan_command",
         "Compile the deployment plan and print it with its digest; changes nothing.",

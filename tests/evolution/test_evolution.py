@@ -381,5 +381,9 @@ def test_type_prefixes_are_taken_where_a_name_is() -> None:
     assert strip_references(
         ["evolution", "proof", "--profile", "profile:split", "--fixture=fixture:f1", "host:h1"]
     ) == ["evolution", "proof", "--profile", "split", "--fixture=f1", "h1"]
+    assert strip_references(["--runtime", "runtime:crucible_bumblebee:cuda-small"]) == [
+        "--runtime",
+        "cuda-small",
+    ]
     kept = ["deploy", "--reason", "host:h1", "--profile", "host:x", "model:hf:org/m", "--", "app:a"]
     assert strip_references(kept) == kept
