@@ -387,3 +387,34 @@ def test_type_prefixes_are_taken_where_a_name_is() -> None:
     ]
     kept = ["deploy", "--reason", "host:h1", "--profile", "host:x", "model:hf:org/m", "--", "app:a"]
     assert strip_references(kept) == kept
+
+
+def test_a_production_drill_rolls_back_proves_it_and_promotes_again(
+    run: Runner, shop: Path
+) -> None:
+    """``--drill production``: after the swap, a real rollback to what ran
+    before (its rollback proof in the gate's evidence), then the candidate
+    again; production ends on the candidate."""
+    run.ok("deploy", "shop", "--env", "dev", "--profile", "ternary-split-3", "--release", "v1")
+    with candidate(shop, "shop", "dev", "ternary-split-3", "v2") as (_, _, plan, _):
+        offset = str(free_offset(plan))
+    done = json.loads(
+        run.ok(
+            "evolution", "proof", "shop", "--env", "dev", "--profile", "ternary-split-3",
+            "--candidate", "v2", "--require-rollback-proof", "--drill", "production",
+            "--port-offset", offset, "--json",
+        ).stdout
+    )  # fmt: skip
+    assert done["outcome"] == "promoted", done
+    drill = next(g for g in done["gates"] if g["gate"] == "rollback-drill")
+    assert drill["status"] == "PASS" and "rolled back to v1" in drill["reason"]
+    history = json.loads(run.ok("history", "shop", "--env", "dev", "--json").stdout)
+    assert [(r["operation"], r["label"]) for r in history["revisions"]] == [
+        ("deploy", "v1"),
+        ("deploy", "v2"),
+        ("rollback", "v1"),
+        ("deploy", "v2"),
+    ]
+    rows = json.loads(run.ok("status", "shop", "--env", "dev", "--json").stdout)
+    assert {r["label"] for r in rows} == {"v2"}
+    run.ok("proof", "verify", done["proof"])
