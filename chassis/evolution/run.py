@@ -35,7 +35,7 @@ from typing import Any
 
 from chassis.connect import connector_for
 from chassis.consent import consent_verdict
-from chassis.engine.deploy import DeployOptions, deploy, prepare
+from chassis.engine.deploy import DeployOptions, DeployResult, deploy, prepare
 from chassis.engine.executor import scrubbed, scrubbed_data
 from chassis.engine.operation import load_installation
 from chassis.engine.plan import Plan, verified_plan
@@ -450,20 +450,8 @@ def _drill_in_production(
         environment=request.environment,
         revision=back.revision,
     )
-    again = deploy(
-        ledger,
-        ws,
-        stack,
-        app=request.app,
-        environment=request.environment,
-        profile=request.profile,
-        label=request.candidate,
-        options=DeployOptions(reason=f"evolution {state.run.slot}: after the rollback drill"),
-        progress=state.progress,
-    )
-    installation = load_installation(ledger, request.app, request.environment)
-    entry = installation.revision_entry(back.revision)
-    evidence = cite(ledger, installation.id, {int(entry["version"])})
+    again, _ = _promote(state, ledger, ws, stack, request, "after the rollback drill")
+    evidence = _finished_event(ledger, request, back.revision)
     ok = again.status == "deployed"
     state.decide(
         "rollback-drill",
@@ -504,6 +492,18 @@ def _swap(
     if blocking:
         state.decide("swap", None, f"not attempted: {', '.join(blocking)} did not pass")
         return None
+    result, evidence = _promote(state, ledger, ws, stack, request, "")
+    ok = result.status == "deployed" and all(h["ok"] for h in result.hosts.values())
+    state.decide("swap", ok, result.description, evidence, {"revision": result.revision})
+    return result.revision if ok else None
+
+
+def _promote(
+    state: _Run, ledger: Ledger, ws: Workspace, stack: Stack, request: EvolutionRequest, why: str
+) -> tuple[DeployResult, list[dict[str, Any]]]:
+    """Deploy the candidate through the engine; the result and the cited
+    position of the deploy's operation-finished event."""
+    reason = f"evolution {state.run.slot}" + (f": {why}" if why else "")
     result = deploy(
         ledger,
         ws,
@@ -512,12 +512,15 @@ def _swap(
         environment=request.environment,
         profile=request.profile,
         label=request.candidate,
-        options=DeployOptions(reason=f"evolution {state.run.slot}"),
+        options=DeployOptions(reason=reason),
         progress=state.progress,
     )
+    return result, _finished_event(ledger, request, result.revision)
+
+
+def _finished_event(
+    ledger: Ledger, request: EvolutionRequest, revision: int
+) -> list[dict[str, Any]]:
     installation = load_installation(ledger, request.app, request.environment)
-    entry = installation.revision_entry(result.revision)
-    evidence = cite(ledger, installation.id, {int(entry["version"])})
-    ok = result.status == "deployed" and all(h["ok"] for h in result.hosts.values())
-    state.decide("swap", ok, result.description, evidence, {"revision": result.revision})
-    return result.revision if ok else None
+    entry = installation.revision_entry(revision)
+    return cite(ledger, installation.id, {int(entry["version"])})
