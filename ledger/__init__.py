@@ -24,6 +24,7 @@ from ledger.keys import KeyPair, generate_keypair, keyid_for, load_keypair
 from ledger.models import ModelAsset
 from ledger.records import SealedRecord, parse_record
 from ledger.releases import Release
+from ledger.secrets import Secret
 from ledger.storage import StorageConfig, open_ledger
 from ledger.trust import Role, Trust
 
@@ -48,6 +49,7 @@ __all__ = [
     "Release",
     "Role",
     "SealedRecord",
+    "Secret",
     "StorageConfig",
     "StorageError",
     "Trust",

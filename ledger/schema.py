@@ -27,6 +27,7 @@ import ledger.hosts
 import ledger.installations
 import ledger.models
 import ledger.releases
+import ledger.secrets
 import ledger.trust  # noqa: F401
 from ledger.events import ENVELOPE_FIELDS, registered_topics
 

@@ -132,6 +132,10 @@ COMMANDS = {
         "chassis.cli.rollback_cmd:rollback_command",
         "Roll APP in ENV back to an earlier revision's exact state (releases, config, processes).",
     ),
+    "secret": Lazy(
+        "chassis.cli.secret_cmd:secret_group",
+        "Secrets encrypted to recipient keys, stored beside the ledger.",
+    ),
     "stack": Lazy(
         "chassis.cli.stack:stack_group",
         "Validate chassis.toml and show where each node group would run.",
