@@ -1,9 +1,19 @@
-"""Secret references: ``env.KEY = { from_env = "VAR" }`` or ``{ from_file = "PATH" }``.
+"""Secret references: ``env.KEY = { from_env = "VAR" }``, ``{ from_file = "PATH" }``
+or ``{ secret = "NAME" }`` (a secret of the workspace's store, ``chassis secret``).
 
 The value is read on the machine running chassis when a host step writes the
 component's env file (mode 600 on the host); the ledger, plans, receipts and
-exports only ever hold the reference (``env:VAR`` / ``file:/abs/path``).
-Rolling back re-reads the reference: a rotated secret stays rotated.
+exports only ever hold the reference (``env:VAR`` / ``file:/abs/path`` /
+``store:NAME@VERSION``). A store reference is pinned to the secret's current
+version when the plan is made (:func:`pin_refs`), so rolling back to a plan
+restores the version it ran; ``env:`` and ``file:`` references are re-read:
+a rotated value stays rotated.
+
+Store references are revealed through the process-wide active store
+(:func:`use_store`, set by the CLI once the acting key and the ledger meet):
+without one, or when the store cannot reveal the version (unknown secret,
+the acting key not a recipient, tampered), resolving fails with the store's
+exit code before anything is recorded.
 
 Every value read here is registered with ``proofs.redaction`` for the rest of
 the command, so that the value (and its base64 and percent-encoded forms) is
@@ -19,24 +29,131 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 from chassis.errors import ChassisError
 from proofs.redaction import register_secret
 
+STORE = "store"
+"""The kind of a reference to the secret store: ``store:NAME@VERSION``."""
+
 
 class SecretUnavailable(ChassisError):
+    """A referenced secret cannot be read; exit 3, or the store's own code
+    (5 no recipient key, 8 tampered, 10 unknown secret) where it said why."""
+
     exit_code = 3
 
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
 
-def reference(from_env: str | None, from_file: str | None, base: Path) -> str:
-    """The recorded form of a reference (files made absolute against ``base``)."""
+
+class RevealingStore(Protocol):
+    """What resolving needs of ``chassis.secret_store.SecretStore``."""
+
+    def current_version(self, name: str) -> int: ...
+
+    def reveal(self, name: str, version: int) -> str: ...
+
+
+_active: RevealingStore | None = None
+_active_lock = threading.Lock()
+
+
+def use_store(store: RevealingStore | None) -> None:
+    """Make ``store`` the one store references are revealed through, for the
+    whole process (host steps run in threads); ``None`` forgets it."""
+    global _active
+    with _active_lock:
+        _active = store
+
+
+def active_store() -> RevealingStore | None:
+    return _active
+
+
+def reference(
+    from_env: str | None, from_file: str | None, base: Path, *, secret: str | None = None
+) -> str:
+    """The recorded form of a reference (files made absolute against ``base``;
+    a store secret unpinned, ``store:NAME``, until :func:`pin_refs`)."""
+    if secret is not None:
+        return f"{STORE}:{secret}"
     if from_env is not None:
         return f"env:{from_env}"
     assert from_file is not None
     path = Path(from_file).expanduser()
     return f"file:{path if path.is_absolute() else (base / path).resolve()}"
+
+
+def store_ref(ref: str) -> tuple[str, int | None] | None:
+    """(NAME, VERSION or None when unpinned) of a ``store:`` reference, else None."""
+    kind, _, target = ref.partition(":")
+    if kind != STORE:
+        return None
+    name, at, version = target.partition("@")
+    if not at:
+        return name, None
+    return name, int(version) if version.isdigit() else -1
+
+
+def pin_refs(
+    secrets: Mapping[str, str],
+    current_version: Callable[[str], int],
+    *,
+    component: str,
+    strict: bool,
+) -> dict[str, str]:
+    """``secrets`` with each unpinned store reference pinned to its secret's
+    current version: ``store:NAME`` → ``store:NAME@3``. ``strict``: a secret
+    the store does not hold raises (exit 10); otherwise (a plan that records
+    nothing) its reference is left unpinned."""
+    pinned: dict[str, str] = {}
+    for env, ref in secrets.items():
+        found = store_ref(ref)
+        if found is not None and found[1] is None:
+            try:
+                ref = f"{ref}@{current_version(found[0])}"
+            except ChassisError as e:
+                if strict:
+                    raise SecretUnavailable(
+                        f"component {component}: env {env}: {e.diagnostics()}",
+                        exit_code=e.exit_code,
+                    ) from None
+        pinned[env] = ref
+    return pinned
+
+
+def describe(ref: str) -> str:
+    """A reference as said to the operator: ``db_password@3`` for the store."""
+    found = store_ref(ref)
+    if found is None:
+        return ref
+    name, version = found
+    return name if version is None else f"{name}@{version}"
+
+
+def _reveal(ref: str, where: str) -> str:
+    found = store_ref(ref)
+    assert found is not None
+    name, version = found
+    if version is None or version < 1:
+        raise SecretUnavailable(f"{where}: {ref!r} names no version of secret {name}")
+    store = active_store()
+    if store is None:
+        raise SecretUnavailable(
+            f"{where}: secret {name}@{version} is in the secret store, which only a "
+            "command acting with a key can read"
+        )
+    try:
+        return store.reveal(name, version)
+    except ChassisError as e:
+        raise SecretUnavailable(f"{where}: {e.diagnostics()}", exit_code=e.exit_code) from None
 
 
 def resolve(name: str, ref: str, *, component: str) -> str:
@@ -52,6 +169,8 @@ def resolve(name: str, ref: str, *, component: str) -> str:
             value = Path(target).read_text().rstrip("\n")
         except OSError as e:
             raise SecretUnavailable(f"{where}: cannot read {target}: {e.strerror}") from None
+    elif kind == STORE:
+        value = _reveal(ref, where)
     else:
         raise SecretUnavailable(f"{where}: unknown secret reference {ref!r}")
     register_secret(value, f"{where} ({ref})")

@@ -90,15 +90,26 @@ class App:
         return load_acting_key(self.keys_dir, ref)
 
     def ledger(self, *, signing: bool = False) -> Ledger:
-        """The workspace ledger; with ``signing`` it can append as the acting key."""
+        """The workspace ledger; with ``signing`` it can append as the acting
+        key, and the secret store reveals with that key for the command
+        (``chassis.secrets.use_store``: deploys resolve ``{ secret = NAME }``)."""
         if self._ledger is None or (signing and self._ledger.signer is None):
             from ledger.storage import open_ledger
 
             signer = self.signer() if signing else None
             self._ledger = open_ledger(self.workspace.storage(), signer)
+            if signer is not None:
+                from chassis.secret_store import SecretStore
+                from chassis.secrets import use_store
+
+                use_store(SecretStore(self._ledger, signer))
         return self._ledger
 
     def close(self) -> None:
+        if "chassis.secrets" in sys.modules:  # a store was made active: forget it
+            from chassis.secrets import use_store
+
+            use_store(None)
         if self._ledger is not None:
             try:
                 if self._ledger.signer is not None and not self.skip_aftermath:

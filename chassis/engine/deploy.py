@@ -60,7 +60,15 @@ from chassis.hosts import HostView, declared_views, environment_hosts, sync_decl
 from chassis.inventory import ProbeFailed, inventory, probe
 from chassis.models.cache import require_models
 from chassis.receipts import redaction_key
-from chassis.secrets import SecretUnavailable, changed_secrets, check_available, fingerprints
+from chassis.secrets import (
+    SecretUnavailable,
+    changed_secrets,
+    check_available,
+    describe,
+    fingerprints,
+    pin_refs,
+    store_ref,
+)
 from chassis.stack.spec import Stack
 from chassis.workspace import Workspace
 from ledger.application import Ledger
@@ -159,7 +167,7 @@ def prepare(
     plan = build_plan(
         stack, hosts, ws, environment=environment, profile=profile, release=release, models=models
     )
-    plan = fingerprinted(plan, ws, strict=record)
+    plan = fingerprinted(pinned(plan, ledger, strict=record), ws, strict=record)
     check_plan(plan)
     if not record:
         return plan, bundle
@@ -188,14 +196,18 @@ def prepare(
         if failed:
             raise HostsUnreachable("; ".join(failed))
     final = fingerprinted(
-        build_plan(
-            stack,
-            environment_hosts(ledger, environment),
-            ws,
-            environment=environment,
-            profile=profile,
-            release=recorded,
-            models=models,
+        pinned(
+            build_plan(
+                stack,
+                environment_hosts(ledger, environment),
+                ws,
+                environment=environment,
+                profile=profile,
+                release=recorded,
+                models=models,
+            ),
+            ledger,
+            strict=True,
         ),
         ws,
         strict=True,
@@ -266,6 +278,34 @@ def models_changed(plan: Plan, before: Mapping[str, Before]) -> list[str]:
     return sorted(set(changed))
 
 
+def pinned(plan: Plan, ledger: Ledger, *, strict: bool) -> Plan:
+    """``plan`` with every store reference pinned to its secret's current
+    version (``store:NAME@3``): what the plan records, and what a rollback to
+    it reveals again. ``strict``: an unknown secret raises (exit 10, before
+    any intent); otherwise its reference stays unpinned."""
+    if not any(store_ref(r) for h in plan.hosts for c in h.components for r in c.secrets.values()):
+        return plan
+    from chassis.secret_store import SecretStore
+
+    store = SecretStore(ledger, None)
+    hosts = []
+    for host in plan.hosts:
+        components = [
+            msgspec.structs.replace(
+                component,
+                secrets=pin_refs(
+                    component.secrets,
+                    store.current_version,
+                    component=component.name,
+                    strict=strict,
+                ),
+            )
+            for component in host.components
+        ]
+        hosts.append(msgspec.structs.replace(host, components=components))
+    return msgspec.structs.replace(plan, hosts=hosts)
+
+
 def fingerprinted(plan: Plan, ws: Workspace, *, strict: bool) -> Plan:
     """``plan`` with the fingerprint of every secret its components use
     (``chassis.secrets.fingerprint``), so a rotated value changes the plan.
@@ -293,7 +333,10 @@ def secret_changes(plan: Plan, before: Mapping[str, Before]) -> tuple[list[str],
     """(changed, unknown) ``component.ENV`` secrets of ``plan`` against what
     each host runs now: changed values (or references new to a component);
     unknown where the running plan's fingerprints cannot be compared (none
-    recorded, or recorded by another workspace's key)."""
+    recorded, or recorded by another workspace's key). A changed store
+    reference is told with its versions: ``api.DB_PASSWORD db_password@2 -> @3``
+    (known from the references alone, so a dry-run that reveals nothing
+    names it too)."""
     changed: set[str] = set()
     unknown: set[str] = set()
     for host in plan.hosts:
@@ -304,9 +347,14 @@ def secret_changes(plan: Plan, before: Mapping[str, Before]) -> tuple[list[str],
             else {}
         )
         for component in host.components:
-            marks = component.secret_fingerprints
-            if isinstance(marks, msgspec.UnsetType) or component.name not in old:
+            if component.name not in old:
                 continue
+            told = _version_changes(component.secrets, old[component.name].secrets)
+            changed.update(f"{component.name}.{n} {said}" for n, said in told.items())
+            marks = component.secret_fingerprints
+            if isinstance(marks, msgspec.UnsetType):
+                continue
+            marks = {n: m for n, m in marks.items() if n not in told}
             was = old[component.name].secret_fingerprints
             names = [f"{component.name}.{n}" for n in marks]
             if isinstance(was, msgspec.UnsetType):
@@ -316,6 +364,22 @@ def secret_changes(plan: Plan, before: Mapping[str, Before]) -> tuple[list[str],
             changed.update(f"{component.name}.{n}" for n in differ)
             unknown.update(f"{component.name}.{n}" for n in other_key)
     return sorted(changed), sorted(unknown - changed)
+
+
+def _version_changes(now: Mapping[str, str], was: Mapping[str, str]) -> dict[str, str]:
+    """env name → ``NAME@2 -> @3`` (or ``OLD -> NEW``) of each secret whose
+    reference changed to or from a store version."""
+    told: dict[str, str] = {}
+    for env, ref in sorted(now.items()):
+        old = was.get(env)
+        if old is None or old == ref or (store_ref(ref) is None and store_ref(old) is None):
+            continue
+        new_ref, old_ref = store_ref(ref), store_ref(old)
+        if new_ref and old_ref and new_ref[0] == old_ref[0] and new_ref[1] is not None:
+            told[env] = f"{describe(old)} -> @{new_ref[1]}"
+        else:
+            told[env] = f"{describe(old)} -> {describe(ref)}"
+    return told
 
 
 def _with_live_facts(views: list[HostView], ws: Workspace, progress: Progress) -> list[HostView]:

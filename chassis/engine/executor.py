@@ -280,6 +280,17 @@ class HostDeployment:
         for name in remove:
             targets = [self.path("releases", name), self.path("releases", f"{name}.tar.gz")]
             self.connector.run("rm -rf " + " ".join(shlex.quote(t) for t in targets), check=True)
+        # Retained releases keep no copy of a secret: only the active release
+        # and the rollback target hold env files (a release started again
+        # gets its env file written by configure first).
+        stale = [d for d in dirs if d not in keep and d not in remove]
+        if stale:
+            self.connector.run(
+                "rm -f -- "
+                + " ".join(f"{shlex.quote(self.path('releases', d))}/.env.*" for d in stale),
+                check=True,
+                timeout=30,
+            )
         return f"kept {min(len(dirs), KEEP_RELEASES)} release(s), removed {len(remove)}", {
             "removed": remove
         }

@@ -387,6 +387,8 @@ class Operation:
                 root = (touched.host_plan or touched.before.host_plan or _no_plan(name)).root
                 try:
                     problem = self._restage(name, touched.before, connector, supervisor)
+                    if problem is None:
+                        problem = self._reconfigure(name, touched, connector, supervisor)
                     if problem is not None:
                         raise StepFailed("restore", problem)
                     ok, detail, _ = start_previous(
@@ -446,6 +448,43 @@ class Operation:
             staging.run()
         except StepFailed as e:
             return f"{gone}, and putting it back failed at {e.step}: {e.detail}"
+        return None
+
+    def _reconfigure(
+        self, name: str, touched: Touched, connector: Connector, supervisor: Supervisor
+    ) -> str | None:
+        """Write the previous release's env files again (its ``configure``,
+        recorded) when the operation wrote its own into the same release
+        directory with other secret references or env (a redeploy after a
+        rotation, a rollback between two versions of a store secret, a model
+        swap's CHASSIS_MODEL_DIR): restored, it runs what it ran before, not
+        what failed. Returns why that failed, or None."""
+        before = touched.before
+        if (
+            before.plan is None
+            or before.host_plan is None
+            or before.release is None
+            or touched.plan is None
+            or touched.host_plan is None
+            or "configure" not in touched.host_plan.steps
+            or touched.plan.release_dir != str(before.release["release_dir"])
+        ):
+            return None
+        was = {c.name: (c.secrets, c.env) for c in before.host_plan.components}
+        if was == {c.name: (c.secrets, c.env) for c in touched.host_plan.components}:
+            return None
+        configure = HostDeployment(
+            plan=before.plan,
+            host=msgspec.structs.replace(before.host_plan, steps=["configure"]),
+            connector=connector,
+            supervisor=supervisor,
+            bundle=Path(),  # configure uploads nothing
+            record=self.recorder.step(name),
+        )
+        try:
+            configure.run()
+        except StepFailed as e:
+            return f"writing the env files of {before.plan.label} again failed: {e.detail}"
         return None
 
     def unrestored(self) -> list[str]:

@@ -60,7 +60,9 @@ class ComponentPlan(msgspec.Struct, frozen=True, kw_only=True):
     ports: dict[str, int]
     health: dict[str, Any] | None
     secrets: dict[str, str] = {}
-    """env name → reference (``env:VAR`` or ``file:/abs/path``), never a value."""
+    """env name → reference (``env:VAR``, ``file:/abs/path`` or
+    ``store:NAME@VERSION``, pinned by ``chassis.engine.deploy.prepare``),
+    never a value."""
     secret_fingerprints: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
     """env name → ``KEYID:HMAC`` of each secret's value when the plan was made
     (``chassis.secrets.fingerprint``): a rotated secret changes the plan, and
@@ -192,7 +194,7 @@ def build_plan(
                         ports=dict(spec.ports),
                         health=health_dict(spec.health),
                         secrets={
-                            k: reference(v.from_env, v.from_file, ws.root)
+                            k: reference(v.from_env, v.from_file, ws.root, secret=v.secret)
                             for k, v in spec.env.items()
                             if isinstance(v, SecretRefSpec)
                         },
@@ -307,6 +309,25 @@ def running_models(installation: Installation) -> dict[str, dict[str, str]]:
         models = plan.models(host)
         if models:
             found[host] = models
+    return found
+
+
+def running_secrets(installation: Installation) -> dict[str, dict[str, dict[str, str]]]:
+    """host → component → secret references of what each host runs now (the
+    plan of its active revision; a store reference names its version):
+    two revisions of one release that ran other secret versions differ."""
+    found: dict[str, dict[str, dict[str, str]]] = {}
+    for host, entry in installation.hosts.items():
+        plan = msgspec.convert(installation.plan_of(int(entry["revision"])), Plan)
+        secrets = {
+            c.name: dict(c.secrets)
+            for h in plan.hosts
+            if h.host == host
+            for c in h.components
+            if c.secrets
+        }
+        if secrets:
+            found[host] = secrets
     return found
 
 

@@ -41,6 +41,7 @@ from chassis.engine.plan import (
     hosts_revisions,
     recorded_form,
     running_models,
+    running_secrets,
     verified_plans,
 )
 from chassis.engine.preflight import check_bundle, check_plan, reach_hosts
@@ -199,9 +200,12 @@ def choose_target(ledger: Ledger, installation: Installation, to: str | None) ->
         why = _skip_reason(entry)
         if why is None:
             target = _target(ledger, installation, entry, "", skipped)
-            # A revision that changed only a model (a swap) has the same spatial state.
-            if target.state_digest != current_digest or (
-                running_models(target.state) != running_models(installation)
+            # A revision that changed only a model (a swap) or a secret's store
+            # version (a redeploy after a rotation) has the same spatial state.
+            if (
+                target.state_digest != current_digest
+                or running_models(target.state) != running_models(installation)
+                or running_secrets(target.state) != running_secrets(installation)
             ):
                 reason = f"last successful revision before {current}"
                 return dataclasses.replace(target, reason=reason)
@@ -293,6 +297,7 @@ def plan_rollback(
     changes: list[HostChange] = []
     bundles: dict[str, Path] = {}
     models_now, models_then = running_models(installation), running_models(target.state)
+    secrets_now, secrets_then = running_secrets(installation), running_secrets(target.state)
     for host in sorted({*installation.hosts, *target.state.hosts}):
         current = installation.hosts.get(host)
         wanted = target.state.hosts.get(host)
@@ -300,7 +305,8 @@ def plan_rollback(
             changes.append(HostChange(host, "retire", current, None, None, None))
             continue
         same_models = models_now.get(host) == models_then.get(host)
-        if current is not None and _same(current, wanted) and same_models:
+        same_secrets = secrets_now.get(host) == secrets_then.get(host)
+        if current is not None and _same(current, wanted) and same_models and same_secrets:
             changes.append(HostChange(host, "unchanged", current, wanted, None, None))
             continue
         plan = target_plans[int(wanted["revision"])]

@@ -47,12 +47,16 @@ class ResourcesSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=Tru
 
 
 class SecretRefSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """``{ from_env = "VAR" }`` or ``{ from_file = "PATH" }``: a secret resolved
-    on the machine running chassis at deploy time; only the reference is
-    recorded, never the value."""
+    """``{ from_env = "VAR" }``, ``{ from_file = "PATH" }`` or
+    ``{ secret = "NAME" }``: a secret resolved on the machine running chassis
+    at deploy time; only the reference is recorded, never the value. A
+    ``secret`` is one of the workspace's secret store (``chassis secret set``):
+    the plan pins the version current when it is made (``store:NAME@3``), so a
+    rollback restores the version its revision ran."""
 
     from_env: str | None = None
     from_file: str | None = None
+    secret: str | None = None
 
 
 class ScoreSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):

@@ -523,8 +523,11 @@ def _check_ssh_timeout(path: Path, where: str, value: int | None) -> None:
 
 
 def _check_secret_ref(path: Path, where: str, ref: SecretRefSpec) -> None:
-    if (ref.from_env is None) == (ref.from_file is None):
-        raise StackError(f"{path}: {where}: expected exactly one of from_env or from_file")
+    given = [v for v in (ref.from_env, ref.from_file, ref.secret) if v is not None]
+    if len(given) != 1:
+        raise StackError(f"{path}: {where}: expected exactly one of from_env, from_file or secret")
+    if ref.secret is not None:
+        _check_name(path, f"{where}.secret", "secret", ref.secret)
     if ref.from_env is not None and not ENV_NAME.match(ref.from_env):
         raise StackError(
             f"{path}: {where}.from_env: expected an environment variable name, "

@@ -194,7 +194,7 @@ ENUMS: list[tuple[str, Callable[[Raw], None], str]] = [
         "unknown-key-in-a-secret-reference",
         lambda raw: components(raw)["gateway"]["env"].update(TOKEN_FILE={"from_path": "/x"}),
         "components.gateway.env.TOKEN_FILE.from_path: unknown key; "
-        "expected one of: from_env, from_file",
+        "expected one of: from_env, from_file, secret",
     ),
     (
         "unknown-key-in-a-host",
