@@ -297,6 +297,48 @@ def revoke_recipient_command(app: App, name: str, key: str, reason: str) -> None
     )
 
 
+@secret_group.command(
+    "leases",
+    epilog="""\b
+A version is materialized on a host while an installation's active plan
+there references it (its env file; retained releases keep no copy). Its
+lease ends ttl after the version was set: rotate and redeploy before then.
+Read from the verified ledger; the hosts are not asked.
+Exit status: 0.
+Example: chassis secret leases --json""",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the leases as JSON.")
+@pass_app
+def leases_command(app: App, as_json: bool) -> None:
+    """Where each secret version is materialized, and when its lease expires."""
+    from datetime import UTC, datetime
+
+    from chassis.secret_leases import leases
+
+    rows = leases(app.ledger(), datetime.now(UTC))
+    table_rows = [
+        [
+            r["secret"],
+            str(r["version"]),
+            f"{r['app']}/{r['environment']}",
+            r["host"],
+            f"{r['component']}.{r['env']}",
+            r["expires"] or "never",
+            "EXPIRED" if r["expired"] else ("current" if r["current"] else "superseded"),
+        ]
+        for r in rows
+    ]
+    app.emit(
+        rows,
+        as_json=as_json,
+        human=lambda: (
+            table(table_rows, ["SECRET", "VERSION", "INSTALLATION", "HOST", "ENV", "EXPIRES", ""])
+            if table_rows
+            else click.echo("no secret from the store is materialized on any host")
+        ),
+    )
+
+
 def _store(app: App, *, signing: bool = False) -> SecretStore:
     from chassis.secret_store import SecretStore
 

@@ -411,3 +411,41 @@ def test_over_ssh_each_version_reaches_the_host_and_rollback_restores_it(
         for row in RawStore(f"sqlite:///{root / '.chassis' / 'ledger.db'}").rows():
             assert value.encode() not in expand(row.state)
     run.ok("ledger", "verify")
+
+
+def test_secret_leases_list_where_each_version_runs_and_when_it_expires(
+    run: Recording, stored: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16, item 4: ``chassis secret leases`` from the ledger: which
+    version each host runs, and when its TTL runs out."""
+    from datetime import UTC, datetime, timedelta
+
+    from chassis.secret_leases import leases
+    from chassis.workspace import Workspace
+    from ledger.storage import open_ledger
+
+    assert json.loads(run.ok("secret", "leases", "--json").stdout) == []
+    run.ok(*DEPLOY, "--release", "v1")
+    first = json.loads(run.ok("secret", "leases", "--json").stdout)
+    assert [(r["secret"], r["version"], r["component"], r["env"]) for r in first] == [
+        ("db_password", 1, "api", "DB_PASSWORD")
+    ]
+    assert first[0]["expires"] is None and first[0]["current"] is True
+    monkeypatch.setenv("NEW_DB_PASSWORD", V2)
+    run.ok(
+        "secret", "rotate", "db_password", "--from-env", "NEW_DB_PASSWORD", "--ttl", "1h",
+        "--reason", "with a lease",
+    )  # fmt: skip
+    stale = json.loads(run.ok("secret", "leases", "--json").stdout)
+    assert [(r["version"], r["current"]) for r in stale] == [(1, False)], "v1 still runs"
+    run.ok("redeploy", "shop", "--env", "dev")
+    rows = json.loads(run.ok("secret", "leases", "--json").stdout)
+    assert [(r["version"], r["current"], r["expired"]) for r in rows] == [(2, True, False)]
+    assert rows[0]["expires"] is not None
+    reader = open_ledger(Workspace.find(stored).storage(), None)
+    try:
+        later = leases(reader, datetime.now(UTC) + timedelta(hours=2))
+    finally:
+        reader.close()
+    assert [(r["version"], r["expired"]) for r in later] == [(2, True)]
+    assert V1 not in "".join(run.outputs) and V2 not in "".join(run.outputs)
