@@ -142,7 +142,9 @@ def test_the_process_dying_ends_the_gate_at_once(
     long before the window ends (and before the wrapper's restart could hide it)."""
     connector, address, root = host
     port = free_port(address)
-    state = DirectSupervisor(connector, str(root)).start(supervised("sleep 0.6; exit 3"))
+    # Long enough that the first look sees the command running, even on a
+    # loaded machine over SSH (it then names the exit, not "not running").
+    state = DirectSupervisor(connector, str(root)).start(supervised("sleep 2; exit 3"))
     assert state.pid is not None
     with stray_server(address, port, tmp_path / "site"):
         watch = ProcessWatch(
