@@ -113,15 +113,7 @@ def set_command(
     as_json: bool,
 ) -> None:
     """Store a new secret NAME, encrypted to its recipients."""
-    from chassis.secret_store import check_value, parse_ttl
-
-    ttl_s = parse_ttl(ttl) if ttl is not None else None
-    value = _read_value(from_file, from_env)
-    check_value(value)
-    store = _store(app, signing=True)
-    version = store.set(
-        name, value, recipients=list(recipients) or None, ttl_s=ttl_s, reason=reason
-    )
+    store, version = _write(app, "set", name, from_file, from_env, recipients, ttl, reason)
     _written(app, store, name, f"secret {name} version {version} stored", as_json)
 
 
@@ -153,15 +145,7 @@ def rotate_command(
     as_json: bool,
 ) -> None:
     """Store a new value of secret NAME as its next version."""
-    from chassis.secret_store import check_value, parse_ttl
-
-    ttl_s = parse_ttl(ttl) if ttl is not None else None
-    value = _read_value(from_file, from_env)
-    check_value(value)
-    store = _store(app, signing=True)
-    version = store.rotate(
-        name, value, recipients=list(recipients) or None, ttl_s=ttl_s, reason=reason
-    )
+    store, version = _write(app, "rotate", name, from_file, from_env, recipients, ttl, reason)
     _written(app, store, name, f"secret {name} rotated to version {version}", as_json)
 
 
@@ -337,6 +321,28 @@ def leases_command(app: App, as_json: bool) -> None:
             else click.echo("no secret from the store is materialized on any host")
         ),
     )
+
+
+def _write(
+    app: App,
+    how: str,
+    name: str,
+    from_file: Path | None,
+    from_env: str | None,
+    recipients: tuple[str, ...],
+    ttl: str | None,
+    reason: str,
+) -> tuple[SecretStore, int]:
+    """Read and check the value, then ``set`` or ``rotate`` it; the new version."""
+    from chassis.secret_store import check_value, parse_ttl
+
+    ttl_s = parse_ttl(ttl) if ttl is not None else None
+    value = _read_value(from_file, from_env)
+    check_value(value)
+    store = _store(app, signing=True)
+    write = store.set if how == "set" else store.rotate
+    version = write(name, value, recipients=list(recipients) or None, ttl_s=ttl_s, reason=reason)
+    return store, version
 
 
 def _store(app: App, *, signing: bool = False) -> SecretStore:
