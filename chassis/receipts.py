@@ -366,6 +366,14 @@ def _operation(ledger: Ledger, aggregate_id: UUID, version: int) -> _Built:
                 outcome["failed_step"] = event.step
             if event.step == "health":
                 health[host] = {"ok": event.ok, "detail": event.detail, **event.data}
+            # Expired secret copies removed (``expire-lease``): the step after the work.
+            if (
+                event.step == "expire-secret"
+                and event.ok
+                and event.data.get("phase") != "begin"
+                and outcome["status"] in ("pending", "retired")
+            ):
+                outcome["status"] = "succeeded"
         elif isinstance(event, Installation.HostActivated):
             outcome["status"] = "succeeded"
         elif isinstance(event, Installation.HostRestored):

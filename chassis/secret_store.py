@@ -31,7 +31,7 @@ import hmac
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -165,6 +165,64 @@ class StoredVersion:
     wraps: dict[str, str]
 
 
+@dataclass
+class RecipientChange:
+    """What ``grant`` or ``revoke-recipient`` changed: the versions whose
+    recipients it recorded, and those it left alone and why."""
+
+    name: str
+    keyid: str
+    key_name: str
+    versions: list[int] = field(default_factory=list)
+    """Versions whose recipients were changed (each a signed event)."""
+    not_recipient: list[int] = field(default_factory=list)
+    """``grant``: versions the acting key cannot open (not a recipient)."""
+    missing: list[int] = field(default_factory=list)
+    """``grant``: versions recorded without a stored ciphertext."""
+    last_recipient: list[int] = field(default_factory=list)
+    """``revoke-recipient``: older versions the key is the only recipient of."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "secret": self.name,
+            "key": {"keyid": self.keyid, "name": self.key_name},
+            "versions": self.versions,
+            "skipped": {
+                "not_recipient": self.not_recipient,
+                "missing": self.missing,
+                "last_recipient": self.last_recipient,
+            },
+        }
+
+    def warnings(self, acting: str) -> list[str]:
+        """One line per kind of version left alone."""
+        lines = []
+        if self.not_recipient:
+            lines.append(
+                f"secret {self.name}: {_versions(self.not_recipient)} not granted to "
+                f"{self.key_name}: {acting} is not a recipient of "
+                f"{'it' if len(self.not_recipient) == 1 else 'them'}; one of "
+                f"{'its' if len(self.not_recipient) == 1 else 'their'} recipients can run "
+                f"'chassis secret grant {self.name} {self.key_name}'"
+            )
+        if self.missing:
+            lines.append(
+                f"secret {self.name}: {_versions(self.missing)} not granted: no ciphertext is "
+                "stored (interrupted when set); it cannot be read by anyone"
+            )
+        if self.last_recipient:
+            lines.append(
+                f"secret {self.name}: {self.key_name} stays a recipient of "
+                f"{_versions(self.last_recipient)}: it is the only one "
+                f"('chassis secret rm {self.name}' removes every version)"
+            )
+        return lines
+
+
+def _versions(numbers: list[int]) -> str:
+    return ("version " if len(numbers) == 1 else "versions ") + ", ".join(map(str, numbers))
+
+
 def parse_ttl(text: str) -> int:
     """``90m``, ``12h``, ``2h30m``, ``90d`` → seconds (1 minute to 3650 days)."""
     compact = text.replace(" ", "")
@@ -275,54 +333,116 @@ class SecretStore:
         ttl = secret.current.ttl_s if ttl_s is None else ttl_s
         return self._write(secret, name, value, keys, ttl, reason)
 
-    def grant(self, name: str, keyid: str, reason: str) -> None:
-        """Wrap the current version's data key for one more recipient (the
-        acting key must be able to decrypt it)."""
+    def grant(self, name: str, keyid: str, reason: str) -> RecipientChange:
+        """Wrap the data key of every live version the acting key can open
+        for one more recipient, and record the new recipients of each version
+        (one signed ``recipients-changed`` per version, in one save). Versions
+        the acting key is not a recipient of are skipped and listed in the
+        result; a version whose stored bytes do not verify stops the grant
+        before anything is recorded (exit 8)."""
         secret = self._existing(name)
         key = self._recipient_key(keyid)
-        current = secret.current
-        if key.keyid in current.recipients:
+        who = f"key {key.name} ({key.keyid[:16]})"
+        pending = [v for v in secret.live if key.keyid not in v.recipients]
+        if not pending:
             raise DomainRuleError(
-                f"key {key.name} ({key.keyid[:16]}) is already a recipient of secret {name!r}"
+                f"{who} is already a recipient of every version of secret {name!r}"
             )
-        data_key, value = self._open(secret, current)
-        register_secret(value, f"secret {name}")
-        _check_reason(value, reason)
-        stored = self._stored(name, current.number)
-        assert stored is not None  # _open read it
-        wraps = {k: w for k, w in stored.wraps.items() if k in current.recipients}
-        wraps[key.keyid] = wrap(data_key, bytes.fromhex(key.public_key))
-        secret.change_recipients(
-            recipients=[*current.recipients, key.keyid], reason=reason, actor=self._actor()
+        keypair = self.keypair
+        openable = [v for v in pending if keypair is not None and keypair.keyid in v.recipients]
+        change = RecipientChange(
+            name=name,
+            keyid=key.keyid,
+            key_name=key.name,
+            not_recipient=[
+                v.number for v in pending if v.number not in {o.number for o in openable}
+            ],
         )
+        rows: dict[int, dict[str, str]] = {}
+        for entry in openable:
+            stored = self._stored(name, entry.number)
+            if stored is None:  # never written (an interrupted set): nothing to wrap
+                change.missing.append(entry.number)
+                continue
+            data_key, value = self._open(secret, entry)
+            register_secret(value, f"secret {name} version {entry.number}")
+            _check_reason(value, reason)
+            wraps = {k: w for k, w in stored.wraps.items() if k in entry.recipients}
+            wraps[key.keyid] = wrap(data_key, bytes.fromhex(key.public_key))
+            rows[entry.number] = wraps
+        if not rows:
+            if openable:
+                raise self._missing(name, change.missing[0])
+            if keypair is None:
+                raise NoRecipientKey(f"secret {name!r}: no key selected to decrypt it")
+            raise NoRecipientKey(
+                f"secret {name!r}: key {keypair.name} ({keypair.keyid[:16]}) is not a recipient "
+                f"of {_versions(change.not_recipient)}, so it cannot grant {key.name} any; "
+                f"a recipient can run 'chassis secret grant {name} {key.name}'"
+            )
+        actor = self._actor()
+        for number in sorted(rows):
+            version = secret.at(number)
+            assert version is not None
+            secret.change_recipients(
+                recipients=[*version.recipients, key.keyid],
+                reason=reason,
+                actor=actor,
+                version=number,
+            )
         self.ledger.append(secret)
-        self._set_wraps(name, current.number, wraps)
+        for number, wraps in sorted(rows.items()):
+            self._set_wraps(name, number, wraps)
+        change.versions = sorted(rows)
+        return change
 
-    def revoke_recipient(self, name: str, keyid: str, reason: str) -> None:
-        """Drop one recipient's wrap of the current version. Older versions
-        keep theirs, and a data key once read stays known: rotate."""
+    def revoke_recipient(self, name: str, keyid: str, reason: str) -> RecipientChange:
+        """Drop one recipient's wrap from every live version it is a recipient
+        of, recording each version's new recipients (one save). A version it
+        is the last recipient of keeps it (listed in the result), except the
+        current one, which refuses the whole revocation. It cannot un-leak:
+        a data key or value the key read before stays known to it; rotate."""
         if not reason.strip():
             raise SecretInputError("revoking a recipient needs a reason")
         secret = self._existing(name)
         key = self._trust().find(keyid)
-        current = secret.current
-        if key.keyid not in current.recipients:
-            raise DomainRuleError(
-                f"key {key.name} ({key.keyid[:16]}) is not a recipient of secret {name!r}"
-            )
-        remaining = [k for k in current.recipients if k != key.keyid]
-        if not remaining:
+        who = f"key {key.name} ({key.keyid[:16]})"
+        holding = [v for v in secret.live if key.keyid in v.recipients]
+        if not holding:
+            raise DomainRuleError(f"{who} is not a recipient of secret {name!r}")
+        if secret.current.recipients == [key.keyid]:
             raise DomainRuleError(
                 f"key {key.name} is the last recipient of secret {name!r}; "
                 f"'chassis secret rm {name}' removes the secret"
             )
-        stored = self._stored(name, current.number)
-        if stored is None:
-            raise self._missing(name, current.number)
-        wraps = {k: w for k, w in stored.wraps.items() if k in remaining}
-        secret.change_recipients(recipients=remaining, reason=reason, actor=self._actor())
+        change = RecipientChange(name=name, keyid=key.keyid, key_name=key.name)
+        actor = self._actor()
+        rows: dict[int, dict[str, str] | None] = {}
+        for entry in holding:
+            remaining = [k for k in entry.recipients if k != key.keyid]
+            if not remaining:
+                change.last_recipient.append(entry.number)
+                continue
+            stored = self._stored(name, entry.number)
+            rows[entry.number] = (
+                None
+                if stored is None
+                else {k: w for k, w in stored.wraps.items() if k in remaining}
+            )
+            secret.change_recipients(
+                recipients=remaining, reason=reason, actor=actor, version=entry.number
+            )
+        if not rows:
+            raise DomainRuleError(
+                f"{who} is the only recipient of {_versions(change.last_recipient)} of secret "
+                f"{name!r}; 'chassis secret rm {name}' removes every version"
+            )
         self.ledger.append(secret)
-        self._set_wraps(name, current.number, wraps)
+        for number, wraps in sorted(rows.items()):
+            if wraps is not None:
+                self._set_wraps(name, number, wraps)
+        change.versions = sorted(rows)
+        return change
 
     def remove(self, name: str, reason: str) -> None:
         """Record the secret removed and delete its stored versions."""

@@ -24,7 +24,7 @@ from ledger.errors import ConflictError, DomainRuleError
 from ledger.events import LedgerEvent
 from ledger.snapshots import SnapshotBinding
 
-OPERATIONS = ("deploy", "rollback", "recover", "repair", "restart", "remove")
+OPERATIONS = ("deploy", "rollback", "recover", "repair", "restart", "remove", "expire-lease")
 _HOLDER_KEYS = ("renewed", "hostname", "pid", "process")
 """Lease keys that describe the holding process (``LeaseRenewed``)."""
 STATE_TAG = b"chassis.installation.state.v1\x00"
@@ -306,6 +306,55 @@ class Installation(LedgerAggregate):
             aggregate.hosts.pop(self.host, None)
             aggregate.observed.pop(self.host, None)
             aggregate.drift.pop(self.host, None)
+            aggregate.compact()
+
+    class ComponentsStopped(LedgerEvent, frozen=True, kw_only=True):
+        """The operation stopped ``components`` on ``host``, which keeps
+        running its others: the host now runs the operation's ``revision``
+        (whose plan no longer places them there). Recorded after a step that
+        says why (``expire-secret``: a secret version's lease expired) written
+        before anything was stopped. A host left with nothing is retired
+        instead (``host-retired``)."""
+
+        TOPIC: ClassVar[str] = "chassis.installation.components-stopped.v1"
+        ROLE: ClassVar[str] = "operator"
+        op_id: str
+        host: str
+        revision: int
+        components: list[str]
+        detail: str
+
+        def apply(self, aggregate: Installation) -> None:
+            entry = aggregate.hosts.get(self.host)
+            if entry is None:
+                return
+            stopped = set(self.components)
+            remaining = [c for c in entry["components"] if c not in stopped]
+            if not remaining:
+                aggregate.hosts.pop(self.host, None)
+                aggregate.observed.pop(self.host, None)
+                aggregate.drift.pop(self.host, None)
+            else:
+                aggregate.hosts[self.host] = {
+                    **entry,
+                    "revision": self.revision,
+                    "components": remaining,
+                }
+                seen = aggregate.observed.get(self.host)
+                if seen is not None:
+                    aggregate.observed[self.host] = {
+                        **seen,
+                        "components": {
+                            k: v for k, v in seen["components"].items() if k not in stopped
+                        },
+                    }
+                drift = aggregate.drift.get(self.host)
+                if drift is not None:
+                    left = [d for d in drift["differences"] if d.get("component") not in stopped]
+                    if left:
+                        aggregate.drift[self.host] = {**drift, "differences": left}
+                    else:
+                        aggregate.drift.pop(self.host, None)
             aggregate.compact()
 
     class OperationFinished(LedgerEvent, frozen=True, kw_only=True):
@@ -717,6 +766,33 @@ class Installation(LedgerAggregate):
             op_id=op_id,
             host=host,
             components=components,
+            detail=detail,
+        )
+
+    def stop_components(
+        self, *, actor: str, op_id: str, host: str, components: list[str], detail: str
+    ) -> None:
+        """Record ``components`` stopped on ``host`` by the operation holding
+        the lease; the host then runs that operation's revision."""
+        self._require_operation(op_id)
+        assert self.lease is not None
+        entry = self.hosts.get(host)
+        if entry is None:
+            raise DomainRuleError(f"{self.app}/{self.environment} runs nothing on {host}")
+        if not components:
+            raise DomainRuleError("stopping components needs at least one")
+        unknown = sorted(set(components) - set(entry["components"]))
+        if unknown:
+            raise DomainRuleError(
+                f"{self.app}/{self.environment} does not run {', '.join(unknown)} on {host}"
+            )
+        self.trigger(
+            self.ComponentsStopped,
+            keyid=actor,
+            op_id=op_id,
+            host=host,
+            revision=int(self.lease["revision"]),
+            components=sorted(components),
             detail=detail,
         )
 

@@ -71,6 +71,9 @@ class Secret(LedgerAggregate):
     """The current version number (never ``version``: that is the aggregate's)."""
     versions: list[SecretVersion]
     """Every version, oldest first (``versions[n - 1]`` is version ``n``)."""
+    live_from: int
+    """The first version set since the secret was last removed: older ones
+    have no stored ciphertext any more (``secret rm`` deleted it)."""
     removed: bool
     removed_by: str | None
     removed_reason: str | None
@@ -91,6 +94,7 @@ class Secret(LedgerAggregate):
             aggregate.name = self.name
             aggregate.latest = 0
             aggregate.versions = []
+            aggregate.live_from = 1
             aggregate.removed = False
             aggregate.removed_by = None
             aggregate.removed_reason = None
@@ -108,6 +112,8 @@ class Secret(LedgerAggregate):
         reason: str
 
         def apply(self, aggregate: Secret) -> None:
+            if aggregate.removed:  # set again after ``rm``: the versions before are gone
+                aggregate.live_from = self.version
             aggregate.removed = False
             aggregate.removed_by = None
             aggregate.removed_reason = None
@@ -117,13 +123,15 @@ class Secret(LedgerAggregate):
         TOPIC: ClassVar[str] = "chassis.secret.recipients-changed.v1"
         ROLE: ClassVar[str] = "operator"
         version: int
-        """The version re-wrapped: always the current one."""
+        """The version re-wrapped: any live version (``grant`` and
+        ``revoke-recipient`` record one event per version they change; before
+        they did, only ever the current one)."""
         recipients: list[str]
         reason: str
 
         def apply(self, aggregate: Secret) -> None:
             entry = aggregate.at(self.version)
-            if entry is not None:  # Chassis only ever names the current version
+            if entry is not None:
                 entry.recipients = list(self.recipients)
 
     class Removed(LedgerEvent, frozen=True, kw_only=True):
@@ -183,17 +191,26 @@ class Secret(LedgerAggregate):
         )
         return number
 
-    def change_recipients(self, *, recipients: list[str], reason: str, actor: str) -> None:
-        """The current version re-wrapped for ``recipients``."""
+    def change_recipients(
+        self, *, recipients: list[str], reason: str, actor: str, version: int | None = None
+    ) -> None:
+        """Version ``version`` (default: the current one) re-wrapped for
+        ``recipients``; only a live version (set since the last removal)."""
         if self.removed:
             raise DomainRuleError(f"secret {self.name!r} was removed")
+        number = self.latest if version is None else version
+        entry = self.at(number)
+        if entry is None or number < self.live_from:
+            raise DomainRuleError(f"secret {self.name!r} has no live version {number}")
         checked = _checked_recipients(recipients)
-        if checked == self.current.recipients:
-            raise DomainRuleError(f"secret {self.name!r}: the recipients are unchanged")
+        if checked == entry.recipients:
+            raise DomainRuleError(
+                f"secret {self.name!r} version {number}: the recipients are unchanged"
+            )
         self.trigger(
             self.RecipientsChanged,
             keyid=actor,
-            version=self.latest,
+            version=number,
             recipients=checked,
             reason=reason,
         )
@@ -210,6 +227,14 @@ class Secret(LedgerAggregate):
     @property
     def current(self) -> SecretVersion:
         return self.versions[self.latest - 1]
+
+    @property
+    def live(self) -> list[SecretVersion]:
+        """The versions set since the secret was last removed, oldest first
+        (none while it is removed): those whose ciphertext is kept."""
+        if self.removed:
+            return []
+        return [v for v in self.versions if v.number >= self.live_from]
 
     def at(self, number: int) -> SecretVersion | None:
         """Version ``number``, or None when there is none."""

@@ -181,6 +181,35 @@ wait_lock_option = click.option(
 """``--wait-lock[=SECONDS]`` of every command that takes an installation's lease."""
 
 
+def _moment(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """An RFC 3339 time with a zone (``2030-01-31T12:00:00Z``), in UTC."""
+    from datetime import UTC, datetime
+
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"expected an RFC 3339 time such as 2030-01-31T12:00:00Z, not {value!r}"
+        ) from None
+    if moment.tzinfo is None:
+        raise click.BadParameter(f"{value!r} has no time zone (end it with Z or +HH:MM)")
+    return moment.astimezone(UTC)
+
+
+at_option = click.option(
+    "--at",
+    "at",
+    callback=_moment,
+    default=None,
+    metavar="TIME",
+    help="Judge secret leases as of TIME (RFC 3339 with a zone, e.g. 2030-01-31T12:00:00Z) "
+    "instead of now: which will have expired by then.",
+)
+"""``--at TIME`` of the commands that judge secret lease expiry."""
+
+
 def _scrubbed_data(data: Any) -> Any:
     """``data`` with every string scrubbed (as ``chassis.engine.executor.scrubbed_data``,
     here so that printing JSON does not import the engine)."""

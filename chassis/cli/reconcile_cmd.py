@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import click
 
-from chassis.cli.app import App, pass_app, table, wait_lock_option
+from chassis.cli.app import App, at_option, pass_app, table, wait_lock_option
 from chassis.engine.executor import KEEP_RELEASES  # prune's default, in its --help
 
 
@@ -18,18 +20,32 @@ within 1.5 s). Drift is recorded (one drift-observed event per host) and
 shown by 'chassis status'. --repair runs a 'repair' operation that puts the
 recorded release back (re-uploaded from the bundle store if needed, health
 gated), then checks again.
-Exit status: 0 every host matches (after --repair: matches now), 7 an
-operation holds the lease (after --wait-lock: still, when the time ran out,
-or its holder is gone), 10 no such installation, 11 a host could not be
-checked (wins over 18), 18 drift found (differences listed).
+Secret leases: every copy of a store secret version whose lease (its ttl)
+has expired is listed, one line per host and component: the running
+component's env file, and retained releases' env files that may hold it.
+--repair first removes them, as a recorded 'expire-lease' operation: the
+component is stopped (no longer placed there) and its env files deleted; a
+redeploy puts it back, on a newer version. --at TIME judges expiry as of
+TIME instead of now (with --repair, copies expiring before TIME go too).
+Exit status: 0 every host matches and no copy of an expired secret remains
+(after --repair: now), 7 an operation holds the lease (after --wait-lock:
+still, when the time ran out, or its holder is gone), 10 no such
+installation, 11 a host could not be checked (wins over 18), 18 drift
+found or expired secret copies remain (each listed).
 Examples:
   chassis reconcile shop --env dev
   chassis reconcile shop --env prod --json
-  chassis reconcile shop --env prod --repair""",
+  chassis reconcile shop --env prod --repair
+  chassis reconcile shop --env prod --at 2030-01-31T00:00:00Z""",
 )
 @click.argument("app_name", metavar="APP")
 @click.option("--env", "environment", required=True)
-@click.option("--repair", is_flag=True, help="Restore the recorded release on drifted hosts.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Remove expired secret copies, then restore the recorded release on drifted hosts.",
+)
+@at_option
 @wait_lock_option
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @pass_app
@@ -38,6 +54,7 @@ def reconcile_command(
     app_name: str,
     environment: str,
     repair: bool,
+    at: datetime | None,
     wait_lock: int | None,
     as_json: bool,
 ) -> None:
@@ -57,28 +74,38 @@ def reconcile_command(
             environment=environment,
             repair=repair,
             progress=app.note,
+            at=at,
         ),
     )
 
     def human() -> None:
+        for host, outcome in sorted(result.expired_removed.items()):
+            click.echo(
+                f"{host}: expire-lease {'ok' if outcome['ok'] else 'FAILED'}: {outcome['detail']}"
+            )
         for host, outcome in sorted(result.repaired.items()):
             click.echo(f"{host}: repair {'ok' if outcome['ok'] else 'FAILED'}: {outcome['detail']}")
         for line in result.lines():
             click.echo(line)
         checked = len(result.checks) - len(result.unreachable)
-        if not result.drift and not result.unreachable:
+        if not result.drift and not result.unreachable and not result.expired:
             click.echo(f"{app_name}/{environment}: {checked} host(s) match the ledger")
         for host in result.stale:
             click.echo(f"{host}: drift recorded earlier is gone (recorded as clean)")
 
     app.emit(result.to_dict(), as_json=as_json, human=human)
-    if result.unreachable:
-        hosts = ", ".join(result.unreachable)
-        raise HostsUnchecked(f"{app_name}/{environment}: could not check {hosts}")
+    unchecked = sorted({*result.unreachable, *result.expired_unchecked})
+    if unchecked:
+        raise HostsUnchecked(f"{app_name}/{environment}: could not check {', '.join(unchecked)}")
+    hint = "" if repair else f"; 'chassis reconcile {app_name} --env {environment} --repair'"
     if result.drift:
         hosts = ", ".join(result.drift)
-        hint = "" if repair else f"; 'chassis reconcile {app_name} --env {environment} --repair'"
         raise DriftFound(f"{app_name}/{environment}: drift on {hosts}{hint}")
+    if result.expired:
+        hosts = ", ".join(sorted({c.host for c in result.expired}))
+        raise DriftFound(
+            f"{app_name}/{environment}: copies of expired secret versions on {hosts}{hint}"
+        )
 
 
 @click.command(

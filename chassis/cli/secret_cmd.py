@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from chassis.cli.app import App, pass_app, table
+from chassis.cli.app import App, at_option, pass_app, table
 
 if TYPE_CHECKING:
-    from chassis.secret_store import SecretStore
+    from chassis.secret_store import RecipientChange, SecretStore
 
 VALUE_SOURCES = """\b
 The value comes from --from-file, --from-env, or stdin (typed without echo
@@ -241,65 +242,79 @@ def rm_command(app: App, name: str, reason: str) -> None:
 @secret_group.command(
     "grant",
     epilog="""\b
-The acting key must be a recipient of the current version (it decrypts the
-data key to seal it to KEY) and hold 'operator'.
-Exit status: 0 granted; 5 the acting key is not a recipient, or KEY is
-unknown; 6 not an operator; 8 the stored ciphertext does not verify;
-9 KEY is already a recipient or revoked; 10 no such secret.
+Seals the data key of every live version of NAME that the acting key can
+decrypt to KEY, and records each version's new recipients, so that KEY can
+also deploy and roll back to older versions. Versions the acting key is not
+a recipient of are listed in one warning line and left alone. The acting
+key must hold 'operator'.
+Exit status: 0 granted (some versions may be listed as skipped); 5 the
+acting key is a recipient of none of them, or KEY is unknown; 6 not an
+operator; 8 a stored ciphertext does not verify (nothing was recorded);
+9 KEY is already a recipient of every version, or revoked; 10 no such secret.
 Example: chassis secret grant db-password bob --reason 'joins the on-call rota'""",
 )
 @click.argument("name")
 @click.argument("key")
 @click.option("--reason", default="", metavar="TEXT", help="Recorded with the change.")
+@click.option("--json", "as_json", is_flag=True, help="Print what changed as JSON.")
 @pass_app
-def grant_command(app: App, name: str, key: str, reason: str) -> None:
-    """Let KEY decrypt the current version of secret NAME."""
+def grant_command(app: App, name: str, key: str, reason: str, as_json: bool) -> None:
+    """Let KEY decrypt every version of secret NAME the acting key can."""
     store = _store(app, signing=True)
-    store.grant(name, key, reason)
-    click.echo(f"secret {name} version {store.current_version(name)}: {key} is now a recipient")
+    change = store.grant(name, key, reason)
+    _changed(app, store, change, "is now a recipient of", as_json)
 
 
 @secret_group.command(
     "revoke-recipient",
     epilog="""\b
-Drops KEY's sealed data key from the current version. KEY can still read
-older versions, and anything it decrypted before: rotate the secret too.
+Drops KEY's sealed data key from every live version of NAME and records
+each version's new recipients. It cannot un-leak: a value or data key KEY
+read before stays known to it, and its private key still opens any copy of
+an old wrap. Rotate the secret (and change the credential at its source).
+A version KEY is the only recipient of keeps it (listed in a warning);
+the current version refuses (remove the secret instead).
 Exit status: 0 revoked; 2 no reason; 5 unknown KEY; 6 not an operator;
-9 KEY is not a recipient, or the last one; 10 no such secret.
+9 KEY is not a recipient, or the last one of the current version;
+10 no such secret.
 Example: chassis secret revoke-recipient db-password bob --reason 'left the team'""",
 )
 @click.argument("name")
 @click.argument("key")
 @click.option("--reason", required=True, metavar="TEXT", help="Recorded with the change.")
+@click.option("--json", "as_json", is_flag=True, help="Print what changed as JSON.")
 @pass_app
-def revoke_recipient_command(app: App, name: str, key: str, reason: str) -> None:
-    """Stop KEY from decrypting the current version of secret NAME."""
+def revoke_recipient_command(app: App, name: str, key: str, reason: str, as_json: bool) -> None:
+    """Stop KEY from decrypting any version of secret NAME through Chassis."""
     store = _store(app, signing=True)
-    store.revoke_recipient(name, key, reason)
-    click.echo(
-        f"secret {name} version {store.current_version(name)}: {key} is no longer a recipient"
-    )
+    change = store.revoke_recipient(name, key, reason)
+    _changed(app, store, change, "is no longer a recipient of", as_json)
 
 
 @secret_group.command(
     "leases",
     epilog="""\b
 A version is materialized on a host while an installation's active plan
-there references it (its env file; retained releases keep no copy). Its
-lease ends ttl after the version was set: rotate and redeploy before then.
-Read from the verified ledger; the hosts are not asked.
+there references it (its env file). Its lease ends ttl after the version
+was set: rotate and redeploy before then. An expired one says what to do:
+redeploy (when a newer version is valid) or rotate and redeploy, or run
+'chassis reconcile APP --env ENV --repair', which stops the component,
+deletes its env files (recorded) and so removes the row. --at TIME shows
+what will have expired by TIME. Read from the verified ledger; the hosts
+are not asked (reconcile also looks for copies in retained releases).
 Exit status: 0.
-Example: chassis secret leases --json""",
+Examples:
+  chassis secret leases --json
+  chassis secret leases --at 2030-01-31T00:00:00Z""",
 )
+@at_option
 @click.option("--json", "as_json", is_flag=True, help="Print the leases as JSON.")
 @pass_app
-def leases_command(app: App, as_json: bool) -> None:
+def leases_command(app: App, at: datetime | None, as_json: bool) -> None:
     """Where each secret version is materialized, and when its lease expires."""
-    from datetime import UTC, datetime
-
     from chassis.secret_leases import leases
 
-    rows = leases(app.ledger(), datetime.now(UTC))
+    rows = leases(app.ledger(), at or datetime.now(UTC))
     table_rows = [
         [
             r["secret"],
@@ -312,15 +327,20 @@ def leases_command(app: App, as_json: bool) -> None:
         ]
         for r in rows
     ]
-    app.emit(
-        rows,
-        as_json=as_json,
-        human=lambda: (
-            table(table_rows, ["SECRET", "VERSION", "INSTALLATION", "HOST", "ENV", "EXPIRES", ""])
-            if table_rows
-            else click.echo("no secret from the store is materialized on any host")
-        ),
-    )
+
+    def human() -> None:
+        if not table_rows:
+            click.echo("no secret from the store is materialized on any host")
+            return
+        table(table_rows, ["SECRET", "VERSION", "INSTALLATION", "HOST", "ENV", "EXPIRES", ""])
+        for r in rows:
+            if r["action"]:
+                click.echo(
+                    f"{r['secret']}@{r['version']} on {r['host']} ({r['component']}) "
+                    f"expired at {r['expires']}: {r['action']}"
+                )
+
+    app.emit(rows, as_json=as_json, human=human)
 
 
 def _write(
@@ -381,6 +401,25 @@ def _read_value(from_file: Path | None, from_env: str | None) -> str:
     else:
         text = sys.stdin.read()
     return text.rstrip("\r\n")
+
+
+def _changed(
+    app: App, store: SecretStore, change: RecipientChange, what: str, as_json: bool
+) -> None:
+    """A recipient change: one line naming the versions, one warning line per
+    kind of version left alone (stderr)."""
+    acting = store.keypair.name if store.keypair is not None else "the acting key"
+    for line in change.warnings(acting):
+        app.note(f"warning: {line}")
+    versions = ", ".join(map(str, change.versions))
+    app.emit(
+        change.to_dict(),
+        as_json=as_json,
+        human=lambda: click.echo(
+            f"secret {change.name}: {change.key_name} {what} "
+            f"version{'s' if len(change.versions) > 1 else ''} {versions}"
+        ),
+    )
 
 
 def _written(app: App, store: SecretStore, name: str, line: str, as_json: bool) -> None:

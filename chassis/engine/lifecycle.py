@@ -6,7 +6,9 @@ recover: every change to a host goes through an :class:`Operation`.
   ran before, so whatever happens next, the restore knows it.
 - Evicting components and retiring a host are recorded as a step before
   anything stops, and as what they are afterwards (an ``evict`` step, a
-  ``host-retired`` event): never as a restore.
+  ``host-retired`` event): never as a restore. So is removing expired
+  secret copies (an ``expire-secret`` step, then ``components-stopped`` or
+  ``host-retired``), which is never restored either.
 - Deploying a host runs its steps (``HostDeployment``), each outcome recorded
   before the next starts; any exception becomes a recorded failure.
 - On failure, :meth:`Operation.restore` puts back every host the operation
@@ -62,6 +64,9 @@ Progress = Callable[[str], None]
 RETIRED = "retired: the operation's target runs nothing here"
 RESTAGE_STEPS = ("upload", "verify", "unpack", "configure")
 """What puts a previous release's directory back on a host before a restore."""
+EXPIRE_STEP = "expire-secret"
+"""The step recording that expired secret copies are being (``data.phase`` =
+``begin``) and were removed from a host (``chassis.engine.expire``)."""
 
 
 @dataclass(frozen=True)
@@ -284,6 +289,68 @@ class Operation:
             self.progress(f"{host}: {RETIRED}")
 
         return self._guarded(host, "retire", work)
+
+    def expire_secrets(
+        self, host: str, stop: list[str], files: list[str], expired: list[dict[str, Any]]
+    ) -> bool:
+        """Remove expired secret copies from ``host``: stop the components of
+        ``stop`` (their active env file holds an expired version) and record
+        them stopped (``components-stopped``; a host left running nothing is
+        retired instead), then delete their env files in every release
+        directory, and the retained env files ``files`` (paths under the
+        host's root). An ``expire-secret`` step is recorded before anything
+        stops (``data.phase`` = ``begin``) and after, each naming the
+        ``expired`` versions (secret, version, when it expired; never a
+        value). Never restored: that would write the expired value again."""
+        was = self.was(host)
+        record = self.recorder.step(host)
+
+        def work() -> None:
+            host_plan, plan = was.host_plan, was.plan
+            if host_plan is None or plan is None:
+                raise StepFailed(EXPIRE_STEP, f"{host}: no plan recorded for what it runs")
+            versions = ", ".join(sorted({f"{e['secret']}@{e['version']}" for e in expired}))
+            stopping = f"stopping {', '.join(stop)}" if stop else "stopping nothing"
+            record(
+                EXPIRE_STEP,
+                True,
+                f"{stopping}: the lease of {versions} expired",
+                {"phase": "begin", "components": stop, "expired": expired},
+            )
+            connector = self.connector(host)
+            if stop:
+                remaining = [c for c in was.components if c not in stop]
+                if not remaining:
+                    if not self.retire(host):
+                        return  # its failure is recorded
+                else:
+                    supervisor = supervisor_for(plan, host_plan, connector)
+                    for component in stop:
+                        supervisor.stop(component)
+                    self.recorder(
+                        lambda i: i.stop_components(
+                            actor=self.recorder.actor,
+                            op_id=self.recorder.op_id,
+                            host=host,
+                            components=stop,
+                            detail=f"stopped: the lease of {versions} expired",
+                        )
+                    )
+            removed = _remove_env_files(connector, host_plan.root, stop, files)
+            record(
+                EXPIRE_STEP,
+                True,
+                f"removed {len(removed)} env file(s) holding {versions}"
+                + (f"; stopped {', '.join(stop)}" if stop else ""),
+                {"components": stop, "expired": expired, "removed": removed},
+            )
+            self.progress(
+                f"{host}: expired {versions} removed"
+                + (f" ({', '.join(stop)} stopped)" if stop else "")
+                + f", {len(removed)} env file(s) deleted"
+            )
+
+        return self._guarded(host, EXPIRE_STEP, work)
 
     def deploy(
         self,
@@ -568,6 +635,28 @@ def run_operation(op: Operation, work: Callable[[], None], *, what: str) -> None
         raise DeployInterrupted(
             f"interrupted: {what} was stopped and recorded as failed; {op.restore_summary()}"
         )
+
+
+def _remove_env_files(
+    connector: Connector, root: str, components: list[str], files: list[str]
+) -> list[str]:
+    """Delete ``.env.<component>`` of ``components`` in every release
+    directory under ``root``, and ``files`` (relative to ``root``); returns
+    what existed and was deleted, relative to ``root``."""
+    base = root.rstrip("/")
+    words = [shlex.quote(f"{base}/releases/") + "*" + shlex.quote(f"/.env.{c}") for c in components]
+    words += [shlex.quote(f"{base}/{f}") for f in files]
+    if not words:
+        return []
+    listing = connector.run(
+        f'for f in {" ".join(words)}; do [ -f "$f" ] && printf \'%s\\n\' "$f"; done; true',
+        check=True,
+        timeout=30,
+    )
+    found = sorted({line for line in listing.stdout.splitlines() if line.startswith(base + "/")})
+    if found:
+        connector.run("rm -f -- " + " ".join(shlex.quote(f) for f in found), check=True, timeout=30)
+    return [f.removeprefix(base + "/") for f in found]
 
 
 def _no_plan(host: str) -> HostPlan:

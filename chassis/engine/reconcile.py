@@ -26,6 +26,14 @@ exits 11, which wins over 18 because the check is incomplete.
 engine: a ``repair`` operation (intent, lease, step outcomes, activation,
 finish) per recorded revision the drifted hosts are on, running the same host
 steps as a deploy from the bundle store, then reconciles again.
+
+Reconcile also reports every copy of a secret version whose lease has
+expired (``chassis.engine.expire``: the component running it, and retained
+env files that may hold it), with the same exit status as drift. ``--repair``
+removes them first, by an ``expire-lease`` operation (the component is
+stopped and no longer placed there, its env files deleted), so that a drift
+repair never starts a component on an expired value; a host whose expiry
+failed is not drift-repaired.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from adapters.supervisors.base import ProcessState, Supervisor, SupervisorError
 from adapters.supervisors.direct import DirectSupervisor, RestartRecord
 from chassis.connect import connector_for
 from chassis.engine.executor import run_gate, scrubbed
+from chassis.engine.expire import ExpiredCopy, expire, expired_copies
 from chassis.engine.operation import (
     load_installation,
     previous_plan,
@@ -117,6 +126,12 @@ class ReconcileResult:
     """Hosts with drift recorded earlier that the last check no longer sees."""
     observed: list[str] = field(default_factory=list)
     """Hosts a ``StateObserved`` was appended for (what was seen there changed)."""
+    expired: list[ExpiredCopy] = field(default_factory=list)
+    """Copies of secret versions whose lease has expired (after ``--repair``: left)."""
+    expired_unchecked: dict[str, str] = field(default_factory=dict)
+    """Hosts whose retained env files could not be looked at, and why."""
+    expired_removed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """host → outcome of the ``expire-lease`` operation (``--repair``)."""
 
     @property
     def drift(self) -> dict[str, list[dict[str, Any]]]:
@@ -137,6 +152,9 @@ class ReconcileResult:
             "repaired": self.repaired,
             "stale": sorted(self.stale),
             "observed": sorted(self.observed),
+            "expired_leases": [c.to_dict() for c in self.expired],
+            "expired_unchecked": self.expired_unchecked,
+            "expired_removed": self.expired_removed,
         }
 
     def lines(self) -> list[str]:
@@ -147,6 +165,11 @@ class ReconcileResult:
                 what = d["what"] + (f" {d['component']}" if d["component"] else "")
                 out.append(f"{host}: {what}: expected {d['expected']}, found {d['found']}")
         out += [f"{host}: not checked: {error}" for host, error in self.unreachable.items()]
+        out += [c.line() for c in self.expired]
+        out += [
+            f"{host}: retained env files not checked for expired secrets: {error}"
+            for host, error in sorted(self.expired_unchecked.items())
+        ]
         return out
 
 
@@ -162,8 +185,11 @@ def reconcile(
     environment: str,
     repair: bool = False,
     progress: Progress,
+    at: datetime | None = None,
 ) -> ReconcileResult:
-    """Compare every host with the ledger; record drift; with ``repair``, fix it and look again."""
+    """Compare every host with the ledger; record drift; find expired secret
+    leases (as of ``at``, default now); with ``repair``, remove the expired
+    copies, fix the drift and look again."""
     if ledger.signer is None:
         raise ChassisError("reconciling needs a signing key (drift is recorded)")
     installation = load_installation(ledger, app, environment)
@@ -171,15 +197,40 @@ def reconcile(
     # Hosts mid-operation differ from the ledger on purpose, and our append
     # would conflict with the operation's own.
     installation.check_lease_free(datetime.now(UTC))
+    when = at or datetime.now(UTC)
     result = ReconcileResult(app, environment)
     _check_and_record(ledger, ws, installation, result, progress)
-    if repair and result.drift:
-        drifted = {h: result.checks[h] for h in result.drift}
-        result.repaired = _repair(ledger, ws, key, drifted, progress)
+    _find_expired(ledger, ws, installation, when, result)
+    if repair and result.expired:
+        result.expired_removed = expire(
+            ledger, ws, installation, result.expired, at=when, progress=progress
+        )
         installation = ledger.load(Installation, key)
         result.checks, result.recorded, result.stale = {}, [], []
         _check_and_record(ledger, ws, installation, result, progress)
+    if repair and result.drift:
+        # Never restart a component on a copy that should have been removed.
+        kept = {h for h, o in result.expired_removed.items() if not o["ok"]}
+        drifted = {h: result.checks[h] for h in result.drift if h not in kept}
+        if drifted:
+            result.repaired = _repair(ledger, ws, key, drifted, progress)
+            installation = ledger.load(Installation, key)
+            result.checks, result.recorded, result.stale = {}, [], []
+            _check_and_record(ledger, ws, installation, result, progress)
+    if repair and (result.expired_removed or result.repaired):
+        _find_expired(ledger, ws, installation, when, result)
     return result
+
+
+def _find_expired(
+    ledger: Ledger,
+    ws: Workspace,
+    installation: Installation,
+    at: datetime,
+    result: ReconcileResult,
+) -> None:
+    found = expired_copies(ledger, ws, installation, at)
+    result.expired, result.expired_unchecked = found.copies, found.unchecked
 
 
 def _check_and_record(

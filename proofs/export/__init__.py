@@ -16,7 +16,7 @@ Receipt record
      "statement": {...},                  # its in-toto Statement v1
      "operation": "deploy" | "rollback" | "recover" | "lease-break"
                   | "inventory" | "admission" | "repair" | "restart" | "remove"
-                  | "materialize",
+                  | "materialize" | "expire-lease",
      "status": "succeeded" | "failed",
      "op_id": "<32 hex>",                 # becomes the OTLP trace id
      "app": str, "environment": str,
@@ -73,6 +73,7 @@ OPERATIONS = (
     "restart",
     "remove",
     "materialize",
+    "expire-lease",
 )
 STATUSES = ("succeeded", "failed")
 OTLP_PATHS = {"traces": "/v1/traces", "logs": "/v1/logs"}

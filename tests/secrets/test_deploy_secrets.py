@@ -23,6 +23,7 @@ from click.testing import Result
 from tests.conftest import Runner
 from tests.engine.conftest import shop  # noqa: F401 - the shop fixture
 from tests.engine.test_deploy_ssh import lab  # noqa: F401 - the lab fixture
+from tests.engine.test_lifecycle import backend  # noqa: F401 - the backend fixture
 from tests.engine.test_secrets import add_api_env
 from tests.export.test_export_cli import expand
 from tests.rawstore import RawStore
@@ -362,6 +363,43 @@ def test_a_key_made_after_the_secret_deploys_only_once_granted(
     assert running_values(stored) == {V1}
     for text in run.outputs:
         assert V1 not in text
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_key_granted_after_a_rotation_rolls_back_to_the_older_version(
+    run: Recording,
+    backend: str,  # noqa: F811 - requested before shop: the ledger's backend
+    stored: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 16: ``grant`` seals every version the granter can open, so a key
+    created after a rotation deploys the current version and rolls back to
+    the older one (before: exit 5 on the rollback)."""
+    run.ok(*DEPLOY, "--release", "v1")  # revision 1 runs @1, deployed by the workspace key
+    rotate(run, V2, monkeypatch)
+    run.ok("key", "new", "bob", "--roles", "operator")
+    granted = run.ok("secret", "grant", "db_password", "bob", "--reason", "joins", "--json")
+    assert json.loads(granted.stdout)["versions"] == [1, 2], granted.stdout
+    for number in ("1", "2"):
+        checked = run.ok("--key", "bob", "secret", "verify", "db_password", "--version", number)
+        assert "ok" in checked.stdout
+    redeployed = json.loads(
+        run.ok("--key", "bob", "redeploy", "shop", "--env", "dev", "--json").stdout
+    )
+    assert redeployed["status"] == "deployed", redeployed
+    assert env_file_value(shop_current(stored)) == V2 and running_values(stored) == {V2}
+    rolled = run("--key", "bob", "rollback", "shop", "--env", "dev", "--json")
+    assert rolled.exit_code == 0, rolled.stderr
+    assert json.loads(rolled.stdout)["target_revision"] == 1
+    assert env_file_value(shop_current(stored)) == V1, "bob revealed version 1"
+    assert running_values(stored) == {V1}
+    run.ok("ledger", "verify")
+    for value in VALUES:
+        for text in run.outputs:
+            assert value not in text
 
 
 def test_over_ssh_each_version_reaches_the_host_and_rollback_restores_it(

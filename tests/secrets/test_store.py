@@ -199,7 +199,8 @@ def test_the_value_is_in_no_ledger_row_and_only_encrypted_beside_it(
         "chassis.secret.set.v1",
         "chassis.secret.recipients-changed.v1",
         "chassis.secret.rotated.v1",
-        "chassis.secret.recipients-changed.v1",
+        "chassis.secret.recipients-changed.v1",  # revoked from version 1
+        "chassis.secret.recipients-changed.v1",  # and from version 2
     ]
     side = SideRows(ledger_url).rows()
     assert [(r[0], r[1]) for r in side] == [("api-token", 1), ("api-token", 2)]
@@ -336,15 +337,23 @@ def test_revoking_a_recipient(
     store.revoke_recipient("db", "ops", "left the team")
     assert [r["name"] for r in store.metadata("db")["recipients"]] == ["root"]
     assert operator_key.keyid not in SideRows(ledger_url).row("db", 2)["wraps"]
-    with as_key(trusted, operator_key) as ops:
-        with pytest.raises(NoRecipientKey):
-            ops.reveal("db", 2)
-        # As guides/secrets.md warns: older versions keep their recipients.
-        assert ops.reveal("db", 1) == VALUE
-    # Putting the revoked wrap back does not help: the signed recipients decide.
     side = SideRows(ledger_url)
-    wraps = json.loads(side.row("db", 1)["wraps"])
-    side.put("db", 2, wraps={**json.loads(side.row("db", 2)["wraps"]), **wraps})
+    for number in (1, 2):  # revoked from every version, not only the current one
+        assert operator_key.keyid not in side.row("db", number)["wraps"]
+        assert trusted.load(Secret, Secret.id_for("db")).at(number).recipients == [  # type: ignore[union-attr]
+            root_key.keyid
+        ]
+    with as_key(trusted, operator_key) as ops:
+        for number in (1, 2):
+            with pytest.raises(NoRecipientKey):
+                ops.reveal("db", number)
+    # Putting a revoked wrap back does not help: the signed recipients decide.
+    sealed = base64.b64encode(
+        nacl.public.SealedBox(x25519_public(operator_key.public_key)).encrypt(
+            unwrap(json.loads(side.row("db", 2)["wraps"])[root_key.keyid], root_key)
+        )
+    ).decode()
+    side.put("db", 2, wraps={**json.loads(side.row("db", 2)["wraps"]), operator_key.keyid: sealed})
     with as_key(trusted, operator_key) as ops, pytest.raises(NoRecipientKey):
         ops.reveal("db", 2)
     with pytest.raises(DomainRuleError, match="last recipient"):
@@ -352,6 +361,104 @@ def test_revoking_a_recipient(
     # Rotating keeps the current recipients: ops is not given version 3.
     store.rotate("db", VALUE + "-3", reason="after ops left")
     assert [r["name"] for r in store.metadata("db")["recipients"]] == ["root"]
+
+
+def recipient_events(url: str, name: str) -> list[dict[str, Any]]:
+    """The payloads of ``name``'s signed ``recipients-changed`` records, in order."""
+    found = []
+    for row in RawStore(url).rows():
+        if row.topic == "chassis.secret.recipients-changed.v1":
+            event = json.loads(row.state)["event"]
+            if event["id"] == str(Secret.id_for(name)):
+                found.append(event["payload"])
+    return found
+
+
+def test_a_grant_after_a_rotation_wraps_every_version(
+    trusted: Ledger, root_key: KeyPair, operator_key: KeyPair, ledger_url: str
+) -> None:
+    """Issue 16: a key granted after a rotation can read (and so roll back
+    to) the older versions too: each version's row gets its wrap, and each
+    version's signed recipients name it."""
+    store = SecretStore(trusted, root_key)
+    store.set("db", VALUE, recipients=["root"], ttl_s=None, reason="")
+    store.rotate("db", OTHER, reason="")
+    change = store.grant("db", "ops", "joins on-call")
+    assert change.versions == [1, 2] and change.warnings("root") == []
+    assert [(e["version"], e["recipients"]) for e in recipient_events(ledger_url, "db")] == [
+        (1, sorted([root_key.keyid, operator_key.keyid])),
+        (2, sorted([root_key.keyid, operator_key.keyid])),
+    ]
+    for number in (1, 2):
+        assert operator_key.keyid in json.loads(SideRows(ledger_url).row("db", number)["wraps"])
+    with as_key(trusted, operator_key) as ops:
+        assert ops.reveal("db", 1) == VALUE
+        assert ops.reveal("db", 2) == OTHER
+    with pytest.raises(DomainRuleError, match="already a recipient of every version"):
+        store.grant("db", "ops", "")
+    # Every version still opens for the granter, and the ledger verifies.
+    assert store.reveal("db", 1) == VALUE and store.reveal("db", 2) == OTHER
+
+
+def test_a_grant_skips_the_versions_the_granter_cannot_open(
+    trusted: Ledger,
+    root_key: KeyPair,
+    operator_key: KeyPair,
+    approver_key: KeyPair,
+    ledger_url: str,
+) -> None:
+    store = SecretStore(trusted, root_key)
+    store.set("api", VALUE, recipients=["ops"], ttl_s=None, reason="")
+    store.rotate("api", OTHER, recipients=["root", "ops"], reason="")
+    change = store.grant("api", "approver", "reviews")
+    assert change.versions == [2] and change.not_recipient == [1]
+    (warning,) = change.warnings("root")
+    assert "version 1 not granted to approver: root is not a recipient" in warning, warning
+    assert [e["version"] for e in recipient_events(ledger_url, "api")] == [2]
+    with as_key(trusted, approver_key) as approver:
+        assert approver.reveal("api", 2) == OTHER
+        with pytest.raises(NoRecipientKey, match="is not a recipient"):
+            approver.reveal("api", 1)
+    # ops, a recipient of version 1, grants the rest.
+    with as_key(trusted, operator_key) as ops:
+        assert ops.grant("api", "approver", "").versions == [1]
+    with as_key(trusted, approver_key) as approver:
+        assert approver.reveal("api", 1) == VALUE
+
+    # A granter that can open none of the missing versions: exit 5, nothing recorded.
+    store.set("solo", VALUE, recipients=["ops"], ttl_s=None, reason="")
+    before = len(RawStore(ledger_url).rows())
+    with pytest.raises(NoRecipientKey, match="is not a recipient of version 1") as raised:
+        store.grant("solo", "approver", "")
+    assert raised.value.exit_code == 5
+    assert len(RawStore(ledger_url).rows()) == before
+
+
+def test_a_tampered_older_version_stops_the_grant_before_anything_is_recorded(
+    trusted: Ledger, root_key: KeyPair, operator_key: KeyPair, ledger_url: str
+) -> None:
+    store = SecretStore(trusted, root_key)
+    store.set("db", VALUE, recipients=["root"], ttl_s=None, reason="")
+    store.rotate("db", OTHER, reason="")
+    side = SideRows(ledger_url)
+    original = side.row("db", 1)
+    side.put("db", 1, ciphertext=flipped(original["ciphertext"], 2))
+    before = len(RawStore(ledger_url).rows())
+    with pytest.raises(SecretTampered, match="version 1"):
+        store.grant("db", "ops", "")
+    assert len(RawStore(ledger_url).rows()) == before
+    assert operator_key.keyid not in json.loads(side.row("db", 2)["wraps"])
+
+
+def test_versions_from_before_a_removal_are_not_granted(
+    trusted: Ledger, root_key: KeyPair, operator_key: KeyPair, ledger_url: str
+) -> None:
+    store = SecretStore(trusted, root_key)
+    store.set("db", VALUE, recipients=["root"], ttl_s=None, reason="")
+    store.remove("db", "retired")
+    store.set("db", OTHER, recipients=["root"], ttl_s=None, reason="back")
+    assert store.grant("db", "ops", "").versions == [2]
+    assert [e["version"] for e in recipient_events(ledger_url, "db")] == [2]
 
 
 # The CLI.
@@ -451,6 +558,38 @@ def test_cli_a_key_that_is_not_a_recipient_exits_5(run: Runner, workspace: Path)
     one_error_line(run("--key", "ci", "secret", "verify", "db"), 5, "not a recipient")
     run.ok("secret", "rm", "db", "--reason", "gone")
     one_error_line(run("secret", "verify", "db"), 10, "removed")
+    run.ok("ledger", "verify")
+
+
+def test_cli_grant_names_the_versions_and_warns_once_about_the_rest(
+    run: Runner, workspace: Path
+) -> None:
+    run.ok("key", "new", "ci", "--roles", "operator")
+    run.ok("key", "new", "bob", "--roles", "operator")
+    succeeded(run("secret", "set", "db", "--recipient", "ci", input=VALUE))
+    both = ("--recipient", "shop-root", "--recipient", "ci")
+    succeeded(run("--key", "ci", "secret", "rotate", "db", *both, input=OTHER))
+    succeeded(run("--key", "ci", "secret", "rotate", "db", input=OTHER + "-3"))
+    granted = run.ok("secret", "grant", "db", "bob", "--reason", "on call")
+    assert granted.stdout.strip() == "secret db: bob is now a recipient of versions 2, 3"
+    (warning,) = granted.stderr.strip().splitlines()
+    assert warning.startswith("warning: secret db: version 1 not granted to bob: "), warning
+    assert "shop-root is not a recipient of it" in warning, warning
+    run.ok("--key", "bob", "secret", "verify", "db", "--version", "2")
+    one_error_line(run("--key", "bob", "secret", "verify", "db", "--version", "1"), 5, "bob")
+    assert run.ok("--key", "ci", "secret", "grant", "db", "bob").stdout.strip() == (
+        "secret db: bob is now a recipient of version 1"
+    )
+    run.ok("--key", "bob", "secret", "verify", "db", "--version", "1")
+    one_error_line(run("secret", "grant", "db", "bob"), 9, "already a recipient of every")
+
+    revoked = run.ok("secret", "revoke-recipient", "db", "bob", "--reason", "left", "--json")
+    assert json.loads(revoked.stdout)["versions"] == [1, 2, 3]
+    for number in ("1", "2", "3"):
+        one_error_line(run("--key", "bob", "secret", "verify", "db", "--version", number), 5, "bob")
+    for result in (granted, revoked):
+        for value in (VALUE, OTHER):
+            assert value not in result.stdout + result.stderr
     run.ok("ledger", "verify")
 
 
