@@ -19,8 +19,8 @@ symlinks are placed; modes are 0755 or 0644 (the owner's exec bit decides).
 This file runs two ways, unchanged, like ``adapters/facts/probe.py``:
 
 * imported: :func:`scan` checks a bundle, :func:`unpack` places one;
-* shipped verbatim to ``python3 -I - unpack BUNDLE RELEASES NAME RELEASE_ID`` on
-  the host (see :func:`host_command`), where :func:`main` unpacks and prints
+* run verbatim as ``python3 -I -c SOURCE unpack BUNDLE RELEASES NAME RELEASE_ID`` on
+  the host (see :func:`host_args`), where :func:`main` unpacks and prints
   one JSON line (:func:`host_report` reads it back).
 
 So it needs only the standard library and Python 3.8, and imports nothing of
@@ -53,7 +53,7 @@ __all__ = [
     "ArchiveRefused",
     "Limits",
     "Summary",
-    "host_command",
+    "host_args",
     "host_report",
     "main",
     "scan",
@@ -924,16 +924,10 @@ def unpack(
 # ------------------------------------------------------------ on the host
 
 
-def host_command(
-    bundle: str, releases: str, name: str, release_id: str, *, python: str = "python3"
-) -> tuple[str, bytes]:
-    """``(command for sh -c, stdin)`` that runs this file on a host with its own
-    ``python3`` to unpack ``bundle`` as ``releases/name``; runs nothing."""
-    import shlex
-
-    # -I: no PYTHON* variables, user site or current directory on the path.
-    argv = [python, "-I", "-", "unpack", bundle, releases, name, release_id]
-    return shlex.join(argv), source().encode("utf-8")
+def host_args(bundle: str, releases: str, name: str, release_id: str) -> list[str]:
+    """The arguments that have this file, run on a host by
+    ``Connector.run_python``, unpack ``bundle`` as ``releases/name``."""
+    return ["unpack", bundle, releases, name, release_id]
 
 
 def host_report(stdout: str) -> dict[str, Any] | None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import posixpath
 import re
 import secrets
+import shlex
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -101,6 +102,10 @@ class Connector(ABC):
         """Where the host is, for messages (``local`` or ``address:port``)."""
         return "local"
 
+    host_python: str | None = None
+    """The interpreter :meth:`run_python` runs on the target; None:
+    ``/usr/bin/python3`` where it exists, else ``python3`` on PATH."""
+
     @abstractmethod
     def connect(self) -> None:
         """Open the connection if not yet open (idempotent); raise typed errors."""
@@ -145,6 +150,32 @@ class Connector(ABC):
         propagates. This default joins the chunks and calls :meth:`run`.
         """
         return self.run(command, timeout=timeout, stdin=b"".join(chunks), env=env, display=display)
+
+    def run_python(
+        self,
+        source: str,
+        args: Sequence[str] = (),
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        stdin: bytes | None = None,
+        display: str,
+    ) -> CommandResult:
+        """Run one of Chassis' own host programs (standard library only) as
+        ``python3 -I -c SOURCE ARGS...`` on the target, like :meth:`run`
+        otherwise; a host without ``python3`` gives exit status 127.
+
+        ``/usr/bin/python3`` is preferred over a ``python3`` found on PATH: a
+        shim there (pyenv) costs more than most of these programs. The SSH
+        connector runs the program in a spare interpreter of its command
+        runner instead (:mod:`adapters.connectors.session_agent`).
+        """
+        if self.host_python is not None:
+            command = shlex.join([self.host_python, "-I", "-c", source, *args])
+        else:
+            command = 'py=/usr/bin/python3; [ -x "$py" ] || py=python3; exec "$py" ' + shlex.join(
+                ["-I", "-c", source, *args]
+            )
+        return self.run(command, timeout=timeout, stdin=stdin, display=display)
 
     @abstractmethod
     def put(self, local: Path, remote: str, *, mode: int | None = None) -> None:

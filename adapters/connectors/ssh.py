@@ -45,7 +45,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -63,6 +63,7 @@ from adapters.connectors.base import (
     checked_env,
     temp_sibling,
 )
+from adapters.connectors.host_session import HostSession, SessionBroken
 from adapters.errors import (
     AuthenticationFailed,
     CommandFailed,
@@ -369,6 +370,9 @@ class SSHConnector(Connector):
         self.name = settings.name
         self._conn: fabric.Connection | None = None
         self._alive: _ServerAlive | None = None
+        self._session: HostSession | None = None
+        self._session_refused = False
+        """The host could not start the command runner: one exec per command."""
 
     def where(self) -> str:
         return self.settings.where
@@ -455,6 +459,11 @@ class SSHConnector(Connector):
     def close(self) -> None:
         conn, self._conn = self._conn, None
         alive, self._alive = self._alive, None
+        session, self._session = self._session, None
+        self._session_refused = False
+        if session is not None:
+            with contextlib.suppress(Exception):
+                session.close()
         if conn is not None:
             # A graceful close sends to the host; if it is frozen the keepalive,
             # still watching, closes the transport under it.
@@ -527,6 +536,17 @@ class SSHConnector(Connector):
     ) -> CommandResult:
         shown = command if display is None else display
         conn = self._connection()
+        result = self._run_in_session(command, shown, timeout, stdin, env)
+        if result is not None:
+            if check and not result.ok:
+                raise CommandFailed(
+                    self.name,
+                    where=self.where(),
+                    command=shown,
+                    returncode=result.exit_code,
+                    stderr=result.stderr,
+                )
+            return result
         wrapped, marker = _wrapped(command, env)
         runner = _Runner(context=conn, inline_env=False)
         runner.stdin_data = stdin or b""
@@ -576,6 +596,98 @@ class SSHConnector(Connector):
                 stderr=result.stderr,
             )
         return result
+
+    def _host_session(self) -> HostSession | None:
+        """The connection's command runner, started on first use (None: the
+        host cannot run it, or the connection is not open)."""
+        conn = self._conn
+        if self._session is not None or self._session_refused or conn is None:
+            return self._session
+        try:
+            self._session = HostSession.start(conn.transport, self.settings.connect_timeout)
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            raise self._lost(e, "starting the command runner") from e
+        self._session_refused = self._session is None
+        return self._session
+
+    def run_python(
+        self,
+        source: str,
+        args: Sequence[str] = (),
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        stdin: bytes | None = None,
+        display: str,
+    ) -> CommandResult:
+        self._connection()
+        python = (source, list(args))
+        result = self._run_in_session("", display, timeout, stdin, None, python=python)
+        if result is not None:
+            return result
+        return super().run_python(source, args, timeout=timeout, stdin=stdin, display=display)
+
+    def _run_in_session(
+        self,
+        command: str,
+        shown: str,
+        timeout: float,
+        stdin: bytes | None,
+        env: Mapping[str, str] | None,
+        *,
+        python: tuple[str, list[str]] | None = None,
+    ) -> CommandResult | None:
+        """The command run by the connection's command runner; None where there
+        is none (no ``python3`` there) or another thread is using it."""
+        session = self._host_session()
+        if session is None or not session.lock.acquire(blocking=False):
+            return None
+        try:
+            return self._session_command(session, command, shown, timeout, stdin, env, python)
+        finally:
+            session.lock.release()
+
+    def _session_command(
+        self,
+        session: HostSession,
+        command: str,
+        shown: str,
+        timeout: float,
+        stdin: bytes | None,
+        env: Mapping[str, str] | None,
+        python: tuple[str, list[str]] | None,
+    ) -> CommandResult:
+        doing = f"command {shown!r}"
+        started = time.monotonic()
+        try:
+            reply = session.run(
+                command,
+                stdin=stdin or b"",
+                env=checked_env(env),
+                timeout=timeout,
+                dead=lambda: self._alive is not None and self._alive.dead,
+                python=python,
+            )
+        except SessionBroken as e:
+            raise self._lost(e, doing) from e
+        except KeyboardInterrupt:
+            self._session = None  # it was told to kill the command; start afresh
+            with contextlib.suppress(Exception):
+                session.close()
+            raise
+        if reply.timed_out:
+            raise self._frozen(doing) or ConnectorTimeout(
+                self.name,
+                f"command timed out after {timeout:g}s: {shown}",
+                where=self.where(),
+                timeout=timeout,
+            )
+        return CommandResult(
+            command=shown,
+            exit_code=reply.exit_code,
+            stdout=reply.stdout,
+            stderr=reply.stderr,
+            duration_s=time.monotonic() - started,
+        )
 
     def run_streaming(
         self,

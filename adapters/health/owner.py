@@ -3,7 +3,7 @@
 An ``http`` or ``tcp`` probe reaches whatever listens on the port. A stray
 server holding that port once passed the gate for a release whose own
 process had died with "Address already in use", so an answer alone is not
-health. :data:`OWNER_SCRIPT` runs on the host (``python3 -I -S``, standard
+health. :data:`OWNER_SCRIPT` runs on the host (``Connector.run_python``, standard
 library only, like :mod:`adapters.facts.probe`) and reports, in one JSON
 line read from ``/proc``:
 
@@ -37,7 +37,6 @@ processes on a declared port is a named failure).
 from __future__ import annotations
 
 import json
-import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +55,7 @@ __all__ = [
     "ProcessWatch",
     "Root",
     "observe",
-    "owner_command",
+    "owner_args",
     "port_conflicts",
 ]
 
@@ -325,22 +324,16 @@ def _int(value: object) -> int:
     return value
 
 
-def owner_command(
+def owner_args(
     roots: Iterable[tuple[int, int | None]], ports: Iterable[int], address: str
-) -> str:
-    """The one command that runs :data:`OWNER_SCRIPT` on the host (all data quoted)."""
+) -> list[str]:
+    """The arguments :data:`OWNER_SCRIPT` takes (all data, one JSON word)."""
     args = {
         "roots": [[pid, start] for pid, start in roots],
         "ports": sorted(set(ports)),
         "address": address,
     }
-    # /usr/bin/python3 first, like the direct supervisor's wrapper: a shim
-    # on PATH (pyenv) costs more than the whole check, once per probe.
-    return (
-        'py=/usr/bin/python3; [ -x "$py" ] || py=python3; '
-        f'"$py" -I -S -c {shlex.quote(OWNER_SCRIPT)} '
-        f"{shlex.quote(json.dumps(args, separators=(',', ':')))} {_CMDLINE_LIMIT}"
-    )
+    return [json.dumps(args, separators=(",", ":")), str(_CMDLINE_LIMIT)]
 
 
 def observe(
@@ -357,8 +350,9 @@ def observe(
     propagate unchanged).
     """
     port_list = sorted(set(ports))
-    result = connector.run(
-        owner_command(roots, port_list, address),
+    result = connector.run_python(
+        OWNER_SCRIPT,
+        owner_args(roots, port_list, address),
         timeout=timeout,
         display=f"who listens on port(s) {', '.join(map(str, port_list)) or 'none'}",
     )
@@ -434,7 +428,7 @@ class ProcessWatch:
         if self.start is None:
             self.start = root.start
         if self.child:
-            self._same_command(root)
+            self._same_command(root, result.ok)
         if self.port is None or not result.ok:
             return result
         strangers = seen.strangers()
@@ -455,11 +449,16 @@ class ProcessWatch:
             False, one_line(f"{result.detail}, but {why}", limit=500), result.elapsed_ms
         )
 
-    def _same_command(self, root: Root) -> None:
+    def _same_command(self, root: Root, answered: bool) -> None:
         kids = frozenset(root.kids)
         if self.kids is None:
-            if not kids:
+            if not kids and answered:
                 raise ProcessGone(f"{self.component} (pid {self.pid}) is not running its command")
+            if not kids:
+                # Looked before the wrapper forked (start returns at once
+                # when a gate watches): pin at the next look. A command that
+                # never runs never answers, so the window decides.
+                return
             self.kids = kids
         elif not self.kids & kids:
             first = min(pid for pid, _ in self.kids)

@@ -87,6 +87,12 @@ class ProcessSpec:
     root: str
     restart: str = "on-failure"
     """One of :data:`RESTART_MODES`."""
+    health_gated: bool = False
+    """A health gate watches the process from its start (the engine's
+    ``ProcessWatch``: a process that dies ends the gate at once), so ``start``
+    returns as soon as the process runs instead of watching it for the
+    supervisor's ``settle_s`` first. Without a health check that window is
+    the only evidence that the release stays up."""
 
     def __post_init__(self) -> None:
         check_component(self.component)

@@ -66,6 +66,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from adapters.connectors.base import CommandResult, Connector
+from adapters.supervisors import group_stop
 from adapters.supervisors.base import (
     STOP_TIMEOUT,
     ProcessSpec,
@@ -94,8 +95,7 @@ __all__ = [
 ]
 
 SETTLE_S = 0.3
-_POLL_S = 0.05
-_KILL_WAIT_TICKS = 100  # 5 s after SIGKILL
+_KILL_WAIT_S = 5.0  # how long a group may take to go after SIGKILL
 _COMMAND_TIMEOUT = 30.0
 _TAIL_SCAN_LINES = 400
 _CD_FAILED = 90
@@ -506,7 +506,7 @@ def launch_command(
         # can find (recover reads the pidfile). Same bytes as PidRecord's.
         'if [ -n "$st" ]; then rest=${st##*) }; set -- $rest; '
         'if [ "$1" != Z ]; then '
-        f"printf '{{\"pid\":%s,\"start\":%s,\"release_id\":\"%s\",\"component\":\"%s\"}}\\n' "
+        f'printf \'{{"pid":%s,"start":%s,"release_id":"%s","component":"%s"}}\\n\' '
         f'"$pid" "${{20}}" {q(spec.release_id)} {q(spec.component)} > {pidtmp} '
         f"&& mv -f -- {pidtmp} {pidfile}; fi; fi; "
         "exit 0"
@@ -527,73 +527,31 @@ def parse_launch(output: str) -> tuple[int, ProcStat | None]:
     return pid, stat
 
 
-STOP_SCRIPT = """\
-[ -f "$f" ] || { echo none; exit 0; }
-IFS= read -r rec < "$f"
-# Remove the pidfile only if it still holds the record read above: a stop that
-# waited (or was orphaned by a killed chassis) must not remove the pidfile of
-# a process started since.
-forget() {
-  now=
-  { IFS= read -r now || :; } 2>/dev/null < "$f"
-  [ "$now" = "$rec" ] && rm -f -- "$f"
-  return 0
-}
-pg=${rec#'{"pid":'}; pg=${pg%%[!0-9]*}
-start=${rec#*'"start":'}; start=${start%%[!0-9]*}
-if [ -z "$pg" ] || [ -z "$start" ] || [ "$pg" -le 1 ]; then
-  forget; echo unreadable; exit 0
-fi
-member() {
-  kill -s 0 -- "-$pg" 2>/dev/null || return 1
-  for s in /proc/[0-9]*/stat; do
-    { IFS= read -r l < "$s"; } 2>/dev/null || continue
-    l=${l##*) }; set -- $l
-    [ "$3" = "$pg" ] && [ "$1" != Z ] && [ "$1" != X ] && return 0
-  done
-  return 1
-}
-if { IFS= read -r l < "/proc/$pg/stat"; } 2>/dev/null; then
-  l=${l##*) }; set -- $l
-  if [ "${20}" != "$start" ]; then forget; echo foreign; exit 0; fi
-fi
-member || { forget; echo gone; exit 0; }
-kill -s TERM -- "-$pg" 2>/dev/null
-i=0
-while member; do
-  if [ "$i" -ge "$ticks" ]; then
-    kill -s KILL -- "-$pg" 2>/dev/null
-    i=0
-    while member; do
-      [ "$i" -ge "$kill_ticks" ] && { echo "survived $pg"; exit 0; }
-      sleep "$poll"; i=$((i + 1))
-    done
-    forget; echo killed; exit 0
-  fi
-  sleep "$poll"; i=$((i + 1))
-done
-forget; echo stopped
-"""
-
 STOP_OUTCOMES = frozenset({"none", "unreadable", "foreign", "gone", "stopped", "killed"})
 
 
 def stop_command(pidfile: str, timeout: float) -> str:
     """Stop the process group recorded in ``pidfile``; remove the pidfile.
 
-    SIGTERM to the group, up to ``timeout`` for every member to exit, then
-    SIGKILL. Prints one word: ``stopped``, ``killed``, ``none`` (no pidfile),
-    ``unreadable`` (pidfile removed), ``gone`` (nothing left to stop),
-    ``foreign`` (the pid now belongs to another process: left alone) or
-    ``survived PID`` (still there 5 s after SIGKILL; pidfile kept). Zombies
-    count as exited. A group's id cannot be reused while any member lives, so
-    signalling it is safe once the leader's start time matched the record (or
-    the leader is gone).
+    Runs :mod:`adapters.supervisors.group_stop` with the host's ``python3``:
+    SIGTERM to the group, up to ``timeout`` for every member to exit (woken by
+    pidfds as each one exits, no sleeping between looks), then SIGKILL. Prints
+    one word: ``stopped``, ``killed``, ``none`` (no pidfile), ``unreadable``
+    (pidfile removed), ``gone`` (nothing left to stop), ``foreign`` (the pid
+    now belongs to another process: left alone) or ``survived PID`` (still
+    there after SIGKILL; pidfile kept). Zombies count as exited.
     """
-    ticks = max(0, round(timeout / _POLL_S))
-    return (
-        f"f={shlex.quote(pidfile)}; ticks={ticks}; kill_ticks={_KILL_WAIT_TICKS}; "
-        f"poll={_POLL_S}\n" + STOP_SCRIPT
+    return shlex.join(
+        [
+            "exec",
+            "python3",
+            "-I",
+            "-c",
+            group_stop.source(),
+            pidfile,
+            f"{timeout:g}",
+            f"{_KILL_WAIT_S:g}",
+        ]
     )
 
 
@@ -698,23 +656,32 @@ class DirectSupervisor(Supervisor):
         return parse_observation(result.stdout)
 
     def _stop(self, component: str, timeout: float, *, prepare: bool = False) -> str:
-        # Env files a crashed start left behind go first (the wrapper deletes its own).
-        command = f"rm -f -- {env_glob(self.root, component)}\n" + stop_command(
-            pid_path(self.root, component), timeout
+        pidfile = pid_path(self.root, component)
+        # Env files a crashed start left behind go first (the wrapper deletes
+        # its own); without a pidfile there is nothing to stop, which the
+        # shell answers without starting the stop program.
+        command = (
+            f"rm -f -- {env_glob(self.root, component)}\n"
+            f"[ -e {shlex.quote(pidfile)} ] || {{ echo none; exit 0; }}; echo present"
         )
         if prepare:  # start(): make sure run/ and logs/ exist, in the same round trip
             dirs = " ".join(shlex.quote(posixpath.join(self.root, d)) for d in ("run", "logs"))
             command = f"mkdir -p -- {dirs} || exit {_LAYOUT_FAILED}\n{command}"
-        result = self._run(
-            command,
-            f"stop {component}",
-            timeout=timeout + _KILL_WAIT_TICKS * _POLL_S + _COMMAND_TIMEOUT,
-        )
+        result = self._run(command, f"stop {component}")
+        if result.ok and result.stdout.strip() == "present":
+            result = self.connector.run_python(
+                group_stop.source(),
+                [pidfile, f"{timeout:g}", f"{_KILL_WAIT_S:g}"],
+                timeout=timeout + _KILL_WAIT_S + _COMMAND_TIMEOUT,
+                display=f"stop {component}",
+            )
         outcome = result.stdout.strip()
         if result.ok and outcome in STOP_OUTCOMES:
             return outcome
         if outcome.startswith("survived "):
             cause = f"process group {outcome.split()[-1]} survived SIGKILL"
+        elif result.exit_code == 127:
+            cause = "python3 is not installed there; stopping a component needs it"
         else:
             cause = f"stop failed (exit {result.exit_code}): {outcome or result.stderr}"
         raise self._error(component, cause, log_tail=result.stderr)
@@ -764,7 +731,8 @@ class DirectSupervisor(Supervisor):
             self.connector.put_bytes(
                 record.to_bytes(), pid_path(self.root, spec.component), mode=0o644
             )
-            remaining = self.settle_s - (time.monotonic() - started_at)
+            settle_s = 0.0 if spec.health_gated else self.settle_s
+            remaining = settle_s - (time.monotonic() - started_at)
             if remaining > 0:
                 self._sleep(remaining)
             observed, restarts = self._look(spec.component)

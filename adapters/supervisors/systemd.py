@@ -490,7 +490,8 @@ class SystemdSupervisor(Supervisor):
         timeout = self.stop_timeout + _COMMAND_TIMEOUT
         for command in start_commands(unit, listed, self.systemctl):
             self._run(command, c, timeout=timeout)
-        self._sleep(self.settle_s)
+        if not spec.health_gated:
+            self._sleep(self.settle_s)
         if self._run(verify_command(unit, self.systemctl), c, check=False).ok:
             state = self._show(unit, c)
             if state.running:

@@ -165,13 +165,17 @@ class HostDeployment:
         if self.connector.exists(f"{target}/{archive.MARKER}"):
             return "already unpacked", {}
         self.touched = True
-        command, stdin = archive.host_command(
-            self._remote_bundle(),
-            self.path("releases"),
-            self.plan.release_dir,
-            self.plan.release_id,
+        result = self.connector.run_python(
+            archive.source(),
+            archive.host_args(
+                self._remote_bundle(),
+                self.path("releases"),
+                self.plan.release_dir,
+                self.plan.release_id,
+            ),
+            timeout=600,
+            display=f"unpack releases/{self.plan.release_dir}",
         )
-        result = self.connector.run(command, stdin=stdin, timeout=600)
         report = archive.host_report(result.stdout)
         if report is None:
             cause = (result.stderr.strip().splitlines() or ["no output"])[-1]
@@ -205,14 +209,13 @@ class HostDeployment:
         return f"{len(self.host.components)} env file(s) written (mode 600)", {}
 
     def _stop_old(self) -> tuple[str, dict[str, Any]]:
-        self._ports_free("stop-old", self._ours())  # a stranger's port: fail before any stop
-        names = self._acting_names()
+        ours = self._ours()
+        self._ports_free("stop-old", ours)  # a stranger's port: fail before any stop
         stopped = []
-        for name in names:
-            if self.supervisor.state(name).running:
-                self.touched = True
-                self.supervisor.stop(name)
-                stopped.append(name)
+        for state in ours:  # running a moment ago, under this operation's lease
+            self.touched = True
+            self.supervisor.stop(state.component)
+            stopped.append(state.component)
         return f"stopped {', '.join(stopped) or 'nothing'}", {"stopped": stopped}
 
     def _start(self) -> tuple[str, dict[str, Any]]:
@@ -406,6 +409,7 @@ class HostDeployment:
             env_file=self._env_file(component.name),
             root=self.root,
             restart=component.restart_mode,
+            health_gated=component.health is not None,
         )
 
 

@@ -100,4 +100,5 @@ def _spec(
         env_file=f"{workdir}/.env.{component.name}",
         root=root,
         restart=component.restart_mode,
+        health_gated=component.health is not None,
     )

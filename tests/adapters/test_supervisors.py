@@ -8,6 +8,8 @@ direct supervisor loads it with its own parser, never a shell).
 from __future__ import annotations
 
 import os
+import shlex
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -206,9 +208,41 @@ def test_launch_output_parse() -> None:
 
 
 def test_stop_command_carries_its_timings() -> None:
-    script = stop_command("/srv/x/run/api.pid", 2.0)
-    assert script.startswith("f=/srv/x/run/api.pid; ticks=40; kill_ticks=100; poll=0.05\n")
-    assert "kill -s TERM" in script and "kill -s KILL" in script
+    words = shlex.split(stop_command("/srv/x/run/api.pid", 2.0))
+    assert words[:4] == ["exec", "python3", "-I", "-c"]
+    assert words[5:] == ["/srv/x/run/api.pid", "2", "5"]
+    assert "os.killpg(group, signal.SIGTERM)" in words[4]
+
+
+def test_stop_wakes_when_the_group_exits_not_at_a_poll_tick(tmp_path: Path) -> None:
+    """The stop waits on the members' pidfds: a process that exits on TERM
+    after 0.2 s is reported stopped right then, and one that ignores TERM is
+    killed at the timeout; both are gone when it returns."""
+    quick = subprocess.Popen(
+        ["/bin/sh", "-c", "trap 'sleep 0.2; exit 0' TERM; while :; do sleep 0.05; done"],
+        start_new_session=True,
+    )
+    stubborn = subprocess.Popen(
+        ["/bin/sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"], start_new_session=True
+    )
+    try:
+        for process, expected in ((quick, "stopped"), (stubborn, "killed")):
+            stat = parse_proc_stat(Path(f"/proc/{process.pid}/stat").read_text())
+            pidfile = tmp_path / f"{process.pid}.pid"
+            pidfile.write_bytes(PidRecord(process.pid, stat.starttime, "a" * 64, "api").to_bytes())
+            out = subprocess.run(
+                ["/bin/sh", "-c", stop_command(str(pidfile), 1.0)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert out.stdout.strip() == expected, out.stderr
+            assert not pidfile.exists()
+            process.wait(timeout=5)  # reaped here: the group really is gone
+    finally:
+        for process in (quick, stubborn):
+            process.kill()
+            process.wait()
 
 
 def test_log_helpers() -> None:
@@ -290,18 +324,23 @@ def test_env_glob_sweeps_only_its_component(tmp_path: Path) -> None:
 def test_a_late_stop_never_removes_the_pidfile_of_a_newer_process(tmp_path: Path) -> None:
     """A stop that is still waiting (or was orphaned by a killed chassis) when
     the component is started again must leave the new pidfile in place."""
+    termed = tmp_path / "termed"
     stubborn = subprocess.Popen(
-        ["/bin/sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"], start_new_session=True
+        ["/bin/sh", "-c", f"trap 'touch {termed}' TERM; while :; do sleep 0.05; done"],
+        start_new_session=True,
     )
     try:
         stat = parse_proc_stat(Path(f"/proc/{stubborn.pid}/stat").read_text())
         pidfile = tmp_path / "api.pid"
         pidfile.write_bytes(PidRecord(stubborn.pid, stat.starttime, "a" * 64, "api").to_bytes())
         stopping = subprocess.Popen(
-            ["/bin/sh", "-c", stop_command(str(pidfile), 0.6)], stdout=subprocess.PIPE, text=True
+            ["/bin/sh", "-c", stop_command(str(pidfile), 1.5)], stdout=subprocess.PIPE, text=True
         )
         newer = PidRecord(os.getpid(), 1, "b" * 64, "api").to_bytes()
-        time.sleep(0.3)  # the stop has read the old record and waits for TERM to work
+        deadline = time.monotonic() + 20
+        while not termed.exists():  # the stop read the old record and sent TERM
+            assert time.monotonic() < deadline, "the stop never sent TERM"
+            time.sleep(0.01)
         pidfile.write_bytes(newer)
         out, _ = stopping.communicate(timeout=20)
         assert out.strip() == "killed"
@@ -314,3 +353,25 @@ def test_a_late_stop_never_removes_the_pidfile_of_a_newer_process(tmp_path: Path
         ["/bin/sh", "-c", stop_command(str(pidfile), 0.1)], capture_output=True, text=True
     )
     assert gone.stdout.strip() in ("foreign", "gone") and not pidfile.exists()
+
+
+def test_stop_without_pidfds_looks_instead_and_says_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host whose Python or kernel has no pidfds (Python < 3.9, Linux < 5.3)
+    gets the same outcomes from the looking fallback."""
+    from adapters.supervisors import group_stop
+
+    monkeypatch.delattr(os, "pidfd_open", raising=False)
+    quick = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        stat = parse_proc_stat(Path(f"/proc/{quick.pid}/stat").read_text())
+        pidfile = tmp_path / "api.pid"
+        pidfile.write_bytes(PidRecord(quick.pid, stat.starttime, "a" * 64, "api").to_bytes())
+        assert group_stop.stop(str(pidfile), 5.0, 5.0) == "stopped"
+        assert not pidfile.exists()
+        assert quick.wait(timeout=5) == -signal.SIGTERM
+        assert group_stop.stop(str(pidfile), 5.0, 5.0) == "none"
+    finally:
+        quick.kill()
+        quick.wait()

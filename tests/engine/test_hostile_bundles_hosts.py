@@ -224,6 +224,7 @@ def test_a_host_without_python3_is_named(world: Path, monkeypatch: pytest.Monkey
     records: list[Record] = []
     deployment(connector, world / "host", bundle, ["upload", "verify"], records).run()
     monkeypatch.setenv("PATH", "/nonexistent")
+    connector.host_python = "python3"  # found on PATH, not at /usr/bin/python3
     with pytest.raises(StepFailed, match="python3 is not installed there; unpacking needs it"):
         deployment(connector, world / "host", bundle, ["unpack"], records).run()
     assert not list((world / "host" / "releases").glob("*.unpack"))

@@ -22,6 +22,14 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = ("deploy", "shop", "--env", "dev", "--profile", "ternary-split-3")
 
 
+def hold_longer(shop: Path) -> None:
+    """v3 fails its health gate when the window ends: 10 s instead of the
+    fixture's 4 s, so that the lease is certainly still held when a second
+    command has started (a Python start takes seconds on a loaded machine)."""
+    stack = shop / "chassis.toml"
+    stack.write_text(stack.read_text().replace("window_ms = 4000", "window_ms = 10000"))
+
+
 def chassis(*args: str, cwd: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
@@ -36,6 +44,7 @@ def chassis(*args: str, cwd: Path) -> subprocess.Popen[str]:
 
 def test_a_second_deploy_is_refused_while_one_runs(run: Runner, shop: Path) -> None:
     # v3 fails its health gate after the window, then restores: a long operation.
+    hold_longer(shop)
     first = chassis(*DEPLOY, "--release", "v3", cwd=shop)
     deadline = time.monotonic() + 60
     while not json.loads(run.ok("lease", "list", "--json").stdout):
@@ -83,6 +92,7 @@ def test_crashed_deploy_leaves_a_lease_that_can_be_broken(run: Runner, shop: Pat
 def test_wait_lock_waits_for_a_live_holder_then_deploys(run: Runner, shop: Path) -> None:
     """--wait-lock (issue 13): the second deploy waits for the first instead of
     exiting 7; with too short a wait it exits 7 saying how long it waited."""
+    hold_longer(shop)
     first = chassis(*DEPLOY, "--release", "v3", cwd=shop)
     deadline = time.monotonic() + 60
     while not json.loads(run.ok("lease", "list", "--json").stdout):
