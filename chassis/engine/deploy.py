@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from adapters.connectors.base import Connector
 from adapters.errors import ConnectorError
 from chassis.engine import preflight
 from chassis.engine.executor import INTERRUPTED, scrubbed
@@ -72,7 +73,7 @@ from chassis.secrets import (
 from chassis.stack.spec import Stack
 from chassis.workspace import Workspace
 from ledger.application import Ledger
-from ledger.hosts import Host
+from ledger.hosts import Host, PinnedHostKey
 from ledger.installations import Installation
 from ledger.models import ModelAsset
 from ledger.releases import Release
@@ -133,6 +134,7 @@ def prepare(
     record: bool = True,
     also_reach: Iterable[str] = (),
     model_overrides: Mapping[str, str] | None = None,
+    reached: dict[str, Connector] | None = None,
 ) -> tuple[Plan, Path]:
     """Check names, compile the plan and check it; raises before any intent is recorded.
 
@@ -148,6 +150,9 @@ def prepare(
     A component's ``model`` (or ``model_overrides``) is resolved to that
     model's newest manifest in the ledger; with ``record``, a model whose
     directory is not complete on its host fails the pre-flight.
+
+    ``reached`` receives the pre-flight's open connectors (the caller closes
+    them, or has its operation adopt them: one SSH session per host).
     """
     if app != stack.app.name:
         raise NotFound(f"unknown app {app!r} (this workspace deploys {stack.app.name!r})")
@@ -185,6 +190,8 @@ def prepare(
         [(name, settings[name]) for name in sorted(wanted - probed) if name in settings],
         ws,
         progress,
+        pins=_pins(ledger, wanted),
+        keep=reached,
     )
     require_models(ledger, ws, plan, settings, progress)
     recorded = resolve_release(ledger, ws, stack, label)
@@ -223,8 +230,20 @@ def prepare(
             ],
             ws,
             progress,
+            pins=_pins(ledger, {h.host for h in final.hosts}),
+            keep=reached,
         )
     return final, require_bundle(ws, recorded, ledger)
+
+
+def _pins(ledger: Ledger, names: Iterable[str]) -> dict[str, PinnedHostKey | None]:
+    """Each host's pinned SSH key, from the verified Host aggregates (None:
+    the ledger does not know the host yet, or holds no pin for it)."""
+    pins: dict[str, PinnedHostKey | None] = {}
+    for name in names:
+        host = ledger.find(Host, Host.id_for(name))
+        pins[name] = host.key_pin() if host is not None else None
+    return pins
 
 
 def model_refs(
@@ -451,6 +470,28 @@ def deploy(
     options: DeployOptions,
     progress: Progress,
 ) -> DeployResult:
+    reached: dict[str, Connector] = {}
+    try:
+        return _deploy(
+            ledger, ws, stack, app, environment, profile, label, options, progress, reached
+        )
+    finally:
+        for connector in reached.values():  # those no operation adopted
+            connector.close()
+
+
+def _deploy(
+    ledger: Ledger,
+    ws: Workspace,
+    stack: Stack,
+    app: str,
+    environment: str,
+    profile: str,
+    label: str,
+    options: DeployOptions,
+    progress: Progress,
+    reached: dict[str, Connector],
+) -> DeployResult:
     if ledger.signer is None:
         raise ChassisError("deploying needs a signing key")
     key = Installation.id_for(Installation.key(app, environment))
@@ -466,6 +507,7 @@ def deploy(
         progress=progress,
         also_reach=sorted(installation.hosts) if installation is not None else (),
         model_overrides=options.model_overrides,
+        reached=reached,
     )
     check_available((c.name, c.secrets) for h in plan.hosts for c in h.components)
     if installation is None:
@@ -528,6 +570,8 @@ def deploy(
         result.status, result.description = "noop", f"{plan.label} is already active on every host"
         return result
     op = Operation(ledger, ws, recorder, before, progress)
+    for name in list(reached):  # the pre-flight's sessions: no second handshake per host
+        op.adopt(name, reached.pop(name))
     run_operation(
         op,
         lambda: _run(op, plan, bundle, options, result, scrubbed(description)),

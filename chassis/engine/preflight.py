@@ -29,10 +29,11 @@ operation restores as it does for any failure.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from adapters.connectors.base import Connector
 from adapters.errors import ConnectorError, one_line
 from adapters.supervisors.base import ProcessSpec
 from adapters.supervisors.systemd import render_unit
@@ -42,7 +43,7 @@ from chassis.engine.executor import StepFailed, health_check, health_gate
 from chassis.engine.plan import ComponentPlan, HostPlan, Plan
 from chassis.errors import ChassisError
 from chassis.workspace import Workspace
-from ledger.hosts import HostSettings
+from ledger.hosts import HostSettings, PinnedHostKey
 
 CONNECT_TIMEOUT_S = 10.0
 """Per host: TCP connect, SSH banner and authentication each."""
@@ -150,9 +151,17 @@ def reach_hosts(
     *,
     timeout: float | None = None,
     deadline: float | None = None,
+    pins: Mapping[str, PinnedHostKey | None] | None = None,
+    keep: dict[str, Connector] | None = None,
 ) -> None:
     """Open a session to every SSH host of ``hosts`` in parallel and run a
     command; raise ``HostsUnreachable`` naming each host that failed and why.
+
+    ``pins``: each host's pin in the ledger, from a caller that holds the
+    Host aggregates (else each is read with :func:`recorded_pin`). ``keep``
+    receives the open connectors, for the operation that follows to use
+    (``Operation.adopt``): the caller closes them; without it they are closed
+    here.
 
     With several failures each is one ``progress`` line and the error names
     the hosts; with one the error is that host's line. Local hosts have
@@ -168,8 +177,9 @@ def reach_hosts(
     progress(f"pre-flight: reaching {', '.join(name for name, _ in remote)}")
     pool = ThreadPoolExecutor(max_workers=min(16, len(remote)))
     try:
-        futures: dict[str, Future[str | None]] = {
-            name: pool.submit(_reach, name, settings, ws, timeout) for name, settings in remote
+        futures: dict[str, Future[tuple[str | None, Connector | None]]] = {
+            name: pool.submit(_reach, name, settings, ws, timeout, pins)
+            for name, settings in remote
         }
         wait(futures.values(), timeout=deadline)
     finally:
@@ -178,10 +188,15 @@ def reach_hosts(
     for name, future in futures.items():
         if not future.done():
             problems.append((name, f"host {name}: no answer within {deadline:g}s"))
+            future.add_done_callback(_close_late)
             continue
-        problem = future.result()
+        problem, connector = future.result()
         if problem is not None:
             problems.append((name, problem))
+        elif connector is not None and keep is not None and name not in keep:
+            keep[name] = connector
+        elif connector is not None:
+            connector.close()
     if problems:
         raise unreachable(problems, len(hosts), progress)
 
@@ -201,25 +216,44 @@ def unreachable(
     )
 
 
-def _reach(name: str, settings: HostSettings, ws: Workspace, timeout: float) -> str | None:
-    """None if ``name`` runs a command over a session checked against its pin."""
+def _close_late(future: Future[tuple[str | None, Connector | None]]) -> None:
+    """A host that answered after the deadline: nobody uses its connector."""
+    if not future.cancelled() and future.exception() is None:
+        connector = future.result()[1]
+        if connector is not None:
+            connector.close()
+
+
+def _reach(
+    name: str,
+    settings: HostSettings,
+    ws: Workspace,
+    timeout: float,
+    pins: Mapping[str, PinnedHostKey | None] | None,
+) -> tuple[str | None, Connector | None]:
+    """(None, the open connector) if ``name`` runs a command over a session
+    checked against its pin; else (why not, None)."""
+    connector = None
     try:
-        pin = recorded_pin(ws, name)
-        with connector_from_settings(
-            name, settings, ws, connect_timeout=timeout, pin=pin
-        ) as connector:
-            connector.connect()
-            result = connector.run("true", timeout=timeout)
-            if not result.ok:
-                return (
-                    f"host {name} ({connector.where()}): a session opens but cannot run a "
-                    f"command (exit {result.exit_code})"
-                )
+        pin = pins.get(name) if pins is not None else recorded_pin(ws, name)
+        connector = connector_from_settings(name, settings, ws, connect_timeout=timeout, pin=pin)
+        connector.connect()
+        result = connector.run("true", timeout=timeout)
+        if not result.ok:
+            connector.close()
+            return (
+                f"host {name} ({connector.where()}): a session opens but cannot run a "
+                f"command (exit {result.exit_code})"
+            ), None
     except ConnectorError as e:
-        return e.diagnostics()
+        if connector is not None:
+            connector.close()
+        return e.diagnostics(), None
     except Exception as e:  # a bad setting, a library's surprise: still this host's cause
-        return f"host {name}: {type(e).__name__}: {one_line(str(e))}"
-    return None
+        if connector is not None:
+            connector.close()
+        return f"host {name}: {type(e).__name__}: {one_line(str(e))}", None
+    return None, connector
 
 
 # -- what a host worker did not expect --------------------------------------------------

@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from adapters.connectors.base import Connector
 from chassis.engine.deploy import DEFAULT_LEASE_TTL_S, Progress
 from chassis.engine.executor import INTERRUPTED, scrubbed
 from chassis.engine.lifecycle import RETIRED, Operation, befores, run_operation
@@ -347,12 +348,33 @@ def rollback(
     progress: Progress,
     lease_ttl_s: int = DEFAULT_LEASE_TTL_S,
 ) -> RollbackResult:
+    reached: dict[str, Connector] = {}
+    try:
+        return _rollback(
+            ledger, ws, app, environment, to, max_parallel, progress, lease_ttl_s, reached
+        )
+    finally:
+        for connector in reached.values():  # those no operation adopted
+            connector.close()
+
+
+def _rollback(
+    ledger: Ledger,
+    ws: Workspace,
+    app: str,
+    environment: str,
+    to: str | None,
+    max_parallel: int,
+    progress: Progress,
+    lease_ttl_s: int,
+    reached: dict[str, Connector],
+) -> RollbackResult:
     if ledger.signer is None:
         raise ChassisError("rolling back needs a signing key")
     installation = load_installation(ledger, app, environment)
     installation.check_lease_free(datetime.now(UTC))
     plan = plan_rollback(ledger, ws, installation, to)
-    _preflight(ledger, ws, plan, progress)
+    _preflight(ledger, ws, plan, progress, reached)
     target = plan.target
     progress(
         f"rolling back {app}/{environment} from revision {plan.from_revision} to revision "
@@ -393,6 +415,8 @@ def rollback(
     recorder = OperationRecorder(ledger, installation, op_id)
     result = RollbackResult(app, environment, installation.revision, "pending", "", plan, hosts={})
     op = Operation(ledger, ws, recorder, before, progress)
+    for name in list(reached):  # the pre-flight's sessions: no second handshake per host
+        op.adopt(name, reached.pop(name))
     run_operation(
         op,
         lambda: _execute(op, plan, max_parallel, result),
@@ -402,9 +426,16 @@ def rollback(
     return result
 
 
-def _preflight(ledger: Ledger, ws: Workspace, plan: RollbackPlan, progress: Progress) -> None:
+def _preflight(
+    ledger: Ledger,
+    ws: Workspace,
+    plan: RollbackPlan,
+    progress: Progress,
+    reached: dict[str, Connector],
+) -> None:
     """Before the intent (``chassis.engine.preflight``): the plans the rollback
-    runs, the bundles they need, and every host it touches, reachable."""
+    runs, the bundles they need, and every host it touches, reachable (their
+    open connectors go into ``reached``)."""
     acting = [c for c in plan.changes if c.action != "unchanged"]
     plans = {c.plan.digest(): c.plan for c in acting if c.plan is not None}
     for host_plan in plans.values():
@@ -413,8 +444,10 @@ def _preflight(ledger: Ledger, ws: Workspace, plan: RollbackPlan, progress: Prog
         check_bundle(
             plan.bundles[release_plan.release_id], release_plan.bundle_sha256, release_plan.label
         )
-    settings = {c.host: get_host(ledger, c.host).settings for c in acting}
-    reach_hosts(list(settings.items()), ws, progress)
+    hosts = {c.host: get_host(ledger, c.host) for c in acting}
+    settings = {name: host.settings for name, host in hosts.items()}
+    pins = {name: host.key_pin() for name, host in hosts.items()}
+    reach_hosts(list(settings.items()), ws, progress, pins=pins, keep=reached)
     # The models the earlier plans name must still be on their hosts (an
     # eviction does not protect an earlier revision's model).
     for change in acting:
