@@ -135,6 +135,7 @@ def prepare(
     also_reach: Iterable[str] = (),
     model_overrides: Mapping[str, str] | None = None,
     reached: dict[str, Connector] | None = None,
+    settled: Callable[[Plan], bool] | None = None,
 ) -> tuple[Plan, Path]:
     """Check names, compile the plan and check it; raises before any intent is recorded.
 
@@ -153,6 +154,9 @@ def prepare(
 
     ``reached`` receives the pre-flight's open connectors (the caller closes
     them, or has its operation adopt them: one SSH session per host).
+    ``settled(plan)`` true: every host already runs this plan, so nothing
+    will run on any of them; the plan is returned before the pre-flight (a
+    no-op redeploy reaches no host).
     """
     if app != stack.app.name:
         raise NotFound(f"unknown app {app!r} (this workspace deploys {stack.app.name!r})")
@@ -174,7 +178,7 @@ def prepare(
     )
     plan = fingerprinted(pinned(plan, ledger, strict=record), ws, strict=record)
     check_plan(plan)
-    if not record:
+    if not record or (settled is not None and settled(plan)):
         return plan, bundle
     stored = bundle_path(ws, release.bundle_sha256)
     if stored.is_file():
@@ -496,6 +500,20 @@ def _deploy(
         raise ChassisError("deploying needs a signing key")
     key = Installation.id_for(Installation.key(app, environment))
     installation = ledger.find(Installation, key)
+
+    def settled(plan: Plan) -> bool:
+        """The deploy will be a recorded no-op (decided again below, the same way)."""
+        if installation is None or options.force:
+            return False
+        verified_plans(ledger, installation, hosts_revisions(installation))
+        before = befores(installation)
+        previous = {name: dict(entry) for name, entry in installation.hosts.items()}
+        return (
+            _is_noop(plan, previous)
+            and not secret_changes(plan, before)[0]
+            and not models_changed(plan, before)
+        )
+
     plan, bundle = prepare(
         ledger,
         ws,
@@ -508,6 +526,7 @@ def _deploy(
         also_reach=sorted(installation.hosts) if installation is not None else (),
         model_overrides=options.model_overrides,
         reached=reached,
+        settled=settled,
     )
     check_available((c.name, c.secrets) for h in plan.hosts for c in h.components)
     if installation is None:

@@ -129,6 +129,11 @@ def test_a_host_down_before_deploy_costs_the_others_nothing(
     assert {h.name: (roots[h.name] / "current").resolve() for h in hosts} == releases
     rows = json.loads(run.ok("status", "lab", "--env", "lab", "--json").stdout)
     assert {r["label"] for r in rows} == {"v1"}
+    # Redeploying what every host already runs touches no host, so it needs
+    # none: a recorded no-op, without the pre-flight (issue 17's no-op budget).
+    again = run.ok(*DEPLOY, "--release", "v1", "--json")
+    assert json.loads(again.stdout)["status"] == "noop"
+    assert "pre-flight: reaching" not in again.stderr
 
 
 def _tree(root: Path) -> dict[str, object]:
