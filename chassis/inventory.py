@@ -20,7 +20,6 @@ from adapters.errors import ConnectorError
 from adapters.facts.inventory import HostInventory
 from adapters.facts.model import FactsError, HostFacts, facts_digest, parse_probe_output
 from adapters.facts.probe import collect
-from chassis.connect import DEFAULT_CONNECT_TIMEOUT_S, connector_from_settings, recorded_pin
 from chassis.errors import ChassisError
 from chassis.hosts import HostLike, resolve_root
 from chassis.workspace import Workspace
@@ -54,12 +53,17 @@ class InventoryResult:
 
 
 def probe(
-    host: HostLike, ws: Workspace, *, timeout: float = DEFAULT_CONNECT_TIMEOUT_S
+    host: HostLike, ws: Workspace, *, timeout: float | None = None
 ) -> HostFacts:
-    """Facts of one host. Raises ``ConnectorError`` or ``ProbeFailed``."""
+    """Facts of one host. Raises ``ConnectorError`` or ``ProbeFailed``.
+    ``timeout``: of each connection step (default ``chassis.connect``'s)."""
     roots = ["/", resolve_root(host, ws.root)]
     if host.settings.connector == "local":
         return _parse(host.name, json.dumps(collect(roots)))
+    # fabric and paramiko load only when a remote host is probed
+    from chassis.connect import DEFAULT_CONNECT_TIMEOUT_S, connector_from_settings, recorded_pin
+
+    timeout = DEFAULT_CONNECT_TIMEOUT_S if timeout is None else timeout
     pin = host.key_pin() if isinstance(host, Host) else recorded_pin(ws, host.name)
     with connector_from_settings(
         host.name, host.settings, ws, connect_timeout=timeout, pin=pin
@@ -91,7 +95,7 @@ def _parse(name: str, text: str) -> HostFacts:
 
 
 def inventory(
-    ledger: Ledger, ws: Workspace, hosts: list[Host], *, timeout: float = DEFAULT_CONNECT_TIMEOUT_S
+    ledger: Ledger, ws: Workspace, hosts: list[Host], *, timeout: float | None = None
 ) -> list[InventoryResult]:
     """Probe ``hosts`` in parallel; record each changed inventory as an event."""
     if ledger.signer is None:

@@ -37,9 +37,9 @@ from typing import Any
 import msgspec
 
 from adapters.connectors.base import Connector
+from adapters.connectors.local import LocalConnector
 from adapters.errors import ConnectorError
 from adapters.supervisors.base import Supervisor, SupervisorError
-from chassis.connect import connector_for
 from chassis.engine.executor import INTERRUPTED, HostDeployment, StepFailed, scrubbed
 from chassis.engine.operation import (
     OperationRecorder,
@@ -186,7 +186,13 @@ class Operation:
         with self._lock:
             found = self._connectors.get(host)
         if found is None:
-            found = connector_for(get_host(self.ledger, host), self.ws)
+            known = get_host(self.ledger, host)
+            if known.settings.connector == "local":
+                found = LocalConnector(host)  # what connector_for gives, without fabric
+            else:
+                from chassis.connect import connector_for  # fabric: only for SSH hosts
+
+                found = connector_for(known, self.ws)
             with self._lock:
                 self._connectors[host] = found
         return found

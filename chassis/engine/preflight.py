@@ -38,7 +38,6 @@ from adapters.errors import ConnectorError, one_line
 from adapters.supervisors.base import ProcessSpec
 from adapters.supervisors.systemd import render_unit
 from chassis.bundles import sha256_file
-from chassis.connect import connector_from_settings, recorded_pin
 from chassis.engine.executor import StepFailed, health_check, health_gate
 from chassis.engine.plan import ComponentPlan, HostPlan, Plan
 from chassis.errors import ChassisError
@@ -233,6 +232,8 @@ def _reach(
 ) -> tuple[str | None, Connector | None]:
     """(None, the open connector) if ``name`` runs a command over a session
     checked against its pin; else (why not, None)."""
+    from chassis.connect import connector_from_settings, recorded_pin  # fabric: only here
+
     connector = None
     try:
         pin = pins.get(name) if pins is not None else recorded_pin(ws, name)

@@ -39,7 +39,6 @@ import msgspec
 
 from adapters.connectors.base import Connector
 from adapters.errors import ConnectorError, one_line
-from chassis.connect import connector_for, connector_from_settings, recorded_pin
 from chassis.engine.plan import MODEL_DIR_ENV, ModelRef, Plan, model_dir
 from chassis.errors import ChassisError, NotFound
 from chassis.hosts import get_host, resolve_root
@@ -178,6 +177,7 @@ def require_models(
     if not wanted:
         return
     progress(f"pre-flight: models on {', '.join(sorted(wanted))}")
+    from chassis.connect import connector_from_settings, recorded_pin  # fabric: only here
     problems: list[str] = []
     for name in sorted(wanted):
         host_plan = plan.host(name)
@@ -393,6 +393,8 @@ def _listing(ledger: Ledger, ws: Workspace, host_name: str, connector: Connector
 
 def list_cache(ledger: Ledger, ws: Workspace, host_name: str) -> CacheListing:
     """What the host's cache holds, oldest use first, with the ledger's view of each."""
+    from chassis.connect import connector_for  # fabric: only when a host is asked
+
     host = get_host(ledger, host_name)
     with connector_for(host, ws) as connector:
         return _listing(ledger, ws, host_name, connector)
@@ -585,6 +587,8 @@ def evict(
         _actor(ledger)
     if model is not None:
         model = find_model(ledger, model).name  # NotFound (exit 10) lists the known models
+    from chassis.connect import connector_for  # fabric: only when a host is asked
+
     with connector_for(get_host(ledger, host), ws) as connector:
         listing = _listing(ledger, ws, host, connector)
         if watermark is not None and listing.disk is None:

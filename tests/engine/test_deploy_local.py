@@ -200,3 +200,15 @@ def test_a_profile_change_retires_the_hosts_the_new_placement_leaves(
     assert len({host for host, _ in status(run)}) == 3
     assert "v1" in get(port_of(shop, "api"), "/healthz")[1]
     run.ok("ledger", "verify")
+
+
+def test_a_local_deploy_and_its_no_op_load_no_ssh(tmp_path: Path, shop: Path) -> None:
+    """fabric, paramiko and invoke load only once a remote host is reached:
+    a deploy to local hosts, and the no-op after it, run without them (the
+    whole-process deploy's start, issue 17)."""
+    from tests.cli.test_fast_start import SSH, imported, offending
+
+    modules = imported(tmp_path, *DEPLOY, "--release", "v1", cwd=shop)
+    assert "chassis.engine.deploy" in modules  # it did deploy
+    assert not offending(modules, SSH)
+    assert not offending(imported(tmp_path, *DEPLOY, "--release", "v1", cwd=shop), SSH)
