@@ -77,6 +77,8 @@ def logs_command(
             for line in text:
                 emit(source, line)
         if follow:
+            # On stderr, so stdout holds log lines only; from here on every new line shows.
+            click.echo(f"following {len(found)} log(s); Ctrl-C to stop", err=True)
             try:
                 logs.follow(found, emit)
             except KeyboardInterrupt:

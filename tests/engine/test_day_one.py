@@ -9,12 +9,12 @@ Reproduced before: none of these existed; operators read
 from __future__ import annotations
 
 import json
+import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from adapters.connectors.local import LocalConnector
 from adapters.supervisors.direct import DirectSupervisor
@@ -87,14 +87,23 @@ def test_logs_follow_prints_new_lines_until_ctrl_c(run: Runner, quick: Path) -> 
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2)  # let it take the file's size
+    assert follower.stdout is not None and follower.stderr is not None
+    # It says when it has taken the files' sizes: lines written after that show.
+    said = _line_within(follower.stderr, 60)
+    assert said == "following 1 log(s); Ctrl-C to stop\n", said
     with log.open("a") as out:
         out.write("followed line\n")
-    time.sleep(2.5)
+    shown = _line_within(follower.stdout, 30)
     follower.send_signal(signal.SIGINT)
     out_text, err = follower.communicate(timeout=30)
     assert follower.returncode == 0, err
-    assert f"{api_host}/api | followed line" in out_text.splitlines(), out_text
+    assert shown.rstrip("\n") == f"{api_host}/api | followed line", shown + out_text
+
+
+def _line_within(stream: IO[str], seconds: float) -> str:
+    """The stream's next line, or "" when none comes within ``seconds``."""
+    ready, _, _ = select.select([stream], [], [], seconds)
+    return stream.readline() if ready else ""
 
 
 def test_restart_is_recorded_and_health_gated(run: Runner, quick: Path) -> None:  # noqa: F811
