@@ -54,6 +54,8 @@ bench: compile
 	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/read_cost.py
 	$(BIN)/python bench/redaction.py
+	$(BIN)/python bench/receipts.py
+	$(BIN)/python bench/catchup.py
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/deploy.py $(DEPLOY_BENCH_ARGS)
 

@@ -87,5 +87,9 @@ def log_position(ledger: Ledger) -> LedgerPosition:
     origin = checkpoint_origin(ledger)
     latest = log.latest_checkpoint()
     if latest is not None and latest.size == size:
-        return LedgerPosition(latest.size, latest.root.hex(), origin, log.leaf_index)
-    return LedgerPosition(size or None, log.root().hex() if size else None, origin, log.leaf_index)
+        return LedgerPosition(
+            latest.size, latest.root.hex(), origin, log.leaf_index, log.leaf_indices
+        )
+    return LedgerPosition(
+        size or None, log.root().hex() if size else None, origin, log.leaf_index, log.leaf_indices
+    )

@@ -23,28 +23,31 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import msgspec
 
 from chassis.errors import ChassisError
 from chassis.workspace import Workspace
-from ledger.application import Ledger
+from ledger.aggregate import LedgerAggregate
+from ledger.application import Ledger, RawRow
 from ledger.canonical import format_timestamp
-from ledger.events import LedgerEvent
+from ledger.events import LedgerEvent, registered_topics
 from ledger.hosts import Host
 from ledger.installations import Installation
 from ledger.keys import KeyPair
 from ledger.models import ModelAsset
 from ledger.records import MalformedRecordError, parse_record
-from ledger.tables import SideTables
+from ledger.tables import Cursor, SideTables
+from ledger.vouched import VouchedDigests
 from proofs.dsse import PAYLOAD_TYPE_INTOTO, envelope_digest, sign_envelope
 from proofs.intoto import RECEIPT_PREDICATE, statement, statement_bytes, subject
 from proofs.redaction import Redactor
+from proofs.vouch import CheckpointVouch
 
 REDACTION_KEY_FILE = "redaction.key"
 
@@ -57,6 +60,7 @@ COMPLETING_TOPICS = (
 )
 
 Note = Callable[[str], None]
+A = TypeVar("A", bound=LedgerAggregate)
 
 
 class ReceiptNotFound(ChassisError):
@@ -143,9 +147,9 @@ class ReceiptStore:
             row = c.fetchone()
             if row is not None and int(row[0]) >= position:
                 return
+            stored = self._stored_seqs(c, [r.seq for r in receipts])
             for r in receipts:
-                c.execute("SELECT 1 FROM {chassis_receipts} WHERE seq = ?", (r.seq,))
-                if c.fetchone() is not None:
+                if r.seq in stored:
                     continue
                 c.execute(
                     "INSERT INTO {chassis_receipts} VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -168,6 +172,17 @@ class ReceiptStore:
                     "UPDATE {chassis_receipt_position} SET seq = ? WHERE name = ?",
                     (position, "receipts"),
                 )
+
+    @staticmethod
+    def _stored_seqs(c: Cursor, seqs: list[int]) -> set[int]:
+        """Which of ``seqs`` already have a receipt (one query per 500)."""
+        found: set[int] = set()
+        for start in range(0, len(seqs), 500):
+            chunk = seqs[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            c.execute(f"SELECT seq FROM {{chassis_receipts}} WHERE seq IN ({marks})", chunk)  # noqa: S608
+            found.update(int(row[0]) for row in c.fetchall())
+        return found
 
     def all(self, *, since_seq: int = 0) -> list[StoredReceipt]:
         with self.tables.transaction(commit=False) as c:
@@ -243,6 +258,8 @@ class LedgerPosition:
     root: str | None
     origin: str | None
     leaf_index: Callable[[int], int | None]
+    leaf_indices: Callable[[Sequence[int]], dict[int, int]] | None = None
+    """Many at once (``leaf_index`` of each, in one read), where the log can."""
 
 
 PositionSource = Callable[[Ledger], LedgerPosition]
@@ -265,9 +282,18 @@ def issue_pending(
     redactor = redactor_for(ws)
     issued: list[StoredReceipt] = []
     previous_facts: dict[str, str | None] = {}
-    for seq, originator, version, topic, state in ledger.scan(since=start + 1):
-        if topic not in COMPLETING_TOPICS:
-            continue
+    # A long backlog (a crashed command's, or one left by a key without role
+    # ``checkpoint``) reads its events on the word of the checkpoint just
+    # signed over them (``proofs.vouch``) instead of checking each signature.
+    vouched = CheckpointVouch(ledger)(start, sorted(registered_topics()))
+    history = _History(ledger, vouched)
+    completing = list(_completing(ledger, start, last))
+    leaves = (
+        where.leaf_indices([row[0] for row in completing])
+        if where.leaf_indices is not None
+        else None
+    )
+    for seq, originator, version, topic, state in completing:
         try:
             record = parse_record(seq, originator, version, topic, state)
         except MalformedRecordError as e:
@@ -275,15 +301,32 @@ def issue_pending(
             continue
         aggregate_id = UUID(str(originator))
         digest = record.digest.hex()
-        built = _build(ledger, topic, aggregate_id, version, previous_facts)
+        built = _build(history, topic, aggregate_id, version, previous_facts)
         if built is None:
             continue
         ledger_position = Position(seq, digest, where.tree_size, where.root, where.origin)
-        issued.append(_sign(built, ledger_position, where, signer, redactor))
+        leaf = leaves.get(seq) if leaves is not None else where.leaf_index(seq)
+        issued.append(_sign(built, ledger_position, leaf, signer, redactor))
     store.add(issued, last)
     if issued:
         note(f"receipts: {len(issued)} issued ({', '.join(r.operation for r in issued)})")
     return issued
+
+
+def _completing(ledger: Ledger, start: int, last: int) -> Iterator[RawRow]:
+    """The rows of completing events after ``start`` up to ``last``, in order."""
+    position = start
+    while page := ledger.rows_after(position, limit=_PAGE, topics=COMPLETING_TOPICS):
+        for row in page:
+            if row[0] > last:
+                return
+            yield row
+        position = page[-1][0]
+
+
+_PAGE = 2000
+READ_AHEAD = 256
+"""Events of an aggregate read in one query when folding it forward."""
 
 
 @dataclass
@@ -305,24 +348,85 @@ class _Built:
 
 
 def _build(
-    ledger: Ledger,
+    history: _History,
     topic: str,
     aggregate_id: UUID,
     version: int,
     previous_facts: dict[str, str | None],
 ) -> _Built | None:
     if topic == Installation.OperationFinished.TOPIC:
-        return _operation(ledger, aggregate_id, version)
+        return _operation(history, aggregate_id, version)
     if topic == Installation.LeaseBroken.TOPIC:
-        return _lease_break(ledger, aggregate_id, version)
+        return _lease_break(history, aggregate_id, version)
     if topic == ModelAsset.Materialized.TOPIC:
-        return _materialized(ledger, aggregate_id, version)
-    return _host_event(ledger, topic, aggregate_id, version, previous_facts)
+        return _materialized(history, aggregate_id, version)
+    return _host_event(history, topic, aggregate_id, version, previous_facts)
 
 
-def _events(ledger: Ledger, aggregate_id: UUID, first: int, last: int) -> Iterator[LedgerEvent]:
-    for _, event in ledger.verified_events(aggregate_id, gt=first - 1, lte=last):
-        yield event
+class _History:
+    """The aggregates that receipts describe, folded forward through one
+    issuing: each event is read once (through the mapper: verified, or
+    vouched for by a verified checkpoint), and the state at a later version
+    is the earlier state with the events between folded in, not a fresh
+    load per receipt. Completing events come in global order, so each
+    aggregate is asked for ever later versions; anything else is loaded.
+
+    A state handed out is live: whatever a receipt needs from it is read
+    before a later version of the same aggregate is asked for."""
+
+    def __init__(self, ledger: Ledger, vouched: VouchedDigests | None) -> None:
+        self.ledger = ledger
+        self.vouched = vouched
+        self._states: dict[UUID, LedgerAggregate] = {}
+        self._ahead: dict[UUID, list[LedgerEvent]] = {}
+        """Events read past the folded state and not folded yet, in order."""
+
+    def read(self, aggregate_id: UUID, first: int, last: int) -> list[LedgerEvent]:
+        """The aggregate's events from version ``first`` to ``last``."""
+        state = self._states.get(aggregate_id)
+        if state is not None and state.version < first:
+            return [e for e in self.upcoming(aggregate_id, last) if e.originator_version >= first]
+        return [
+            event
+            for _, event in self.ledger.verified_events(
+                aggregate_id, gt=first - 1, lte=last, vouched=self.vouched
+            )
+        ]
+
+    def upcoming(self, aggregate_id: UUID, version: int) -> list[LedgerEvent]:
+        """The events after the folded state up to ``version`` (none without one)."""
+        state = self._states.get(aggregate_id)
+        if state is None or state.version >= version:
+            return []
+        ahead = self._ahead.setdefault(aggregate_id, [])
+        have = ahead[-1].originator_version if ahead else state.version
+        if have < version:
+            # Read ahead: the next receipts of this aggregate fold those events next.
+            found = self.ledger.verified_events(
+                aggregate_id, gt=have, lte=max(version, have + READ_AHEAD), vouched=self.vouched
+            )
+            ahead.extend(event for _, event in found)
+        return [e for e in ahead if e.originator_version <= version]
+
+    def at(self, kind: type[A], aggregate_id: UUID, version: int) -> A:
+        """The aggregate at ``version``: the folded state carried forward
+        (each step checked by ``mutate``), else loaded from the ledger."""
+        state = self._states.get(aggregate_id)
+        if isinstance(state, kind) and state.version <= version:
+            steps = self.upcoming(aggregate_id, version)
+            if state.version + len(steps) == version:
+                folded: Any = state
+                for event in steps:
+                    folded = event.mutate(folded)
+                ahead = self._ahead.get(aggregate_id, [])
+                self._ahead[aggregate_id] = ahead[len(steps) :]
+                self._states[aggregate_id] = folded
+                assert isinstance(folded, kind)
+                return folded
+        loaded = self.ledger.load(kind, aggregate_id, version=version)
+        self._states[aggregate_id] = loaded
+        self._ahead.pop(aggregate_id, None)
+        return loaded
 
 
 def _brief(entry: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -331,15 +435,73 @@ def _brief(entry: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"label": entry["label"], "release_id": entry["release_id"]}
 
 
-def _operation(ledger: Ledger, aggregate_id: UUID, version: int) -> _Built:
-    after = ledger.load(Installation, aggregate_id, version=version)
+@dataclass(frozen=True)
+class _Before:
+    """What a receipt says about an installation before its operation."""
+
+    hosts: dict[str, dict[str, Any] | None]
+    """Host → the release that was active there (``_brief``)."""
+    labels: list[str]
+    last_successful: int | None
+
+    @classmethod
+    def of(cls, installation: Installation) -> _Before:
+        return cls(
+            {host: _brief(entry) for host, entry in installation.hosts.items()},
+            sorted({str(e["label"]) for e in installation.hosts.values()}),
+            installation.last_successful,
+        )
+
+
+def _entry(after: Installation, version: int) -> dict[str, Any]:
+    """The revision entry of the operation that finished at ``version``."""
     entry = after.revisions[-1]
     for candidate in after.revisions:
         if candidate.get("version") == version:
             entry = candidate
+    return entry
+
+
+def _started(upcoming: list[LedgerEvent], version: int) -> int | None:
+    """The version of the ``operation-started`` of the operation finished at
+    ``version``, when it is among ``upcoming`` (else None)."""
+    if not upcoming or upcoming[-1].originator_version != version:
+        return None
+    finished = upcoming[-1]
+    if not isinstance(finished, Installation.OperationFinished):
+        return None
+    for event in reversed(upcoming):
+        if isinstance(event, Installation.OperationStarted) and event.revision == finished.revision:
+            return event.originator_version
+    return None
+
+
+def _operation(history: _History, aggregate_id: UUID, version: int) -> _Built:
+    started = _started(history.upcoming(aggregate_id, version), version)
+    if started is not None:
+        # Folded forward: the state before the operation, then after it.
+        events = history.read(aggregate_id, started, version)
+        before = _Before.of(history.at(Installation, aggregate_id, started - 1))
+        after = history.at(Installation, aggregate_id, version)
+        entry = _entry(after, version)
+        if int(entry["started_version"]) == started:
+            return _operation_receipt(aggregate_id, after, entry, before, events)
+    after = history.at(Installation, aggregate_id, version)
+    entry = _entry(after, version)
     started_version = int(entry["started_version"])
-    before = ledger.load(Installation, aggregate_id, version=started_version - 1)
-    events = list(_events(ledger, aggregate_id, started_version, version))
+    ledger = history.ledger
+    before = _Before.of(ledger.load(Installation, aggregate_id, version=started_version - 1))
+    events = history.read(aggregate_id, started_version, version)
+    return _operation_receipt(aggregate_id, after, entry, before, events)
+
+
+def _operation_receipt(
+    aggregate_id: UUID,
+    after: Installation,
+    entry: dict[str, Any],
+    before: _Before,
+    events: list[LedgerEvent],
+) -> _Built:
     finished = events[-1]
     assert isinstance(finished, Installation.OperationFinished)
     operation = str(entry["operation"])
@@ -356,7 +518,7 @@ def _operation(ledger: Ledger, aggregate_id: UUID, version: int) -> _Built:
             {
                 "status": "pending",
                 "started": format_timestamp(event.timestamp),
-                "before": _brief(before.hosts.get(host)),
+                "before": before.hosts.get(host),
             },
         )
         outcome["finished"] = format_timestamp(event.timestamp)
@@ -390,7 +552,7 @@ def _operation(ledger: Ledger, aggregate_id: UUID, version: int) -> _Built:
         subject(f"{app}/{environment}/{host}", str(e["release_id"]))
         for host, e in sorted(after.hosts.items())
     ] or [subject(f"{app}/{environment}", str(entry["release_id"]))]
-    releases_before = sorted({str(e["label"]) for e in before.hosts.values()})
+    releases_before = before.labels
     releases_after = sorted({str(e["label"]) for e in after.hosts.values()})
     predicate = {
         "operation": operation,
@@ -402,7 +564,7 @@ def _operation(ledger: Ledger, aggregate_id: UUID, version: int) -> _Built:
         "op_id": finished.op_id,
         "plan_digest": entry["plan_digest"],
         "hosts": hosts,
-        "releases": {"before": releases_before, "after": releases_after},
+        "releases": {"before": list(releases_before), "after": releases_after},
         "health": health,
         "state_digest": after.state_digest(),
         "actor": finished.keyid,
@@ -427,10 +589,10 @@ def _operation(ledger: Ledger, aggregate_id: UUID, version: int) -> _Built:
     )
 
 
-def _lease_break(ledger: Ledger, aggregate_id: UUID, version: int) -> _Built:
-    [event] = list(_events(ledger, aggregate_id, version, version))
+def _lease_break(history: _History, aggregate_id: UUID, version: int) -> _Built:
+    [event] = history.read(aggregate_id, version, version)
     assert isinstance(event, Installation.LeaseBroken)
-    before = ledger.load(Installation, aggregate_id, version=version - 1)
+    before = history.at(Installation, aggregate_id, version - 1)
     lease = before.lease or {}
     entry = next((e for e in before.revisions if e["op_id"] == event.op_id), None)
     release_id = str(entry["release_id"]) if entry else None
@@ -469,21 +631,20 @@ def _lease_break(ledger: Ledger, aggregate_id: UUID, version: int) -> _Built:
 
 
 def _host_event(
-    ledger: Ledger,
+    history: _History,
     topic: str,
     aggregate_id: UUID,
     version: int,
     previous_facts: dict[str, str | None],
 ) -> _Built | None:
-    [event] = list(_events(ledger, aggregate_id, version, version))
-    host = ledger.load(Host, aggregate_id, version=version)
+    [event] = history.read(aggregate_id, version, version)
+    key = str(aggregate_id)
+    if isinstance(event, Host.Inventoried) and key not in previous_facts:
+        previous_facts[key] = history.at(Host, aggregate_id, version - 1).facts_digest
+    host = history.at(Host, aggregate_id, version)
     at = format_timestamp(event.timestamp)
     environment = host.settings.environment
     if isinstance(event, Host.Inventoried):
-        key = str(aggregate_id)
-        if key not in previous_facts:
-            earlier = ledger.load(Host, aggregate_id, version=version - 1)
-            previous_facts[key] = earlier.facts_digest
         changed = previous_facts[key] != event.facts_digest
         previous_facts[key] = event.facts_digest
         if not changed:
@@ -529,14 +690,15 @@ def _host_event(
     )
 
 
-def _materialized(ledger: Ledger, aggregate_id: UUID, version: int) -> _Built:
+def _materialized(history: _History, aggregate_id: UUID, version: int) -> _Built:
     """A model put on a host (``chassis model materialize``): what was sent
     and skipped, and the manifest digest the host now holds (or not)."""
-    [event] = list(_events(ledger, aggregate_id, version, version))
+    ledger = history.ledger
+    [event] = history.read(aggregate_id, version, version)
     assert isinstance(event, ModelAsset.Materialized)
-    model = ledger.load(ModelAsset, aggregate_id, version=version)
+    model = history.at(ModelAsset, aggregate_id, version)
     started = finished = format_timestamp(event.timestamp)
-    for earlier in _events(ledger, aggregate_id, 1, version):
+    for _, earlier in ledger.verified_events(aggregate_id, lte=version, vouched=history.vouched):
         if (
             isinstance(earlier, ModelAsset.MaterializeStarted)
             and earlier.host == event.host
@@ -589,12 +751,11 @@ def _sha(text: str) -> str:
 def _sign(
     built: _Built,
     position: Position,
-    where: LedgerPosition,
+    leaf: int | None,
     signer: KeyPair,
     redactor: Redactor,
 ) -> StoredReceipt:
     predicate = redactor.data({**built.predicate, "ledger": position.to_dict()})
-    leaf = where.leaf_index(position.seq)
     if leaf is not None:
         predicate["ledger"]["leaf_index"] = leaf
     body = statement(built.subjects, RECEIPT_PREDICATE, predicate)
@@ -609,11 +770,14 @@ def _sign(
         }
         for name, outcome in built.hosts.items()
     }
+    # The envelope and statement were made from the redacted predicate: they
+    # go in as signed (scanning again the envelope's base64, which always
+    # looks like it might hold a secret, cost most of a receipt's time).
     record: dict[str, Any] = redactor.data(
         {
             "receipt_digest": digest,
-            "envelope": envelope,
-            "statement": body,
+            "envelope": None,
+            "statement": None,
             "operation": built.operation,
             "status": built.status,
             "op_id": built.op_id,

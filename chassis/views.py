@@ -12,6 +12,7 @@ from ledger.canonical import parse_timestamp
 from projections.fold import documents, open_views, rebuild
 from projections.hosts import HOSTS
 from projections.installations import INSTALLATIONS
+from proofs.vouch import CheckpointVouch
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,13 @@ def age_text(seconds: int) -> str:
 
 
 def _views(ledger: Ledger) -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
-    return [(doc["status"], doc["history"]) for doc in documents(ledger, INSTALLATIONS)]
+    docs = documents(ledger, INSTALLATIONS, CheckpointVouch(ledger))
+    return [(doc["status"], doc["history"]) for doc in docs]
 
 
 def host_documents(ledger: Ledger, *, include_removed: bool = False) -> list[dict[str, Any]]:
     """Registered hosts from the hosts view, in name order."""
-    docs = sorted(documents(ledger, HOSTS), key=lambda d: d["name"])
+    docs = sorted(documents(ledger, HOSTS, CheckpointVouch(ledger)), key=lambda d: d["name"])
     return [d for d in docs if include_removed or not d["removed"]]
 
 
@@ -111,7 +113,8 @@ def rebuild_views(ledger: Ledger) -> dict[str, int]:
     (the exit when a view disagrees with the signed ledger). Returns how many
     events each view folded."""
     store = open_views(ledger)
+    vouch = CheckpointVouch(ledger)  # one check of the checkpoint serves both views
     return {
-        INSTALLATIONS.name: rebuild(ledger, store, INSTALLATIONS),
-        HOSTS.name: rebuild(ledger, store, HOSTS),
+        INSTALLATIONS.name: rebuild(ledger, store, INSTALLATIONS, vouch),
+        HOSTS.name: rebuild(ledger, store, HOSTS, vouch),
     }

@@ -121,13 +121,25 @@ class LedgerAggregate:
     @classmethod
     def restore(cls, state: dict[str, Any]) -> Self:
         """Rebuild from :meth:`snapshot_state`, typing each value by annotation."""
-        hints = get_type_hints(cls)
+        hints = _hints(cls)
         aggregate = cls.__new__(cls)
         for name, value in state.items():
             kind = hints.get(name)
             setattr(aggregate, name, msgspec.convert(value, kind) if kind else value)
         aggregate._pending = []
         return aggregate
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type[LedgerAggregate]) -> dict[str, Any]:
+    """The annotations of an aggregate class, resolved once (``get_type_hints``
+    costs more than the rest of a restore)."""
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = get_type_hints(cls)
+    return hints
 
 
 def aggregate_kind(kind: str) -> type[LedgerAggregate] | None:

@@ -35,6 +35,7 @@ from ledger.events import LedgerEvent
 from ledger.mapper import SealingMapper, SnapshotMapper
 from ledger.snapshots import SnapshotBinding, bind_snapshots, restore_bound
 from ledger.trust import TRUST_TOPIC_PREFIX, Trust, TrustState
+from ledger.vouched import VouchedDigests
 
 if TYPE_CHECKING:
     from ledger.keys import KeyPair
@@ -217,16 +218,35 @@ class Ledger(Application[UUID]):
     def _verified(self, row: RawRow) -> LedgerEvent:
         return self._sealing_mapper.verified_event(row)
 
+    def read_events(
+        self, rows: Sequence[RawRow], vouched: VouchedDigests | None = None
+    ) -> list[LedgerEvent]:
+        """The events in rows read with :meth:`rows_after`, through the mapper:
+        each verified in full, or on a verified checkpoint's word where
+        ``vouched`` covers it (``SealingMapper.read_events``)."""
+        return self._sealing_mapper.read_events(rows, vouched)
+
     def verified_events(
-        self, aggregate_id: UUID, *, gt: int | None = None, lte: int | None = None
+        self,
+        aggregate_id: UUID,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        vouched: VouchedDigests | None = None,
     ) -> list[tuple[int, LedgerEvent]]:
         """(position, event) of one aggregate's records, each verified by the
-        mapper; links are checked here too, so a gap or a fork is an error."""
+        mapper (or, where ``vouched`` covers it, taken on a verified
+        checkpoint's word: ``SealingMapper.read_events``); links are checked
+        here too, so a gap or a fork is an error."""
         rows = self._rows(aggregate_id, gt=gt or 0, lte=lte)
         result: list[tuple[int, LedgerEvent]] = []
         previous: LedgerEvent | None = None
-        for row in rows:
-            event = self._verified(row)
+        events = (
+            self._sealing_mapper.read_events(rows, vouched)
+            if vouched is not None
+            else map(self._verified, rows)
+        )
+        for row, event in zip(rows, events, strict=True):
             if previous is not None and (
                 event.originator_version != previous.originator_version + 1
                 or event.prev != previous.digest().hex()
@@ -298,6 +318,62 @@ class Ledger(Application[UUID]):
         by_id = self._select("originator_id = ? ORDER BY {position}", (key,))
         by_topic = self._select(f"{self._TRUST_RANGE} ORDER BY {{position}}", ())
         return sorted({row[0]: row for row in (*by_id, *by_topic)}.values(), key=lambda r: r[0])
+
+    def rows_after(self, position: int, *, limit: int, topics: Sequence[str]) -> list[RawRow]:
+        """Up to ``limit`` rows of ``topics`` after sequence number
+        ``position``, in global order, as stored (read them through the mapper)."""
+        if not topics:
+            return []
+        marks = ", ".join("?" for _ in topics)
+        return self._select(
+            f"{{position}} > ? AND topic IN ({marks}) ORDER BY {{position}} LIMIT ?",
+            (position, *topics, limit),
+        )
+
+    def count_after(self, position: int, topics: Sequence[str]) -> int:
+        """How many rows of ``topics`` come after sequence number ``position``."""
+        if not topics:
+            return 0
+        recorder: Any = self.recorder
+        table = recorder.events_table_name
+        sqlite = self.config.kind == "sqlite"
+        mark = "?" if sqlite else "%s"
+        marks = ", ".join(mark for _ in topics)
+        seq = "rowid" if sqlite else "notification_id"
+        source = table if sqlite else f'"{self.config.schema}"."{table}"'
+        sql = f"SELECT count(*) AS n FROM {source} WHERE {seq} > {mark} AND topic IN ({marks})"  # noqa: S608
+        try:
+            with recorder.datastore.transaction(commit=False) as cursor:
+                cursor.execute(sql, (position, *topics))
+                row = cursor.fetchone()
+        except PersistenceError as e:
+            raise StorageError(f"{self.config.describe()}: {e}") from None
+        return int(row["n"] if isinstance(row, dict) else row[0])
+
+    def stored_digests(self, position: int, *, limit: int) -> list[tuple[int, bytes]]:
+        """``(seq, stored digest as hex bytes)`` of up to ``limit`` records
+        after ``position``, in global order: the digest is read at its fixed
+        offset (a record has one spelling) and is *not* checked here."""
+        recorder: Any = self.recorder
+        table = recorder.events_table_name
+        try:
+            with recorder.datastore.transaction(commit=False) as cursor:
+                if self.config.kind == "sqlite":
+                    cursor.execute(
+                        f"SELECT rowid, substr(state, 12, 64) FROM {table} "  # noqa: S608
+                        "WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                        (position, limit),
+                    )
+                    return [(int(r[0]), bytes(r[1])) for r in cursor.fetchall()]
+                cursor.execute(
+                    "SELECT notification_id, substring(state from 12 for 64) AS digest "  # noqa: S608
+                    f'FROM "{self.config.schema}"."{table}" WHERE notification_id > %s '
+                    "ORDER BY notification_id LIMIT %s",
+                    (position, limit),
+                )
+                return [(int(r["notification_id"]), bytes(r["digest"])) for r in cursor.fetchall()]
+        except PersistenceError as e:
+            raise StorageError(f"{self.config.describe()}: {e}") from None
 
     def _select(self, where: str, params: tuple[Any, ...]) -> list[RawRow]:
         recorder: Any = self.recorder

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import os
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -39,6 +40,7 @@ from ledger.events import LedgerEvent
 from ledger.keys import KeyPair
 from ledger.records import MalformedRecordError, dashed_uuid, parse_record, sealed_state
 from ledger.trust import TrustState
+from ledger.vouched import BODY_AT, TAIL, VouchedDigests, vouched_event
 
 Row = tuple[int, Any, int, str, bytes]
 """(position, originator_id as stored, version, topic, state)."""
@@ -124,6 +126,9 @@ class SealingMapper(Mapper[UUID]):
         self._verify_keys: dict[bytes, nacl.signing.VerifyKey] = {}
         self._good: set[bytes] = set()
         """(public key ‖ digest ‖ signature) already verified, or made, here."""
+        self._stored_ids: dict[Any, UUID | None] = {}
+        """An ``originator_id`` as stored → the aggregate id it spells exactly
+        as a signed ``id`` would (None: no signed id equals it)."""
 
     def _signer(self) -> KeyPair:
         if self.signer is None:
@@ -204,6 +209,45 @@ class SealingMapper(Mapper[UUID]):
             ) from None
         self._good.add(token)
 
+    def read_events(
+        self, rows: Sequence[Row], vouched: VouchedDigests | None = None
+    ) -> list[LedgerEvent]:
+        """The events in ``rows`` (ascending positions): each taken on a
+        verified checkpoint's word when ``vouched`` holds a digest for its
+        position and its body hashes to it (``ledger.vouched``), else after
+        every check (:meth:`verified_event`), which also names what is wrong
+        with a record the checkpoint does not vouch for as it is stored.
+        Either way the stored columns must equal the signed body."""
+        if vouched is None or not rows or rows[0][0] > vouched.last_seq:
+            return [self.verified_event(row) for row in rows]
+        seqs, digests, covered = vouched.seqs, vouched.digests, len(vouched.seqs)
+        events: list[LedgerEvent] = []
+        index = 0
+        for row in rows:
+            seq = row[0]
+            index = bisect_left(seqs, seq, index)
+            event = None
+            if index < covered and seqs[index] == seq:
+                event = self._vouched_event(row, digests[32 * index : 32 * index + 32])
+            events.append(event if event is not None else self.verified_event(row))
+        return events
+
+    def _vouched_event(self, row: Row, digest: bytes) -> LedgerEvent | None:
+        """None whenever anything differs from the vouched record: the caller
+        then reads it the ordinary way."""
+        _, originator_id, version, topic, state = row
+        event = vouched_event(topic, state, digest)
+        if event is None or event.originator_version != version:
+            return None
+        stored_id = self._stored_ids.get(originator_id, _UNSEEN)
+        if stored_id is _UNSEEN:
+            stored_id = self._stored_ids[originator_id] = _exact_uuid(originator_id)
+        if event.originator_id != stored_id:
+            return None
+        # The body is the vouched one, so its digest is the record's.
+        event.__dict__["_sealing_input"] = (state[BODY_AT:-TAIL], digest)
+        return event
+
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
         if not isinstance(stored_event, Notification):
             # Without its global position a record's signer cannot be judged.
@@ -220,6 +264,22 @@ class SealingMapper(Mapper[UUID]):
                 stored_event.state,
             )
         )
+
+
+_UNSEEN: Any = object()
+
+
+def _exact_uuid(stored: UUID | str) -> UUID | None:
+    """The aggregate id the stored column names, when it is spelt exactly as
+    the signed body's ``id`` is (``dashed_uuid``); None for any other spelling."""
+    if isinstance(stored, UUID):
+        return stored
+    dashed = dashed_uuid(stored)
+    try:
+        value = UUID(dashed)
+    except ValueError:
+        return None
+    return value if str(value) == dashed else None
 
 
 class SnapshotMapper(Mapper[UUID]):

@@ -110,16 +110,37 @@ def _document(installation: Installation) -> dict[str, Any]:
     return {"status": status_of(installation), "history": history_of(installation)}
 
 
-def _accumulate(previous: dict[str, Any] | None, installation: Installation) -> dict[str, Any]:
-    """Keep every revision: revision numbers run 1, 2, 3… so revision N is at
-    index N-1; the entries the aggregate still holds replace the kept ones."""
-    revisions: list[dict[str, Any]] = previous["history"]["revisions"] if previous else []
-    for entry in installation.revisions:
+def _keep(revisions: list[dict[str, Any]], window: list[dict[str, Any]]) -> None:
+    """Put the aggregate's ``window`` of revision entries into ``revisions``
+    (every revision: revision N at index N-1), as the entries themselves."""
+    for entry in window:
         index = int(entry["revision"]) - 1
         if index < len(revisions):
             revisions[index] = entry
         else:
             revisions.append(entry)
+
+
+def _accumulate(previous: dict[str, Any] | None, installation: Installation) -> dict[str, Any]:
+    """Keep every revision, each entry as the last value it had in the
+    aggregate. The document holds the aggregate's own entry objects, which
+    its events change in place (an entry is appended once and never
+    replaced), so after each event only a new entry needs adding: checked on
+    the newest one, in O(1). Status is left to :func:`_finish`, per page."""
+    doc: dict[str, Any] = previous or {"status": [], "history": {"revisions": []}}
+    revisions: list[dict[str, Any]] = doc["history"]["revisions"]
+    window = installation.revisions
+    if window:
+        newest = window[-1]
+        number = int(newest["revision"])
+        if number > len(revisions) or revisions[number - 1] is not newest:
+            _keep(revisions, window)
+    return doc
+
+
+def _finish(doc: dict[str, Any], installation: Installation) -> dict[str, Any]:
+    revisions: list[dict[str, Any]] = doc["history"]["revisions"]
+    _keep(revisions, installation.revisions)
     history = {**history_of(installation), "revisions": revisions}
     return {"status": status_of(installation), "history": history}
 
@@ -130,4 +151,5 @@ INSTALLATIONS = FoldedView(
     topic_prefix="chassis.installation.",
     document=_document,
     accumulate=_accumulate,
+    finish=_finish,
 )

@@ -8,6 +8,7 @@ view table sits beside their ``tracking`` table in the ledger's own database.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -16,6 +17,9 @@ from eventsourcing.sqlite import SQLiteTrackingRecorder
 
 VIEW_TABLE = "chassis_views"
 _SELECT_ONE = "SELECT key, state, doc FROM chassis_views WHERE view = ? AND key = ?"
+_SELECT_MANY = "SELECT key, state, doc FROM chassis_views WHERE view = ? AND key IN ({marks})"
+_MANY = 500
+"""Keys per query (well under SQLite's limit of bound parameters)."""
 _SELECT_ALL = "SELECT key, state, doc FROM chassis_views WHERE view = ? ORDER BY key"
 _UPSERT = "INSERT OR REPLACE INTO chassis_views VALUES (?, ?, ?, ?)"
 _DELETE_VIEW = "DELETE FROM chassis_views WHERE view = ?"
@@ -32,6 +36,7 @@ class ViewRow:
 
 class ViewStore(Protocol):
     def read(self, view: str, key: str) -> ViewRow | None: ...
+    def read_many(self, view: str, keys: Sequence[str]) -> dict[str, ViewRow]: ...
     def read_all(self, view: str) -> list[ViewRow]: ...
     def write(self, view: str, rows: list[ViewRow], tracking: Tracking) -> None: ...
     def clear(self, view: str, tracking_name: str) -> None: ...
@@ -56,6 +61,18 @@ class SQLiteViewStore(SQLiteTrackingRecorder):
             found = c.fetchone()
         return row_from(tuple(found)) if found else None
 
+    def read_many(self, view: str, keys: Sequence[str]) -> dict[str, ViewRow]:
+        """The stored rows of ``keys`` (those that exist), in one query per 500."""
+        found: dict[str, ViewRow] = {}
+        with self.datastore.transaction(commit=False) as c:
+            for start in range(0, len(keys), _MANY):
+                chunk = keys[start : start + _MANY]
+                c.execute(_SELECT_MANY.format(marks=", ".join("?" for _ in chunk)), (view, *chunk))
+                for values in c.fetchall():
+                    row = row_from(tuple(values))
+                    found[row.key] = row
+        return found
+
     def read_all(self, view: str) -> list[ViewRow]:
         with self.datastore.transaction(commit=False) as c:
             c.execute(_SELECT_ALL, (view,))
@@ -63,8 +80,7 @@ class SQLiteViewStore(SQLiteTrackingRecorder):
 
     def write(self, view: str, rows: list[ViewRow], tracking: Tracking) -> None:
         with self.datastore.transaction(commit=True) as c:
-            for row in rows:
-                c.execute(_UPSERT, (view, row.key, row.state, row.doc))
+            c.executemany(_UPSERT, [(view, row.key, row.state, row.doc) for row in rows])
             self._insert_tracking(c, tracking)
 
     def clear(self, view: str, tracking_name: str) -> None:

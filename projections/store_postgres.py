@@ -3,6 +3,7 @@ psycopg is an optional dependency)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from eventsourcing.persistence import Tracking
@@ -36,6 +37,20 @@ class PostgresViewStore(PostgresTrackingRecorder):
             found = c.fetchone()
         return row_from(_values(found)) if found else None
 
+    def read_many(self, view: str, keys: Sequence[str]) -> dict[str, ViewRow]:
+        """The stored rows of ``keys`` (those that exist), in one query."""
+        if not keys:
+            return {}
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                SQL("SELECT key, state, doc FROM {0} WHERE view = %s AND key = ANY(%s)").format(
+                    self._table()
+                ),
+                (view, list(keys)),
+            )
+            rows = [row_from(_values(r)) for r in c.fetchall()]
+        return {row.key: row for row in rows}
+
     def read_all(self, view: str) -> list[ViewRow]:
         with self.datastore.transaction(commit=False) as c:
             c.execute(
@@ -48,13 +63,13 @@ class PostgresViewStore(PostgresTrackingRecorder):
 
     def write(self, view: str, rows: list[ViewRow], tracking: Tracking) -> None:
         with self.datastore.transaction(commit=True) as c:
-            for row in rows:
-                c.execute(
+            if rows:
+                c.executemany(
                     SQL(
                         "INSERT INTO {0} VALUES (%s, %s, %s, %s) ON CONFLICT (view, key) "
                         "DO UPDATE SET state = EXCLUDED.state, doc = EXCLUDED.doc"
                     ).format(self._table()),
-                    (view, row.key, row.state, row.doc),
+                    [(view, row.key, row.state, row.doc) for row in rows],
                 )
             self._insert_tracking(c, tracking)
 

@@ -109,7 +109,7 @@ def _decode_one(state: bytes, body: bytes) -> _Links:
         raise _Failed(VerifyReason.MALFORMED_RECORD, str(e)) from None
 
 
-def _append_leaves(stack: list[bytes], size: int, leaves: list[bytes]) -> int:
+def append_leaves(stack: list[bytes], size: int, leaves: list[bytes]) -> int:
     """Append leaf hashes to the frontier ``stack`` of a tree of ``size``
     leaves; returns the new size. A batch that fills a whole aligned perfect
     subtree is reduced level by level (list comprehensions, no per-leaf loop)
@@ -213,7 +213,7 @@ def fast_verify(rows: Iterable[StoredRow]) -> FastVerified:
                 except _Failed as failed:
                     raise LedgerVerificationError(_failure(row, failed)) from None
                 heads[aggregate] = (version, digest_hex)
-            size = _append_leaves(stack, size, [sha256(b"\x00" + d).digest() for d in digests])
+            size = append_leaves(stack, size, [sha256(b"\x00" + d).digest() for d in digests])
             last_seq = batch[-1][0]
     finally:
         close = getattr(rows, "close", None)

@@ -63,17 +63,51 @@ def _check_subject(descriptor: object, index: int) -> None:
             )
 
 
+def _plain_json(value: object) -> bool:
+    """True when ``value`` holds no float and only string keys, for the
+    built-in JSON types: the common case, checked without building paths.
+    False for anything else (then :func:`_walk_no_floats` says what)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is dict:
+        return all(type(k) is str and _plain_json(v) for k, v in value.items())  # type: ignore[attr-defined]
+    if kind is list or kind is tuple:
+        return all(_plain_json(item) for item in value)  # type: ignore[attr-defined]
+    return False
+
+
 def _check_no_floats(value: object, path: str) -> None:
+    if not _plain_json(value):
+        _walk_no_floats(value, path)
+
+
+def _walk_no_floats(value: object, path: str) -> None:
     if isinstance(value, float):
         raise ValueError(f"{path}: floats are not allowed in canonical JSON")
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ValueError(f"{path}: object keys must be strings")
-            _check_no_floats(item, f"{path}.{key}")
+            _walk_no_floats(item, f"{path}.{key}")
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            _check_no_floats(item, f"{path}[{index}]")
+            _walk_no_floats(item, f"{path}[{index}]")
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy: built-in containers rebuilt here (the common case, several
+    times faster than ``copy.deepcopy``), anything else by ``copy.deepcopy``."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is dict:
+        return {key: _copy(item) for key, item in value.items()}
+    if kind is list:
+        return [_copy(item) for item in value]
+    if kind is tuple:
+        return tuple(_copy(item) for item in value)
+    return copy.deepcopy(value)
 
 
 def statement(
@@ -83,9 +117,9 @@ def statement(
     return check_statement(
         {
             "_type": STATEMENT_TYPE,
-            "subject": copy.deepcopy(subjects),
+            "subject": _copy(subjects),
             "predicateType": predicate_type,
-            "predicate": copy.deepcopy(predicate),
+            "predicate": _copy(predicate),
         }
     )
 

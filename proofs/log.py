@@ -182,6 +182,21 @@ class TransparencyLog:
             row = c.fetchone()
         return None if row is None else int(row[0])
 
+    def leaf_indices(self, seqs: Sequence[int]) -> dict[int, int]:
+        """Leaf index by sequence number, for those of ``seqs`` that are logged
+        (one query per 500)."""
+        found: dict[int, int] = {}
+        with self.tables.transaction(commit=False) as c:
+            for start in range(0, len(seqs), INSERT_BATCH):
+                chunk = list(seqs[start : start + INSERT_BATCH])
+                marks = ", ".join("?" for _ in chunk)
+                c.execute(  # only placeholders are interpolated
+                    f"SELECT seq, idx FROM {{chassis_merkle_leaves}} WHERE seq IN ({marks})",  # noqa: S608
+                    chunk,
+                )
+                found.update((int(r[0]), int(r[1])) for r in c.fetchall())
+        return found
+
     def seq_at(self, index: int) -> int | None:
         """The sequence number of leaf ``index``."""
         with self.tables.transaction(commit=False) as c:

@@ -6,6 +6,7 @@ import itertools
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -159,3 +160,32 @@ def test_hosts_view_rebuild_equals_incremental(
     assert {d["name"] for d in incremental if d["name"].startswith(prefix)} == {
         prefix + h for _, h, _ in ops
     }
+
+
+def test_history_beyond_the_window_is_the_same_at_any_page_size(
+    ledger: Ledger, root_key: KeyPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More revisions than the aggregate keeps (REVISION_WINDOW): revision 1
+    stays the last successful one through a run of failures, beyond the
+    window, until a deploy supersedes it and the same event drops it from the
+    aggregate. The history keeps it as it last was, wherever pages end."""
+    import projections.fold as fold
+
+    views = open_views(ledger)
+    name = f"long{next(_counter)}"
+    base = {"label": "v1", "hosts": ["h1"], "restore": False}
+    run_operation(ledger, root_key, name, {**base, "activate": 1, "ending": "deployed"}, views)
+    for _ in range(Installation.REVISION_WINDOW + 2):
+        run_operation(ledger, root_key, name, {**base, "activate": 0, "ending": "failed"}, views)
+    final = {**base, "label": "v2", "activate": 1, "ending": "deployed"}
+    run_operation(ledger, root_key, name, final, views)
+    catch_up(ledger, views, INSTALLATIONS)
+    incremental = read_documents(views, INSTALLATIONS)
+    (doc,) = [d for d in incremental if d["history"]["app"] == name]
+    revisions = doc["history"]["revisions"]
+    assert [r["revision"] for r in revisions] == list(range(1, Installation.REVISION_WINDOW + 5))
+    assert revisions[0]["status"] == "superseded"
+    for page in (1, 2, 3, 5, 4096):
+        monkeypatch.setattr(fold, "PAGE", page)
+        rebuild(ledger, views, INSTALLATIONS)
+        assert read_documents(views, INSTALLATIONS) == incremental, f"pages of {page}"

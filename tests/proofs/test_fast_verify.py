@@ -282,13 +282,13 @@ def test_any_single_byte_change_outside_the_signature_is_detected(
 @given(chunks=st.lists(st.sampled_from([1, 2, 3, 4, 8, 16, 5, 64]), max_size=20))
 def test_batched_frontier_equals_compact_range(chunks: list[int]) -> None:
     """Whole aligned subtrees joined at once give the same frontier as leaf by leaf."""
-    from proofs.fast import _append_leaves
+    from proofs.fast import append_leaves
 
     leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(sum(chunks))]
     stack: list[bytes] = []
     size = start = 0
     for count in chunks:
-        size = _append_leaves(stack, size, leaves[start : start + count])
+        size = append_leaves(stack, size, leaves[start : start + count])
         start += count
     expected = CompactRange()
     expected.extend(leaves)
