@@ -535,18 +535,30 @@ class SSHConnector(Connector):
         display: str | None = None,
     ) -> CommandResult:
         shown = command if display is None else display
-        conn = self._connection()
+        self._connection()  # connected first, so the first command has a runner too
         result = self._run_in_session(command, shown, timeout, stdin, env)
-        if result is not None:
-            if check and not result.ok:
-                raise CommandFailed(
-                    self.name,
-                    where=self.where(),
-                    command=shown,
-                    returncode=result.exit_code,
-                    stderr=result.stderr,
-                )
-            return result
+        if result is None:
+            result = self._run_exec(command, shown, timeout, stdin, env)
+        if check and not result.ok:
+            raise CommandFailed(
+                self.name,
+                where=self.where(),
+                command=shown,
+                returncode=result.exit_code,
+                stderr=result.stderr,
+            )
+        return result
+
+    def _run_exec(
+        self,
+        command: str,
+        shown: str,
+        timeout: float,
+        stdin: bytes | None,
+        env: Mapping[str, str] | None,
+    ) -> CommandResult:
+        """``command`` over an exec of its own: a new SSH session on the host."""
+        conn = self._connection()
         wrapped, marker = _wrapped(command, env)
         runner = _Runner(context=conn, inline_env=False)
         runner.stdin_data = stdin or b""
@@ -580,22 +592,13 @@ class SSHConnector(Connector):
         if frozen is not None:  # the keepalive closed the channel under the command
             raise frozen
         stderr, _pid = _strip_marker(res.stderr, marker)
-        result = CommandResult(
+        return CommandResult(
             command=shown,
             exit_code=int(res.exited),
             stdout=res.stdout,
             stderr=stderr,
             duration_s=time.monotonic() - started,
         )
-        if check and not result.ok:
-            raise CommandFailed(
-                self.name,
-                where=self.where(),
-                command=shown,
-                returncode=result.exit_code,
-                stderr=result.stderr,
-            )
-        return result
 
     def _host_session(self) -> HostSession | None:
         """The connection's command runner, started on first use (None: the
