@@ -38,11 +38,10 @@ from __future__ import annotations
 
 import re
 import shlex
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -50,11 +49,9 @@ import msgspec
 
 from adapters.errors import ConnectorError
 from chassis.connect import connector_for
-from chassis.engine.deploy import DEFAULT_LEASE_TTL_S
-from chassis.engine.executor import scrubbed
-from chassis.engine.lifecycle import Operation, befores, run_operation
-from chassis.engine.operation import OperationRecorder
-from chassis.engine.plan import Plan, recorded_form, verified_plan
+from chassis.engine.lifecycle import run_operation
+from chassis.engine.plan import Plan, verified_plan
+from chassis.engine.rerun import begin
 from chassis.errors import ChassisError
 from chassis.hosts import get_host
 from chassis.secret_leases import (
@@ -370,27 +367,7 @@ def _expire_revision(
         f"expire-lease: {versions} expired (as of {format_timestamp(at)}); copies removed "
         f"on {', '.join(names)}" + (f" ({stopped})" if stopped else "")
     )
-    before = befores(installation)
-    op_id = uuid.uuid4().hex
-    plan_digest, plan_data = recorded_form(reduced)
-    installation.start_operation(
-        actor=ledger.signer.keyid,
-        op_id=op_id,
-        operation=OPERATION,
-        label=reduced.label,
-        release_id=reduced.release_id,
-        profile=reduced.profile,
-        placement={group: h.host for h in reduced.hosts for group in h.groups},
-        host_components={h.host: [c.name for c in h.components] for h in reduced.hosts},
-        plan_digest=plan_digest,
-        plan=plan_data,
-        lease_ttl_s=DEFAULT_LEASE_TTL_S,
-        description=scrubbed(description),
-        now=datetime.now(UTC),
-    )
-    ledger.append(installation)
-    recorder = OperationRecorder(ledger, installation, op_id)
-    op = Operation(ledger, ws, recorder, before, progress)
+    op = begin(ledger, ws, installation, reduced, OPERATION, description, progress)
     outcomes: dict[str, dict[str, Any]] = {}
 
     def one(name: str) -> None:

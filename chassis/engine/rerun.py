@@ -21,7 +21,7 @@ from chassis.engine.deploy import DEFAULT_LEASE_TTL_S
 from chassis.engine.executor import scrubbed
 from chassis.engine.lifecycle import Operation, befores, run_operation
 from chassis.engine.operation import OperationRecorder
-from chassis.engine.plan import recorded_form, verified_plan
+from chassis.engine.plan import Plan, recorded_form, verified_plan
 from chassis.engine.releases import require_bundle
 from chassis.errors import ChassisError
 from chassis.workspace import Workspace
@@ -30,6 +30,41 @@ from ledger.installations import Installation
 from ledger.releases import Release
 
 Progress = Callable[[str], None]
+
+
+def begin(
+    ledger: Ledger,
+    ws: Workspace,
+    installation: Installation,
+    plan: Plan,
+    operation: str,
+    description: str,
+    progress: Callable[[str], None],
+) -> Operation:
+    """Record ``operation``'s intent with ``plan`` (taking the lease) and
+    return the operation that runs it: what every operation that re-runs a
+    recorded plan, or part of one, starts with (repair, restart, expire-lease)."""
+    assert ledger.signer is not None
+    before = befores(installation)
+    op_id = uuid.uuid4().hex
+    plan_digest, plan_data = recorded_form(plan)
+    installation.start_operation(
+        actor=ledger.signer.keyid,
+        op_id=op_id,
+        operation=operation,
+        label=plan.label,
+        release_id=plan.release_id,
+        profile=plan.profile,
+        placement={group: h.host for h in plan.hosts for group in h.groups},
+        host_components={h.host: [c.name for c in h.components] for h in plan.hosts},
+        plan_digest=plan_digest,
+        plan=plan_data,
+        lease_ttl_s=DEFAULT_LEASE_TTL_S,
+        description=scrubbed(description),
+        now=datetime.now(UTC),
+    )
+    ledger.append(installation)
+    return Operation(ledger, ws, OperationRecorder(ledger, installation, op_id), before, progress)
 
 
 def rerun_revision(
@@ -58,27 +93,7 @@ def rerun_revision(
         )
     bundle = require_bundle(ws, release, ledger)
     names = sorted(steps)
-    before = befores(installation)
-    op_id = uuid.uuid4().hex
-    plan_digest, plan_data = recorded_form(plan)
-    installation.start_operation(
-        actor=ledger.signer.keyid,
-        op_id=op_id,
-        operation=operation,
-        label=plan.label,
-        release_id=plan.release_id,
-        profile=plan.profile,
-        placement={group: h.host for h in plan.hosts for group in h.groups},
-        host_components={h.host: [c.name for c in h.components] for h in plan.hosts},
-        plan_digest=plan_digest,
-        plan=plan_data,
-        lease_ttl_s=DEFAULT_LEASE_TTL_S,
-        description=scrubbed(description),
-        now=datetime.now(UTC),
-    )
-    ledger.append(installation)
-    recorder = OperationRecorder(ledger, installation, op_id)
-    op = Operation(ledger, ws, recorder, before, progress)
+    op = begin(ledger, ws, installation, plan, operation, description, progress)
     outcomes: dict[str, dict[str, Any]] = {}
 
     def one(name: str) -> None:
