@@ -45,6 +45,10 @@ A = TypeVar("A", bound=LedgerAggregate)
 
 PAGE_SIZE = 2000
 INT_MAX = 2**63 - 1
+UPDATE_PATIENCE_S = 30.0
+"""How long :meth:`Ledger.update` keeps retrying a command that conflicts."""
+_RETRY_BASE_S = 0.01
+_RETRY_CAP_S = 0.5
 
 RawRow = tuple[int, "UUID | str", int, str, bytes]
 
@@ -503,14 +507,20 @@ class Ledger(Application[UUID]):
         command: Callable[[A], None],
         *,
         retry: bool = True,
-        attempts: int = 8,
+        patience_s: float = UPDATE_PATIENCE_S,
     ) -> A:
         """Load, run ``command``, append; on a conflict, start again if ``retry``.
 
         Only pass ``retry=True`` for commands whose decision stays right when
         re-made against newer state: the command runs again from scratch.
+        Every conflict means another writer's append landed, so retrying
+        cannot livelock; it is bounded by time (``patience_s``), not by a
+        count, because on a loaded machine a load-to-append window grows and
+        a fixed count of short waits runs out while the others progress.
         """
-        for attempt in range(attempts):
+        deadline = time.monotonic() + patience_s
+        attempt = 0
+        while True:
             aggregate = self.load(kind, aggregate_id)
             command(aggregate)
             if not aggregate.pending_events:
@@ -518,11 +528,14 @@ class Ledger(Application[UUID]):
             try:
                 self.append(aggregate)
             except ConflictError:
-                if not retry or attempt == attempts - 1:
+                # Full jitter, growing to a cap: contenders spread out
+                # instead of colliding again in step.
+                pause = random.uniform(0, min(_RETRY_CAP_S, _RETRY_BASE_S * 2**attempt))  # noqa: S311
+                if not retry or time.monotonic() + pause > deadline:
                     raise
                 if isinstance(aggregate, Trust):
                     self._trust = None
-                time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))  # noqa: S311
+                time.sleep(pause)
+                attempt += 1
                 continue
             return aggregate
-        raise AssertionError("unreachable")

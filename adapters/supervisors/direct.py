@@ -499,16 +499,18 @@ def launch_command(
         f"{q(env_path or '')} {q(spec.env_file or '')} {q(spec.command)} {q(ENV_LOADER)} "
         f"{q(restart.args() if restart else '')} {q(restarts_path(spec.root, spec.component))} "
         f"< /dev/null >> {log} 2>&1 & "
-        'pid=$!; echo "pid $pid"; '
-        '{ IFS= read -r st < "/proc/$pid/stat"; } 2>/dev/null && printf \'%s\\n\' "$st"; '
-        # The pidfile is written here, on the host, in the same command: a
-        # chassis killed while this runs must not leave a process nobody
-        # can find (recover reads the pidfile). Same bytes as PidRecord's.
+        'pid=$!; st=; { IFS= read -r st < "/proc/$pid/stat"; } 2>/dev/null; '
+        # The pidfile is written here, on the host, in the same command, and
+        # before anything is printed: a chassis killed while this runs closes
+        # the pipe, and the first line printed after that kills the shell
+        # (SIGPIPE). What it started must still be findable (recover reads
+        # the pidfile). Same bytes as PidRecord's.
         'if [ -n "$st" ]; then rest=${st##*) }; set -- $rest; '
         'if [ "$1" != Z ]; then '
         f'printf \'{{"pid":%s,"start":%s,"release_id":"%s","component":"%s"}}\\n\' '
         f'"$pid" "${{20}}" {q(spec.release_id)} {q(spec.component)} > {pidtmp} '
         f"&& mv -f -- {pidtmp} {pidfile}; fi; fi; "
+        'echo "pid $pid"; [ -z "$st" ] || printf \'%s\\n\' "$st"; '
         "exit 0"
     )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 from adapters.connectors.local import LocalConnector
@@ -45,3 +46,44 @@ def test_the_launch_command_itself_writes_the_pidfile(tmp_path: Path) -> None:
         assert state.running and state.pid == pid and state.release_id == spec.release_id
     finally:
         os.killpg(pid, signal.SIGKILL)
+
+
+def test_the_pidfile_is_written_before_anything_is_printed(tmp_path: Path) -> None:
+    """A chassis killed mid-launch closes the read end of the command's
+    stdout: the first line the shell prints then kills it (SIGPIPE). Found
+    by the crash fuzzer: the pid line came before the pidfile, so the
+    started process kept its port and recover restored beside it."""
+    root = tmp_path / "host"
+    for part in ("run", "logs", "releases/r1"):
+        (root / part).mkdir(parents=True)
+    spec = ProcessSpec(
+        component="api",
+        release_id="cd" * 32,
+        command="sleep 30",
+        workdir=str(root / "releases/r1"),
+        env={},
+        env_file=None,
+        root=str(root),
+    )
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read what the launch prints
+    try:
+        # restore_signals (the default) gives the shell SIGPIPE's default
+        # action, as LocalConnector's and the host runner's commands have.
+        launched = subprocess.run(
+            ["/bin/sh", "-c", launch_command(spec, None)],
+            stdout=write_end,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    state = DirectSupervisor(LocalConnector("h"), str(root)).state("api")
+    try:
+        assert state.running, f"launch exited {launched.returncode} and left no pidfile"
+        assert state.release_id == spec.release_id
+    finally:
+        if state.pid:
+            os.killpg(state.pid, signal.SIGKILL)
+        else:  # the old order: find what it started and stop it anyway
+            subprocess.run(["pkill", "-f", "chassis-api"], check=False)
