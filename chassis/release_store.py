@@ -1,6 +1,12 @@
-"""Release bundles in the ledger's own database, so that a shared
-(PostgreSQL) ledger shares them: any operator or CI runner joined to it can
-deploy and roll back any recorded release, not only the one who added it.
+"""Where release bundles are kept beside the ledger, so that any operator
+or CI runner joined to a shared ledger can deploy and roll back any recorded
+release, not only the one who added it.
+
+:func:`store_for` picks the store: ``[releases] store`` in ``chassis.toml``
+(``ledger``, ``workspace`` or ``s3://…``, see :mod:`chassis.stack.store_url`),
+else the ledger's database for a PostgreSQL ledger and none for SQLite.
+:class:`SharedBundles` keeps them in the ledger's database;
+:class:`chassis.s3_bundles.S3Bundles` in an S3-compatible object store.
 
 Content-addressed and chunked (``chassis_bundles``: sha256, size, chunks;
 ``chassis_bundle_chunks``: sha256, index, bytes, 1 MiB each), written once
@@ -15,7 +21,11 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Protocol
 
+from chassis.stack.spec import Stack, StackError, validate_stack
+from chassis.stack.store_url import StoreURL
+from chassis.workspace import Workspace
 from ledger.application import Ledger
 from ledger.tables import SideTables
 
@@ -27,8 +37,52 @@ def shared(ledger: Ledger) -> bool:
     return ledger.config.kind == "postgresql"
 
 
+class BundleStore(Protocol):
+    def describe(self) -> str: ...
+
+    def put(self, sha256: str, path: Path) -> bool:
+        """Store ``path`` (sha256 checked by the caller) unless it is there."""
+        ...
+
+    def fetch(self, sha256: str, dest: Path) -> str | None:
+        """Write the bundle to ``dest`` if held and intact; else why not."""
+        ...
+
+
+def configured_store(ws: Workspace, stack: Stack | None = None) -> StoreURL | None:
+    """``[releases] store`` of the workspace's stack file, if it names one."""
+    if stack is None:
+        raw = ws.stack()
+        releases = raw.get("releases")
+        if not isinstance(releases, dict) or isinstance(releases.get("store", {}), dict):
+            return None  # the common case: no store named, nothing more to parse
+        try:
+            stack = validate_stack(raw, ws.stack_file)
+        except StackError as e:
+            store_problems = [p for p in e.problems if "releases.store" in p]
+            if store_problems:
+                raise StackError(store_problems[0]) from None
+            return None  # other problems are reported by the command that reads them
+    return stack.release_store
+
+
+def store_for(ledger: Ledger, ws: Workspace, stack: Stack | None = None) -> BundleStore | None:
+    """The store bundles of this workspace are kept in beside its own cache."""
+    location = configured_store(ws, stack)
+    if location is None:
+        return SharedBundles(ledger) if shared(ledger) else None
+    if location.kind == "workspace":
+        return None
+    if location.kind == "ledger":
+        return SharedBundles(ledger)
+    from chassis.s3_bundles import S3Bundles  # boto3 loads only for such a store
+
+    return S3Bundles(location)
+
+
 class SharedBundles:
     def __init__(self, ledger: Ledger) -> None:
+        self.config = ledger.config
         self.tables = SideTables(ledger)
         self.tables.create(
             "CREATE TABLE IF NOT EXISTS {chassis_bundles} (sha256 TEXT PRIMARY KEY, "
@@ -36,6 +90,9 @@ class SharedBundles:
             "CREATE TABLE IF NOT EXISTS {chassis_bundle_chunks} (sha256 TEXT, idx INTEGER, "
             "data {blob}, PRIMARY KEY (sha256, idx))",
         )
+
+    def describe(self) -> str:
+        return "the shared ledger" if self.config.kind == "postgresql" else "the ledger"
 
     def has(self, sha256: str) -> bool:
         with self.tables.transaction(commit=False) as c:

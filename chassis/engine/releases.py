@@ -17,7 +17,7 @@ from adapters.connectors.base import name_problem
 from adapters.supervisors.envfile import value_problem
 from chassis.bundles import check_bundle, sha256_file
 from chassis.errors import ChassisError
-from chassis.release_store import SharedBundles, shared
+from chassis.release_store import store_for
 from chassis.stack.spec import SECRET_KEY, Stack, looks_secret
 from chassis.workspace import Workspace
 from ledger.application import Ledger
@@ -180,28 +180,33 @@ def all_releases(ledger: Ledger, app: str) -> list[Release]:
 
 
 def _store(ledger: Ledger, ws: Workspace, sha256: str, source: Path) -> Path:
-    """Copy a checked bundle into the workspace store, and into the shared
-    ledger's store when the ledger is shared; the stored path."""
+    """Copy a checked bundle into the workspace store, and into the store
+    kept beside the ledger (see :func:`chassis.release_store.store_for`);
+    the stored path. Raises before anything is registered when the shared
+    store cannot take it."""
     stored = bundle_path(ws, sha256)
     if not stored.exists():
         stored.parent.mkdir(parents=True, exist_ok=True)
         tmp = stored.with_name(f".{stored.name}.tmp")
         shutil.copyfile(source, tmp)
         tmp.replace(stored)
-    if shared(ledger):
-        SharedBundles(ledger).put(sha256, stored)
+    store = store_for(ledger, ws)
+    if store is not None:
+        store.put(sha256, stored)
     return stored
 
 
 def require_bundle(ws: Workspace, release: Release, ledger: Ledger | None = None) -> Path:
     """The bundle of ``release`` in the workspace store, fetched (and its
-    sha256 checked) from the shared ledger when this workspace lacks it."""
+    sha256 checked) from the store beside the ledger when this workspace
+    lacks it."""
     path = bundle_path(ws, release.bundle_sha256)
     if path.is_file():
         return path
     why = ""
-    if ledger is not None and shared(ledger):
-        problem = SharedBundles(ledger).fetch(release.bundle_sha256, path)
+    store = store_for(ledger, ws) if ledger is not None else None
+    if store is not None:
+        problem = store.fetch(release.bundle_sha256, path)
         if problem is None:
             return path
         why = f" ({problem})"

@@ -48,6 +48,7 @@ from chassis.stack.schema import (
     ScoreSpec,
     SecretRefSpec,
 )
+from chassis.stack.store_url import StoreURL, parse_store_url
 from proofs.export import FORMATS
 from proofs.redaction import scrub_text
 
@@ -164,6 +165,8 @@ class Stack:
     ledger: LedgerSpec
     export: ExportSpec = field(default_factory=ExportSpec)
     defaults: DefaultsSpec = field(default_factory=DefaultsSpec)
+    release_store: StoreURL | None = None
+    """``[releases] store``; None: the default for the ledger's kind."""
 
     def default_environment(self) -> str:
         """``[defaults] env``, or the only environment; else a StackError with the fix."""
@@ -263,6 +266,7 @@ def validate_stack(raw: dict[str, Any], path: Path) -> Stack:
         with problems.each():
             app = _convert(raw["app"], AppSpec, "app", path)
             _check_name(path, "app.name", "app", app.name)
+    raw, release_store = _release_store(raw, path, problems)
     stack = Stack(
         path=path,
         app=app,
@@ -274,10 +278,33 @@ def validate_stack(raw: dict[str, Any], path: Path) -> Stack:
         ledger=_convert_or(LedgerSpec(), raw.get("ledger", {}), "ledger", path, problems),
         export=_convert_or(ExportSpec(), raw.get("export", {}), "export", path, problems),
         defaults=_convert_or(DefaultsSpec(), raw.get("defaults", {}), "defaults", path, problems),
+        release_store=release_store,
     )
     _check_references(stack, _Declared(raw), problems)
     problems.raise_any()
     return stack
+
+
+def _release_store(
+    raw: dict[str, Any], path: Path, problems: _Problems
+) -> tuple[dict[str, Any], StoreURL | None]:
+    """``[releases] store`` (a string, so never a release label, which is a
+    table), parsed; and ``raw`` without it, for the labels."""
+    releases = raw.get("releases")
+    if not isinstance(releases, dict) or "store" not in releases:
+        return raw, None
+    value = releases["store"]
+    if isinstance(value, dict):  # a release labelled "store"
+        return raw, None
+    rest = {**raw, "releases": {k: v for k, v in releases.items() if k != "store"}}
+    if not isinstance(value, str):
+        problems.add(f"{path}: releases.store: expected a string, found {_describe(value)}")
+        return rest, None
+    try:
+        return rest, parse_store_url(value)
+    except ValueError as e:
+        problems.add(f"{path}: releases.store: {e}")
+        return rest, None
 
 
 class _Declared:
