@@ -10,8 +10,9 @@ connection per host), so it works the same over SSH.
 
 from __future__ import annotations
 
+import queue
 import shlex
-import time
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from ledger.installations import Installation
 
 MAX_CHUNK = 1 << 20
 """At most this many new bytes per file per poll."""
+_WAKE_S = 0.2
+"""How often a follow looks for Ctrl-C (and ``stop``) while no line comes."""
 
 
 @dataclass
@@ -129,13 +132,39 @@ def follow(
     interval_s: float = 1.0,
     stop: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Emit new lines from every source until ``stop()`` (or Ctrl-C)."""
-    with ThreadPoolExecutor(max_workers=min(16, len(found))) as pool:
+    """Emit new lines from every source until ``stop()`` (or Ctrl-C).
+
+    Each source is polled by a daemon thread of its own, and this thread
+    only emits what they queue, waking at least every ``_WAKE_S``: Ctrl-C
+    ends it at once, even while a poll waits on a slow host (a thread pool
+    would hold the exit until that poll's timeout), and the pollers die
+    with the process."""
+    lines: queue.Queue[tuple[LogSource, list[str]]] = queue.Queue()
+    done = threading.Event()
+
+    def poller(source: LogSource) -> None:
+        while not done.is_set():
+            try:
+                new = _safe_poll(source)
+            except Exception as e:  # e.g. a poll racing the close at exit
+                if done.is_set():
+                    return
+                new = [f"[chassis: cannot read {source.path} on {source.host}: {e}]"]
+            lines.put((source, new))
+            done.wait(interval_s)
+
+    for source in found:
+        threading.Thread(target=poller, args=(source,), daemon=True).start()
+    try:
         while not stop():
-            for source, lines in zip(found, pool.map(_safe_poll, found), strict=True):
-                for line in lines:
-                    emit(source, line)
-            time.sleep(interval_s)
+            try:
+                source, new = lines.get(timeout=_WAKE_S)
+            except queue.Empty:
+                continue
+            for line in new:
+                emit(source, line)
+    finally:
+        done.set()
 
 
 def _safe_poll(source: LogSource) -> list[str]:

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
+import pytest
+
 from adapters.connectors.local import LocalConnector
 from adapters.supervisors.direct import DirectSupervisor
 from ledger.installations import Installation
@@ -70,6 +72,8 @@ def test_logs_follow_prints_new_lines_until_ctrl_c(run: Runner, quick: Path) -> 
     follower = subprocess.Popen(
         [
             sys.executable,
+            "-X",
+            "faulthandler",
             "-m",
             "chassis",
             "logs",
@@ -95,7 +99,12 @@ def test_logs_follow_prints_new_lines_until_ctrl_c(run: Runner, quick: Path) -> 
         out.write("followed line\n")
     shown = _line_within(follower.stdout, 30)
     follower.send_signal(signal.SIGINT)
-    out_text, err = follower.communicate(timeout=30)
+    try:
+        out_text, err = follower.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # say where it hangs: -X faulthandler dumps on SIGABRT
+        follower.send_signal(signal.SIGABRT)
+        out_text, err = follower.communicate(timeout=30)
+        pytest.fail(f"logs -f did not end on SIGINT (shown {shown!r}); stacks:\n{err}")
     assert follower.returncode == 0, err
     assert shown.rstrip("\n") == f"{api_host}/api | followed line", shown + out_text
 
