@@ -37,7 +37,8 @@ processes on a declared port is a named failure).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,8 @@ __all__ = [
 ]
 
 OWNER_TIMEOUT_S = 15.0
+LOOK_EVERY_S = 0.5
+"""At most this long between looks while attempts fail (see :class:`ProcessWatch`)."""
 _CMDLINE_LIMIT = 160
 
 # Runs on the host: argv[1] is JSON {"roots": [[pid, start|null]...],
@@ -395,6 +398,13 @@ class ProcessWatch:
     again after a crash (the direct supervisor's process-group leader), so
     its children at the first look are pinned too: once none of them is
     left, the command we started is gone, even if the wrapper restarted it.
+
+    A look runs a program on the host, which costs the host an interpreter's
+    CPU. Every passing attempt is looked at; a failing one only when
+    ``look_every_s`` has passed since the watch began or last looked, so a
+    component that starts in time costs one look, and a dead one is still
+    named within ``look_every_s`` (shorter than the wrapper's restart delay,
+    so the first look cannot mistake a restarted command for ours).
     """
 
     def __init__(
@@ -408,7 +418,12 @@ class ProcessWatch:
         address: str,
         host: str | None = None,
         child: bool = False,
+        look_every_s: float = LOOK_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.look_every_s = look_every_s
+        self._clock = clock
+        self._looked = clock()
         self.connector = connector
         self.component = component
         self.pid = pid
@@ -420,6 +435,10 @@ class ProcessWatch:
         self.kids: frozenset[tuple[int, int]] | None = None
 
     def __call__(self, result: ProbeResult) -> ProbeResult:
+        now = self._clock()
+        if not result.ok and now - self._looked < self.look_every_s:
+            return result  # a failure needs no owner; liveness is looked at soon
+        self._looked = now
         ports = [self.port] if self.port is not None else []
         seen = observe(self.connector, [(self.pid, self.start)], ports, self.address)
         root = next((r for r in seen.roots if r.pid == self.pid), None)

@@ -274,3 +274,62 @@ def test_a_watch_can_veto_a_pass_or_end_the_gate() -> None:
     assert (result.passed, result.exited, result.attempts) == (False, True, 4)
     assert [r.ok for r in result.results] == [False, True, True, False]
     assert result.reason.startswith("api (pid 7) exited during the health gate, at attempt 4")
+
+
+class _CountingLocal(LocalConnector):
+    """A real local connector that counts the host programs it runs."""
+
+    def __init__(self) -> None:
+        super().__init__("h1")
+        self.programs = 0
+
+    def run_python(self, source: str, args: list[str], **kwargs: Any) -> CommandResult:
+        self.programs += 1
+        return super().run_python(source, args, **kwargs)
+
+
+def test_failing_attempts_look_only_every_half_second_passes_always() -> None:
+    """Each look costs the host an interpreter: a component that is still
+    starting (refused connections) is looked at every ``look_every_s``, a
+    passing attempt every time."""
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        connector, now = _CountingLocal(), [100.0]
+        watch = ProcessWatch(
+            connector, "api", sleeper.pid, None, port=None, address="127.0.0.1",
+            look_every_s=0.5, clock=lambda: now[0],
+        )  # fmt: skip
+        refused = ProbeResult(False, "connection refused", 0)
+        for _ in range(4):  # 0.0 .. 0.3 s: nothing to look at yet
+            assert watch(refused) == refused
+            now[0] += 0.1
+        assert connector.programs == 0
+        now[0] += 0.2  # 0.6 s since the watch began
+        watch(refused)
+        assert connector.programs == 1
+        passing = ProbeResult(True, "ok", 0)
+        watch(passing)
+        watch(passing)
+        assert connector.programs == 3
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_dead_process_is_named_soon_while_probes_keep_failing(
+    host: tuple[Connector, str, Path],
+    supervised: Callable[[str], ProcessSpec],
+) -> None:
+    """Probes that never pass (nothing listens) still find the exit, within
+    a look's interval, not at the end of the window."""
+    connector, address, root = host
+    port = free_port(address)
+    state = DirectSupervisor(connector, str(root)).start(supervised("sleep 1; exit 3"))
+    assert state.pid is not None
+    watch = ProcessWatch(
+        connector, "api", state.pid, state.start, port=port, address=address, child=True
+    )
+    result = gate(window_ms=60000).run(lambda: http_probe(address, port, "/healthz"), watch=watch)
+    assert not result.passed and result.exited
+    assert f"under pid {state.pid}) exited" in result.reason
+    assert result.elapsed_ms < 10000
