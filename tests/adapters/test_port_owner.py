@@ -13,7 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from shlex import quote
 from typing import Any
@@ -283,9 +283,17 @@ class _CountingLocal(LocalConnector):
         super().__init__("h1")
         self.programs = 0
 
-    def run_python(self, source: str, args: list[str], **kwargs: Any) -> CommandResult:
+    def run_python(
+        self,
+        source: str,
+        args: Sequence[str] = (),
+        *,
+        timeout: float = 60.0,
+        stdin: bytes | None = None,
+        display: str,
+    ) -> CommandResult:
         self.programs += 1
-        return super().run_python(source, args, **kwargs)
+        return super().run_python(source, args, timeout=timeout, stdin=stdin, display=display)
 
 
 def test_failing_attempts_look_only_every_half_second_passes_always() -> None:
