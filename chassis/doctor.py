@@ -80,6 +80,7 @@ def run_doctor(
     if checks[-1].status == "pass":  # a ledger that does not verify says nothing true
         checks.append(check_components(ws))
     checks.append(check_keys(ws, key_ref))
+    checks.append(check_release_store(ws))
     checks.extend(check_hosts(ws, timeout, environment))
     return checks
 
@@ -123,6 +124,38 @@ def check_ledger(ws: Workspace) -> Check:
     except (LedgerError, ChassisError) as e:
         return Check("ledger", "fail", e.diagnostics(), "check CHASSIS_LEDGER / [ledger] url")
     return Check("ledger", "pass", f"{ws.storage().describe()}: {result.events} events verified")
+
+
+def check_release_store(ws: Workspace) -> Check:
+    """Where bundles are kept beside the ledger; an object store must answer
+    for its bucket with the credentials this process has."""
+    from chassis.release_store import configured_store
+
+    name = "release store"
+    try:
+        location = configured_store(ws)
+    except ChassisError as e:
+        return Check(name, "fail", str(e), "fix [releases] store in chassis.toml")
+    if location is None:
+        kind = ws.storage().kind
+        where = "the ledger's database" if kind == "postgresql" else "this workspace only"
+        return Check(name, "pass", f"bundles are kept in {where} (the default)")
+    if location.kind != "s3":
+        return Check(name, "pass", f"bundles are kept in {location.describe()}")
+    from chassis.s3_bundles import S3Bundles
+
+    try:
+        problem = S3Bundles(location).check()
+    except ChassisError as e:
+        problem = str(e).removeprefix(f"{location.describe()}: ")
+    if problem is not None:
+        return Check(
+            name,
+            "fail",
+            f"{location.describe()}: {problem}",
+            "create the bucket, or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)",
+        )
+    return Check(name, "pass", f"{location.describe()}: the bucket answers")
 
 
 def check_components(ws: Workspace) -> Check:

@@ -74,6 +74,21 @@ class S3Bundles:
     def _failure(self, doing: str, error: Exception) -> StoreError:
         return StoreError(f"{self.describe()}: {doing}: {_reason(error)}")
 
+    def check(self) -> str | None:
+        """Why this store cannot be used now (bucket, credentials, endpoint),
+        or None; reads nothing but the bucket's existence."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client.head_bucket(Bucket=self.location.bucket)
+        except ClientError as e:
+            if _code(e) in ("404", "NoSuchBucket", "NotFound"):
+                return "the bucket does not exist (create it first)"
+            return _reason(e)
+        except BotoCoreError as e:
+            return _reason(e)
+        return None
+
     def has(self, sha256: str) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
 

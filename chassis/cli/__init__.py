@@ -57,8 +57,8 @@ COMMANDS = {
     ),
     "doctor": Lazy(
         "chassis.cli.doctor_cmd:doctor_command",
-        "Preflight checks: Python, workspace, ledger, keys, every host (SSH with a known host "
-        "key, python3, disk under its root, systemd), package shadowing.",
+        "Preflight checks: Python, workspace, ledger, keys, the release store, every host "
+        "(SSH with a known host key, python3, disk under its root, systemd), package shadowing.",
     ),
     "hardware": Lazy(
         "chassis.cli.hardware:hardware_group", "Check hosts against runtime hardware requirements."

@@ -42,7 +42,7 @@ Examples:
 def doctor_command(
     ctx: click.Context, app: App, timeout: float, environment: str | None, as_json: bool
 ) -> None:
-    """Preflight checks: Python, workspace, ledger, keys, every host (SSH with a
+    """Preflight checks: Python, workspace, ledger, keys, the release store, every host (SSH with a
     known host key, python3, disk under its root, systemd), package shadowing."""
     from chassis.doctor import run_doctor
 

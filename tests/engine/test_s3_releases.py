@@ -180,3 +180,19 @@ def test_stack_validate_names_a_bad_store(
     said = result.stderr + result.stdout
     assert "releases.store" in said and expected in said, said
     assert "hunter2" not in said
+
+
+def test_doctor_checks_the_object_store(
+    run: Runner, shop: Path, s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def store_check() -> dict[str, str]:
+        checks = json.loads(run("doctor", "--env", "dev", "--json").stdout)
+        found: dict[str, str] = next(c for c in checks if c["name"] == "release store")
+        return found
+
+    use_store(shop, store_of(s3))
+    assert store_check()["status"] == "pass"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong" + s3.secret_key[5:])
+    refused = store_check()
+    assert refused["status"] == "fail" and "403" in refused["detail"]
+    assert s3.secret_key[5:] not in json.dumps(refused)
