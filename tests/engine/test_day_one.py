@@ -90,6 +90,10 @@ def test_logs_follow_prints_new_lines_until_ctrl_c(run: Runner, quick: Path) -> 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As from a terminal: a suite started in the background (`cmd &` in
+        # a script) inherits SIGINT ignored, and Python then installs no
+        # KeyboardInterrupt handler, so Ctrl-C could not be tested.
+        preexec_fn=_default_sigint,
     )
     assert follower.stdout is not None and follower.stderr is not None
     # It says when it has taken the files' sizes: lines written after that show.
@@ -107,6 +111,10 @@ def test_logs_follow_prints_new_lines_until_ctrl_c(run: Runner, quick: Path) -> 
         pytest.fail(f"logs -f did not end on SIGINT (shown {shown!r}); stacks:\n{err}")
     assert follower.returncode == 0, err
     assert shown.rstrip("\n") == f"{api_host}/api | followed line", shown + out_text
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _line_within(stream: IO[str], seconds: float) -> str:
