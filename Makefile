@@ -29,10 +29,11 @@ lint: $(STAMP)
 
 # The suite mostly waits (sshd, health windows, subprocesses): four workers
 # on two cores. Each worker has its own tmp dirs, sshd ports and PostgreSQL
-# schemas (tests/conftest.py). TEST_WORKERS=0 runs it in one process.
+# schemas (tests/conftest.py). TEST_WORKERS=0 runs it in one process. The
+# slowest tests are listed at the end: where the suite's time goes.
 TEST_WORKERS ?= 4
 test: lint compile
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=25
 
 # Crash fuzzing at length: 200 random kills (tests/engine/test_crash_fuzz.py)
 # instead of the suite's 12. CHASSIS_SOAK_SEED=N tries other seeds.
