@@ -16,7 +16,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -28,10 +28,35 @@ from adapters.connectors.base import (
     checked_env,
     temp_sibling,
 )
+from adapters.connectors.session_agent import Forked, ForkServer
 from adapters.errors import CommandFailed, ConnectorError, ConnectorTimeout, RemoteFileMissing
 
 _REAP_TIMEOUT = 5.0
 _CHUNK = 1 << 20
+
+_servers_lock = threading.Lock()
+_servers: dict[str, ForkServer] = {}
+
+
+def _fork_server(python: str | None) -> ForkServer | None:
+    """This process's fork server for ``python`` (the interpreter
+    :meth:`Connector.run_python` would start), started on first use and again
+    if it died; None where there is no such interpreter."""
+    if python is None:
+        python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else None
+        python = python or shutil.which("python3")
+        if python is None:
+            return None
+    with _servers_lock:
+        server = _servers.get(python)
+        if server is not None and server.alive:
+            return server
+        try:
+            server = ForkServer(python)
+        except OSError:
+            return None
+        _servers[python] = server
+        return server
 
 
 class LocalConnector(Connector):
@@ -99,6 +124,47 @@ class LocalConnector(Connector):
                 stderr=result.stderr,
             )
         return result
+
+    def run_python(
+        self,
+        source: str,
+        args: Sequence[str] = (),
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        stdin: bytes | None = None,
+        display: str,
+    ) -> CommandResult:
+        """Forked by this process's fork server for the interpreter
+        (:class:`adapters.connectors.session_agent.ForkServer`), as over SSH:
+        no interpreter start per program; else as ``python3 -I -c``."""
+        server = _fork_server(self.host_python)
+        started = time.monotonic()
+        try:
+            if server is None:
+                raise OSError("no fork server")
+            process = server.spawn(source, ["-c", *args], {})
+        except OSError:
+            return super().run_python(source, args, timeout=timeout, stdin=stdin, display=display)
+        try:
+            out, err = process.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            _kill_forked(process)
+            raise ConnectorTimeout(
+                self.name,
+                f"command timed out after {timeout:g}s: {display}",
+                where=self.where(),
+                timeout=timeout,
+            ) from e
+        except BaseException:
+            _kill_forked(process)
+            raise
+        return CommandResult(
+            command=display,
+            exit_code=process.returncode if process.returncode is not None else -1,
+            stdout=out.decode("utf-8", "replace"),
+            stderr=err.decode("utf-8", "replace"),
+            duration_s=time.monotonic() - started,
+        )
 
     def run_streaming(
         self,
@@ -285,6 +351,14 @@ def _drain(stream: IO[bytes], into: list[bytes]) -> None:
     with stream:
         while chunk := stream.read1(_CHUNK):  # type: ignore[attr-defined]
             into.append(chunk)
+
+
+def _kill_forked(process: Forked) -> None:
+    """SIGKILL a forked program's group (it is a session leader); reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.communicate(timeout=_REAP_TIMEOUT)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

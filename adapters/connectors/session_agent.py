@@ -18,10 +18,17 @@ and its reply ``{"id": N, "exit": CODE, "stdout": BASE64, "stderr": BASE64,
 A request with ``"python": SOURCE`` and ``"argv": [...]`` instead of a
 command runs one of Chassis' own host programs (the archive reader, the
 port-owner check, the group stop) as ``python3 -I -c SOURCE ARGV...`` would,
-without paying for an interpreter's start: a spare interpreter (the
-*zygote*, started in the background after the previous one was used) reads
-the program from its stdin and runs it as ``__main__``. It is a process of
-its own, in a session of its own, so timeouts and kills work as for commands.
+without paying for an interpreter's start: a *fork server* (one interpreter
+the runner starts once, single-threaded, so forking it is safe) forks a child
+per program, which runs it as ``__main__`` on pipes the runner passed along
+(``SCM_RIGHTS`` over a socket pair), while the server reports the child's pid
+and, once it has reaped it, its exit status. A fork costs the host a few
+milliseconds of CPU where an interpreter's start costs tens: at several
+programs per host per deploy, the difference is most of a deploy's CPU on a
+small host. The child is a process of its own, in a session of its own, so
+timeouts and kills work as for commands; if the server cannot be started or
+has died, the program gets an interpreter of its own, as before.
+:class:`ForkServer` also serves local hosts (``LocalConnector``).
 Commands run one at a time. At the end of its input (the connection closed)
 the runner lets the running command finish, as sshd does with an ``exec``
 whose client went away, then exits: a command half done (a launch that has not
@@ -35,40 +42,108 @@ here turns data into code.
 
 from __future__ import annotations
 
+import array
 import base64
 import contextlib
 import json
 import os
+import selectors
 import signal
+import socket
 import subprocess
 import sys
 import threading
-from typing import Any
+import time
+from typing import Any, Union
 
 HELLO = "chassis-session 2"
 
-ZYGOTE = """\
-import sys
-def _chassis_program():
-    import json, os
-    header = sys.stdin.buffer.readline()
-    if not header:
-        sys.exit(0)
-    header = json.loads(header)
-    source = sys.stdin.buffer.read(header["size"]).decode("utf-8")
-    os.environ.update(header["env"])
-    sys.argv = header["argv"]
-    return compile(source, "<chassis>", "exec")
-_chassis_code = _chassis_program()
-del _chassis_program
-exec(_chassis_code)
+FORK_SERVER = r"""
+import array, json, os, select, signal, socket, sys, traceback
+sock = socket.socket(fileno=int(sys.argv[1]))
+wake_r, wake_w = os.pipe()
+os.set_blocking(wake_w, False)
+os.set_blocking(wake_r, False)
+signal.signal(signal.SIGCHLD, lambda *_: None)
+signal.set_wakeup_fd(wake_w)
+children = {}
+
+def send(message):
+    sock.send(json.dumps(message).encode("ascii"))
+
+def status_of(status):
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else 1
+
+def child(header, fds):
+    code = 1
+    try:
+        os.setsid()
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        for fd in set(fds) | {wake_r, wake_w}:
+            if fd > 2:
+                os.close(fd)
+        sock.close()
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.environ.update(header["env"])
+        sys.argv = header["argv"]
+        program = compile(header["source"], "<chassis>", "exec")
+        try:
+            exec(program, {"__name__": "__main__", "__builtins__": __builtins__})
+            code = 0
+        except SystemExit as e:
+            if e.code is None or isinstance(e.code, int):
+                code = e.code or 0
+            else:
+                print(e.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+        os._exit(code)
+
+while True:
+    ready = select.select([sock, wake_r], [], [])[0]
+    if wake_r in ready:
+        try:
+            while os.read(wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+        while children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            send({"id": children.pop(pid), "exit": status_of(status)})
+    if sock in ready:
+        fds = array.array("i")
+        message, ancillary, _, _ = sock.recvmsg(1 << 21, socket.CMSG_LEN(3 * fds.itemsize))
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+        if not message:
+            break
+        header = json.loads(message)
+        pid = os.fork()
+        if pid == 0:
+            child(header, list(fds))
+        for fd in fds:
+            os.close(fd)
+        children[pid] = header["id"]
+        send({"id": header["id"], "pid": pid})
 """
-"""A spare interpreter: reads ``{"size": N, "env": {...}, "argv": [...]}``, N
-bytes of program and then the program's own stdin."""
+"""The fork server: reads ``{"id", "source", "argv", "env"}`` with three fds
+(the child's stdin, stdout, stderr), forks, answers ``{"id", "pid"}``, and
+``{"id", "exit"}`` once it has reaped the child. Stdlib only, Python 3.8."""
 
 _out_lock = threading.Lock()
-_spare_lock = threading.Lock()
-_spare: list[subprocess.Popen[bytes]] = []
 
 
 def _send(message: dict[str, Any]) -> None:
@@ -78,7 +153,208 @@ def _send(message: dict[str, Any]) -> None:
         sys.stdout.flush()
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
+_PIPE_CHUNK = 65536
+
+
+class Forked:
+    """A host program forked by the :class:`ForkServer`: what the runner and
+    ``LocalConnector`` use of a ``subprocess.Popen`` (``pid``, a session
+    leader; ``returncode``; ``communicate``; ``poll``; ``kill``)."""
+
+    def __init__(self, stdin: int, stdout: int, stderr: int) -> None:
+        self.pid = 0
+        self.returncode: int | None = None
+        self.started = threading.Event()
+        self.exited = threading.Event()
+        self._stdin: int | None = stdin
+        self._order = (stdout, stderr)
+        self._reading = [stdout, stderr]
+        self._output = {stdout: bytearray(), stderr: bytearray()}
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.pid:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Close this side's pipes (a program that never started)."""
+        for fd in [*self._reading, *([self._stdin] if self._stdin is not None else [])]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._reading, self._stdin = [], None
+
+    def _feed(self, data: bytes, fd: int) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view[:_PIPE_CHUNK]) :]
+        except OSError:
+            pass  # it exited without reading everything, as a process may
+        finally:
+            os.close(fd)
+
+    def communicate(
+        self, input: bytes | None = None, timeout: float | None = None
+    ) -> tuple[bytes, bytes]:
+        """Feed ``input`` (on the first call), read both outputs to their end
+        and wait for the exit status; ``subprocess.TimeoutExpired`` after
+        ``timeout``, after which a second call goes on where it stopped."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._stdin is not None:
+            fd, self._stdin = self._stdin, None
+            threading.Thread(target=self._feed, args=(input or b"", fd), daemon=True).start()
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        with selectors.DefaultSelector() as selector:
+            for fd in self._reading:
+                selector.register(fd, selectors.EVENT_READ)
+            while self._reading:
+                wait = left()
+                if wait == 0.0:
+                    raise subprocess.TimeoutExpired("host program", timeout or 0.0)
+                for key, _ in selector.select(wait):
+                    chunk = os.read(key.fd, _PIPE_CHUNK)
+                    if chunk:
+                        self._output[key.fd] += chunk
+                        continue
+                    selector.unregister(key.fd)
+                    os.close(key.fd)
+                    self._reading.remove(key.fd)
+        if not self.exited.wait(left()):
+            raise subprocess.TimeoutExpired("host program", timeout or 0.0)
+        return bytes(self._output[self._order[0]]), bytes(self._output[self._order[1]])
+
+
+class ForkServer:
+    """The client of one fork server (:data:`FORK_SERVER`) run by ``python``."""
+
+    def __init__(self, python: str = sys.executable) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.process = subprocess.Popen(
+                [python, "-I", "-c", FORK_SERVER, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+        self.alive = True
+        self._lock = threading.Lock()
+        self._next = 0
+        self._pending: dict[int, Forked] = {}
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def spawn(
+        self, source: str, argv: list[str], env: dict[str, str], *, timeout: float = 30.0
+    ) -> Forked:
+        """A child running ``source`` as ``__main__`` with ``sys.argv`` =
+        ``argv``; ``OSError`` if the server cannot fork it (then run it in an
+        interpreter of its own)."""
+        if not self.alive:
+            raise OSError("the fork server is gone")
+        stdin, stdout, stderr = os.pipe(), os.pipe(), os.pipe()
+        theirs = [stdin[0], stdout[1], stderr[1]]
+        process = Forked(stdin[1], stdout[0], stderr[0])
+        with self._lock:
+            self._next += 1
+            ident = self._next
+            self._pending[ident] = process
+        header = {"id": ident, "source": source, "argv": argv, "env": env}
+        try:
+            rights = array.array("i", theirs)
+            self.sock.sendmsg(
+                [json.dumps(header).encode("utf-8")],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights.tobytes())],
+            )
+            if not process.started.wait(timeout) or not process.pid:
+                raise OSError("the fork server did not fork the program")
+        except OSError:
+            with self._lock:
+                self._pending.pop(ident, None)
+            process.close()
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        return process
+
+    def _read(self) -> None:
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    break
+                message = json.loads(data)
+                with self._lock:
+                    process = self._pending.get(message["id"])
+                    if process is not None and "exit" in message:
+                        del self._pending[message["id"]]
+                if process is None:
+                    continue
+                if "pid" in message:
+                    process.pid = int(message["pid"])
+                    process.started.set()
+                else:
+                    process.returncode = int(message["exit"])
+                    process.exited.set()
+        except (OSError, ValueError):
+            pass
+        finally:  # the server is gone: nobody will report these
+            self.alive = False
+            with self._lock:
+                orphans = list(self._pending.values())
+                self._pending.clear()
+            for process in orphans:
+                if process.returncode is None:
+                    process.returncode = -signal.SIGKILL
+                process.started.set()
+                process.exited.set()
+
+    def close(self) -> None:
+        """Stop the server (the programs it forked run on)."""
+        with contextlib.suppress(OSError):
+            # shutdown, not only close: it wakes our reader blocked in recv,
+            # and only then does the server see the end of its input.
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+
+
+_server_lock = threading.Lock()
+_server: list[ForkServer] = []
+
+
+def _fork_server() -> ForkServer | None:
+    """This runner's fork server (a new one if it died; None if none starts)."""
+    with _server_lock:
+        if _server and _server[0].alive:
+            return _server[0]
+        try:
+            server = ForkServer()
+        except OSError:
+            return None
+        _server[:] = [server]
+        return server
+
+
+Process = Union["subprocess.Popen[bytes]", Forked]
+
+
+def _kill_group(process: Process) -> None:
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except OSError:
@@ -86,38 +362,21 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
             process.kill()
 
 
-def _zygote() -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-I", "-c", ZYGOTE],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-
-
-def _take_zygote() -> subprocess.Popen[bytes]:
-    """The spare interpreter (a new one if it is gone), leaving a new spare
-    starting in the background for the next program."""
-    with _spare_lock:
-        spare = _spare.pop() if _spare else None
-        _spare.append(_zygote())
-    if spare is None or spare.poll() is not None:
-        spare = _zygote()
-    return spare
-
-
-def _start(request: dict[str, Any]) -> tuple[subprocess.Popen[bytes], bytes]:
+def _start(request: dict[str, Any]) -> tuple[Process, bytes]:
     """The process for ``request`` and what to write to its stdin."""
     stdin = base64.b64decode(request.get("stdin") or "")
     env = request.get("env") or {}
     if "python" in request:
-        source = request["python"].encode("utf-8")
-        header = {"size": len(source), "env": env, "argv": ["-c", *request.get("argv", [])]}
-        line = json.dumps(header, separators=(",", ":")).encode("ascii") + b"\n"
-        return _take_zygote(), line + source + stdin
+        argv = ["-c", *request.get("argv", [])]
+        server = _fork_server()
+        if server is not None:
+            with contextlib.suppress(OSError):
+                return server.spawn(request["python"], argv, env), stdin
+        command = [sys.executable, "-I", "-c", request["python"], *argv[1:]]
+    else:
+        command = ["/bin/sh", "-c", request["command"]]
     process = subprocess.Popen(
-        ["/bin/sh", "-c", request["command"]],
+        command,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -127,7 +386,7 @@ def _start(request: dict[str, Any]) -> tuple[subprocess.Popen[bytes], bytes]:
     return process, stdin
 
 
-def _run(request: dict[str, Any], running: dict[int, subprocess.Popen[bytes]]) -> None:
+def _run(request: dict[str, Any], running: dict[int, Process]) -> None:
     try:
         process, stdin = _start(request)
     except OSError as e:
@@ -155,11 +414,10 @@ def _run(request: dict[str, Any], running: dict[int, subprocess.Popen[bytes]]) -
 
 
 def main() -> None:
-    running: dict[int, subprocess.Popen[bytes]] = {}
+    running: dict[int, Process] = {}
     workers: list[threading.Thread] = []
     _send({"hello": HELLO, "pid": os.getpid()})
-    with _spare_lock:
-        _spare.append(_zygote())
+    _fork_server()  # started before the first program needs it
     for line in sys.stdin:
         try:
             request = json.loads(line)
@@ -175,10 +433,9 @@ def main() -> None:
         workers = [w for w in workers if w.is_alive()] + [worker]
     for worker in workers:  # the connection went away: let what runs finish
         worker.join()
-    with _spare_lock:
-        for spare in _spare:  # an idle spare reads the end of its input and exits
-            with contextlib.suppress(Exception):
-                spare.communicate(timeout=5)
+    with _server_lock:
+        for server in _server:  # it sees its socket close and exits
+            server.close()
 
 
 def source() -> str:

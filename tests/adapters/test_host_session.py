@@ -116,23 +116,34 @@ def test_concurrent_commands_each_get_an_answer(connector: SSHConnector) -> None
 PROGRAM = """\
 import os, sys
 data = sys.stdin.read()
-print(__name__, sys.argv[1:], data.upper(), os.environ.get("CHASSIS_X"), os.getppid())
+print(__name__, sys.argv[1:], data.upper(), os.environ.get("CHASSIS_X"), os.getppid(),
+      os.getsid(0) == os.getpid())
 sys.exit(int(sys.argv[1]))
 """
 
 
-def test_host_programs_run_in_a_spare_interpreter_of_the_runner(
+def _parent_of(pid: int) -> int:
+    """From /proc: the sshd test hosts run on this machine."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def test_host_programs_are_forked_by_the_runners_fork_server(
     connector: SSHConnector,
 ) -> None:
     result = connector.run_python(PROGRAM, ["4", "two words"], stdin=b"in", display="program")
     name, rest = result.stdout.split(" ", 1)
     assert result.exit_code == 4 and name == "__main__"
     assert rest.startswith("['4', 'two words'] IN None ")
-    assert int(rest.split()[-1]) == _runner_pid(connector)
+    server = int(rest.split()[-2])
+    assert rest.split()[-1] == "True"  # a session leader: a timeout kills its group
+    assert _parent_of(server) == _runner_pid(connector)
+    again = connector.run_python(PROGRAM, ["0", "x"], stdin=b"", display="program")
+    assert again.exit_code == 0 and int(again.stdout.split()[-2]) == server  # the same server
     # The same program through a new interpreter (what a host without the
     # runner gets) says the same, but for its parent.
     fallback = Connector.run_python(
         connector, PROGRAM, ["4", "two words"], stdin=b"in", display="program"
     )
     assert fallback.exit_code == 4
-    assert fallback.stdout.rsplit(" ", 1)[0] == result.stdout.rsplit(" ", 1)[0]
+    assert fallback.stdout.split()[:-2] == result.stdout.split()[:-2]

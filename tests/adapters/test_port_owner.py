@@ -224,6 +224,20 @@ class AsNobody(LocalConnector):
         wrapped = f"setpriv --reuid=65534 --regid=65534 --clear-groups /bin/sh -c {quote(command)}"
         return super().run(wrapped, **kwargs)
 
+    def run_python(
+        self,
+        source: str,
+        args: Sequence[str] = (),
+        *,
+        timeout: float = 60.0,
+        stdin: bytes | None = None,
+        display: str,
+    ) -> CommandResult:
+        # Through run(), as nobody: not this process's (root's) fork server.
+        return Connector.run_python(
+            self, source, args, timeout=timeout, stdin=stdin, display=display
+        )
+
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root, setpriv")
 def test_unreadable_processes_of_ours_own_sockets_of_their_uid(tmp_path: Path) -> None:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,18 @@ class SystemctlConnector(LocalConnector):
             )
             return CommandResult(command, 0, show, "", 0.0)
         return super().run(command, **kwargs)
+
+    def run_python(
+        self,
+        source: str,
+        args: Sequence[str] = (),
+        *,
+        timeout: float = 60.0,
+        stdin: bytes | None = None,
+        display: str,
+    ) -> CommandResult:
+        self.commands.append(shlex.join(["python3", "-I", "-c", "PROGRAM", *args]))
+        return super().run_python(source, args, timeout=timeout, stdin=stdin, display=display)
 
 
 def test_systemd_gate_watches_main_pid(tmp_path: Path) -> None:

@@ -1,0 +1,147 @@
+"""The fork server that runs Chassis' host programs without an interpreter
+start each (the SSH runner's, and this process's for local hosts): the same
+outcomes as ``python3 -I -c SOURCE ARGS`` (exit status, output, stdin,
+argv, env), each program a session leader that a timeout kills with its
+group, and a fallback to a fresh interpreter once the server is gone."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adapters.connectors.local import LocalConnector
+from adapters.connectors.session_agent import ForkServer
+from adapters.errors import ConnectorTimeout
+
+
+@pytest.fixture
+def server() -> Iterator[ForkServer]:
+    started = ForkServer(sys.executable)
+    yield started
+    started.close()
+
+
+def run(server: ForkServer, source: str, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    process = server.spawn(source, ["-c", *args], {"CHASSIS_X": "x1"})
+    out, err = process.communicate(stdin, timeout=30)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.parametrize(
+    ("source", "code", "out", "err"),
+    [
+        ("print('hi')", 0, "hi\n", ""),
+        ("import sys; print('a'); sys.exit(3)", 3, "a\n", ""),
+        ("import sys; sys.exit('went wrong')", 1, "", "went wrong\n"),
+        ("raise ValueError('boom')", 1, "", "ValueError: boom"),
+        ("import os, signal; os.kill(os.getpid(), signal.SIGTERM)", -signal.SIGTERM, "", ""),
+        ("import sys; sys.stdout.write('no newline')", 0, "no newline", ""),
+    ],
+)
+def test_outcomes_are_those_of_an_interpreter(
+    server: ForkServer, source: str, code: int, out: str, err: str
+) -> None:
+    got = run(server, source)
+    assert got[0] == code and got[1] == out and err in got[2]
+    fresh = subprocess.run([sys.executable, "-I", "-c", source], capture_output=True, check=False)
+    assert (fresh.returncode, fresh.stdout.decode()) == (code, out)
+
+
+def test_argv_env_stdin_and_a_session_of_its_own(server: ForkServer) -> None:
+    program = (
+        "import os, sys\n"
+        "data = sys.stdin.buffer.read()\n"
+        "print(__name__, sys.argv, os.environ['CHASSIS_X'], len(data), "
+        "os.getsid(0) == os.getpid(), os.getppid())\n"
+    )
+    code, out, _ = run(server, program, "a b", "--c", stdin=b"z" * 1000)
+    name, rest = out.split(" ", 1)
+    assert code == 0 and name == "__main__"
+    assert rest.startswith("['-c', 'a b', '--c'] x1 1000 True ")
+    assert int(rest.split()[-1]) == server.process.pid
+
+
+def test_large_input_and_output_flow_both_ways(server: ForkServer) -> None:
+    """Several MiB in while as much comes out: neither side blocks the other."""
+    data = os.urandom(3 << 20)
+    program = "import sys; d = sys.stdin.buffer.read(); sys.stdout.buffer.write(d[::-1])"
+    process = server.spawn(program, ["-c"], {})
+    out, _ = process.communicate(data, timeout=60)
+    assert process.returncode == 0
+    assert hashlib.sha256(out).digest() == hashlib.sha256(data[::-1]).digest()
+
+
+def test_a_timeout_kills_the_group_and_leaves_nothing(server: ForkServer, tmp_path: Path) -> None:
+    marker = tmp_path / "grandchild"
+    program = (
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen(['sh', '-c', 'sleep 30; touch {marker}'])\n"
+        "time.sleep(30)\n"
+    )
+    process = server.spawn(program, ["-c"], {})
+    with pytest.raises(subprocess.TimeoutExpired):
+        process.communicate(b"", timeout=0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate(timeout=10)
+    assert process.returncode == -signal.SIGKILL
+    assert not _alive_in_group(process.pid)  # the grandchild too (zombies aside)
+
+
+def _alive_in_group(pgid: int) -> list[int]:
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            alive.append(int(entry.name))
+    return alive
+
+
+def test_programs_run_side_by_side(server: ForkServer) -> None:
+    results: dict[int, tuple[int, str, str]] = {}
+
+    def one(n: int) -> None:
+        results[n] = run(server, f"import time; time.sleep(0.2); print({n})")
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == {n: (0, f"{n}\n", "") for n in range(8)}
+
+
+def test_a_dead_server_refuses_and_ends_what_waits_on_it(server: ForkServer) -> None:
+    waiting = server.spawn("import time; time.sleep(30)", ["-c"], {})
+    server.process.kill()
+    server.process.wait(10)
+    waiting.exited.wait(10)
+    assert waiting.returncode == -signal.SIGKILL  # nobody can report it now
+    os.killpg(waiting.pid, signal.SIGKILL)
+    with pytest.raises(OSError):
+        server.spawn("print(1)", ["-c"], {})
+
+
+def test_local_hosts_use_a_fork_server_and_keep_the_connector_contract(tmp_path: Path) -> None:
+    local = LocalConnector("h1")
+    program = "import os, sys; print(sys.argv[1:], os.getppid()); sys.exit(2)"
+    first = local.run_python(program, ["x"], display="program")
+    second = local.run_python(program, ["y"], display="program")
+    assert (first.exit_code, second.exit_code) == (2, 2)
+    assert first.stdout.split()[0] == "['x']" and second.stdout.split()[0] == "['y']"
+    assert first.stdout.split()[-1] == second.stdout.split()[-1] != str(os.getpid())
+    with pytest.raises(ConnectorTimeout, match=r"timed out after 0\.3s: sleeper"):
+        local.run_python("import time; time.sleep(30)", timeout=0.3, display="sleeper")
