@@ -95,26 +95,7 @@ class LocalConnector(Connector):
             env=full_env,
             start_new_session=True,
         )
-        try:
-            out, err = proc.communicate(stdin, timeout=timeout)
-        except subprocess.TimeoutExpired as e:
-            _kill_group(proc)
-            raise ConnectorTimeout(
-                self.name,
-                f"command timed out after {timeout:g}s: {shown}",
-                where=self.where(),
-                timeout=timeout,
-            ) from e
-        except BaseException:
-            _kill_group(proc)
-            raise
-        result = CommandResult(
-            command=shown,
-            exit_code=proc.returncode,
-            stdout=out.decode("utf-8", "replace"),
-            stderr=err.decode("utf-8", "replace"),
-            duration_s=time.monotonic() - started,
-        )
+        result = self._outcome(proc, stdin, timeout, shown, started)
         if check and not result.ok:
             raise CommandFailed(
                 self.name,
@@ -145,21 +126,32 @@ class LocalConnector(Connector):
             process = server.spawn(source, ["-c", *args], {})
         except OSError:
             return super().run_python(source, args, timeout=timeout, stdin=stdin, display=display)
+        return self._outcome(process, stdin, timeout, display, started)
+
+    def _outcome(
+        self,
+        process: subprocess.Popen[bytes] | Forked,
+        stdin: bytes | None,
+        timeout: float,
+        shown: str,
+        started: float,
+    ) -> CommandResult:
+        """Feed, read and reap ``process``; at the timeout, kill its group."""
         try:
             out, err = process.communicate(stdin, timeout=timeout)
         except subprocess.TimeoutExpired as e:
-            _kill_forked(process)
+            _kill_group(process)
             raise ConnectorTimeout(
                 self.name,
-                f"command timed out after {timeout:g}s: {display}",
+                f"command timed out after {timeout:g}s: {shown}",
                 where=self.where(),
                 timeout=timeout,
             ) from e
         except BaseException:
-            _kill_forked(process)
+            _kill_group(process)
             raise
         return CommandResult(
-            command=display,
+            command=shown,
             exit_code=process.returncode if process.returncode is not None else -1,
             stdout=out.decode("utf-8", "replace"),
             stderr=err.decode("utf-8", "replace"),
@@ -353,21 +345,16 @@ def _drain(stream: IO[bytes], into: list[bytes]) -> None:
             into.append(chunk)
 
 
-def _kill_forked(process: Forked) -> None:
-    """SIGKILL a forked program's group (it is a session leader); reap it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.communicate(timeout=_REAP_TIMEOUT)
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the command's whole process group, then reap the shell."""
+def _kill_group(proc: subprocess.Popen[bytes] | Forked) -> None:
+    """SIGKILL the whole process group (the shell or the forked program is
+    its leader), then reap it."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     try:
         proc.communicate(timeout=_REAP_TIMEOUT)
     except subprocess.TimeoutExpired:
+        if isinstance(proc, Forked):
+            return  # the fork server reaps it and reports its exit
         # A grandchild left the group (setsid) and holds our pipes: stop reading.
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:

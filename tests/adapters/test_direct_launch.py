@@ -21,19 +21,25 @@ from adapters.supervisors.direct import (
 )
 
 
-def test_the_launch_command_itself_writes_the_pidfile(tmp_path: Path) -> None:
+def host_and_spec(tmp_path: Path, release_id: str) -> tuple[Path, ProcessSpec]:
+    """A host root laid out as the supervisor lays it, and ``sleep 30`` as api."""
     root = tmp_path / "host"
     for part in ("run", "logs", "releases/r1"):
         (root / part).mkdir(parents=True)
     spec = ProcessSpec(
         component="api",
-        release_id="ab" * 32,
+        release_id=release_id,
         command="sleep 30",
         workdir=str(root / "releases/r1"),
         env={},
         env_file=None,
         root=str(root),
     )
+    return root, spec
+
+
+def test_the_launch_command_itself_writes_the_pidfile(tmp_path: Path) -> None:
+    root, spec = host_and_spec(tmp_path, "ab" * 32)
     connector = LocalConnector("h")
     result = connector.run(launch_command(spec, None))  # no Python writes anything after
     pid, stat = parse_launch(result.stdout)
@@ -53,18 +59,7 @@ def test_the_pidfile_is_written_before_anything_is_printed(tmp_path: Path) -> No
     stdout: the first line the shell prints then kills it (SIGPIPE). Found
     by the crash fuzzer: the pid line came before the pidfile, so the
     started process kept its port and recover restored beside it."""
-    root = tmp_path / "host"
-    for part in ("run", "logs", "releases/r1"):
-        (root / part).mkdir(parents=True)
-    spec = ProcessSpec(
-        component="api",
-        release_id="cd" * 32,
-        command="sleep 30",
-        workdir=str(root / "releases/r1"),
-        env={},
-        env_file=None,
-        root=str(root),
-    )
+    root, spec = host_and_spec(tmp_path, "cd" * 32)
     read_end, write_end = os.pipe()
     os.close(read_end)  # nobody will read what the launch prints
     try:
