@@ -28,35 +28,17 @@ from adapters.connectors.base import (
     checked_env,
     temp_sibling,
 )
-from adapters.connectors.session_agent import Forked, ForkServer
+from adapters.connectors.session_agent import Forked, fork_server
 from adapters.errors import CommandFailed, ConnectorError, ConnectorTimeout, RemoteFileMissing
 
 _REAP_TIMEOUT = 5.0
 _CHUNK = 1 << 20
 
-_servers_lock = threading.Lock()
-_servers: dict[str, ForkServer] = {}
-
-
-def _fork_server(python: str | None) -> ForkServer | None:
-    """This process's fork server for ``python`` (the interpreter
-    :meth:`Connector.run_python` would start), started on first use and again
-    if it died; None where there is no such interpreter."""
-    if python is None:
-        python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else None
-        python = python or shutil.which("python3")
-        if python is None:
-            return None
-    with _servers_lock:
-        server = _servers.get(python)
-        if server is not None and server.alive:
-            return server
-        try:
-            server = ForkServer(python)
-        except OSError:
-            return None
-        _servers[python] = server
-        return server
+def _python() -> str | None:
+    """The interpreter :meth:`Connector.run_python` would start here."""
+    if os.access("/usr/bin/python3", os.X_OK):
+        return "/usr/bin/python3"
+    return shutil.which("python3")
 
 
 class LocalConnector(Connector):
@@ -118,7 +100,8 @@ class LocalConnector(Connector):
         """Forked by this process's fork server for the interpreter
         (:class:`adapters.connectors.session_agent.ForkServer`), as over SSH:
         no interpreter start per program; else as ``python3 -I -c``."""
-        server = _fork_server(self.host_python)
+        python = self.host_python or _python()
+        server = fork_server(python) if python is not None else None
         started = time.monotonic()
         try:
             if server is None:

@@ -334,20 +334,23 @@ class ForkServer:
             self.process.wait(timeout=5)
 
 
-_server_lock = threading.Lock()
-_server: list[ForkServer] = []
+_servers_lock = threading.Lock()
+_servers: dict[str, ForkServer] = {}
 
 
-def _fork_server() -> ForkServer | None:
-    """This runner's fork server (a new one if it died; None if none starts)."""
-    with _server_lock:
-        if _server and _server[0].alive:
-            return _server[0]
+def fork_server(python: str = sys.executable) -> ForkServer | None:
+    """This process's fork server run by ``python``, started on first use and
+    again if it died; None if none starts. The runner uses its own
+    interpreter's; ``LocalConnector`` the one ``run_python`` would start."""
+    with _servers_lock:
+        server = _servers.get(python)
+        if server is not None and server.alive:
+            return server
         try:
-            server = ForkServer()
+            server = ForkServer(python)
         except OSError:
             return None
-        _server[:] = [server]
+        _servers[python] = server
         return server
 
 
@@ -368,7 +371,7 @@ def _start(request: dict[str, Any]) -> tuple[Process, bytes]:
     env = request.get("env") or {}
     if "python" in request:
         argv = ["-c", *request.get("argv", [])]
-        server = _fork_server()
+        server = fork_server()
         if server is not None:
             with contextlib.suppress(OSError):
                 return server.spawn(request["python"], argv, env), stdin
@@ -417,7 +420,7 @@ def main() -> None:
     running: dict[int, Process] = {}
     workers: list[threading.Thread] = []
     _send({"hello": HELLO, "pid": os.getpid()})
-    _fork_server()  # started before the first program needs it
+    fork_server()  # started before the first program needs it
     for line in sys.stdin:
         try:
             request = json.loads(line)
@@ -433,8 +436,8 @@ def main() -> None:
         workers = [w for w in workers if w.is_alive()] + [worker]
     for worker in workers:  # the connection went away: let what runs finish
         worker.join()
-    with _server_lock:
-        for server in _server:  # it sees its socket close and exits
+    with _servers_lock:
+        for server in _servers.values():  # it sees its socket close and exits
             server.close()
 
 
