@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from chassis.stack.spec import Stack, StackError, validate_stack
+from chassis.stack.spec import release_store
 from chassis.stack.store_url import StoreURL
 from chassis.workspace import Workspace
 from ledger.application import Ledger
@@ -49,26 +49,14 @@ class BundleStore(Protocol):
         ...
 
 
-def configured_store(ws: Workspace, stack: Stack | None = None) -> StoreURL | None:
+def configured_store(ws: Workspace) -> StoreURL | None:
     """``[releases] store`` of the workspace's stack file, if it names one."""
-    if stack is None:
-        raw = ws.stack()
-        releases = raw.get("releases")
-        if not isinstance(releases, dict) or isinstance(releases.get("store", {}), dict):
-            return None  # the common case: no store named, nothing more to parse
-        try:
-            stack = validate_stack(raw, ws.stack_file)
-        except StackError as e:
-            store_problems = [p for p in e.problems if "releases.store" in p]
-            if store_problems:
-                raise StackError(store_problems[0]) from None
-            return None  # other problems are reported by the command that reads them
-    return stack.release_store
+    return release_store(ws.stack(), ws.stack_file)
 
 
-def store_for(ledger: Ledger, ws: Workspace, stack: Stack | None = None) -> BundleStore | None:
+def store_for(ledger: Ledger, ws: Workspace) -> BundleStore | None:
     """The store bundles of this workspace are kept in beside its own cache."""
-    location = configured_store(ws, stack)
+    location = configured_store(ws)
     if location is None:
         return SharedBundles(ledger) if shared(ledger) else None
     if location.kind == "workspace":

@@ -285,25 +285,33 @@ def validate_stack(raw: dict[str, Any], path: Path) -> Stack:
     return stack
 
 
+def release_store(raw: dict[str, Any], path: Path) -> StoreURL | None:
+    """``[releases] store`` of the raw stack file, parsed: a string, so never
+    a release label (a table); ``StackError`` naming the key if it is bad."""
+    releases = raw.get("releases")
+    value = releases.get("store") if isinstance(releases, dict) else None
+    if value is None or isinstance(value, dict):  # none, or a release labelled "store"
+        return None
+    if not isinstance(value, str):
+        raise StackError(f"{path}: releases.store: expected a string, found {_describe(value)}")
+    try:
+        return parse_store_url(value)
+    except ValueError as e:
+        raise StackError(f"{path}: releases.store: {e}") from None
+
+
 def _release_store(
     raw: dict[str, Any], path: Path, problems: _Problems
 ) -> tuple[dict[str, Any], StoreURL | None]:
-    """``[releases] store`` (a string, so never a release label, which is a
-    table), parsed; and ``raw`` without it, for the labels."""
+    """:func:`release_store` (a problem if bad), and ``raw`` without it, for the labels."""
     releases = raw.get("releases")
-    if not isinstance(releases, dict) or "store" not in releases:
-        return raw, None
-    value = releases["store"]
-    if isinstance(value, dict):  # a release labelled "store"
+    if not isinstance(releases, dict) or isinstance(releases.get("store", {}), dict):
         return raw, None
     rest = {**raw, "releases": {k: v for k, v in releases.items() if k != "store"}}
-    if not isinstance(value, str):
-        problems.add(f"{path}: releases.store: expected a string, found {_describe(value)}")
-        return rest, None
     try:
-        return rest, parse_store_url(value)
-    except ValueError as e:
-        problems.add(f"{path}: releases.store: {e}")
+        return rest, release_store(raw, path)
+    except StackError as e:
+        problems.add(str(e))
         return rest, None
 
 
