@@ -25,6 +25,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
@@ -35,7 +36,8 @@ from chassis.errors import ChassisError
 from chassis.workspace import Workspace
 from ledger.aggregate import LedgerAggregate
 from ledger.application import Ledger, RawRow
-from ledger.canonical import format_timestamp
+from ledger.bulk import collector_paused
+from ledger.canonical import canonical_json, format_timestamp
 from ledger.events import LedgerEvent, registered_topics
 from ledger.hosts import Host
 from ledger.installations import Installation
@@ -45,7 +47,7 @@ from ledger.records import MalformedRecordError, parse_record
 from ledger.tables import Cursor, SideTables
 from ledger.vouched import VouchedDigests
 from proofs.dsse import PAYLOAD_TYPE_INTOTO, envelope_digest, sign_envelope
-from proofs.intoto import RECEIPT_PREDICATE, statement, statement_bytes, subject
+from proofs.intoto import RECEIPT_PREDICATE, fresh_statement, subject
 from proofs.redaction import Redactor
 from proofs.vouch import CheckpointVouch
 
@@ -148,11 +150,9 @@ class ReceiptStore:
             if row is not None and int(row[0]) >= position:
                 return
             stored = self._stored_seqs(c, [r.seq for r in receipts])
-            for r in receipts:
-                if r.seq in stored:
-                    continue
-                c.execute(
-                    "INSERT INTO {chassis_receipts} VALUES (?, ?, ?, ?, ?, ?, ?)",
+            c.executemany(
+                "INSERT INTO {chassis_receipts} VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
                     (
                         r.digest,
                         r.seq,
@@ -160,9 +160,12 @@ class ReceiptStore:
                         r.app,
                         r.environment,
                         r.created,
-                        json.dumps(r.record, sort_keys=True).encode(),
-                    ),
-                )
+                        canonical_json(r.record),
+                    )
+                    for r in receipts
+                    if r.seq not in stored
+                ],
+            )
             if row is None:
                 c.execute(
                     "INSERT INTO {chassis_receipt_position} VALUES (?, ?)", ("receipts", position)
@@ -273,6 +276,17 @@ def issue_pending(
     position: PositionSource | None = None,
 ) -> list[StoredReceipt]:
     """Receipts for every operation completed since the last scan."""
+    with collector_paused():
+        return _issue_pending(ledger, ws, signer, note, position)
+
+
+def _issue_pending(
+    ledger: Ledger,
+    ws: Workspace,
+    signer: KeyPair,
+    note: Note,
+    position: PositionSource | None,
+) -> list[StoredReceipt]:
     store = ReceiptStore(ledger)
     start = store.position()
     last = ledger.max_seq()
@@ -509,19 +523,19 @@ def _operation_receipt(
         operation = "recover"
     hosts: dict[str, dict[str, Any]] = {}
     health: dict[str, Any] = {}
+    last_seen: dict[str, datetime] = {}
     for event in events:
         host = getattr(event, "host", None)
         if not isinstance(host, str):
             continue
-        outcome = hosts.setdefault(
-            host,
-            {
+        outcome = hosts.get(host)
+        if outcome is None:
+            outcome = hosts[host] = {
                 "status": "pending",
                 "started": format_timestamp(event.timestamp),
                 "before": before.hosts.get(host),
-            },
-        )
-        outcome["finished"] = format_timestamp(event.timestamp)
+            }
+        last_seen[host] = event.timestamp
         if isinstance(event, Installation.StepRecorded):
             if not event.ok:
                 outcome["status"] = "failed"
@@ -543,6 +557,7 @@ def _operation_receipt(
         elif isinstance(event, Installation.HostRetired):
             outcome["status"] = "retired"
     for host, outcome in hosts.items():
+        outcome["finished"] = format_timestamp(last_seen[host])
         active = after.hosts.get(host)
         outcome["after"] = _brief(active)
         outcome["release_id"] = active["release_id"] if active else None
@@ -758,8 +773,9 @@ def _sign(
     predicate = redactor.data({**built.predicate, "ledger": position.to_dict()})
     if leaf is not None:
         predicate["ledger"]["leaf_index"] = leaf
-    body = statement(built.subjects, RECEIPT_PREDICATE, predicate)
-    envelope = sign_envelope(statement_bytes(body), PAYLOAD_TYPE_INTOTO, signer)
+    # The predicate is the redactor's fresh copy: handed over, not copied.
+    body, payload = fresh_statement(built.subjects, RECEIPT_PREDICATE, predicate)
+    envelope = sign_envelope(payload, PAYLOAD_TYPE_INTOTO, signer)
     digest = envelope_digest(envelope)
     hosts = {
         name: {

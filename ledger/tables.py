@@ -22,6 +22,7 @@ from ledger.application import Ledger
 
 class Cursor(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
     def fetchone(self) -> Sequence[Any] | None: ...
     def fetchall(self) -> list[Sequence[Any]]: ...
 
@@ -35,6 +36,11 @@ class _Portable:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self._cursor.execute(self._tables.sql(sql), tuple(params))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """One statement for many rows (one round trip where the driver can)."""
+        if rows:
+            self._cursor.executemany(self._tables.sql(sql), [tuple(r) for r in rows])
 
     def fetchone(self) -> Sequence[Any] | None:
         row = self._cursor.fetchone()

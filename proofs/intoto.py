@@ -124,6 +124,23 @@ def statement(
     )
 
 
+def fresh_statement(
+    subjects: list[dict[str, Any]], predicate_type: str, predicate: dict[str, Any]
+) -> tuple[dict[str, Any], bytes]:
+    """A validated Statement v1 made of values the caller has just built and
+    hands over (not copied), and its canonical JSON: the DSSE payload, from
+    one check instead of the two of :func:`statement` and :func:`statement_bytes`."""
+    body = check_statement(
+        {
+            "_type": STATEMENT_TYPE,
+            "subject": subjects,
+            "predicateType": predicate_type,
+            "predicate": predicate,
+        }
+    )
+    return body, canonical_json(body)
+
+
 def check_statement(value: object) -> dict[str, Any]:
     """Return ``value`` as a Statement v1 dict, or raise ``ValueError`` saying what is wrong."""
     if not isinstance(value, dict):

@@ -190,6 +190,11 @@ def is_secret_key(name: str) -> bool:
     return any(fragment in compact for fragment in _SUBSTRINGS)
 
 
+_MEMO_ENTRIES = 65_536
+_MEMO_CHARS = 4_096
+"""Longer texts (whole logs, documents) are rarely seen twice: not kept."""
+
+
 class Redactor:
     """Redacts with one per-ledger key, so markers are comparable within a ledger."""
 
@@ -197,6 +202,12 @@ class Redactor:
         if not isinstance(key, bytes) or len(key) < 16:
             raise ValueError("a redaction key is at least 16 bytes")
         self._key = key
+        # Redaction keyed by value: a backlog of receipts redacts the same
+        # host names, step names and log lines thousands of times. An entry
+        # holds only for the registered values it was made under
+        # (``SecretValues.generation``); the memo is emptied when they change.
+        self._memo: dict[str, str] = {}
+        self._memo_generation: object = None
 
     def __repr__(self) -> str:
         return "Redactor(<key>)"
@@ -214,25 +225,58 @@ class Redactor:
     def value(self, text: str) -> str:
         """``text`` with every registered secret value and every secret-looking
         part replaced by its marker."""
-        return _scan(SECRET_VALUES.scrub(text, self.marker), self.marker)
+        memo = self._current_memo()
+        done = memo.get(text)
+        return done if done is not None else self._value(text, memo)
 
     def data(self, obj: Any) -> Any:
         """A deep copy of ``obj`` with secret-like keys' values and secret-looking text redacted."""
+        return self._data(obj, self._current_memo())
+
+    def _current_memo(self) -> dict[str, str]:
+        generation = SECRET_VALUES.generation
+        if generation is not self._memo_generation or len(self._memo) >= _MEMO_ENTRIES:
+            self._memo = {}
+            self._memo_generation = generation
+        return self._memo
+
+    def _value(self, text: str, memo: dict[str, str]) -> str:
+        done = _scan(SECRET_VALUES.scrub(text, self.marker), self.marker)
+        if len(text) <= _MEMO_CHARS:
+            memo[text] = done
+        return done
+
+    def _data(self, obj: Any, memo: dict[str, str]) -> Any:
+        # Exact types first (a receipt walks thousands of nodes); subclasses
+        # of the built-in types take the isinstance branches below.
+        kind = type(obj)
+        if kind is str:
+            done = memo.get(obj)
+            return done if done is not None else self._value(obj, memo)
+        if kind is list:
+            return [self._data(item, memo) for item in obj]
+        if kind is int or kind is bool or obj is None:
+            return obj
         if isinstance(obj, str):
-            return self.value(obj)
+            return self._value(obj, memo)
         if isinstance(obj, dict):
             result: dict[Any, Any] = {}
             for key, item in obj.items():
-                new_key = self.value(key) if isinstance(key, str) else key
-                if isinstance(key, str) and is_secret_key(key):
-                    result[new_key] = self._whole(item)
+                if isinstance(key, str):
+                    new_key = memo.get(key)
+                    if new_key is None:
+                        new_key = self._value(key, memo)
+                    if is_secret_key(key):
+                        result[new_key] = self._whole(item)
+                        continue
+                    result[new_key] = self._data(item, memo)
                 else:
-                    result[new_key] = self.data(item)
+                    result[key] = self._data(item, memo)
             return result
         if isinstance(obj, list):
-            return [self.data(item) for item in obj]
+            return [self._data(item, memo) for item in obj]
         if isinstance(obj, tuple):
-            return tuple(self.data(item) for item in obj)
+            return tuple(self._data(item, memo) for item in obj)
         return obj
 
     def _whole(self, item: Any) -> Any:
@@ -417,6 +461,12 @@ class SecretValues:
 
     def __bool__(self) -> bool:
         return self._compiled is not None
+
+    @property
+    def generation(self) -> object:
+        """An object that is replaced whenever the registered values change
+        (so a result computed under one generation holds while it lasts)."""
+        return self._compiled
 
     def register(self, value: str, name: str = "a secret value") -> None:
         """Scrub ``value`` (named ``name`` in warnings) from now until ``clear``."""

@@ -283,3 +283,23 @@ def test_the_prefilter_never_changes_what_is_redacted(parts: list[str]) -> None:
     redactor = Redactor(b"k" * 32)
     text = " ".join(parts)
     assert _scan(text, redactor.marker) == scan_patterns(text, redactor.marker)
+
+
+def test_a_remembered_redaction_never_outlives_the_registered_values() -> None:
+    """Redaction is memoised by text (a receipt backlog repeats the same log
+    lines); a value registered later must still be scrubbed from a text
+    redacted before, and forgetting it must bring the text back."""
+    from proofs.redaction import SECRET_VALUES
+
+    redactor = Redactor(KEY)
+    text = "started with Zq9f8e7d6c5b4a"
+    try:
+        assert redactor.value(text) == text
+        assert redactor.data({"log": [text]}) == {"log": [text]}
+        SECRET_VALUES.register("Zq9f8e7d6c5b4a", "API_TOKEN")
+        redacted = redactor.value(text)
+        assert "Zq9f8e7d6c5b4a" not in redacted
+        assert redactor.data({"log": [text]}) == {"log": [redacted]}
+    finally:
+        SECRET_VALUES.clear()
+    assert redactor.value(text) == text
