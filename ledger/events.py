@@ -119,7 +119,7 @@ class LedgerEvent(msgspec.Struct, frozen=True, kw_only=True, dict=True):
                 raise ChainBreakError(f"{self.TOPIC} needs an existing aggregate")
             if self.OWNER_KIND != aggregate.KIND:
                 raise ChainBreakError(f"{self.TOPIC} cannot apply to a {aggregate.KIND}")
-            if self.originator_id != aggregate.id:
+            if self.originator_id.int != aggregate.id.int:  # not UUID.__eq__: hot
                 raise ChainBreakError(
                     f"{self.TOPIC}: event of {self.originator_id} applied to {aggregate.id}"
                 )

@@ -40,7 +40,7 @@ from ledger.events import LedgerEvent
 from ledger.keys import KeyPair
 from ledger.records import MalformedRecordError, dashed_uuid, parse_record, sealed_state
 from ledger.trust import TrustState
-from ledger.vouched import BODY_AT, TAIL, VouchedDigests, vouched_event
+from ledger.vouched import VouchedDigests, decode_vouched, vouched_body
 
 Row = tuple[int, Any, int, str, bytes]
 """(position, originator_id as stored, version, topic, state)."""
@@ -222,30 +222,41 @@ class SealingMapper(Mapper[UUID]):
             return [self.verified_event(row) for row in rows]
         seqs, digests, covered = vouched.seqs, vouched.digests, len(vouched.seqs)
         events: list[LedgerEvent] = []
+        append, vouched_read, verified = events.append, self._vouched_event, self.verified_event
         index = 0
         for row in rows:
             seq = row[0]
-            index = bisect_left(seqs, seq, index)
+            # Rows ascend: the position after the last match is the usual one,
+            # else search from the last (a match or where ``seq`` would go).
+            after = index + 1
+            if after < covered and seqs[after] == seq:
+                index = after
+            else:
+                index = bisect_left(seqs, seq, index)
             event = None
             if index < covered and seqs[index] == seq:
-                event = self._vouched_event(row, digests[32 * index : 32 * index + 32])
-            events.append(event if event is not None else self.verified_event(row))
+                event = vouched_read(row, digests[32 * index : 32 * index + 32])
+            append(event if event is not None else verified(row))
         return events
 
     def _vouched_event(self, row: Row, digest: bytes) -> LedgerEvent | None:
         """None whenever anything differs from the vouched record: the caller
         then reads it the ordinary way."""
         _, originator_id, version, topic, state = row
-        event = vouched_event(topic, state, digest)
+        body = vouched_body(state, digest)
+        if body is None:
+            return None
+        event = decode_vouched(topic, body)
         if event is None or event.originator_version != version:
             return None
         stored_id = self._stored_ids.get(originator_id, _UNSEEN)
         if stored_id is _UNSEEN:
             stored_id = self._stored_ids[originator_id] = _exact_uuid(originator_id)
-        if event.originator_id != stored_id:
+        # UUIDs compared by value without UUID.__eq__ (a Python call per record).
+        if stored_id is None or event.originator_id.int != stored_id.int:
             return None
         # The body is the vouched one, so its digest is the record's.
-        event.__dict__["_sealing_input"] = (state[BODY_AT:-TAIL], digest)
+        event.__dict__["_sealing_input"] = (body, digest)
         return event
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:

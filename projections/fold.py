@@ -20,7 +20,8 @@ from eventsourcing.persistence import Tracking
 
 from ledger.aggregate import LedgerAggregate
 from ledger.application import Ledger
-from ledger.events import registered_topics
+from ledger.bulk import collector_paused
+from ledger.events import LedgerEvent, registered_topics
 from ledger.vouched import VouchedDigests, VouchSource
 from projections.store import VIEW_TABLE, SQLiteViewStore, ViewRow, ViewStore
 
@@ -86,6 +87,13 @@ def catch_up(
     page is one transaction (its documents and its last position); the
     folded states stay in memory from page to page, and the states of a
     page's new keys are read in one query."""
+    with collector_paused():
+        return _catch_up(ledger, store, view, vouch)
+
+
+def _catch_up(
+    ledger: Ledger, store: ViewStore, view: FoldedView[A], vouch: VouchSource | None
+) -> int:
     applied = 0
     position = store.max_tracking_id(view.tracking_name) or 0
     topics = view.topics()
@@ -101,23 +109,34 @@ def catch_up(
         if first and vouch is not None and len(page) >= min(PAGE, VOUCH_FROM):
             vouched = vouch(position, topics)
         first = False
-        for row in page:
-            if row[1] not in keys:
-                keys[row[1]] = str(UUID(str(row[1])))
-        new = list({keys[row[1]] for row in page} - states.keys())
+        # Each key's events, in order: keys fold independently of each other,
+        # so each run folds in a tight loop over local state.
+        runs: dict[str, list[LedgerEvent]] = {}
+        for row, event in zip(page, ledger.read_events(page, vouched), strict=True):
+            key = keys.get(row[1])
+            if key is None:
+                key = keys[row[1]] = str(UUID(str(row[1])))
+            run = runs.get(key)
+            if run is None:
+                runs[key] = [event]
+            else:
+                run.append(event)
+        new = [key for key in runs if key not in states]
         if new:
             stored = store.read_many(view.name, new)
             for key in new:
                 states[key], docs[key] = _restore(view, stored.get(key))
-        touched: dict[str, None] = {}
-        for row, event in zip(page, ledger.read_events(page, vouched), strict=True):
-            key = keys[row[1]]
-            folded = event.mutate(states[key])
+        accumulate = view.accumulate
+        for key, run in runs.items():
+            folded: Any = states[key]
+            doc = docs[key]
+            for event in run:
+                folded = event.mutate(folded)
+                if accumulate is not None:
+                    doc = accumulate(doc, folded)
             assert isinstance(folded, view.aggregate)
-            states[key] = folded
-            touched[key] = None
-            if view.accumulate is not None:
-                docs[key] = view.accumulate(docs[key], folded)
+            states[key], docs[key] = folded, doc
+        touched = runs
         position = page[-1][0]
         rows = []
         for key in touched:
