@@ -15,4 +15,7 @@ class EnvVars:
     SIGNING_KEY = "CHASSIS_SIGNING_KEY"
     """The acting private key itself (CI): PKCS#8 PEM, its base64, or the 32-byte
     seed as base64 or hex. Used instead of any key file when set; never printed."""
+    FULL_EXIT = "CHASSIS_FULL_EXIT"
+    """``1``: end the process with the interpreter's full teardown (the
+    console script otherwise skips it once the command is done)."""
     XDG_CONFIG_HOME = "XDG_CONFIG_HOME"

@@ -161,3 +161,36 @@ def test_an_unknown_command_is_told_the_close_names_not_yet_imported() -> None:
     assert "No such command 'deplo'" in result.stderr
     if hasattr(click.exceptions, "NoSuchCommand"):  # click >= 8.4 suggests
         assert "deploy" in result.stderr.split("No such command 'deplo'", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "status"),
+    [(["--help"], 0), (["--version"], 0), (["deplo"], 2), (["status"], 0), (["ledger"], 2)],
+)
+def test_ending_without_teardown_keeps_the_output_and_the_exit_status(
+    tmp_path: Path, workspace: Path, args: list[str], status: int
+) -> None:
+    """The console script ends with ``os._exit`` once the command is done:
+    everything it printed arrives and its status is the command's, exactly as
+    with the interpreter's full exit (``CHASSIS_FULL_EXIT=1``)."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+
+    def run(**extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "chassis", *args],
+            cwd=workspace,
+            env={**os.environ, "PYTHONPATH": path, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    fast, full = run(), run(CHASSIS_FULL_EXIT="1")
+    assert fast.returncode == full.returncode == status, fast.stderr
+    assert (fast.stdout, fast.stderr) == (full.stdout, full.stderr)
+    assert fast.stdout or fast.stderr
+
+
+def test_exit_handlers_still_run_when_the_teardown_is_skipped(tmp_path: Path) -> None:
+    modules = imported(tmp_path, "--version")  # the probe writes them from an exit handler
+    assert "chassis.cli" in modules
