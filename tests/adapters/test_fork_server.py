@@ -45,6 +45,7 @@ def run(server: ForkServer, source: str, *args: str, stdin: bytes = b"") -> tupl
         ("raise ValueError('boom')", 1, "", "ValueError: boom"),
         ("import os, signal; os.kill(os.getpid(), signal.SIGTERM)", -signal.SIGTERM, "", ""),
         ("import sys; sys.stdout.write('no newline')", 0, "no newline", ""),
+        ("def broken(:\n    pass", 1, "", "SyntaxError"),
     ],
 )
 def test_outcomes_are_those_of_an_interpreter(
@@ -145,3 +146,13 @@ def test_local_hosts_use_a_fork_server_and_keep_the_connector_contract(tmp_path:
     assert first.stdout.split()[-1] == second.stdout.split()[-1] != str(os.getpid())
     with pytest.raises(ConnectorTimeout, match=r"timed out after 0\.3s: sleeper"):
         local.run_python("import time; time.sleep(30)", timeout=0.3, display="sleeper")
+
+
+def test_a_program_run_again_is_the_same_program_with_its_own_arguments(
+    server: ForkServer,
+) -> None:
+    """The server compiles each source once per connection: a second run
+    of it still gets its own argv and its own module globals."""
+    source = "import sys\ncount = globals().get('count', 0) + 1\nprint(sys.argv[1:], count)"
+    assert run(server, source, "one") == (0, "['one'] 1\n", "")
+    assert run(server, source, "two", "three") == (0, "['two', 'three'] 1\n", "")

@@ -73,19 +73,24 @@ def test_a_lost_connection_lets_the_running_command_finish(
 ) -> None:
     """As sshd does with an exec whose client went away: a launch half done
     must not leave a process nobody can find."""
-    marker = tmp_path / "finished"
+    marker, started = tmp_path / "finished", tmp_path / "started"
     connector.run("true", check=True)
     failed: list[Exception] = []
 
     def run() -> None:
         try:
-            connector.run(f"sleep 1; touch {marker}")
+            connector.run(f"touch {started}; sleep 1; touch {marker}")
         except Exception as e:  # the connection was lost under it
             failed.append(e)
 
     worker = threading.Thread(target=run)
     worker.start()
-    time.sleep(0.3)
+    # Dropped only once the command runs on the host (a loaded machine may
+    # take longer than any fixed pause to send it).
+    deadline = time.monotonic() + 30
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert started.exists(), "the command never started"
     transport = connector.transport
     assert transport is not None
     transport.close()  # the connection drops under the running command
