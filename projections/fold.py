@@ -139,10 +139,9 @@ def _catch_up(
                     doc = accumulate(doc, folded)
             assert isinstance(folded, view.aggregate)
             states[key], docs[key] = folded, doc
-        touched = runs
         position = page[-1][0]
         rows = []
-        for key in touched:
+        for key in runs:  # the keys this page touched
             state = states[key]
             assert state is not None
             if view.accumulate is None:

@@ -18,6 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from adapters.errors import CommandFailed
+
 DEFAULT_TIMEOUT = 60.0
 NEW_FILE_MODE = 0o644
 
@@ -105,6 +107,18 @@ class Connector(ABC):
     host_python: str | None = None
     """The interpreter :meth:`run_python` runs on the target; None:
     ``/usr/bin/python3`` where it exists, else ``python3`` on PATH."""
+
+    def checked(self, result: CommandResult, check: bool) -> CommandResult:
+        """``result``; with ``check``, :class:`CommandFailed` for a non-zero status."""
+        if check and not result.ok:
+            raise CommandFailed(
+                self.name,
+                where=self.where(),
+                command=result.command,
+                returncode=result.exit_code,
+                stderr=result.stderr,
+            )
+        return result
 
     @abstractmethod
     def connect(self) -> None:

@@ -29,7 +29,7 @@ from adapters.connectors.base import (
     temp_sibling,
 )
 from adapters.connectors.session_agent import Forked, fork_server
-from adapters.errors import CommandFailed, ConnectorError, ConnectorTimeout, RemoteFileMissing
+from adapters.errors import ConnectorError, ConnectorTimeout, RemoteFileMissing
 
 _REAP_TIMEOUT = 5.0
 _CHUNK = 1 << 20
@@ -78,15 +78,7 @@ class LocalConnector(Connector):
             start_new_session=True,
         )
         result = self._outcome(proc, stdin, timeout, shown, started)
-        if check and not result.ok:
-            raise CommandFailed(
-                self.name,
-                where=self.where(),
-                command=shown,
-                returncode=result.exit_code,
-                stderr=result.stderr,
-            )
-        return result
+        return self.checked(result, check)
 
     def run_python(
         self,

@@ -539,15 +539,7 @@ class SSHConnector(Connector):
         result = self._run_in_session(command, shown, timeout, stdin, env)
         if result is None:
             result = self._run_exec(command, shown, timeout, stdin, env)
-        if check and not result.ok:
-            raise CommandFailed(
-                self.name,
-                where=self.where(),
-                command=shown,
-                returncode=result.exit_code,
-                stderr=result.stderr,
-            )
-        return result
+        return self.checked(result, check)
 
     def _run_exec(
         self,
