@@ -168,6 +168,40 @@ def test_gateway_proxies_upstream_and_its_health_stands_alone(tree: Path) -> Non
     assert_port_free(gw_port)
 
 
+def test_a_bad_request_is_answered_and_the_server_keeps_serving(tree: Path) -> None:
+    port = free_port()
+    with started(tree, "api", "--port", str(port)) as proc:
+        wait_listening(proc, port)
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # connected and closed without a request line
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("POST", "/api/orders", body=b"{}")
+            response = conn.getresponse()
+            assert response.status == 405 and b"only GET" in response.read()
+        finally:
+            conn.close()
+        assert get(port, "/healthz") == (200, f"ok api {VERSION}\n")
+        log = stop(proc)
+    assert '"POST /api/orders HTTP/1.1" 405' in log
+
+
+def test_a_server_starts_without_the_http_client_stack(tree: Path) -> None:
+    """Every component start pays for what the program imports: the server
+    roles leave http.client, email, ssl and urllib to the roles that use them."""
+    probe = (
+        "import runpy, sys; sys.argv = ['api.py', '--help']\n"
+        "try:\n    runpy.run_path('app/api.py', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('http.client', 'email', 'ssl', 'urllib.request')"
+        " if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", probe], cwd=tree, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 @pytest.mark.parametrize("service", ["gateway", "api"])
 def test_fail_health_answers_503(tree: Path, service: str) -> None:
     port = free_port()
