@@ -64,7 +64,7 @@ import array, json, os, select, signal, socket, sys, traceback
 # owner, the model transfer), imported once here: every forked child has
 # them already instead of importing them again (~10 ms a program).
 import collections.abc, contextlib, errno, fcntl, gzip, hashlib, re, stat, threading
-import time, typing, zlib
+import struct, time, typing, zlib
 sock = socket.socket(fileno=int(sys.argv[1]))
 programs = {}  # source -> code: a program run again on this connection is not compiled again
 wake_r, wake_w = os.pipe()

@@ -23,6 +23,14 @@ such an unreadable process of ours (``by_uid``): weaker, since a stranger of
 the same uid passes, but liveness is still checked and a stranger this user
 *can* see is still named.
 
+A look is cheap where the answer is plain: listeners come from the kernel's
+``NETLINK_SOCK_DIAG`` (listening sockets only; ``/proc/net/tcp``, the
+fallback, lists every connection, thousands in ``TIME_WAIT`` on a busy host),
+and the roots' subtrees from their ``/proc/<pid>/task/*/children`` lists. That
+answer stands only when it is complete by what it shows (every live root has
+a child, every listener is held in the subtrees); otherwise every process is
+scanned as before, so groups, sessions and strangers are decided as always.
+
 The probed address counts when it is one of the host's own (the script can
 bind it): then only sockets bound to it or to a wildcard answer there.
 Otherwise (a DNS name, an address behind NAT) every listener on the port
@@ -69,7 +77,7 @@ _CMDLINE_LIMIT = 160
 # "ports": [...], "address": "..."}; prints one JSON line. Python 3.6+ and
 # /proc only. A holder's command line is cut short: it goes into messages.
 OWNER_SCRIPT = r"""
-import json, os, socket, sys
+import json, os, socket, struct, sys
 
 MAPPED = b"\0" * 10 + b"\xff\xff"
 WILD = (MAPPED + b"\0" * 4, b"\0" * 16)
@@ -128,7 +136,64 @@ def target(address):
     return None
 
 def listeners(ports, want):
+    try:
+        table = listening_diag()
+    except (OSError, ValueError, struct.error):
+        table = listening_proc()
     found = []
+    for raw, port, inode, uid in table:
+        if port not in ports:
+            continue
+        if want is not None and raw != want and raw not in WILD:
+            continue
+        if raw.startswith(MAPPED):
+            text = socket.inet_ntop(socket.AF_INET, raw[12:])
+        else:
+            text = socket.inet_ntop(socket.AF_INET6, raw)
+        found.append({"address": text, "port": port, "inode": inode, "uid": uid})
+    return found
+
+def listening_diag():
+    # NETLINK_SOCK_DIAG asks the kernel for listening TCP sockets only:
+    # /proc/net/tcp lists every socket, TIME_WAIT included (thousands on a
+    # busy host, milliseconds to read), to keep the few in state LISTEN.
+    table = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4) as nl:
+        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
+            # inet_diag_req_v2: family, protocol, ext, pad, states (1 << TCP_LISTEN), sockid
+            request = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 1 << 10)
+            request += b"\0" * 48
+            # nlmsghdr: SOCK_DIAG_BY_FAMILY (20), NLM_F_REQUEST | NLM_F_DUMP
+            nl.send(struct.pack("=IHHII", 16 + len(request), 20, 0x301, seq, 0) + request)
+            done = False
+            while not done:
+                data = nl.recv(1 << 16)
+                if not data:
+                    raise OSError("sock_diag closed")
+                at = 0
+                while at + 16 <= len(data):
+                    size, kind = struct.unpack_from("=IH", data, at)
+                    if size < 16:
+                        raise ValueError("sock_diag: short message")
+                    if kind == 3:  # NLMSG_DONE
+                        done = True
+                        break
+                    if kind == 2:  # NLMSG_ERROR
+                        raise OSError("sock_diag refused")
+                    body = at + 16
+                    # inet_diag_msg: family, state, timer, retrans, sockid
+                    # (sport, dport, src[16], dst[16], if, cookie), expires,
+                    # rqueue, wqueue, uid, inode
+                    port = struct.unpack_from("!H", data, body + 4)[0]
+                    src = data[body + 8:body + 24]
+                    uid, inode = struct.unpack_from("=II", data, body + 64)
+                    raw = MAPPED + src[:4] if data[body] == socket.AF_INET else src
+                    table.append((raw, port, inode, uid))
+                    at += (size + 3) & ~3
+    return table
+
+def listening_proc():
+    table = []
     for name, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
         try:
             with open(name) as f:
@@ -140,34 +205,57 @@ def listeners(ports, want):
             if len(fields) < 10 or fields[3] != "0A":
                 continue
             hexaddr, _, hexport = fields[1].partition(":")
-            port = int(hexport, 16)
-            if port not in ports:
-                continue
             raw = b"".join(
                 int(hexaddr[i:i + 8], 16).to_bytes(4, sys.byteorder)
                 for i in range(0, len(hexaddr), 8)
             )
             if not v6:
                 raw = MAPPED + raw
-            if want is not None and raw != want and raw not in WILD:
-                continue
-            if raw.startswith(MAPPED):
-                text = socket.inet_ntop(socket.AF_INET, raw[12:])
-            else:
-                text = socket.inet_ntop(socket.AF_INET6, raw)
-            found.append({"address": text, "port": port, "inode": int(fields[9]),
-                          "uid": int(fields[7])})
-    return found
+            table.append((raw, int(hexport, 16), int(fields[9]), int(fields[7])))
+    return table
 
-def main():
-    args = json.loads(sys.argv[1])
-    roots = [(int(p), s if s is None else int(s)) for p, s in args["roots"]]
+def children_of(pid):
+    kids = []
+    try:
+        for tid in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/children" % (pid, tid)) as f:
+                kids.extend(int(n) for n in f.read().split())
+    except (OSError, ValueError):
+        return None
+    return kids
+
+def descendants(roots):
+    # pid -> stat of the roots and what the kernel lists as their children,
+    # down the tree: a few files instead of every process on the host. The
+    # lists can omit a child while a sibling exits (proc_tid_children(5)),
+    # so main() trusts what they show, never what they leave out.
+    procs, todo = {}, []
+    for pid, _ in roots:
+        st = stat(pid)
+        if st is not None:
+            procs[pid] = st
+            todo.append(pid)
+    while todo:
+        kids = children_of(todo.pop())
+        if kids is None:
+            return None
+        for kid in kids:
+            if kid not in procs:
+                st = stat(kid)
+                if st is not None:
+                    procs[kid] = st
+                    todo.append(kid)
+    return procs
+
+def everything():
     procs = {}
-    if roots:
-        for pid in pids():
-            st = stat(pid)
-            if st is not None:
-                procs[pid] = st
+    for pid in pids():
+        st = stat(pid)
+        if st is not None:
+            procs[pid] = st
+    return procs
+
+def family(procs, roots, whole):
     seen, alive = [], set()
     for pid, start in roots:
         st = procs.get(pid)
@@ -178,7 +266,8 @@ def main():
         if ok:
             alive.add(pid)
     members = set(alive)
-    members.update(p for p, st in procs.items() if st[2] in alive or st[3] in alive)
+    if whole:
+        members.update(p for p, st in procs.items() if st[2] in alive or st[3] in alive)
     children = {}
     for p, st in procs.items():
         children.setdefault(st[1], []).append(p)
@@ -188,32 +277,59 @@ def main():
             if child not in members:
                 members.add(child)
                 todo.append(child)
-    found = listeners(set(args["ports"]), target(args["address"]))
-    inodes = set(l["inode"] for l in found)
+    return seen, members
+
+def held(members, inodes):
     holders, ours, blind = {}, set(), set()
     for pid in members:
-        held = sockets(pid)
-        if held is None:
+        found = sockets(pid)
+        if found is None:
             try:
                 blind.add(os.stat("/proc/%d" % pid).st_uid)
             except OSError:
                 pass
             continue
-        for inode in held & inodes:
+        for inode in found & inodes:
             ours.add(inode)
             holders.setdefault(inode, []).append(pid)
+    return holders, ours, blind
+
+def main():
+    args = json.loads(sys.argv[1])
+    roots = [(int(p), s if s is None else int(s)) for p, s in args["roots"]]
+    ports = set(args["ports"])
+    found = listeners(ports, target(args["address"])) if ports else []
+    inodes = set(l["inode"] for l in found)
+    # First the roots' own subtrees. That answer stands when it is complete
+    # by what it shows: every live root has a child to pin, and every
+    # listener is held by one of them. Anything else (a root with no child
+    # listed, a socket someone else may hold) is decided by the whole scan:
+    # the roots' groups and sessions too, and every holder's name.
+    procs = descendants(roots) if roots else {}
+    if procs is not None:
+        seen, members = family(procs, roots, False)
+        holders, ours, blind = held(members, inodes)
+        if all(r["kids"] or not r["alive"] for r in seen) and ours == inodes:
+            report(found, seen, holders, ours, blind, 0)
+            return
+    procs = everything() if roots else {}
+    seen, members = family(procs, roots, True)
+    holders, ours, blind = held(members, inodes)
     hidden = 0
     missing = inodes - ours
     if missing:
         for pid in pids():
             if pid in members or pid == os.getpid():
                 continue
-            held = sockets(pid)
-            if held is None:
+            sockets_held = sockets(pid)
+            if sockets_held is None:
                 hidden += 1
                 continue
-            for inode in held & missing:
+            for inode in sockets_held & missing:
                 holders.setdefault(inode, []).append(pid)
+    report(found, seen, holders, ours, blind, hidden)
+
+def report(found, seen, holders, ours, blind, hidden):
     for l in found:
         l["by_uid"] = (l["inode"] not in ours and l["inode"] not in holders
                        and l["uid"] in blind)

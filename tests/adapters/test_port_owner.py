@@ -8,6 +8,7 @@ that a supervised process that dies ends the gate at once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -25,7 +26,7 @@ from adapters.connectors.base import CommandResult, Connector
 from adapters.connectors.ssh import SSHConnector
 from adapters.health import HealthGate, ProcessGone, ProcessWatch, http_probe, port_conflicts
 from adapters.health.gate import GateResult
-from adapters.health.owner import Ownership, OwnerUnknown, observe
+from adapters.health.owner import OWNER_SCRIPT, Ownership, OwnerUnknown, observe
 from adapters.health.probes import ProbeResult
 from adapters.supervisors import DirectSupervisor, ProcessSpec
 from tests.sshd import SSHTestHost
@@ -113,6 +114,53 @@ def test_our_process_group_owns_the_socket_and_passes(
     watch = ProcessWatch(connector, "api", state.pid, state.start, port=port, address=address)
     result = gate().run(lambda: http_probe(address, port, "/healthz"), watch=watch)
     assert result.passed, result.reason
+
+
+def test_a_server_left_in_our_group_by_its_exiting_parent_is_still_ours(
+    host: tuple[Connector, str, Path],
+    supervised: Callable[[str], ProcessSpec],
+) -> None:
+    """Not a descendant any more (reparented), but in the wrapper's process
+    group: the quick look down the children lists cannot see it, so the
+    whole scan must, as before it existed."""
+    connector, address, root = host
+    port = free_port(address)
+    (root / "healthz").write_text("ok\n")
+    state = DirectSupervisor(connector, str(root)).start(
+        supervised(f"(python3 -m http.server {port} --bind {address} &) ; sleep 30")
+    )
+    assert state.pid is not None
+    wait_listening(address, port)
+    seen = observe(connector, [(state.pid, state.start)], [port], address)
+    assert [listener.ours for listener in seen.listeners] == [True]
+    assert not seen.strangers()
+
+
+def test_the_kernels_listening_table_matches_proc_net_tcp() -> None:
+    """The owner script asks sock_diag for listeners; /proc/net/tcp is its
+    fallback. Both must read the same sockets the same way."""
+    source = OWNER_SCRIPT.rsplit("LIMIT = int(sys.argv[2])", 1)[0]
+    namespace: dict[str, Any] = {"__name__": "owner"}
+    exec(compile(source, "<owner>", "exec"), namespace)
+    opened = [socket.socket(socket.AF_INET)]
+    opened[0].bind(("127.0.0.1", 0))
+    if socket.has_ipv6:
+        with contextlib.suppress(OSError):
+            v6 = socket.socket(socket.AF_INET6)
+            opened.append(v6)
+            v6.bind(("::1", 0))
+    with contextlib.ExitStack() as stack:
+        for sock in opened:
+            stack.enter_context(sock)
+            if sock.getsockname()[1]:
+                sock.listen()
+        ports = {sock.getsockname()[1] for sock in opened if sock.getsockname()[1]}
+        inodes = {os.fstat(sock.fileno()).st_ino for sock in opened if sock.getsockname()[1]}
+        from_diag = [row for row in namespace["listening_diag"]() if row[1] in ports]
+        from_proc = [row for row in namespace["listening_proc"]() if row[1] in ports]
+    assert sorted(from_diag) == sorted(from_proc)
+    assert {row[2] for row in from_diag} == inodes
+    assert all(row[3] == os.getuid() for row in from_diag)
 
 
 def test_a_stranger_answering_for_a_live_process_is_no_pass(
