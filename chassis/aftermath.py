@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from chassis.checkpoints import checkpoint_after, checkpoint_origin, open_log, sync_log
 from chassis.errors import ChassisError
-from chassis.export import export_after
 from chassis.receipts import LedgerPosition, StoredReceipt, issue_pending
 from chassis.stack.schema import ExportSpec
 from chassis.workspace import Workspace
@@ -52,7 +51,10 @@ def settle(
 
     def exported() -> None:
         settings = export()
-        if settings is not None:
+        if settings is not None and settings.auto and settings.to:
+            # The export plane (urllib, the outbox) loads only where it is on.
+            from chassis.export import export_after
+
             export_after(ledger, ws, settings, note)
 
     for name, action in (("checkpoint", checkpoint), ("receipts", receipts), ("export", exported)):
