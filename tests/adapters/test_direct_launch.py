@@ -5,6 +5,7 @@ leaves a pidfile naming what it started, so recover and stop can find it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -79,6 +80,8 @@ def test_the_pidfile_is_written_before_anything_is_printed(tmp_path: Path) -> No
         assert state.release_id == spec.release_id
     finally:
         if state.pid:
-            os.killpg(state.pid, signal.SIGKILL)
+            # Gone already is fine: what this test claims was checked above.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(state.pid, signal.SIGKILL)
         else:  # the old order: find what it started and stop it anyway
             subprocess.run(["pkill", "-f", "chassis-api"], check=False)
