@@ -18,8 +18,10 @@ and its reply ``{"id": N, "exit": CODE, "stdout": BASE64, "stderr": BASE64,
 A request with ``"python": SOURCE`` and ``"argv": [...]`` instead of a
 command runs one of Chassis' own host programs (the archive reader, the
 port-owner check, the group stop) as ``python3 -I -c SOURCE ARGV...`` would,
-without paying for an interpreter's start: a *fork server* (one interpreter
-the runner starts once, single-threaded, so forking it is safe) forks a child
+without paying for an interpreter's start: a *fork server* (a child the
+runner forks from itself at its start, before it has a thread, so it costs
+no interpreter either; a new interpreter where that failed or the server
+died; single-threaded, so forking it is safe) forks a child
 per program, which runs it as ``__main__`` on pipes the runner passed along
 (``SCM_RIGHTS`` over a socket pair), while the server reports the child's pid
 and, once it has reaped it, its exit status. A fork costs the host a few
@@ -249,20 +251,76 @@ class Forked:
         return bytes(self._output[self._order[0]]), bytes(self._output[self._order[1]])
 
 
-class ForkServer:
-    """The client of one fork server (:data:`FORK_SERVER`) run by ``python``."""
+class _ForkedServer:
+    """The fork server as a forked child of this process: what ``Popen``
+    gives for an exec'd one, as far as :class:`ForkServer` uses it."""
 
-    def __init__(self, python: str = sys.executable) -> None:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:  # (os.waitstatus_to_exitcode is 3.9+; hosts may have 3.8)
+                self.returncode = (
+                    os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
+                )
+            elif time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired("fork server", timeout)
+            else:
+                time.sleep(0.01)
+        return self.returncode
+
+
+def _serve_forks(theirs: socket.socket) -> None:
+    """In a child forked from a single-threaded runner: be the fork server.
+    Never returns."""
+    try:
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # never the runner's channel
+            os.dup2(null, fd)
+        sys.argv = ["-c", str(theirs.fileno())]
+        program = compile(FORK_SERVER, "<chassis fork server>", "exec")
+        # Our own constant source, as ``python3 -c FORK_SERVER`` would run it.
+        exec(program, {"__name__": "__main__", "__builtins__": __builtins__})  # noqa: S102
+    finally:
+        os._exit(0)
+
+
+class ForkServer:
+    """The client of one fork server (:data:`FORK_SERVER`) run by ``python``.
+
+    With ``fork=True`` the server is a forked child of this process instead
+    of a new interpreter: the runner does that at its start, while it has no
+    thread yet (forking is only safe then), and saves the host an
+    interpreter's start per connection."""
+
+    def __init__(self, python: str = sys.executable, *, fork: bool = False) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.process: subprocess.Popen[bytes] | _ForkedServer
         try:
-            self.process = subprocess.Popen(
-                [python, "-I", "-c", FORK_SERVER, str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            if fork:
+                pid = os.fork()
+                if pid == 0:
+                    ours.close()
+                    _serve_forks(theirs)
+                self.process = _ForkedServer(pid)
+            else:
+                self.process = subprocess.Popen(
+                    [python, "-I", "-c", FORK_SERVER, str(theirs.fileno())],
+                    pass_fds=(theirs.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
         except BaseException:
             ours.close()
             raise
@@ -439,7 +497,10 @@ def main() -> None:
     running: dict[int, Process] = {}
     workers: list[threading.Thread] = []
     _send({"hello": HELLO, "pid": os.getpid()})
-    fork_server()  # started before the first program needs it
+    # Started before the first program needs it, and forked while this
+    # process has no other thread: no second interpreter to start.
+    with _servers_lock, contextlib.suppress(OSError):  # else fork_server() execs one
+        _servers[sys.executable] = ForkServer(sys.executable, fork=True)
     for line in sys.stdin:
         try:
             request = json.loads(line)

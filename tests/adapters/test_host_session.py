@@ -41,6 +41,28 @@ def test_commands_run_under_one_runner_not_one_session_each(connector: SSHConnec
     assert leader[0] == leader[1]
 
 
+def test_host_programs_run_in_a_fork_of_the_runner_not_a_new_interpreter(
+    connector: SSHConnector,
+) -> None:
+    """The runner forks its fork server before it starts any thread: a
+    program's parent is that server, whose command line is the runner's own
+    (an interpreter started for it would read ``python3 -I -c ...``)."""
+    connector.run("true", check=True)
+    runner = _runner_pid(connector)
+    program = "import os; print(os.getppid())"
+    server = int(connector.run_python(program, [], display="program").stdout)
+    assert server != runner
+    cmdlines = connector.run(
+        f"cat /proc/{runner}/cmdline | md5sum; cat /proc/{server}/cmdline | md5sum; "
+        f"cut -d' ' -f4 /proc/{server}/stat",
+        check=True,
+    ).stdout.split()
+    assert cmdlines[0] == cmdlines[2], "the fork server is a new interpreter"
+    assert int(cmdlines[4]) == runner  # its parent: the runner
+    again = int(connector.run_python(program, [], display="program").stdout)
+    assert again == server  # one server per connection
+
+
 def test_stdin_exit_status_and_stderr_come_back(connector: SSHConnector) -> None:
     result = connector.run("tr a-z A-Z; echo oops >&2; exit 3", stdin=b"hello")
     assert (result.exit_code, result.stdout, result.stderr) == (3, "HELLO", "oops\n")
