@@ -52,7 +52,8 @@ def test_the_launch_command_itself_writes_the_pidfile(tmp_path: Path) -> None:
         state = DirectSupervisor(connector, str(root)).state("api")
         assert state.running and state.pid == pid and state.release_id == spec.release_id
     finally:
-        os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # gone already: nothing to clean
+            os.killpg(pid, signal.SIGKILL)
 
 
 def test_the_pidfile_is_written_before_anything_is_printed(tmp_path: Path) -> None:
