@@ -51,7 +51,7 @@ def settle(
 
     def exported() -> None:
         settings = export()
-        if settings is not None and settings.auto and settings.to:
+        if settings is not None and settings.auto_destination is not None:
             # The export plane (urllib, the outbox) loads only where it is on.
             from chassis.export import export_after
 

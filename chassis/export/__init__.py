@@ -145,12 +145,13 @@ def export_after(ledger: Ledger, ws: Workspace, settings: ExportSpec | None, not
     Never raises: the command already succeeded, and whatever is not
     delivered stays queued for the next command or ``chassis receipts export``.
     """
-    if settings is None or not settings.auto or not settings.to:
+    to = settings.auto_destination if settings is not None else None
+    if settings is None or to is None:
         return
     timeout_s = settings.timeout_ms / 1000
-    key = settings.to
+    key = to
     try:
-        destination = parse_destination(settings.to, ws.root)
+        destination = parse_destination(to, ws.root)
         key = destination.key
         outbox = Outbox(ledger)
         start = outbox.position(key, settings.format)

@@ -167,3 +167,9 @@ class ExportSpec(_Table, kw_only=True, frozen=True, forbid_unknown_fields=True):
     auto: bool = False
     """Export new receipts after every signing command."""
     timeout_ms: int = 2000
+
+    @property
+    def auto_destination(self) -> str | None:
+        """Where receipts go after every signing command: ``to`` when ``auto``
+        is on and names a destination, else None (nothing is exported)."""
+        return self.to if self.auto and self.to else None
