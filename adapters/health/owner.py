@@ -281,6 +281,8 @@ def family(procs, roots, whole):
 
 def held(members, inodes):
     holders, ours, blind = {}, set(), set()
+    if not inodes:
+        return holders, ours, blind  # no listener asked about: no descriptor to read
     for pid in members:
         found = sockets(pid)
         if found is None:
