@@ -363,12 +363,14 @@ class Ledger(Application[UUID]):
         try:
             with recorder.datastore.transaction(commit=False) as cursor:
                 if self.config.kind == "sqlite":
+                    _plain_rows(cursor)
                     cursor.execute(
                         f"SELECT rowid, substr(state, 12, 64) FROM {table} "  # noqa: S608
                         "WHERE rowid > ? ORDER BY rowid LIMIT ?",
                         (position, limit),
                     )
-                    return [(int(r[0]), bytes(r[1])) for r in cursor.fetchall()]
+                    rows: list[tuple[int, bytes]] = cursor.fetchall()
+                    return rows
                 cursor.execute(
                     "SELECT notification_id, substring(state from 12 for 64) AS digest "  # noqa: S608
                     f'FROM "{self.config.schema}"."{table}" WHERE notification_id > %s '
@@ -390,8 +392,10 @@ class Ledger(Application[UUID]):
                     "WHERE " + where.replace("{position}", "rowid")
                 )
                 with recorder.datastore.transaction(commit=False) as cursor:
+                    _plain_rows(cursor)
                     cursor.execute(sql, params)
-                    return [tuple(r) for r in cursor.fetchall()]
+                    raw: list[RawRow] = cursor.fetchall()
+                    return raw
             sql = (
                 "SELECT notification_id, originator_id, originator_version, topic, state "  # noqa: S608
                 f'FROM "{self.config.schema}"."{table}" WHERE '
@@ -539,3 +543,10 @@ class Ledger(Application[UUID]):
                 attempt += 1
                 continue
             return aggregate
+
+
+def _plain_rows(cursor: Any) -> None:
+    """Have an SQLite cursor of eventsourcing's give plain tuples: its
+    connections make ``sqlite3.Row`` objects, which cost a bulk read about
+    a tenth of its time and are copied to tuples anyway."""
+    cursor.sqlite_cursor.row_factory = None
