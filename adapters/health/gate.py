@@ -3,7 +3,11 @@
 A release becomes active only after its gate passes (DESIGN.md §6). The gate
 calls a probe every ``interval_ms`` (measured from the start of one attempt to
 the start of the next), counts consecutive passes (a failure resets the
-count), and passes as soon as the count reaches ``passes``. No attempt starts
+count), and passes as soon as the count reaches ``passes``. Until something
+first listens (every attempt so far was refused: the server is still
+starting), the next attempt comes sooner: after ``READY_RETRY_MS``, doubling
+each time, never later than ``interval_ms`` (a refused attempt is still a
+failure). No attempt starts
 after ``window_ms`` from the first one; the gate then fails with a reason that
 names the last failure. The clock and sleep are injectable, so tests can
 simulate time; everything recorded is an int or a string.
@@ -42,6 +46,10 @@ __all__ = [
 ]
 
 KEEP_RESULTS = 10
+READY_RETRY_MS = 10
+"""The first retry after a refused connection while nothing has listened yet.
+A server that starts in 30 ms is then seen at 30 ms, not one whole interval
+later (the probe costs one local ``connect``)."""
 
 
 class ProcessGone(Exception):
@@ -138,7 +146,8 @@ class HealthGate:
         started = self._clock()
         deadline = started + self.window_ms / 1000
         results: deque[ProbeResult] = deque(maxlen=self._keep)
-        attempts = consecutive = 0
+        attempts = consecutive = refusals = 0
+        listened = False  # has any attempt reached a listener?
         last_failure: ProbeResult | None = None
         while True:
             attempt_at = self._clock()
@@ -190,7 +199,14 @@ class HealthGate:
                     f"in {elapsed_ms} ms",
                     elapsed_ms,
                 )
-            next_at = attempt_at + interval
+            step = interval
+            if result.refused and not listened:
+                sooner = READY_RETRY_MS / 1000 * 2**refusals
+                if sooner < interval:
+                    step, refusals = sooner, refusals + 1
+            else:
+                listened = True
+            next_at = attempt_at + step
             if next_at > deadline or self._clock() >= deadline:
                 failure = (
                     f"; last failure: {last_failure.detail}"

@@ -41,6 +41,9 @@ class ProbeResult:
     ok: bool
     detail: str
     elapsed_ms: int
+    refused: bool = False
+    """Nothing listened: the connection was refused (the server is not up yet,
+    or no longer); the gate looks again sooner until something first listens."""
 
     def __post_init__(self) -> None:
         if type(self.elapsed_ms) is not int or self.elapsed_ms < 0:
@@ -96,7 +99,9 @@ def http_probe(
         body = response.read(BODY_LIMIT) if body_contains is not None else b""
         status = response.status
     except (OSError, http.client.HTTPException) as e:
-        return ProbeResult(False, f"GET {url}: {_os_cause(e, timeout_ms)}", _ms_since(started))
+        refused = isinstance(e, ConnectionRefusedError)
+        detail = f"GET {url}: {_os_cause(e, timeout_ms)}"
+        return ProbeResult(False, detail, _ms_since(started), refused=refused)
     finally:
         conn.close()
     elapsed = _ms_since(started)
@@ -119,7 +124,9 @@ def tcp_probe(host: str, port: int, *, timeout_ms: int = 2000) -> ProbeResult:
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as e:
-        return ProbeResult(False, f"tcp {target}: {_os_cause(e, timeout_ms)}", _ms_since(started))
+        refused = isinstance(e, ConnectionRefusedError)
+        detail = f"tcp {target}: {_os_cause(e, timeout_ms)}"
+        return ProbeResult(False, detail, _ms_since(started), refused=refused)
     return ProbeResult(True, f"tcp {target}: connected", _ms_since(started))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -131,6 +132,52 @@ def test_a_probe_that_raises_is_a_failed_attempt() -> None:
     )
 
 
+def refusing(t: FakeTime, outcomes: str) -> Callable[[], ProbeResult]:
+    """A probe answering from ``outcomes``: 'r' refused, '-' answered but
+    failed, '+' passed; then passing forever."""
+    answers = iter(outcomes)
+
+    def probe() -> ProbeResult:
+        kind = next(answers, "+")
+        if kind == "r":
+            return ProbeResult(False, "connection refused", 0, refused=True)
+        return ProbeResult(kind == "+", "status 200" if kind == "+" else "status 503", 0)
+
+    return probe
+
+
+def test_while_nothing_listens_the_gate_looks_again_sooner() -> None:
+    t = FakeTime()
+    result = gate(t, interval_ms=100, passes=1, window_ms=30000).run(refusing(t, "rrr"))
+    assert result.passed and result.attempts == 4
+    assert t.sleeps == pytest.approx([0.01, 0.02, 0.04])  # seen at 70 ms, not at 300
+    assert result.elapsed_ms == 70
+
+
+def test_the_sooner_looks_double_up_to_the_interval() -> None:
+    t = FakeTime()
+    result = gate(t, interval_ms=25, passes=2, window_ms=30000).run(refusing(t, "rrrr"))
+    assert result.passed
+    assert t.sleeps == pytest.approx([0.01, 0.02, 0.025, 0.025, 0.025])
+
+
+def test_once_something_listened_a_refusal_waits_the_whole_interval() -> None:
+    t = FakeTime()
+    result = gate(t, interval_ms=100, passes=2, window_ms=30000).run(refusing(t, "r-rr+"))
+    assert result.passed
+    # After the 503 (something listened) a refused server may be restarting:
+    # the gate keeps its interval, as for any other failure.
+    assert t.sleeps == pytest.approx([0.01, 0.1, 0.1, 0.1, 0.1])
+
+
+def test_refusals_still_fail_the_gate_when_the_window_ends() -> None:
+    t = FakeTime()
+    result = gate(t, interval_ms=100, passes=1, window_ms=1000).run(refusing(t, "r" * 100))
+    assert not result.passed
+    assert result.reason.endswith("last failure: connection refused")
+    assert t.now - 100.0 <= 1.0
+
+
 def test_results_hold_ints_and_strings_only() -> None:
     t = FakeTime()
     result: GateResult = gate(t, interval_ms=333, passes=2, window_ms=1000).run(
@@ -211,6 +258,16 @@ def test_http_probe_fails_when_refused(closed_port: tuple[str, int]) -> None:
     address, port = closed_port
     result = http_probe(address, port, timeout_ms=500)
     assert not result.ok and result.detail.endswith("connection refused")
+    assert result.refused
+
+
+def test_only_a_refused_connection_counts_as_nothing_listening(
+    server: int, silent_listener: tuple[str, int], closed_port: tuple[str, int]
+) -> None:
+    assert not http_probe("127.0.0.1", server, "/health", expect_status=204).refused
+    assert not http_probe(*silent_listener, timeout_ms=100).refused
+    assert not tcp_probe("127.0.0.1", server).refused
+    assert tcp_probe(*closed_port, timeout_ms=500).refused
 
 
 def test_http_probe_times_out_on_a_silent_server(silent_listener: tuple[str, int]) -> None:
@@ -283,6 +340,26 @@ def test_real_gate_passes_against_a_real_server(server: int) -> None:
     gate = HealthGate(check.interval_ms, check.timeout_ms, check.passes, check.window_ms)
     result = gate.run(probe_for(check, "127.0.0.1", LocalConnector("local-1")))
     assert result.passed and result.attempts == 3
+
+
+def test_real_gate_sees_a_server_that_starts_listening_within_one_interval() -> None:
+    """The port opens ~50 ms after the gate starts. With a 5 s interval and a
+    2 s window the gate gets one look at the old pace (refused, then the
+    window is over); looking again sooner while refused, it passes."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    opened = threading.Timer(0.05, lambda: listener.listen(8))
+    gate = HealthGate(interval_ms=5000, timeout_ms=500, passes=1, window_ms=2000)
+    try:
+        opened.start()
+        result = gate.run(lambda: tcp_probe("127.0.0.1", port, timeout_ms=500))
+    finally:
+        opened.cancel()
+        listener.close()
+    assert result.passed, result.reason
+    assert result.attempts >= 2
+    assert result.results[0].refused and result.results[-1].ok
 
 
 def test_real_gate_fails_against_a_closed_port(closed_port: tuple[str, int]) -> None:
