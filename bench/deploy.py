@@ -12,7 +12,7 @@ with the environment a user has. For every host count N (default 1, 4 and
 8; ``--quick`` 1 and 4) it uses N real sshd hosts on loopback (127.0.0.31,
 .32, …; as many as the largest N are started once, and every host count uses
 the first N of them, each tool and round in its own root directory on each
-host) and has three tools do the same job on all N hosts in parallel:
+host) and has the tools do the same job on all N hosts in parallel:
 
 1. **chassis** — ``<venv>/bin/chassis deploy bench --env lab --profile spread
    --release vK --max-parallel N --json``: the installed console script, run
@@ -28,13 +28,16 @@ host) and has three tools do the same job on all N hosts in parallel:
    ledger projections adapters proofs``, what ``make compile`` runs; an
    editable install never is, and ``PYTHONDONTWRITEBYTECODE`` would keep it
    so), so the figure is a compiled start, as an installed wheel has.
-2. **bare fabric** (in this process, so it pays no interpreter start and no
-   ``import fabric``; ``python -c "import fabric"`` is timed beside the no-op
-   to show what a script of its own would add): one
-   thread and one fabric ``Connection`` per host; put the bundle, check its
-   sha256 on the host, unpack it into ``releases/<id>``, stop the old process
-   (pidfile), start the new one detached, poll ``/healthz`` until 200, swap
-   the ``current`` symlink. No ledger. The floor any deploy tool pays.
+2. **bare fabric** — ``python bench/bare_fabric.py JOB.json``, timed as a
+   whole command like the others (interpreter start and ``import fabric``
+   included, as the issue's own table timed it): one thread and one fabric
+   ``Connection`` per host; put the bundle, check its sha256 on the host,
+   unpack it into ``releases/<id>``, stop the old process (pidfile), start
+   the new one detached, poll ``/healthz`` every 100 ms until 200, swap the
+   ``current`` symlink. No ledger. The floor any deploy tool pays. The same
+   code is also called in this process (**fabric, in-process**: no start,
+   no import; its own roots and ports) and shown beside it, judged against
+   no budget: the floor without a start.
 3. **ansible-playbook** (ansible-core, a subprocess, timed like chassis): the
    same tasks with ``copy``, ``stat`` (sha256), ``unarchive``, ``shell``
    (pkill by pidfile; nohup start), ``uri`` (retries) and ``file`` (symlink);
@@ -49,7 +52,7 @@ upgrades v2, v3, … v(R+1), each tool once per round; **no-op** — R more
 ``chassis deploy`` of the release that is already active (Chassis answers
 ``noop``; budget <= 0.5 s), timed beside ``python -c pass``, ``python -c
 "import fabric"`` and ``chassis --version`` (the interpreter's, a fabric
-script's and the CLI's bare start). The order of the three tools rotates
+script's and the CLI's bare start). The order of the tools rotates
 from one round to the next. After every deploy, untimed, each host's
 ``/healthz`` must name the new version and its ``current`` link must point at
 it (after a no-op: still the active one). A second table splits each chassis
@@ -97,7 +100,6 @@ import json
 import os
 import platform
 import re
-import shlex
 import shutil
 import signal
 import socket
@@ -110,7 +112,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -123,10 +124,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-import fabric  # noqa: E402
-import paramiko  # noqa: E402
-
+from bench import bare_fabric  # noqa: E402
 from bench._sshd_hosts import SSHDUnavailable, bench_hosts  # noqa: E402
+from bench.bare_fabric import WAIT_EXITED  # noqa: E402
 from chassis.config.env import EnvVars  # noqa: E402
 from chassis.connect import pin_host_key  # noqa: E402
 from chassis.engine.releases import add_release  # noqa: E402
@@ -148,12 +148,14 @@ HEALTH_INTERVAL_S = 0.1
 HEALTH_WINDOW_S = 15.0
 HEALTH_TIMEOUT_S = 2.0
 CONNECT_TIMEOUT_S = 10.0
-TOOLS = ("fabric", "chassis", "ansible")
+TOOLS = ("fabric", "chassis", "ansible", "fabric-inproc")
 COLUMNS = {
     "chassis": "chassis",
     "fabric": "bare fabric script",
+    "fabric-inproc": "fabric, in-process",
     "ansible": "ansible-playbook",
 }
+SCRIPT = Path(bare_fabric.__file__)
 PACKAGES = ("chassis", "ledger", "projections", "adapters", "proofs")
 """What ``make compile`` byte-compiles."""
 
@@ -230,19 +232,6 @@ def http_get(address: str, port: int, path: str = "/healthz") -> tuple[int, str]
         return e.code, e.read().decode(errors="replace")
     except OSError as e:
         return 0, str(e)
-
-
-def wait_healthy(address: str, port: int) -> None:
-    """Poll ``/healthz`` every 100 ms until it answers 200 (the bare script's gate)."""
-    deadline = time.monotonic() + HEALTH_WINDOW_S
-    while True:
-        started = time.monotonic()
-        status, body = http_get(address, port)
-        if status == 200:
-            return
-        if started + HEALTH_INTERVAL_S > deadline:
-            raise ToolFailed(f"{address}:{port}/healthz never answered 200 (last: {status} {body})")
-        time.sleep(max(0.0, started + HEALTH_INTERVAL_S - time.monotonic()))
 
 
 def check_deployed(tool: str, targets: list[Target], release: Release) -> None:
@@ -499,81 +488,68 @@ class ChassisTool:
 # ------------------------------------------------------------- bare fabric
 
 
-# Wait until process $pid has exited. A zombie counts as exited: on this
-# machine PID 1 reaps orphans only about once a second, so `kill -0` alone
-# would add a second to every stop (Chassis' supervisor skips zombies too).
-WAIT_EXITED = (
-    "while { IFS= read -r st < /proc/$pid/stat; } 2>/dev/null && st=${st##*) } && "
-    '[ "${st%% *}" != Z ]; do sleep 0.05; done;'
-)
-
-
-def bare_fabric_host(target: Target, release: Release) -> None:
-    """Everything a deploy does on one host, with fabric and nothing else."""
-    h = target.host
-    conn = fabric.Connection(
-        host=h.address,
-        user=h.user,
-        port=h.port,
-        config=fabric.Config(ssh_config=paramiko.SSHConfig(), lazy=True),
-        connect_kwargs={
-            "key_filename": [str(h.client_key)],
-            "allow_agent": False,
-            "look_for_keys": False,
-            "timeout": CONNECT_TIMEOUT_S,
-        },
-    )
-    conn.client.load_host_keys(str(h.known_hosts))
-    conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    q = shlex.quote
-    root = str(target.root)
-    rel = f"{root}/releases/{release.dir_name}"
-    bundle = f"{rel}.tar.gz"
-    pidfile = f"{root}/run/api.pid"
-
-    def run(command: str) -> str:
-        return str(conn.run(command, hide=True, in_stream=False).stdout)
-
-    try:
-        run(f"mkdir -p {q(root + '/releases')} {q(root + '/run')} {q(root + '/logs')}")
-        conn.put(str(release.bundle), bundle)
-        found = run(f"sha256sum < {q(bundle)}").split()[0]
-        if found != release.sha256:
-            raise ToolFailed(f"{h.name}: uploaded bundle has sha256 {found}")
-        tmp = q(rel + ".unpack")
-        run(
-            f"rm -rf {tmp} && mkdir -p {tmp} && tar -xzf {q(bundle)} -C {tmp} && "
-            f"rm -rf {q(rel)} && mv {tmp} {q(rel)}"
-        )
-        run(
-            f"f={q(pidfile)}; if [ -f $f ]; then pid=$(cat $f); kill $pid 2>/dev/null; "
-            f"{WAIT_EXITED} rm -f $f; fi"
-        )
-        run(
-            f"cd {q(rel)} || exit 1; setsid nohup python3 app/api.py --port {target.port} "
-            f"--bind {h.address} >> {q(root + '/logs/api.log')} 2>&1 < /dev/null & "
-            f"echo $! > {q(pidfile)}"
-        )
-        wait_healthy(h.address, target.port)
-        link = q(root + "/current")
-        run(f"ln -sfn {q('releases/' + release.dir_name)} {link}.tmp && mv -T {link}.tmp {link}")
-    finally:
-        conn.close()
-
-
 class FabricTool:
-    name = "fabric"
+    """The bare fabric script (``bench/bare_fabric.py``): timed as a whole
+    command like the others (``in_process=False``, what the budgets compare
+    against, as the issue's own table did), or called in this process (the
+    floor without an interpreter start or ``import fabric``)."""
 
-    def __init__(self, targets: list[Target]) -> None:
+    def __init__(self, base: Path, targets: list[Target], *, in_process: bool) -> None:
+        self.name = "fabric-inproc" if in_process else "fabric"
         self.targets = targets
+        self.in_process = in_process
+        self.base = base / self.name
+        self.base.mkdir(parents=True)
+        self.runs = 0
+
+    def job(self, release: Release) -> dict[str, Any]:
+        return {
+            "hosts": [
+                {
+                    "name": t.host.name,
+                    "address": t.host.address,
+                    "user": t.host.user,
+                    "ssh_port": t.host.port,
+                    "client_key": str(t.host.client_key),
+                    "known_hosts": str(t.host.known_hosts),
+                    "root": str(t.root),
+                    "app_port": t.port,
+                }
+                for t in self.targets
+            ],
+            "release": {
+                "bundle": str(release.bundle),
+                "sha256": release.sha256,
+                "dir_name": release.dir_name,
+            },
+            "health": {
+                "interval_s": HEALTH_INTERVAL_S,
+                "window_s": HEALTH_WINDOW_S,
+                "timeout_s": HEALTH_TIMEOUT_S,
+            },
+            "connect_timeout_s": CONNECT_TIMEOUT_S,
+        }
 
     def deploy(self, release: Release) -> float:
-        started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=len(self.targets)) as pool:
-            futures = [pool.submit(bare_fabric_host, t, release) for t in self.targets]
-            for future in futures:
-                future.result()
-        return time.perf_counter() - started
+        job = self.job(release)
+        if self.in_process:
+            started = time.perf_counter()
+            try:
+                bare_fabric.deploy(job)
+            except bare_fabric.DeployFailed as e:
+                raise ToolFailed(str(e)) from None
+            return time.perf_counter() - started
+        self.runs += 1
+        job_file = self.base / f"{self.runs}-{release.version}.json"
+        job_file.write_text(json.dumps(job))
+        log = self.base / f"{self.runs}-{release.version}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHASSIS_")}
+        seconds, status = timed_process(
+            [sys.executable, SCRIPT, job_file], cwd=self.base, env=env, stdout=log
+        )
+        if status != 0:
+            raise ToolFailed(f"bare fabric script exited {status}: {log.read_text()[-500:]}")
+        return seconds
 
 
 # ----------------------------------------------------------------- ansible
@@ -958,7 +934,11 @@ def run_count(
         chassis = ChassisTool(base / f"r{r}", targets["chassis"], releases, cli)
         for key, value in chassis.setup.items():
             results.setup.setdefault(key, []).append(value)
-        tools = {"chassis": chassis, "fabric": FabricTool(targets["fabric"])}
+        tools = {
+            "chassis": chassis,
+            "fabric": FabricTool(base / f"r{r}", targets["fabric"], in_process=False),
+            "fabric-inproc": FabricTool(base / f"r{r}", targets["fabric-inproc"], in_process=True),
+        }
         if "ansible" not in results.unavailable:
             tools["ansible"] = AnsibleTool(base / f"r{r}", targets["ansible"])
         deploy_all("cold", f"cold {r}/{rounds}", tools, releases[0])
@@ -1107,6 +1087,13 @@ def report(found: list[CountResults], meta: dict[str, Any]) -> dict[str, Any]:
                     chassis_over_fabric_max(res.hosts),
                     at_least=False,
                 ),
+                # Shown beside it, judged against nothing: the script's own
+                # start (interpreter, import fabric) taken out of the floor.
+                "chassis_over_fabric_in_process": judged(
+                    per_round_ratio(times.get("chassis"), times.get("fabric-inproc")),
+                    None,
+                    at_least=False,
+                ),
                 "tool_order_per_round": res.orders.get(phase, []),
             }
         noop = spread(res.noop)
@@ -1186,8 +1173,17 @@ def print_text(data: dict[str, Any]) -> None:
     )
     print("  times: median [min–max] of the rounds; ratios: median of per-round ratios")
     print()
-    print_row(["hosts", "phase", *COLUMNS.values(), "ansible ÷ chassis", "chassis ÷ fabric"])
-    print_row(["---:", "---", "---:", "---:", "---:", "---:", "---:"])
+    print_row(
+        [
+            "hosts",
+            "phase",
+            *COLUMNS.values(),
+            "ansible ÷ chassis",
+            "chassis ÷ fabric",
+            "chassis ÷ fabric in-process",
+        ]
+    )
+    print_row(["---:", "---", *("---:" for _ in COLUMNS), "---:", "---:", "---:"])
     for count in data["host_counts"]:
         for phase in ("cold", "warm"):
             figures = count[phase]
@@ -1198,6 +1194,7 @@ def print_text(data: dict[str, Any]) -> None:
                     *(cell(figures["summary_s"].get(tool)) for tool in COLUMNS),
                     ratio_cell(figures["ansible_over_chassis"]),
                     ratio_cell(figures["chassis_over_fabric"]),
+                    ratio_cell(figures["chassis_over_fabric_in_process"]),
                 ]
             )
     print()
