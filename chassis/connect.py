@@ -1,4 +1,4 @@
-"""Connectors for registered hosts: local subprocesses or SSH (fabric).
+"""Connectors for registered hosts: local subprocesses or SSH (paramiko).
 
 SSH host keys are checked against the workspace's own known-hosts file
 (``.chassis/known_hosts``), never the operator's ``~/.ssh``: what a workspace
@@ -42,12 +42,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import fabric
-import paramiko
-from paramiko.hostkeys import HostKeyEntry
-
 from adapters.connectors.base import ADDRESS, ADDRESS_RULE, Connector
 from adapters.connectors.local import LocalConnector
+from adapters.connectors.paramiko_only import paramiko
 from adapters.connectors.ssh import (
     DEFAULT_IO_TIMEOUT,
     DEFAULT_KEEPALIVE_INTERVAL,
@@ -241,7 +238,7 @@ def pinned_keys(known_hosts: Path, address: str, port: int) -> list[PinnedKey]:
             continue
         entry = None
         with contextlib.suppress(Exception):
-            entry = HostKeyEntry.from_line(line.strip())
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(line.strip())
         if entry is None or entry.key is None:
             raise HostKeyPinError(
                 f"{known_hosts}: an entry for {host} cannot be read; remove it or re-pin "
@@ -377,8 +374,8 @@ class PinnedSSHConnector(SSHConnector):
         super().__init__(settings)
         self.ledger_pin = ledger_pin
 
-    def _connection(self) -> fabric.Connection:
-        if self._conn is None or not self._conn.is_connected:
+    def _connection(self) -> paramiko.SSHClient:
+        if not self._connected():
             s = self.settings
             if self.ledger_pin is not None:
                 try:

@@ -1,4 +1,4 @@
-"""Connectors: where commands run (``local`` subprocesses, ``ssh`` via fabric).
+"""Connectors: where commands run (``local`` subprocesses, ``ssh`` via paramiko).
 
 Both implement :class:`Connector`, so host operations are written once.
 """

@@ -1,9 +1,11 @@
-"""SSH connector on fabric: one connection per host, host keys always checked.
+"""SSH connector on paramiko: one connection per host, host keys always checked.
 
 Host keys come only from the workspace's known_hosts file (never
 ``~/.ssh/known_hosts``, never an agent or ``~/.ssh/config``). Commands run
-through a small subclass of fabric's ``Remote`` runner that fixes what the
-stock runner gets wrong for us:
+through the host's command runner (:mod:`adapters.connectors.host_session`);
+where a host has no ``python3`` for it, each command is an exec of its own,
+run by a small subclass of fabric's ``Remote`` runner (fabric and invoke are
+imported only then) that fixes what the stock runner gets wrong for us:
 
 - stdin is sent in one write (invoke forwards it one byte per 10 ms and
   decodes it as text, so binary input is mangled);
@@ -36,6 +38,7 @@ import codecs
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import io
 import os
@@ -50,11 +53,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
-import fabric
-import fabric.runners
-import paramiko
-from invoke.exceptions import CommandTimedOut, ThreadException
-
 from adapters.connectors.base import (
     DEFAULT_TIMEOUT,
     NEW_FILE_MODE,
@@ -64,6 +62,7 @@ from adapters.connectors.base import (
     temp_sibling,
 )
 from adapters.connectors.host_session import HostSession, SessionBroken
+from adapters.connectors.paramiko_only import paramiko
 from adapters.errors import (
     AuthenticationFailed,
     CommandFailed,
@@ -318,57 +317,69 @@ class _CheckHostKey(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
         )
 
 
-class _Runner(fabric.runners.Remote):  # type: ignore[misc]
-    """fabric's Remote with bulk binary stdin, chunk-safe UTF-8 and a reliable timeout."""
+@functools.cache
+def _exec_runner() -> type[Any]:
+    """fabric's ``Remote`` with bulk binary stdin, chunk-safe UTF-8 and a
+    reliable timeout: made on first use, so that fabric and invoke are
+    imported only for a host that cannot run the command runner."""
+    import fabric.runners  # the exec fallback only
 
-    stdin_data: bytes = b""
-    killed_by_timer = False
-    read_chunk_size = _CHUNK  # invoke reads 1000 bytes at a time
+    class Runner(fabric.runners.Remote):  # type: ignore[misc]
+        """fabric's Remote with bulk binary stdin, chunk-safe UTF-8 and a reliable timeout."""
 
-    def respond(self, buffer_: list[str]) -> None:
-        # We use no watchers; invoke's respond() joins the whole buffer on
-        # every chunk, which makes large outputs quadratic.
-        return
+        stdin_data: bytes = b""
+        killed_by_timer = False
+        read_chunk_size = _CHUNK  # invoke reads 1000 bytes at a time
 
-    def kill(self) -> None:
-        # Only invoke's timeout timer calls kill(). Record it here: invoke's own
-        # `timed_out` asks whether the timer thread is still alive, which races
-        # with the channel closing and then reports a timeout as exit -1.
-        self.killed_by_timer = True
-        super().kill()
+        def respond(self, buffer_: list[str]) -> None:
+            # We use no watchers; invoke's respond() joins the whole buffer on
+            # every chunk, which makes large outputs quadratic.
+            return
 
-    @property
-    def timed_out(self) -> bool:
-        return self.killed_by_timer
+        def kill(self) -> None:
+            # Only invoke's timeout timer calls kill(). Record it here: invoke's own
+            # `timed_out` asks whether the timer thread is still alive, which races
+            # with the channel closing and then reports a timeout as exit -1.
+            self.killed_by_timer = True
+            super().kill()
 
-    def handle_stdin(self, input_: IO[bytes], output: IO[str], echo: bool = False) -> None:
-        # One sendall then EOF; the command may exit without reading it all.
-        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-            if self.stdin_data:
-                self.channel.sendall(self.stdin_data)
-            self.channel.shutdown_write()
+        @property
+        def timed_out(self) -> bool:
+            return self.killed_by_timer
 
-    def read_proc_output(self, reader: Any) -> Iterator[str]:
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        while True:
-            data = reader(self.read_chunk_size)
-            if not data:
-                break
-            text = decoder.decode(data)
-            if text:
-                yield text
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            yield tail
+        def handle_stdin(self, input_: IO[bytes], output: IO[str], echo: bool = False) -> None:
+            # One sendall then EOF; the command may exit without reading it all.
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                if self.stdin_data:
+                    self.channel.sendall(self.stdin_data)
+                self.channel.shutdown_write()
+
+        def read_proc_output(self, reader: Any) -> Iterator[str]:
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            while True:
+                data = reader(self.read_chunk_size)
+                if not data:
+                    break
+                text = decoder.decode(data)
+                if text:
+                    yield text
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield tail
+
+    return Runner
 
 
 class SSHConnector(Connector):
-    """A host over SSH: one fabric ``Connection`` and one SFTP client, reused."""
+    """A host over SSH: one paramiko ``SSHClient`` and one SFTP client, reused."""
 
     def __init__(self, settings: SSHSettings) -> None:
         self.settings = settings
         self.name = settings.name
-        self._conn: fabric.Connection | None = None
+        self._conn: paramiko.SSHClient | None = None
+        self._sftp_client: paramiko.SFTPClient | None = None
+        self._fabric: Any = None
+        """A fabric ``Connection`` around ``_conn``, for the exec fallback only."""
         self._alive: _ServerAlive | None = None
         self._session: HostSession | None = None
         self._session_refused = False
@@ -380,16 +391,20 @@ class SSHConnector(Connector):
     @property
     def transport(self) -> paramiko.Transport | None:
         """The live SSH transport (None before connect); shows connection reuse."""
-        return None if self._conn is None else self._conn.transport
+        return None if self._conn is None else self._conn.get_transport()
 
     # -- connection -------------------------------------------------------
 
     def connect(self) -> None:
         self._connection()
 
-    def _connection(self) -> fabric.Connection:
+    def _connected(self) -> bool:
+        transport = None if self._conn is None else self._conn.get_transport()
+        return transport is not None and transport.is_active()
+
+    def _connection(self) -> paramiko.SSHClient:
         if self._conn is not None:
-            if self._conn.is_connected:
+            if self._connected():
                 return self._conn
             self.close()  # the transport died: start over
         s = self.settings
@@ -397,36 +412,33 @@ class SSHConnector(Connector):
             raise AuthenticationFailed(
                 s.name, f"client key file {s.key_file} is missing or unreadable", where=s.where
             )
-        conn = fabric.Connection(
-            host=s.address,
-            user=s.user,
-            port=s.port,
-            config=fabric.Config(ssh_config=paramiko.SSHConfig(), lazy=True),
-            inline_ssh_env=False,
-            connect_kwargs={
-                "key_filename": [] if s.key_file is None else [str(s.key_file)],
-                "allow_agent": False,
-                "look_for_keys": False,
-                "timeout": s.connect_timeout,
-                "banner_timeout": s.connect_timeout,
-                "auth_timeout": s.connect_timeout,
-                "channel_timeout": s.connect_timeout,
-            },
-        )
-        client: paramiko.SSHClient = conn.client
+        client = paramiko.SSHClient()
         if s.known_hosts.exists():
             client.load_host_keys(str(s.known_hosts))
         client.set_missing_host_key_policy(_CheckHostKey(s))
         try:
-            conn.open()
+            client.connect(
+                s.address,
+                port=s.port,
+                username=s.user,
+                key_filename=None if s.key_file is None else [str(s.key_file)],
+                allow_agent=False,
+                look_for_keys=False,
+                timeout=s.connect_timeout,
+                banner_timeout=s.connect_timeout,
+                auth_timeout=s.connect_timeout,
+                channel_timeout=s.connect_timeout,
+            )
+            transport = client.get_transport()
+            if transport is None:  # (connect returned, so it has one)
+                raise EOFError("the connection closed during the handshake")
         except BaseException as e:
             handshake_done = _handshake_done(client)
-            conn.close()
             client.close()
             raise self._connect_error(e, handshake_done) from e
-        self._conn = conn
-        self._alive = _ServerAlive(conn.transport, s.keepalive_interval, s.keepalive_count_max)
-        return conn
+        self._conn = client
+        self._alive = _ServerAlive(transport, s.keepalive_interval, s.keepalive_count_max)
+        return client
 
     def _connect_error(self, e: BaseException, handshake_done: bool) -> BaseException:
         s = self.settings
@@ -458,12 +470,17 @@ class SSHConnector(Connector):
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
+        sftp, self._sftp_client = self._sftp_client, None
+        self._fabric = None
         alive, self._alive = self._alive, None
         session, self._session = self._session, None
         self._session_refused = False
         if session is not None:
             with contextlib.suppress(Exception):
                 session.close()
+        if sftp is not None:
+            with contextlib.suppress(Exception):
+                sftp.close()
         if conn is not None:
             # A graceful close sends to the host; if it is frozen the keepalive,
             # still watching, closes the transport under it.
@@ -550,9 +567,11 @@ class SSHConnector(Connector):
         env: Mapping[str, str] | None,
     ) -> CommandResult:
         """``command`` over an exec of its own: a new SSH session on the host."""
-        conn = self._connection()
+        from invoke.exceptions import CommandTimedOut, ThreadException
+
+        context = self._fabric_context()
         wrapped, marker = _wrapped(command, env)
-        runner = _Runner(context=conn, inline_env=False)
+        runner = _exec_runner()(context=context, inline_env=False)
         runner.stdin_data = stdin or b""
         started = time.monotonic()
         try:
@@ -599,7 +618,10 @@ class SSHConnector(Connector):
         if self._session is not None or self._session_refused or conn is None:
             return self._session
         try:
-            self._session = HostSession.start(conn.transport, self.settings.connect_timeout)
+            transport = conn.get_transport()
+            if transport is None:
+                raise EOFError("the connection is closed")
+            self._session = HostSession.start(transport, self.settings.connect_timeout)
         except (OSError, EOFError, paramiko.SSHException) as e:
             raise self._lost(e, "starting the command runner") from e
         self._session_refused = self._session is None
@@ -695,7 +717,9 @@ class SSHConnector(Connector):
     ) -> CommandResult:
         shown = command if display is None else display
         doing = f"command {shown!r}"
-        transport: paramiko.Transport = self._connection().transport
+        transport = self._connection().get_transport()
+        if transport is None:
+            raise self._lost(EOFError("the connection is closed"), f"command {shown!r}")
         wrapped, marker = _wrapped(command, env)
         started = time.monotonic()
         try:
@@ -791,13 +815,33 @@ class SSHConnector(Connector):
             duration_s=time.monotonic() - started,
         )
 
-    def _kill_remote(self, runner: _Runner, marker: str) -> None:
+    def _fabric_context(self) -> Any:
+        """A fabric ``Connection`` wrapping this connector's open client: the
+        context the exec fallback's runner needs (fabric imported only here)."""
+        import fabric  # the exec fallback only
+
+        client = self._connection()
+        if self._fabric is None or self._fabric.client is not client:
+            s = self.settings
+            context = fabric.Connection(
+                host=s.address,
+                user=s.user,
+                port=s.port,
+                config=fabric.Config(ssh_config=paramiko.SSHConfig(), lazy=True),
+                inline_ssh_env=False,
+            )
+            context.client = client  # already connected: fabric's open() is a no-op
+            context.transport = client.get_transport()
+            self._fabric = context
+        return self._fabric
+
+    def _kill_remote(self, runner: Any, marker: str) -> None:
         """Kill an abandoned command's process group over a fresh channel."""
         pid = _strip_marker("".join(getattr(runner, "stderr", None) or []), marker)[1]
-        if pid is None or self._conn is None:
+        if pid is None or not self._connected():
             return
-        runner = _Runner(context=self._conn, inline_env=False)
         with contextlib.suppress(Exception):
+            runner = _exec_runner()(context=self._fabric_context(), inline_env=False)
             runner.run(
                 f"kill -s KILL -- -{pid} 2>/dev/null || kill -s KILL {pid} 2>/dev/null; true",
                 timeout=_KILL_TIMEOUT,
@@ -811,7 +855,10 @@ class SSHConnector(Connector):
 
     def _sftp(self) -> paramiko.SFTPClient:
         try:
-            sftp: paramiko.SFTPClient = self._connection().sftp()  # memoized by fabric
+            client = self._connection()  # first: a dead connection drops its SFTP client
+            sftp = self._sftp_client
+            if sftp is None:
+                sftp = self._sftp_client = client.open_sftp()
         except TimeoutError as e:
             raise self._stalled("opening SFTP") from e
         except (OSError, EOFError, paramiko.SSHException) as e:

@@ -142,6 +142,34 @@ def test_concurrent_commands_each_get_an_answer(connector: SSHConnector) -> None
     assert results == {n: str(n) for n in range(4)}
 
 
+def test_while_the_runner_is_busy_a_command_gets_an_exec_with_the_same_semantics(
+    connector: SSHConnector, tmp_path: Path
+) -> None:
+    """The exec fallback (fabric's runner, imported only for it): stdin, env,
+    exit status, and a timeout that kills the command's group."""
+    connector.run("true", check=True)
+    started, marker = tmp_path / "busy", tmp_path / "late"
+    busy = threading.Thread(
+        target=connector.run, args=(f"touch {started}; sleep 3",), kwargs={"timeout": 30}
+    )
+    busy.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert started.exists(), "the busy command never started"
+        result = connector.run(
+            'read line; echo "$line $CHASSIS_X" >&2; exit 3', stdin=b"hi\n", env={"CHASSIS_X": "x"}
+        )
+        assert (result.exit_code, result.stderr) == (3, "hi x\n")
+        with pytest.raises(ConnectorTimeout, match=r"timed out after 0\.5s"):
+            connector.run(f"(sleep 1.5; touch {marker}) & sleep 5", timeout=0.5)
+    finally:
+        busy.join(timeout=30)
+    time.sleep(2)
+    assert not marker.exists(), "the timed-out command's group was not killed"
+
+
 PROGRAM = """\
 import os, sys
 data = sys.stdin.read()

@@ -102,6 +102,20 @@ def test_trust_key_then_inventory_over_ssh_matches_this_machine(
         assert statuses[f"host {host}: disk"] == "pass"
 
 
+def test_commands_over_ssh_load_paramiko_without_fabric_or_invoke(
+    run: Runner, lab: Path, ssh_hosts: list[SSHTestHost], tmp_path: Path
+) -> None:
+    """fabric and invoke (a fifth of an SSH command's start) serve only the
+    exec fallback for hosts without python3: an inventory over SSH, whose
+    hosts have it, never imports them (issue 17, start-up)."""
+    from tests.cli.test_fast_start import imported, offending
+
+    pin_all(run, ssh_hosts)
+    modules = imported(tmp_path, "host", "inventory", "--all", "--json", cwd=lab)
+    assert "paramiko" in modules and "adapters.connectors.ssh" in modules  # it did connect
+    assert not offending(modules, ["fabric", "invoke"])
+
+
 def test_unreachable_hosts_are_named_and_the_others_still_inventoried(
     run: Runner,
     lab: Path,
