@@ -1,7 +1,8 @@
 """Health probes: one attempt each, returning a :class:`ProbeResult`.
 
 ``http`` and ``tcp`` connect from the controller to the host's address with
-the standard library only; ``command`` runs on the target through its
+the standard library only (``http`` through :mod:`adapters.health.http_get`,
+one HTTP/1.0 GET on a socket); ``command`` runs on the target through its
 connector. Each probe catches its own failures (refused, timed out, wrong
 status ...) and reports them in ``detail``; it never raises for an unhealthy
 target. Results hold ints and strings only: they are recorded in a ledger
@@ -10,7 +11,6 @@ that forbids floats.
 
 from __future__ import annotations
 
-import http.client
 import socket
 import time
 from collections.abc import Callable
@@ -19,6 +19,7 @@ from typing import Literal
 
 from adapters.connectors.base import Connector
 from adapters.errors import ConnectorError, ConnectorTimeout, one_line
+from adapters.health.http_get import HTTPProblem, get, path_problem
 
 __all__ = [
     "BODY_LIMIT",
@@ -90,20 +91,15 @@ def http_probe(
     url = f"http://{_target(host, port)}{path}"
     started = time.monotonic()
     deadline = started + timeout
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        conn.request("GET", path, headers={"User-Agent": "chassis-health", "Connection": "close"})
-        if conn.sock is not None:
-            conn.sock.settimeout(max(0.001, deadline - time.monotonic()))
-        response = conn.getresponse()
-        body = response.read(BODY_LIMIT) if body_contains is not None else b""
-        status = response.status
-    except (OSError, http.client.HTTPException) as e:
+        limit = BODY_LIMIT if body_contains is not None else 0
+        status, body = get(host, port, path, deadline=deadline, limit=limit)
+    except HTTPProblem as e:
+        return ProbeResult(False, f"GET {url}: {e}", _ms_since(started))
+    except OSError as e:
         refused = isinstance(e, ConnectionRefusedError)
         detail = f"GET {url}: {_os_cause(e, timeout_ms)}"
         return ProbeResult(False, detail, _ms_since(started), refused=refused)
-    finally:
-        conn.close()
     elapsed = _ms_since(started)
     if time.monotonic() > deadline:
         return ProbeResult(False, f"GET {url}: timed out after {timeout_ms} ms", elapsed)
@@ -188,6 +184,9 @@ class HealthCheck:
             raise ValueError("command health check needs a command")
         if not self.path.startswith("/"):
             raise ValueError(f"health check path must start with '/', not {self.path!r}")
+        problem = path_problem(self.path)
+        if problem is not None:
+            raise ValueError(f"health check path {self.path!r}: {problem}")
         if type(self.expect_status) is not int or not 100 <= self.expect_status <= 599:
             raise ValueError(f"expect_status {self.expect_status!r} is not an HTTP status")
         for name in ("interval_ms", "timeout_ms", "passes", "window_ms"):

@@ -30,6 +30,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import msgspec
 
 from adapters.connectors.base import ADDRESS, ADDRESS_RULE, ENV_NAME, NAME, name_problem
+from adapters.health.http_get import path_problem
 from adapters.supervisors.base import RESTART_MODES
 from adapters.supervisors.envfile import value_problem
 from chassis.errors import WorkspaceError
@@ -790,10 +791,9 @@ def _check_health(path: Path, where: str, health: HealthSpec) -> None:
     pass is a mistake in the file, not a failed deploy."""
     if isinstance(health.port, int):
         _check_port(path, f"{where}.port", health.port)
-    if not health.path.startswith("/"):
-        raise StackError(
-            f"{path}: {where}.path: expected a path starting with /, found {health.path!r}"
-        )
+    problem = path_problem(health.path)
+    if problem is not None:
+        raise StackError(f"{path}: {where}.path: {problem}, found {health.path!r}")
     if not 100 <= health.expect_status <= 599:
         raise StackError(
             f"{path}: {where}.expect_status: expected an HTTP status 100-599, "

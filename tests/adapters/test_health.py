@@ -315,6 +315,7 @@ def test_health_check_validates_like_the_stack_file() -> None:
         {"type": "tcp", "port": 70000},
         {"type": "command"},
         {"type": "http", "port": 1, "path": "health"},
+        {"type": "http", "port": 1, "path": "/x\r\nX-Evil: 1"},
         {"type": "http", "port": 1, "expect_status": 42},
         {"type": "http", "port": 1, "passes": 0},
     ):

@@ -77,6 +77,12 @@ RULES: list[tuple[str, Callable[[Raw], None], str]] = [
         f"{H}.path: expected a path starting with /, found 'healthz'",
     ),
     (
+        "path-spaces",
+        set_in(health, path="/health z"),
+        f"{H}.path: expected printable ASCII without spaces (percent-encode anything else), "
+        "found '/health z'",
+    ),
+    (
         "status",
         set_in(health, expect_status=700),
         f"{H}.expect_status: expected an HTTP status 100-599, found 700",

@@ -205,10 +205,15 @@ def test_a_profile_change_retires_the_hosts_the_new_placement_leaves(
 def test_a_local_deploy_and_its_no_op_load_no_ssh(tmp_path: Path, shop: Path) -> None:
     """fabric, paramiko and invoke load only once a remote host is reached:
     a deploy to local hosts, and the no-op after it, run without them (the
-    whole-process deploy's start, issue 17)."""
+    whole-process deploy's start, issue 17); nor does any deploy load
+    http.client."""
     from tests.cli.test_fast_start import SSH, imported, offending
 
     modules = imported(tmp_path, *DEPLOY, "--release", "v1", cwd=shop)
     assert "chassis.engine.deploy" in modules  # it did deploy
     assert not offending(modules, SSH)
+    # The HTTP health probe is a plain socket GET: no http.client (which
+    # brings email and ssl) in a deploy.
+    assert "adapters.health.http_get" in modules
+    assert not offending(modules, ["http.client", "email", "ssl"])
     assert not offending(imported(tmp_path, *DEPLOY, "--release", "v1", cwd=shop), SSH)
