@@ -33,8 +33,10 @@ SIGTERM or SIGINT stop it cleanly with status 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import selectors
 import signal
 import socketserver
 import sys
@@ -232,9 +234,49 @@ def stop_event(role: str) -> threading.Event:
     return stop
 
 
-def wait(stop: threading.Event) -> None:
-    while not stop.wait(0.5):
-        pass
+def accept_until(server: SampleServer, stop: threading.Event) -> None:
+    """Serve connections (each in a thread of its own) until ``stop`` is set.
+
+    The loop sleeps in ``select`` on the listening socket and on a pipe the
+    signal machinery writes to (``signal.set_wakeup_fd``): nothing wakes it
+    while the service is idle, and SIGTERM ends it at once, where
+    ``serve_forever`` looks for a stop every ``poll_interval``."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    previous = signal.set_wakeup_fd(wake_w)
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(server.socket, selectors.EVENT_READ)
+            selector.register(wake_r, selectors.EVENT_READ)
+            while not stop.is_set():
+                for key, _ in selector.select():
+                    if key.fd == wake_r:
+                        with contextlib.suppress(BlockingIOError):
+                            while os.read(wake_r, 512):
+                                pass
+                    elif not stop.is_set():
+                        accept_one(server)
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def accept_one(server: SampleServer) -> None:
+    """What ``serve_forever`` does for a ready listening socket."""
+    try:
+        request, client_address = server.get_request()
+    except OSError:
+        return  # the client went away before we accepted
+    if not server.verify_request(request, client_address):
+        server.shutdown_request(request)
+        return
+    try:
+        server.process_request(request, client_address)  # a thread: ThreadingMixIn
+    except Exception:
+        server.handle_error(request, client_address)
+        server.shutdown_request(request)
 
 
 def serve(identity: Identity, bind: str, port: int, upstream: tuple[str, int] | None) -> int:
@@ -244,10 +286,6 @@ def serve(identity: Identity, bind: str, port: int, upstream: tuple[str, int] | 
     except OSError as e:
         log(identity.role, f"cannot listen on {bind}:{port}: {e}")
         return 1
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
     via = f" upstream {upstream[0]}:{upstream[1]}" if upstream else ""
     log(
         identity.role,
@@ -255,9 +293,8 @@ def serve(identity: Identity, bind: str, port: int, upstream: tuple[str, int] | 
         f" release {identity.release or '-'}{via}",
     )
     try:
-        wait(stop)
+        accept_until(server, stop)
     finally:
-        server.shutdown()
         server.server_close()
     log(identity.role, "stopped")
     return 0

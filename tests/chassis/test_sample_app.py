@@ -35,7 +35,6 @@ def free_port() -> int:
     return ports.free_port()
 
 
-
 def clean_env(**extra: str) -> dict[str, str]:
     names = ("CHASSIS_RELEASE_ID", "CHASSIS_HOST_ROOT", "FAIL_HEALTH", "CRASH_ON_START")
     env = {k: v for k, v in os.environ.items() if k not in names}
@@ -143,6 +142,32 @@ def test_api_serves_health_and_identity_and_stops_on_sigterm(tree: Path) -> None
     assert_port_free(port)
     assert "GET /healthz" in log and "GET /nope" in log
     assert "received SIGTERM" in log
+
+
+def wakeups(pid: int) -> int:
+    """Voluntary context switches of all of ``pid``'s threads (from /proc)."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(OSError):
+            for line in status.read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def test_an_idle_server_sleeps_until_a_request_or_a_signal(tree: Path) -> None:
+    """No polling: an idle api wakes for nothing (``serve_forever`` looked
+    for a stop 20 times a second), and SIGTERM still stops it with 0."""
+    port = free_port()
+    with started(tree, "api", "--port", str(port)) as proc:
+        wait_listening(proc, port)
+        time.sleep(0.2)  # the request's thread has ended
+        before = wakeups(proc.pid)
+        time.sleep(1.0)
+        assert wakeups(proc.pid) - before <= 2
+        assert get(port, "/healthz")[0] == 200  # and it still answers
+        assert "stopped" in stop(proc)
+    assert_port_free(port)
 
 
 def test_gateway_proxies_upstream_and_its_health_stands_alone(tree: Path) -> None:
