@@ -211,11 +211,12 @@ class Handler(socketserver.StreamRequestHandler):
             "Connection: close",
         ]
         lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-        try:
-            self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-        except OSError:
-            return  # the client went away
+        # Logged first: a client that has its answer finds it in the log, even
+        # when a SIGTERM right after ends the process (request threads are
+        # daemons, and the accept loop stops at once).
         log(self.server.identity.role, f'{self.client_address[0]} "{self.requestline}" {status} -')
+        with contextlib.suppress(OSError):  # the client went away
+            self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
 
 
 # -------------------------------------------------------------------- running
