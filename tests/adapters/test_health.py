@@ -344,23 +344,29 @@ def test_real_gate_passes_against_a_real_server(server: int) -> None:
 
 
 def test_real_gate_sees_a_server_that_starts_listening_within_one_interval() -> None:
-    """The port opens ~50 ms after the gate starts. With a 5 s interval and a
-    2 s window the gate gets one look at the old pace (refused, then the
-    window is over); looking again sooner while refused, it passes."""
+    """The port starts listening right after the gate's first (refused) look.
+    With a 60 s interval and a 10 s window the old pace gets no second look
+    (the window is over first); looking again sooner while refused, it passes."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    opened = threading.Timer(0.05, lambda: listener.listen(8))
-    gate = HealthGate(interval_ms=5000, timeout_ms=500, passes=1, window_ms=2000)
+    looks: list[ProbeResult] = []
+
+    def probe() -> ProbeResult:
+        result = tcp_probe("127.0.0.1", port, timeout_ms=500)
+        if not looks:
+            listener.listen(8)  # the server is up from now on
+        looks.append(result)
+        return result
+
+    gate = HealthGate(interval_ms=60000, timeout_ms=500, passes=1, window_ms=10000)
     try:
-        opened.start()
-        result = gate.run(lambda: tcp_probe("127.0.0.1", port, timeout_ms=500))
+        result = gate.run(probe)
     finally:
-        opened.cancel()
         listener.close()
     assert result.passed, result.reason
-    assert result.attempts >= 2
-    assert result.results[0].refused and result.results[-1].ok
+    assert [r.refused for r in looks] == [True, False]
+    assert looks[-1].ok
 
 
 def test_real_gate_fails_against_a_closed_port(closed_port: tuple[str, int]) -> None:
