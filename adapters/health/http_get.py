@@ -3,9 +3,10 @@
 ``http.client`` imports ``email`` and ``ssl`` with it: about a tenth of a
 deploy command's start, for one request per probe attempt. A probe needs
 only the status and, for ``body_contains``, the start of the body, so this
-sends one HTTP/1.0 request (``Connection: close``; an HTTP/1.0 request is
-never answered with a chunked body, though one is decoded if it comes) and
-reads the status line, the headers and at most ``limit`` bytes of the body.
+sends one HTTP/1.1 request, as ``http.client`` did, with ``Connection:
+close`` (so the answer ends with a Content-Length, a last chunk or the
+connection's close, and each is honoured) and reads the status line, the
+headers and at most ``limit`` bytes of the body.
 
 What it refuses, as :class:`HTTPProblem` (the probe reports it as a failed
 attempt): a path that is not printable ASCII without spaces (nothing a
@@ -46,7 +47,7 @@ def get(host: str, port: int, path: str, *, deadline: float, limit: int) -> tupl
         raise HTTPProblem(f"path {path!r}: {problem}")
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     request = (
-        f"GET {path} HTTP/1.0\r\nHost: {target}\r\nUser-Agent: chassis-health\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: chassis-health\r\n"
         "Connection: close\r\n\r\n"
     ).encode("ascii")
     with socket.create_connection((host, port), timeout=_left(deadline)) as sock:

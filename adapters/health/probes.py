@@ -2,7 +2,7 @@
 
 ``http`` and ``tcp`` connect from the controller to the host's address with
 the standard library only (``http`` through :mod:`adapters.health.http_get`,
-one HTTP/1.0 GET on a socket); ``command`` runs on the target through its
+one HTTP/1.1 GET on a socket); ``command`` runs on the target through its
 connector. Each probe catches its own failures (refused, timed out, wrong
 status ...) and reports them in ``detail``; it never raises for an unhealthy
 target. Results hold ints and strings only: they are recorded in a ledger

@@ -71,7 +71,7 @@ def test_status_and_body_of_a_plain_answer(raw: type[RawServer]) -> None:
         b"ready v2\n",
     )
     assert server.received == [
-        b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1:%d\r\nUser-Agent: chassis-health\r\n"
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUser-Agent: chassis-health\r\n"
         b"Connection: close\r\n\r\n" % server.port
     ]
 

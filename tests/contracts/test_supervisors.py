@@ -169,7 +169,7 @@ def test_start_probe_stop_a_real_http_server(host: Host) -> None:
     tail = host.supervisor.log_tail("api")
     assert "==> chassis: start api release r1" in tail
     assert f"listening on {port}" in tail
-    assert '"GET / HTTP/1.0" 200' in tail  # the health probe asks in HTTP/1.0
+    assert '"GET / HTTP/1.1" 200' in tail
     assert len(host.supervisor.log_tail("api", lines=2).splitlines()) == 2
 
     host.supervisor.stop("api")
