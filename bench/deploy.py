@@ -59,6 +59,10 @@ it (after a no-op: still the active one). A second table splits each chassis
 figure into its host steps (what ``chassis deploy`` itself reports on stderr,
 ``HOST: STEP ok (0.42s)``; the slowest host's sum) and the rest of the
 process (interpreter start, imports, pre-flight, plan, ledger, receipts).
+A third gives the whole machine's busy CPU seconds (``/proc/stat``) over
+each tool's deploy: every process counts, the tool's own, the sshd hosts'
+and what they run for it. Two cores can give a deploy at most twice its
+wall time, so where a tool's CPU nears that, it is what bounds its time.
 
 Untimed and reported on its own: the Chassis workspace of each cold round is
 set up in this process with the code ``chassis init``, ``chassis release
@@ -301,6 +305,28 @@ def user_environment(keys: Path) -> dict[str, str]:
     return env
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy since boot (``/proc/stat``:
+    every process, the kernel's own work included; idle and iowait not)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class MachineCPU:
+    """The machine's busy CPU seconds over a ``with`` block, in ``seconds``.
+    Everything counts: the tool, the sshd hosts and what they run for it."""
+
+    seconds = 0.0
+
+    def __enter__(self) -> MachineCPU:
+        self._start = machine_busy_s()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = machine_busy_s() - self._start
+
+
 def timed_process(
     argv: Sequence[str | Path],
     *,
@@ -309,13 +335,17 @@ def timed_process(
     stdout: Path,
     stderr: Path | None = None,
     timeout: float = 60.0,
+    cpu: MachineCPU | None = None,
 ) -> tuple[float, int]:
     """Seconds from just before the process starts until it has ended, and the
     exit status. stdin is ``/dev/null``; stdout (and stderr, or with stdout)
-    go to files, read afterwards."""
+    go to files, read afterwards. With ``cpu``, the machine's busy CPU
+    seconds over the same span go there."""
     with contextlib.ExitStack() as files:
         out = files.enter_context(stdout.open("wb"))
         err = files.enter_context(stderr.open("wb")) if stderr else subprocess.STDOUT
+        if cpu is not None:
+            files.enter_context(cpu)
         started = time.perf_counter()
         process = subprocess.Popen(
             [str(a) for a in argv],
@@ -372,6 +402,7 @@ class ChassisTool:
     ) -> None:
         self.targets = targets
         self.cli = cli
+        self.cpu = MachineCPU()  # the last deploy's
         self.keys = base / "keys"
         self.root = base / "workspace"
         self.logs = base / "chassis-logs"
@@ -456,7 +487,13 @@ class ChassisTool:
         ]
         try:
             elapsed, status = timed_process(
-                argv, cwd=self.root, env=self.env, stdout=stdout, stderr=stderr, timeout=limit
+                argv,
+                cwd=self.root,
+                env=self.env,
+                stdout=stdout,
+                stderr=stderr,
+                timeout=limit,
+                cpu=self.cpu,
             )
         except subprocess.TimeoutExpired:
             raise ToolFailed(
@@ -497,6 +534,7 @@ class FabricTool:
     def __init__(self, base: Path, targets: list[Target], *, in_process: bool) -> None:
         self.name = "fabric-inproc" if in_process else "fabric"
         self.targets = targets
+        self.cpu = MachineCPU()  # the last deploy's
         self.in_process = in_process
         self.base = base / self.name
         self.base.mkdir(parents=True)
@@ -535,7 +573,8 @@ class FabricTool:
         if self.in_process:
             started = time.perf_counter()
             try:
-                bare_fabric.deploy(job)
+                with self.cpu:
+                    bare_fabric.deploy(job)
             except bare_fabric.DeployFailed as e:
                 raise ToolFailed(str(e)) from None
             return time.perf_counter() - started
@@ -545,7 +584,7 @@ class FabricTool:
         log = self.base / f"{self.runs}-{release.version}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHASSIS_")}
         seconds, status = timed_process(
-            [sys.executable, SCRIPT, job_file], cwd=self.base, env=env, stdout=log
+            [sys.executable, SCRIPT, job_file], cwd=self.base, env=env, stdout=log, cpu=self.cpu
         )
         if status != 0:
             raise ToolFailed(f"bare fabric script exited {status}: {log.read_text()[-500:]}")
@@ -656,6 +695,7 @@ class AnsibleTool:
 
     def __init__(self, base: Path, targets: list[Target]) -> None:
         self.targets = targets
+        self.cpu = MachineCPU()  # the last deploy's
         self.base = base / "ansible"
         self.version = ""
         try:
@@ -740,7 +780,7 @@ class AnsibleTool:
         argv = [self.executable, str(self.playbook), "--extra-vars", f"@{variables}"]
         try:
             elapsed, status = timed_process(
-                argv, cwd=self.base, env=self.env, stdout=log, timeout=limit
+                argv, cwd=self.base, env=self.env, stdout=log, timeout=limit, cpu=self.cpu
             )
         except subprocess.TimeoutExpired:
             tail = log.read_text(errors="replace").strip().splitlines()[-15:]
@@ -837,6 +877,8 @@ class CountResults:
     unavailable: dict[str, str] = field(default_factory=dict)
     chassis_progress: dict[str, list[str]] = field(default_factory=dict)
     chassis_steps: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    machine_cpu: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    """phase -> tool -> the machine's busy CPU seconds of each deploy."""
     processes_stopped: int = 0
     seconds: float = 0.0
 
@@ -896,6 +938,7 @@ def run_count(
                 continue
             progress(f"{n} hosts, {what}: {name} took {seconds:.2f} s")
             getattr(results, phase).setdefault(name, []).append(seconds)
+            results.machine_cpu.setdefault(phase, {}).setdefault(name, []).append(tool.cpu.seconds)
             if isinstance(tool, ChassisTool):
                 results.chassis_events.setdefault(phase, []).append(tool.events[-1])
                 results.chassis_progress[phase] = tool.last_progress
@@ -1095,6 +1138,10 @@ def report(found: list[CountResults], meta: dict[str, Any]) -> dict[str, Any]:
                     at_least=False,
                 ),
                 "tool_order_per_round": res.orders.get(phase, []),
+                "machine_cpu_s": res.machine_cpu.get(phase, {}),
+                "machine_cpu_summary_s": {
+                    tool: spread(v) for tool, v in res.machine_cpu.get(phase, {}).items()
+                },
             }
         noop = spread(res.noop)
         counts.append(
@@ -1197,6 +1244,18 @@ def print_text(data: dict[str, Any]) -> None:
                     ratio_cell(figures["chassis_over_fabric_in_process"]),
                 ]
             )
+    print()
+    print(
+        "The whole machine's busy CPU seconds per deploy (every process: the tool, the sshd "
+        "hosts and what they run for it, the apps' start; median [min–max]):"
+    )
+    print()
+    print_row(["hosts", "phase", *COLUMNS.values()])
+    print_row(["---:", "---", *("---:" for _ in COLUMNS)])
+    for count in data["host_counts"]:
+        for phase in ("cold", "warm"):
+            cpu = count[phase]["machine_cpu_summary_s"]
+            print_row([str(count["hosts"]), phase, *(cell(cpu.get(tool)) for tool in COLUMNS)])
     print()
     print_row(
         [
