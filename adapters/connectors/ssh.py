@@ -750,14 +750,7 @@ class SSHConnector(Connector):
             killed.append(True)
             pid = _strip_marker(b"".join(err).decode("utf-8", "replace"), marker)[1]
             channel.close()
-            alive = self._alive is not None and not self._alive.dead
-            if pid is not None and alive and transport.is_active():
-                with contextlib.suppress(Exception):
-                    self.run(
-                        f"kill -s KILL -- -{pid} 2>/dev/null || kill -s KILL {pid} 2>/dev/null; "
-                        "true",
-                        timeout=_KILL_TIMEOUT,
-                    )
+            self._kill_group(pid)
 
         def send(data: bytes | None) -> None:
             """One chunk (None: the end of input); transport errors become ours."""
@@ -836,19 +829,19 @@ class SSHConnector(Connector):
         return self._fabric
 
     def _kill_remote(self, runner: Any, marker: str) -> None:
-        """Kill an abandoned command's process group over a fresh channel."""
-        pid = _strip_marker("".join(getattr(runner, "stderr", None) or []), marker)[1]
-        if pid is None or not self._connected():
+        """Kill an abandoned exec's process group (its pid from the marker line)."""
+        self._kill_group(_strip_marker("".join(getattr(runner, "stderr", None) or []), marker)[1])
+
+    def _kill_group(self, pid: int | None) -> None:
+        """Kill process group ``pid`` on the host, best effort, while the
+        connection still answers (on a frozen host it would only wait)."""
+        alive = self._alive is not None and not self._alive.dead
+        if pid is None or not alive or not self._connected():
             return
         with contextlib.suppress(Exception):
-            runner = _exec_runner()(context=self._fabric_context(), inline_env=False)
-            runner.run(
+            self.run(
                 f"kill -s KILL -- -{pid} 2>/dev/null || kill -s KILL {pid} 2>/dev/null; true",
                 timeout=_KILL_TIMEOUT,
-                warn=True,
-                hide=True,
-                in_stream=io.BytesIO(),
-                pty=False,
             )
 
     # -- files ------------------------------------------------------------
