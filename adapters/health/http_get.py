@@ -20,7 +20,7 @@ from __future__ import annotations
 import socket
 import time
 
-__all__ = ["HEADER_LIMIT", "HTTPProblem", "get", "path_problem"]
+__all__ = ["HEADER_LIMIT", "HTTPProblem", "get", "host_port", "path_problem"]
 
 HEADER_LIMIT = 64 * 1024
 _CHUNK = 16 * 1024
@@ -28,6 +28,11 @@ _CHUNK = 16 * 1024
 
 class HTTPProblem(Exception):
     """The request could not be made as asked, or the answer is not HTTP."""
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as a URL or a Host header writes it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def path_problem(path: str) -> str | None:
@@ -45,9 +50,8 @@ def get(host: str, port: int, path: str, *, deadline: float, limit: int) -> tupl
     problem = path_problem(path)
     if problem is not None:
         raise HTTPProblem(f"path {path!r}: {problem}")
-    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     request = (
-        f"GET {path} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: chassis-health\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: {host_port(host, port)}\r\nUser-Agent: chassis-health\r\n"
         "Connection: close\r\n\r\n"
     ).encode("ascii")
     with socket.create_connection((host, port), timeout=_left(deadline)) as sock:

@@ -19,7 +19,7 @@ from typing import Literal
 
 from adapters.connectors.base import Connector
 from adapters.errors import ConnectorError, ConnectorTimeout, one_line
-from adapters.health.http_get import HTTPProblem, get, path_problem
+from adapters.health.http_get import HTTPProblem, get, host_port, path_problem
 
 __all__ = [
     "BODY_LIMIT",
@@ -71,10 +71,6 @@ def _os_cause(e: BaseException, timeout_ms: int) -> str:
     return one_line(str(e) or type(e).__name__, limit=200)
 
 
-def _target(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def http_probe(
     host: str,
     port: int,
@@ -88,7 +84,7 @@ def http_probe(
     timeout = _seconds(timeout_ms)
     if not path.startswith("/"):
         path = "/" + path
-    url = f"http://{_target(host, port)}{path}"
+    url = f"http://{host_port(host, port)}{path}"
     started = time.monotonic()
     deadline = started + timeout
     try:
@@ -115,7 +111,7 @@ def http_probe(
 def tcp_probe(host: str, port: int, *, timeout_ms: int = 2000) -> ProbeResult:
     """Pass when a TCP connection to ``host:port`` opens within the timeout."""
     timeout = _seconds(timeout_ms)
-    target = _target(host, port)
+    target = host_port(host, port)
     started = time.monotonic()
     try:
         socket.create_connection((host, port), timeout=timeout).close()
