@@ -148,9 +148,12 @@ def test_while_the_runner_is_busy_a_command_gets_an_exec_with_the_same_semantics
     """The exec fallback (fabric's runner, imported only for it): stdin, env,
     exit status, and a timeout that kills the command's group."""
     connector.run("true", check=True)
-    started, marker = tmp_path / "busy", tmp_path / "late"
+    runner = _runner_pid(connector)
+    started, release, marker = tmp_path / "busy", tmp_path / "release", tmp_path / "late"
     busy = threading.Thread(
-        target=connector.run, args=(f"touch {started}; sleep 3",), kwargs={"timeout": 30}
+        target=connector.run,
+        args=(f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done",),
+        kwargs={"timeout": 60},
     )
     busy.start()
     try:
@@ -159,12 +162,16 @@ def test_while_the_runner_is_busy_a_command_gets_an_exec_with_the_same_semantics
             time.sleep(0.01)
         assert started.exists(), "the busy command never started"
         result = connector.run(
-            'read line; echo "$line $CHASSIS_X" >&2; exit 3', stdin=b"hi\n", env={"CHASSIS_X": "x"}
+            'read line; echo "$line $CHASSIS_X" >&2; echo $PPID; exit 3',
+            stdin=b"hi\n",
+            env={"CHASSIS_X": "x"},
         )
         assert (result.exit_code, result.stderr) == (3, "hi x\n")
+        assert int(result.stdout) != runner, "it ran under the runner, not over an exec"
         with pytest.raises(ConnectorTimeout, match=r"timed out after 0\.5s"):
             connector.run(f"(sleep 1.5; touch {marker}) & sleep 5", timeout=0.5)
     finally:
+        release.touch()
         busy.join(timeout=30)
     time.sleep(2)
     assert not marker.exists(), "the timed-out command's group was not killed"
