@@ -20,8 +20,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from eventsourcing.persistence import OperationalError
 from eventsourcing.postgres import PostgresFactory
 from eventsourcing.utils import Environment, EnvType
+from psycopg_pool import PoolTimeout
 
 RECORDER_ATTEMPTS = 10
 """How often eventsourcing's PostgreSQL recorders try a statement (``@retry``)."""
@@ -55,9 +57,9 @@ def pool_wait(connect_timeout: int) -> float:
 
 class LedgerPostgresFactory(PostgresFactory):
     """eventsourcing's ``PostgresFactory`` whose pool connects with
-    :func:`connection_options` and waits :func:`pool_wait` per try. The pool
-    opens on first use, after this constructor, so every connection it
-    makes has the options."""
+    :func:`connection_options` and waits :func:`pool_wait` per try. It keeps
+    one connection (``POSTGRES_POOL_SIZE``), opened here once the options are
+    set, so every connection it makes has them."""
 
     def __init__(self, env: Environment | EnvType | None) -> None:
         super().__init__(env)
@@ -73,3 +75,12 @@ class LedgerPostgresFactory(PostgresFactory):
             # workspace keeps it) leaves it to PGPASSWORD or ~/.pgpass.
             kwargs.pop("password", None)
         pool.timeout = pool_wait(connect_timeout)
+        # Open it now, waiting for its first connection as long as a
+        # connection attempt may take: under load a healthy server can take
+        # longer than one try's pool_wait to accept, and the reads that open
+        # the ledger would fail on it. (Not on first use: psycopg's pool may
+        # not be opened with a wait from several threads at once.)
+        try:
+            pool.open(wait=True, timeout=float(connect_timeout))
+        except PoolTimeout as e:
+            raise OperationalError(str(e)) from None

@@ -157,6 +157,10 @@ class StorageConfig:
             "POSTGRES_PASSWORD": self.password,
             "POSTGRES_SCHEMA": self.schema,
             "POSTGRES_CONNECT_TIMEOUT": str(self.connect_timeout),
+            # One connection kept open; more only while threads need them
+            # at once (max overflow). eventsourcing's default keeps five,
+            # which a one-shot command opens and never uses.
+            "POSTGRES_POOL_SIZE": "1",
         }
 
     def preflight(self, *, create: bool) -> None:

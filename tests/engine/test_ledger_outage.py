@@ -26,9 +26,11 @@ import pytest
 from adapters.connectors.local import LocalConnector
 from adapters.supervisors.direct import DirectSupervisor
 from ledger.errors import StorageError
+from ledger.keys import KeyPair
 from ledger.postgres import RECORDER_ATTEMPTS, connection_options, pool_wait
 from ledger.releases import release_dir_name
 from ledger.storage import POSTGRES_CONNECT_TIMEOUT_S, StorageConfig, open_ledger
+from ledger.trust import Trust
 from tests.conftest import Runner
 from tests.engine.test_deploy_local import DEPLOY
 
@@ -39,8 +41,9 @@ class Forwarder:
     """A TCP forwarder to ``target``; ``cut()`` drops every connection and
     stops listening, as a database host that went away."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], *, accept_delay_s: float = 0.0) -> None:
         self.target = target
+        self.accept_delay_s = accept_delay_s
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.server.getsockname()[1]
         self.sockets: list[socket.socket] = []
@@ -53,6 +56,7 @@ class Forwarder:
                 client, _ = self.server.accept()
             except OSError:
                 return
+            time.sleep(self.accept_delay_s)  # a server slow to take a connection
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -173,6 +177,34 @@ def test_ledger_lost_mid_deploy_leaves_hosts_as_recorded_and_names_recover(
         assert on_host(shop, row["host"])[row["component"]] == row["release_id"]
     assert json.loads(run.ok("history", "shop", "--env", "dev", "--json").stdout)["lease"] is None
     run.ok("ledger", "verify")
+
+
+@pytest.mark.postgres
+def test_a_server_slow_to_take_connections_still_opens_the_ledger(
+    postgres_url: str, root_key: KeyPair
+) -> None:
+    """Each new connection takes longer than one try's pool wait (0.5 s),
+    as on a loaded machine: the ledger opens and reads all the same. Before,
+    the pool's first connection was not ready in time for the reads that open
+    the ledger, and the command failed with "cannot open ledger"."""
+    created = open_ledger(StorageConfig.from_url(postgres_url), root_key, create=True)
+    created.append(
+        Trust.establish(
+            keyid=root_key.keyid, name="root", public_key=root_key.public_key, ledger_name="t"
+        )
+    )
+    created.close()
+    parts = urlsplit(postgres_url)
+    slow = Forwarder((parts.hostname or "127.0.0.1", parts.port or 5432), accept_delay_s=1.0)
+    try:
+        assert pool_wait(POSTGRES_CONNECT_TIMEOUT_S) < slow.accept_delay_s
+        ledger = open_ledger(StorageConfig.from_url(through(postgres_url, slow)), root_key)
+        try:
+            assert ledger.load(Trust, Trust.ID).version == 1
+        finally:
+            ledger.close()
+    finally:
+        slow.cut()
 
 
 # Bounded waits (issue 12): the driver retries each statement ten times; each
