@@ -105,6 +105,11 @@ class LedgerAggregate:
         collected, self._pending = self._pending, []
         return collected
 
+    def requeue(self, events: list[LedgerEvent]) -> None:
+        """Put back ``events`` from :meth:`collect_events` that were not
+        stored, ahead of any triggered since, so they are saved first."""
+        self._pending[:0] = events
+
     @property
     def pending_events(self) -> list[LedgerEvent]:
         return list(self._pending)

@@ -113,16 +113,26 @@ class Ledger(Application[UUID]):
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         processing: ProcessingEvent[UUID] = ProcessingEvent()
         bound: list[LedgerAggregate] = []
+        collected: list[tuple[LedgerAggregate, list[LedgerEvent]]] = []
         for obj in objs:
             if isinstance(obj, LedgerAggregate):
                 events = obj.collect_events()
+                collected.append((obj, events))
                 processing.events.extend(events)
                 processing.aggregates[obj.id] = obj
                 if events and isinstance(events[-1], SnapshotBinding):
                     bound.append(obj)
             elif obj is not None:
                 processing.collect_events(obj)
-        recordings = self._record(processing)
+        try:
+            recordings = self._record(processing)
+        except BaseException:
+            # Nothing was written: the events go back to pending, so the
+            # aggregate's next append writes them first. Dropped, they would
+            # leave a gap in its versions (missing-version to every verifier).
+            for aggregate, events in collected:
+                aggregate.requeue(events)
+            raise
         assert self.snapshots is not None
         for aggregate in bound:
             self.snapshots.put([LedgerSnapshot.take(aggregate)])

@@ -96,3 +96,30 @@ class RawStore:
             c.execute(update, (-1, seq_a))
             c.execute(update, (a.version, seq_b))
             c.execute(update, (b.version, seq_a))
+
+    def refuse_inserts(self) -> None:
+        """Make the store refuse every new record (a trigger), as a store
+        that fails one write and then recovers: :meth:`allow_inserts`."""
+        with self._cursor() as c:
+            if self.config.kind == "sqlite":
+                c.execute(
+                    f"CREATE TRIGGER refuse_inserts BEFORE INSERT ON {self._table} "
+                    "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+                )
+            else:
+                schema = self._table.split(".")[0]
+                c.execute(
+                    f"CREATE FUNCTION {schema}.refuse_inserts() RETURNS trigger AS "
+                    "$$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$ LANGUAGE plpgsql"
+                )
+                c.execute(
+                    f"CREATE TRIGGER refuse_inserts BEFORE INSERT ON {self._table} "
+                    f"FOR EACH ROW EXECUTE FUNCTION {schema}.refuse_inserts()"
+                )
+
+    def allow_inserts(self) -> None:
+        with self._cursor() as c:
+            if self.config.kind == "sqlite":
+                c.execute("DROP TRIGGER refuse_inserts")
+            else:
+                c.execute(f"DROP TRIGGER refuse_inserts ON {self._table}")
