@@ -27,11 +27,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# The suite mostly waits (sshd, health windows, subprocesses): four workers
+# The suite mostly waits (sshd, health windows, subprocesses): six workers
 # on two cores. Each worker has its own tmp dirs, sshd ports and PostgreSQL
 # schemas (tests/conftest.py). TEST_WORKERS=0 runs it in one process. The
 # slowest tests are listed at the end: where the suite's time goes.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 6
 test: lint compile
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=25
 
