@@ -34,6 +34,27 @@ class StoreError(ChassisError):
     exit_code = 3
 
 
+_data_loader: Any = None
+"""botocore's loader of its own data files (endpoints, the S3 model), kept
+for the process: a new session's loader parses ~60 ms of JSON again for
+each client, and one command may make several (add, then resolve)."""
+
+
+def _botocore_session() -> Any:
+    """A new botocore session (credentials, region and config are read
+    afresh) sharing the process's data loader: it caches only botocore's
+    packaged data, never anything of a store's or a user's."""
+    global _data_loader
+    import botocore.session
+
+    session = botocore.session.get_session()
+    if _data_loader is None:
+        _data_loader = session.get_component("data_loader")
+    else:
+        session.register_component("data_loader", _data_loader)
+    return session
+
+
 class S3Bundles:
     def __init__(self, location: StoreURL) -> None:
         try:
@@ -45,7 +66,7 @@ class S3Bundles:
                 "pip install 'chassis-ledger[s3]'"
             ) from None
         self.location = location
-        session = boto3.session.Session()
+        session = boto3.session.Session(botocore_session=_botocore_session())
         if session.get_credentials() is None:
             raise StoreError(
                 f"{location.describe()}: no credentials: set AWS_ACCESS_KEY_ID and "
