@@ -46,15 +46,21 @@ ENV_FILE_MODE = 0o600
 _ESCAPED = re.compile(r'([\\"$`])')
 
 # The reader, as source text: stdlib only, Python 3.6+, no f-strings (it runs
-# under whatever python3 a host has). ``@NAME@`` becomes ENV_NAME's pattern.
+# under whatever python3 a host has). Its valid_name is ENV_NAME's rule
+# (tests/adapters/test_envfile.py checks the two agree).
 # Strict on purpose: it accepts what render_env_file writes (plus blank lines
 # and ``#`` comments) and refuses anything else, so a hand-edited file cannot
 # mean one thing to systemd and another to the direct wrapper.
 _READER = r'''
-import re
-
-NAME = re.compile(@NAME@)
+NAME_FIRST = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"
+NAME_CHARS = frozenset(NAME_FIRST + "0123456789")
 ESCAPABLE = '\\"$`'
+
+
+def valid_name(name):
+    # ENV_NAME's rule, checked without importing re: that import is a third
+    # of this program's cost at every start on a host.
+    return 0 < len(name) <= 128 and name[0] in NAME_FIRST and NAME_CHARS.issuperset(name)
 
 
 def parse(text):
@@ -76,7 +82,7 @@ def parse(text):
             continue
         eq = text.find('="', i)
         name = text[i:eq] if eq >= 0 else ""
-        if not NAME.match(name):
+        if not valid_name(name):
             raise ValueError('line %d: expected NAME="value"' % line)
         i = eq + 2
         value = []
@@ -103,7 +109,7 @@ def parse(text):
             raise ValueError("variable %s: text after the closing quote" % name)
         env[name] = "".join(value)
     return env
-'''.replace("@NAME@", repr(ENV_NAME.pattern))
+'''
 
 _LOADER_MAIN = r"""
 import os

@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 from adapters.connectors.base import ENV_NAME, NAME, Connector, name_problem
 from adapters.connectors.local import LocalConnector
 from adapters.connectors.ssh import SSHConnector
-from adapters.supervisors import DirectSupervisor, ProcessSpec
+from adapters.supervisors import DirectSupervisor, ProcessSpec, envfile
 from adapters.supervisors.base import check_component
 from adapters.supervisors.envfile import (
     ENV_LOADER,
@@ -413,6 +413,30 @@ def test_the_host_loader_refuses_what_it_did_not_write(tmp_path: Path) -> None:
             timeout=30,
         )
         assert out.returncode == 126 and why in out.stderr and "cannot load" in out.stderr
+
+
+@given(
+    st.text(min_size=0, max_size=140)
+    | st.text(alphabet="azAZ09_-.é=\n", min_size=0, max_size=140)
+    | st.from_regex(ENV_NAME.pattern.replace("\\Z", ""), fullmatch=True)
+)
+@example("A" * 128)
+@example("A" * 129)
+@example("_")
+@example("9A")
+@example("A\n")
+@example("Ａ")  # a fullwidth letter: not ASCII
+def test_the_host_readers_name_rule_is_env_name(name: str) -> None:
+    """The reader checks names without importing re (it starts on every
+    host launch); its rule must be ENV_NAME's, character for character."""
+    valid_name = envfile._reader_namespace["valid_name"]
+    assert bool(valid_name(name)) == bool(ENV_NAME.match(name)), repr(name)
+    text = f'{name}="v"\n'.encode()
+    if ENV_NAME.match(name):
+        assert parse_env_file(text) == {name: "v"}
+    elif name[:1] not in (" ", "\t", "\r", "\n", "#") and '="' not in name:
+        with pytest.raises(ValueError, match="expected NAME"):
+            parse_env_file(text)
 
 
 @pytest.fixture
