@@ -32,7 +32,6 @@ SIGTERM or SIGINT stop it cleanly with status 0.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -42,6 +41,7 @@ import socketserver
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -359,25 +359,82 @@ def score(requests: int) -> int:
 def upstream_address(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
     return host, int(port)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def _upstream_option(text: str) -> tuple[str, int]:
+    import argparse
+
+    try:
+        return upstream_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _default_role() -> str | None:
     stem = Path(__file__).stem
+    return stem if stem in ROLES else None
+
+
+def _usual_args(argv: list[str]) -> types.SimpleNamespace | None:
+    """What :func:`parse_args` gives for the command lines a stack runs
+    (``--option value`` pairs, each option once, every value valid), without
+    importing argparse: a third of this program's start. None for anything
+    else (``--help``, ``--option=value``, a bad value), which argparse parses
+    or refuses with its usual message."""
+    if len(argv) % 2:
+        return None
+    given: dict[str, str] = {}
+    for index in range(0, len(argv), 2):  # (no zip(strict=): hosts may run 3.7)
+        option, value = argv[index], argv[index + 1]
+        if option not in _OPTIONS or option in given or value.startswith("-"):
+            return None
+        given[option] = value
+    role = given.get("--role", _default_role())
+    port, requests = given.get("--port"), given.get("--requests", "30")
+    if role not in ROLES or not requests.isdigit() or not (port is None or port.isdigit()):
+        return None
+    try:
+        upstream = upstream_address(given["--upstream"]) if "--upstream" in given else None
+    except ValueError:
+        return None
+    ready_file = given.get("--ready-file")
+    return types.SimpleNamespace(
+        role=role,
+        bind=given.get("--bind", "127.0.0.1"),
+        port=None if port is None else int(port),
+        upstream=upstream,
+        requests=int(requests),
+        ready_file=None if ready_file is None else Path(ready_file),
+    )
+
+
+_OPTIONS = ("--role", "--bind", "--port", "--upstream", "--requests", "--ready-file")
+
+
+def parse_args(argv: list[str] | None) -> Any:
+    usual = _usual_args(sys.argv[1:] if argv is None else argv)
+    return usual if usual is not None else _argparse_args(argv)
+
+
+def _argparse_args(argv: list[str] | None) -> Any:
+    import argparse
+
+    default_role = _default_role()
     parser = argparse.ArgumentParser(description="Chassis sample app service.")
     parser.add_argument(
         "--role",
         choices=ROLES,
-        default=stem if stem in ROLES else None,
-        required=stem not in ROLES,
+        default=default_role,
+        required=default_role is None,
         help="which service to run (default: this file's name)",
     )
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, help="port to listen on (0: any free port)")
     parser.add_argument(
         "--upstream",
-        type=upstream_address,
+        type=_upstream_option,
         help=f"gateway: HOST:PORT of the api (default {DEFAULT_UPSTREAM})",
     )
     parser.add_argument("--requests", type=int, default=30, help="score: requests to send")

@@ -16,9 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from chassis.bundles import check_bundle
 from chassis.sample_app import SERVICES, build_sample_release, write_sample_app
+from chassis.sample_app import service as app_service
 from tests import ports
 
 VERSION = "2.5.0-demo"
@@ -299,3 +302,48 @@ def test_bad_versions_are_refused(tmp_path: Path) -> None:
             build_sample_release(tmp_path, version)
     # "home" is made by the isolation fixture
     assert [p for p in tmp_path.iterdir() if p.name != "home"] == []
+
+
+# -- the command line without argparse --------------------------------------------------
+
+_VALUES = {
+    "--role": st.sampled_from(["api", "gateway", "worker", "score", "nope", "API"]),
+    "--bind": st.sampled_from(["127.0.0.1", "0.0.0.0", "::1", "localhost"]),
+    "--port": st.sampled_from(["0", "8080", "65535", "x", "1e3", "٣"]),
+    "--upstream": st.sampled_from(["127.0.0.1:9", "h:65535", "h:0", "nohost", ":5", "a:b:7"]),
+    "--requests": st.sampled_from(["5", "30", "x", "٣"]),
+    "--ready-file": st.sampled_from(["run/r", "/tmp/ready", "a b"]),
+}
+
+
+@st.composite
+def command_lines(draw: st.DrawFn) -> list[str]:
+    options = draw(st.lists(st.sampled_from(sorted(_VALUES)), unique=True))
+    argv = [part for option in options for part in (option, draw(_VALUES[option]))]
+    if draw(st.booleans()) and argv:  # an option given twice, or its value left off
+        argv += draw(st.sampled_from([[argv[0], argv[1]], [argv[-2]]]))
+    return argv
+
+
+@given(command_lines())
+def test_the_usual_command_lines_parse_as_argparse_parses_them(argv: list[str]) -> None:
+    """The app reads the command lines a stack runs without importing
+    argparse (a third of its start on every host); whatever it accepts so
+    must be exactly what argparse makes of it, and anything else goes to
+    argparse."""
+    usual = app_service._usual_args(argv)
+    if usual is None:
+        return
+    assert vars(usual) == vars(app_service._argparse_args(argv)), argv
+
+
+def test_a_stack_command_line_does_not_import_argparse(tree: Path) -> None:
+    probe = (
+        "import sys; sys.path.insert(0, 'app'); import api\n"
+        "args = api.parse_args(['--port', '8081', '--bind', '127.0.0.1'])\n"
+        "print(args.role, args.port, 'argparse' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", probe], cwd=tree, capture_output=True, text=True, timeout=30
+    )
+    assert done.stdout.split() == ["api", "8081", "False"], done.stderr
