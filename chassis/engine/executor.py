@@ -280,20 +280,22 @@ class HostDeployment:
         ).stdout.split()
         dirs = [d for d in listing if not d.endswith((".tar.gz", ".unpack"))]
         remove = [d for d in dirs[KEEP_RELEASES:] if d not in keep]
-        for name in remove:
-            targets = [self.path("releases", name), self.path("releases", f"{name}.tar.gz")]
-            self.connector.run("rm -rf " + " ".join(shlex.quote(t) for t in targets), check=True)
+        commands = []
+        if remove:
+            targets = [self.path("releases", name) for name in remove]
+            targets += [f"{target}.tar.gz" for target in targets]
+            commands.append("rm -rf -- " + " ".join(shlex.quote(t) for t in targets))
         # Retained releases keep no copy of a secret: only the active release
         # and the rollback target hold env files (a release started again
         # gets its env file written by configure first).
         stale = [d for d in dirs if d not in keep and d not in remove]
         if stale:
-            self.connector.run(
+            commands.append(
                 "rm -f -- "
-                + " ".join(f"{shlex.quote(self.path('releases', d))}/.env.*" for d in stale),
-                check=True,
-                timeout=30,
+                + " ".join(f"{shlex.quote(self.path('releases', d))}/.env.*" for d in stale)
             )
+        if commands:  # one round trip for all of it (a large release may take a while)
+            self.connector.run(" && ".join(commands), check=True)
         return f"kept {min(len(dirs), KEEP_RELEASES)} release(s), removed {len(remove)}", {
             "removed": remove
         }
