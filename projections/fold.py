@@ -23,7 +23,7 @@ from ledger.application import Ledger
 from ledger.bulk import collector_paused
 from ledger.events import LedgerEvent, registered_topics
 from ledger.vouched import VouchedDigests, VouchSource
-from projections.store import VIEW_TABLE, SQLiteViewStore, ViewRow, ViewStore
+from projections.store import SQLiteViewStore, ViewRow, ViewStore
 
 A = TypeVar("A", bound=LedgerAggregate)
 PAGE = 16384
@@ -71,7 +71,7 @@ def open_views(ledger: Ledger) -> ViewStore:
 
         pg_store = ledger.factory.tracking_recorder(PostgresViewStore)
         assert isinstance(pg_store, PostgresViewStore)
-        if not ledger.config.postgres_table_exists(VIEW_TABLE):
+        if not pg_store.table_exists():
             ledger.config.with_ddl_lock(pg_store.create_table)
         return pg_store
     sqlite_store = ledger.factory.tracking_recorder(SQLiteViewStore)

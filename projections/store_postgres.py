@@ -23,6 +23,20 @@ class PostgresViewStore(PostgresTrackingRecorder):
             ).format(self._table())
         )
 
+    def table_exists(self) -> bool:
+        """Whether the view table is there, asked on the ledger's pooled
+        connection (not a connection of its own: one fewer for the server to
+        fork on every command that reads a view)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT to_regclass(%s) IS NOT NULL AS present",
+                (f'"{self.datastore.schema}"."{VIEW_TABLE}"',),
+            )
+            found: Any = c.fetchone()
+        if found is None:
+            return False
+        return bool(found["present"] if isinstance(found, dict) else found[0])
+
     def _table(self) -> Composed:
         return SQL("{0}.{1}").format(Identifier(self.datastore.schema), Identifier(VIEW_TABLE))
 

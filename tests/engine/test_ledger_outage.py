@@ -207,6 +207,23 @@ def test_a_server_slow_to_take_connections_still_opens_the_ledger(
         slow.cut()
 
 
+@pytest.mark.postgres
+def test_a_command_opens_two_server_connections_at_most(
+    on_postgres: str, forwarder: Forwarder, shop: Path, run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every connection is a process the server forks and sets up. A read
+    command used to open nine (a pool of five, filled in the background,
+    and three of its own); now the pre-flight check and one pooled
+    connection, which the views also use once their table exists."""
+    run.ok(*DEPLOY, "--release", "v1")
+    run.ok("status")  # the first read of a view creates its table (a DDL connection)
+    monkeypatch.setenv("CHASSIS_LEDGER", through(on_postgres, forwarder))
+    for command in (("status", "--json"), ("history", "shop", "--env", "dev", "--json")):
+        before = len(forwarder.sockets)
+        run.ok(*command)
+        assert (len(forwarder.sockets) - before) // 2 <= 2, command
+
+
 # Bounded waits (issue 12): the driver retries each statement ten times; each
 # try used to wait 5 s for a connection, so an outage took up to ~45 s to
 # surface. The bound is the URL's connect_timeout; timings are not asserted,
