@@ -272,7 +272,8 @@ class DirectState:
 # data: the shell never sources them; python3 parses them (ENV_LOADER) and
 # execs `/bin/sh -c "$cmd"` with the result as its environment. Each run
 # reopens our (deleted) env file through /proc, so a restart reads it from
-# the start again.
+# the start again. Each decision is logged before it is recorded: whoever
+# sees the record (status, reconcile) finds its line in the log already.
 WRAPPER = """\
 gen=$1; user=$2; cmd=$3; loader=$4; policy=$5; rf=$6
 if [ -n "$gen" ]; then exec 3< "$gen" && rm -f -- "$gen" || exit 126; fi
@@ -318,8 +319,8 @@ while :; do
   for h in "$h1" "$h2" "$h3" "$h4"; do [ -n "$h" ] && hist="$hist,$h"; done
   h4=$h3; h3=$h2; h2=$h1; h1="{\\"at\\":\\"$at\\",\\"status\\":$rc}"
   if [ "$count" -ge "$burst" ]; then
-    note gave-up 0
     echo "==> chassis: $0 gave up: $count restart(s) within ${window}s already" >&2
+    note gave-up 0
     exit $rc
   fi
   delay=$first; i=0
@@ -328,8 +329,8 @@ while :; do
   done
   if [ "$delay" -gt "$cap" ]; then delay=$cap; fi
   n=$((n + 1)); recent="$recent $now"
-  note backoff "$delay"
   echo "==> chassis: $0 restarting in ${delay}s (restart $n)" >&2
+  note backoff "$delay"
   sleep "$delay"
   note running "$delay"
 done
