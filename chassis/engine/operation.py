@@ -27,9 +27,16 @@ from chassis.engine.executor import HostDeployment, scrubbed, scrubbed_data
 from chassis.engine.lease import LeaseKeeper
 from chassis.engine.plan import HostPlan, Plan
 from chassis.engine.restore import restore_host
+from chassis.errors import ChassisError
 from chassis.views import histories
 from ledger.application import Ledger
-from ledger.errors import ConflictError, LedgerError, NotFoundError, StorageError
+from ledger.errors import (
+    ConflictError,
+    DomainRuleError,
+    LedgerError,
+    NotFoundError,
+    StorageError,
+)
 from ledger.installations import Installation, LeaseHolder, LeaseLost
 from ledger.releases import release_dir_name
 from proofs.redaction import scrub_values_data
@@ -254,6 +261,37 @@ def full_history(ledger: Ledger, installation: Installation) -> list[dict[str, A
     """Every revision, from the installations view (the aggregate keeps a window)."""
     found = histories(ledger, installation.app, installation.environment)
     return list(found[0]["revisions"]) if found else list(installation.revisions)
+
+
+class ViewMismatch(ChassisError):
+    """A derived view disagrees with the signed ledger it was folded from."""
+
+    exit_code = 8
+
+
+def signed_revision_state(
+    ledger: Ledger, installation: Installation, entry: dict[str, Any], refusing: str
+) -> Installation:
+    """The signed state at the version a :func:`full_history` ``entry`` gives.
+
+    The history comes from the installations view, a derived table anyone
+    with database access can edit: the revision and version it names must be
+    what the signed state at that version says (the revision finished
+    deployed there), else ``ViewMismatch`` says what is refused."""
+    version = int(entry["version"])
+    state = ledger.load(Installation, installation.id, version=version)
+    try:
+        signed = state.revision_entry(int(entry["revision"]))
+    except DomainRuleError:
+        signed = {}
+    if signed.get("status") != "deployed" or signed.get("version") != version:
+        raise ViewMismatch(
+            f"{installation.app}/{installation.environment}: the installations view says "
+            f"revision {entry['revision']} finished deployed at version {version}, but the signed "
+            f"ledger does not; refusing to {refusing} (nothing was recorded or changed; run "
+            "'chassis ledger verify', then 'chassis ledger rebuild-views' if it passes)"
+        )
+    return state
 
 
 def restored(

@@ -36,7 +36,13 @@ from adapters.errors import ConnectorError
 from adapters.supervisors.base import SupervisorError
 from chassis.connect import connector_for
 from chassis.engine.executor import KEEP_RELEASES
-from chassis.engine.operation import full_history, load_installation, previous_plan, supervisor_for
+from chassis.engine.operation import (
+    full_history,
+    load_installation,
+    previous_plan,
+    signed_revision_state,
+    supervisor_for,
+)
 from chassis.engine.reconcile import HostsUnchecked, plan_data, recorded_plan
 from chassis.errors import ChassisError
 from chassis.hosts import get_host
@@ -151,7 +157,9 @@ def protected_everywhere(
             continue
         if "version" not in entry:
             continue
-        state = ledger.load(Installation, installation.id, version=int(entry["version"]))
+        # The version comes from the view: pointed at another state, it would
+        # protect that state's releases and leave the real target's to prune.
+        state = signed_revision_state(ledger, installation, entry, "prune")
         if state.state_digest() != digest:
             return {
                 "last_successful": last,

@@ -35,6 +35,7 @@ from chassis.engine.operation import (
     OperationRecorder,
     full_history,
     load_installation,
+    signed_revision_state,
 )
 from chassis.engine.plan import (
     HostPlan,
@@ -53,7 +54,6 @@ from chassis.models.cache import require_models
 from chassis.secrets import check_available
 from chassis.workspace import Workspace
 from ledger.application import Ledger
-from ledger.errors import DomainRuleError
 from ledger.installations import Installation
 from ledger.releases import Release
 
@@ -162,12 +162,6 @@ class RollbackResult:
         }
 
 
-class ViewMismatch(ChassisError):
-    """A derived view disagrees with the signed ledger it was folded from."""
-
-    exit_code = 8
-
-
 def state_at(ledger: Ledger, installation: Installation, version: int) -> Installation:
     """The installation replayed to ``version`` (from the nearest snapshot)."""
     return ledger.load(Installation, installation.id, version=version)
@@ -258,21 +252,7 @@ def _target(
     skipped: list[dict[str, Any]],
 ) -> Target:
     version = int(entry["version"])
-    state = state_at(ledger, installation, version)
-    # The history comes from the installations view, a derived table anyone
-    # with database access can edit: the revision and version it names must
-    # be what the signed state at that version says (revision finished there).
-    try:
-        signed = state.revision_entry(int(entry["revision"]))
-    except DomainRuleError:
-        signed = {}
-    if signed.get("status") != "deployed" or signed.get("version") != version:
-        raise ViewMismatch(
-            f"{installation.app}/{installation.environment}: the installations view says "
-            f"revision {entry['revision']} finished deployed at version {version}, but the signed "
-            "ledger does not; refusing to roll back (nothing was recorded or changed; run "
-            "'chassis ledger verify', then 'chassis ledger rebuild-views' if it passes)"
-        )
+    state = signed_revision_state(ledger, installation, entry, "roll back")
     return Target(
         revision=int(entry["revision"]),
         version=version,

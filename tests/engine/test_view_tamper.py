@@ -5,16 +5,17 @@ views from the verified events is the way out."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
+from ledger.releases import release_dir_name
 from tests.conftest import Runner
+from tests.engine.test_prune import PRUNE
 from tests.engine.test_rollback import DEPLOY, ROLLBACK, history, host_snapshot
 
 
-def test_a_view_pointing_a_revision_at_another_state_is_refused(
-    run: Runner, shop: Path
-) -> None:
+def test_a_view_pointing_a_revision_at_another_state_is_refused(run: Runner, shop: Path) -> None:
     run.ok(*DEPLOY, "--release", "v1")
     run.ok(*DEPLOY, "--release", "v2")
     before = history(run)
@@ -22,7 +23,7 @@ def test_a_view_pointing_a_revision_at_another_state_is_refused(
     db = shop / ".chassis" / "ledger.db"
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT view, key, doc FROM chassis_views WHERE view='installations'")
-        (view, key, doc), = rows.fetchall()
+        ((view, key, doc),) = rows.fetchall()
         data = json.loads(doc)
         # Revision 1 now claims to have finished where revision 2 did.
         data["history"]["revisions"][0]["version"] = data["history"]["revisions"][1]["version"]
@@ -48,3 +49,48 @@ def test_a_view_pointing_a_revision_at_another_state_is_refused(
 def conn_count(db: Path) -> int:
     with sqlite3.connect(db) as conn:
         return int(conn.execute("SELECT COUNT(*) FROM stored_events").fetchone()[0])
+
+
+def test_a_view_pointing_the_rollback_target_at_another_state_stops_prune(
+    run: Runner, shop: Path
+) -> None:
+    """Prune keeps the default rollback target's releases, found through the
+    view's history. Pointed at another signed state, the view made prune
+    protect that state's releases and remove the real target's; now prune
+    refuses, as rollback does, and removes nothing."""
+    run.ok(*DEPLOY, "--release", "v1")
+    run.ok(*DEPLOY, "--release", "v2")
+    run.ok(*DEPLOY, "--release", "v1")  # revision 3; the rollback target is revision 2 (v2)
+    releases = {
+        r["label"]: r["release_id"] for r in json.loads(run.ok("release", "list", "--json").stdout)
+    }
+    v2_dir = release_dir_name(releases["v2"])
+    hosts = shop / ".chassis" / "hosts"
+
+    def on_hosts() -> dict[str, set[str]]:
+        return {h.name: set(os.listdir(h / "releases")) for h in sorted(hosts.iterdir())}
+
+    before = on_hosts()
+    assert all(v2_dir in names for names in before.values())
+    run.ok("history", "shop", "--env", "dev")  # the views are folded on first read
+    db = shop / ".chassis" / "ledger.db"
+    with sqlite3.connect(db) as conn:
+        ((view, key, doc),) = conn.execute(
+            "SELECT view, key, doc FROM chassis_views WHERE view='installations'"
+        ).fetchall()
+        data = json.loads(doc)
+        # Revision 2 now claims to have finished where revision 1 did.
+        data["history"]["revisions"][1]["version"] = data["history"]["revisions"][0]["version"]
+        conn.execute(
+            "UPDATE chassis_views SET doc=? WHERE view=? AND key=?",
+            (json.dumps(data).encode(), view, key),
+        )
+    refused = run(*PRUNE, "--keep", "0")
+    assert refused.exit_code == 8, refused.stdout + refused.stderr
+    assert "refusing to prune" in refused.stderr and "rebuild-views" in refused.stderr
+    assert on_hosts() == before, "nothing was removed"
+
+    run.ok("ledger", "verify")
+    run.ok("ledger", "rebuild-views")
+    run.ok(*PRUNE, "--keep", "0")
+    assert all(v2_dir in names for names in on_hosts().values()), "the rollback target stays"
