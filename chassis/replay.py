@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from chassis.engine.operation import full_history
+from chassis.engine.operation import full_history, signed_revision_state
 from chassis.errors import ChassisError
 from ledger.application import Ledger
 from ledger.canonical import format_timestamp
@@ -93,6 +93,8 @@ def resolve_at(ledger: Ledger, installation: Installation, at: str) -> tuple[int
             if entry["revision"] == number:
                 if "version" not in entry:
                     raise ReplayPointError(f"revision {number} of {name} never finished")
+                # The version comes from the view: it must be the signed one.
+                signed_revision_state(ledger, installation, entry, "replay", deployed=False)
                 return int(entry["version"]), f"revision {number}"
         raise ReplayPointError(
             f"--at {at}: {name} has no revision {number} (revisions 1..{installation.revision})"

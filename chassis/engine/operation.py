@@ -270,24 +270,31 @@ class ViewMismatch(ChassisError):
 
 
 def signed_revision_state(
-    ledger: Ledger, installation: Installation, entry: dict[str, Any], refusing: str
+    ledger: Ledger,
+    installation: Installation,
+    entry: dict[str, Any],
+    refusing: str,
+    *,
+    deployed: bool = True,
 ) -> Installation:
     """The signed state at the version a :func:`full_history` ``entry`` gives.
 
     The history comes from the installations view, a derived table anyone
     with database access can edit: the revision and version it names must be
-    what the signed state at that version says (the revision finished
-    deployed there), else ``ViewMismatch`` says what is refused."""
+    what the signed state at that version says (the revision finished there,
+    and with ``deployed`` finished deployed), else ``ViewMismatch`` says what
+    is refused."""
     version = int(entry["version"])
     state = ledger.load(Installation, installation.id, version=version)
     try:
         signed = state.revision_entry(int(entry["revision"]))
     except DomainRuleError:
         signed = {}
-    if signed.get("status") != "deployed" or signed.get("version") != version:
+    if signed.get("version") != version or (deployed and signed.get("status") != "deployed"):
+        finished = "finished deployed" if deployed else "finished"
         raise ViewMismatch(
             f"{installation.app}/{installation.environment}: the installations view says "
-            f"revision {entry['revision']} finished deployed at version {version}, but the signed "
+            f"revision {entry['revision']} {finished} at version {version}, but the signed "
             f"ledger does not; refusing to {refusing} (nothing was recorded or changed; run "
             "'chassis ledger verify', then 'chassis ledger rebuild-views' if it passes)"
         )

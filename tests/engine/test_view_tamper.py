@@ -94,3 +94,32 @@ def test_a_view_pointing_the_rollback_target_at_another_state_stops_prune(
     run.ok("ledger", "rebuild-views")
     run.ok(*PRUNE, "--keep", "0")
     assert all(v2_dir in names for names in on_hosts().values()), "the rollback target stays"
+
+
+def test_a_view_pointing_a_revision_at_another_state_stops_a_replay(
+    run: Runner, shop: Path
+) -> None:
+    """``audit replay --at N`` finds revision N's version through the view:
+    edited, it showed another signed state under revision N's name."""
+    run.ok(*DEPLOY, "--release", "v1")
+    run.ok(*DEPLOY, "--release", "v2")
+    honest = json.loads(
+        run.ok("audit", "replay", "shop", "--env", "dev", "--at", "1", "--json").stdout
+    )
+    db = shop / ".chassis" / "ledger.db"
+    with sqlite3.connect(db) as conn:
+        ((view, key, doc),) = conn.execute(
+            "SELECT view, key, doc FROM chassis_views WHERE view='installations'"
+        ).fetchall()
+        data = json.loads(doc)
+        data["history"]["revisions"][0]["version"] = data["history"]["revisions"][1]["version"]
+        conn.execute(
+            "UPDATE chassis_views SET doc=? WHERE view=? AND key=?",
+            (json.dumps(data).encode(), view, key),
+        )
+    refused = run("audit", "replay", "shop", "--env", "dev", "--at", "1", "--json")
+    assert refused.exit_code == 8, refused.stdout + refused.stderr
+    assert "refusing to replay" in refused.stderr
+    run.ok("ledger", "rebuild-views")
+    again = run.ok("audit", "replay", "shop", "--env", "dev", "--at", "1", "--json").stdout
+    assert json.loads(again) == honest
