@@ -1,6 +1,6 @@
 """The installations view is a derived table: editing it cannot steer a
-rollback to another signed state than the one it names, and rebuilding the
-views from the verified events is the way out."""
+rollback, a prune or a replay to another signed state than the one it
+names, and rebuilding the views from the verified events is the way out."""
 
 from __future__ import annotations
 
@@ -14,6 +14,24 @@ from tests.conftest import Runner
 from tests.engine.test_prune import PRUNE
 from tests.engine.test_rollback import DEPLOY, ROLLBACK, history, host_snapshot
 
+REPLAY_1 = ("audit", "replay", "shop", "--env", "dev", "--at", "1", "--json")
+
+
+def finish_where(shop: Path, *, revision: int, other: int) -> None:
+    """Edit the installations view by direct SQL, as a database writer
+    could: ``revision`` now claims to have finished where ``other`` did."""
+    with sqlite3.connect(shop / ".chassis" / "ledger.db") as conn:
+        ((view, key, doc),) = conn.execute(
+            "SELECT view, key, doc FROM chassis_views WHERE view='installations'"
+        ).fetchall()
+        data = json.loads(doc)
+        revisions = {entry["revision"]: entry for entry in data["history"]["revisions"]}
+        revisions[revision]["version"] = revisions[other]["version"]
+        conn.execute(
+            "UPDATE chassis_views SET doc=? WHERE view=? AND key=?",
+            (json.dumps(data).encode(), view, key),
+        )
+
 
 def test_a_view_pointing_a_revision_at_another_state_is_refused(run: Runner, shop: Path) -> None:
     run.ok(*DEPLOY, "--release", "v1")
@@ -21,16 +39,7 @@ def test_a_view_pointing_a_revision_at_another_state_is_refused(run: Runner, sho
     before = history(run)
     v2_hosts = host_snapshot(shop)
     db = shop / ".chassis" / "ledger.db"
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT view, key, doc FROM chassis_views WHERE view='installations'")
-        ((view, key, doc),) = rows.fetchall()
-        data = json.loads(doc)
-        # Revision 1 now claims to have finished where revision 2 did.
-        data["history"]["revisions"][0]["version"] = data["history"]["revisions"][1]["version"]
-        conn.execute(
-            "UPDATE chassis_views SET doc=? WHERE view=? AND key=?",
-            (json.dumps(data).encode(), view, key),
-        )
+    finish_where(shop, revision=1, other=2)
     events = conn_count(db)
     refused = run(*ROLLBACK, "--to", "1")
     assert refused.exit_code == 8, refused.stdout + refused.stderr
@@ -61,9 +70,8 @@ def test_a_view_pointing_the_rollback_target_at_another_state_stops_prune(
     run.ok(*DEPLOY, "--release", "v1")
     run.ok(*DEPLOY, "--release", "v2")
     run.ok(*DEPLOY, "--release", "v1")  # revision 3; the rollback target is revision 2 (v2)
-    releases = {
-        r["label"]: r["release_id"] for r in json.loads(run.ok("release", "list", "--json").stdout)
-    }
+    listed = json.loads(run.ok("release", "list", "--json").stdout)
+    releases = {r["label"]: r["release_id"] for r in listed}
     v2_dir = release_dir_name(releases["v2"])
     hosts = shop / ".chassis" / "hosts"
 
@@ -73,18 +81,7 @@ def test_a_view_pointing_the_rollback_target_at_another_state_stops_prune(
     before = on_hosts()
     assert all(v2_dir in names for names in before.values())
     run.ok("history", "shop", "--env", "dev")  # the views are folded on first read
-    db = shop / ".chassis" / "ledger.db"
-    with sqlite3.connect(db) as conn:
-        ((view, key, doc),) = conn.execute(
-            "SELECT view, key, doc FROM chassis_views WHERE view='installations'"
-        ).fetchall()
-        data = json.loads(doc)
-        # Revision 2 now claims to have finished where revision 1 did.
-        data["history"]["revisions"][1]["version"] = data["history"]["revisions"][0]["version"]
-        conn.execute(
-            "UPDATE chassis_views SET doc=? WHERE view=? AND key=?",
-            (json.dumps(data).encode(), view, key),
-        )
+    finish_where(shop, revision=2, other=1)
     refused = run(*PRUNE, "--keep", "0")
     assert refused.exit_code == 8, refused.stdout + refused.stderr
     assert "refusing to prune" in refused.stderr and "rebuild-views" in refused.stderr
@@ -103,23 +100,10 @@ def test_a_view_pointing_a_revision_at_another_state_stops_a_replay(
     edited, it showed another signed state under revision N's name."""
     run.ok(*DEPLOY, "--release", "v1")
     run.ok(*DEPLOY, "--release", "v2")
-    honest = json.loads(
-        run.ok("audit", "replay", "shop", "--env", "dev", "--at", "1", "--json").stdout
-    )
-    db = shop / ".chassis" / "ledger.db"
-    with sqlite3.connect(db) as conn:
-        ((view, key, doc),) = conn.execute(
-            "SELECT view, key, doc FROM chassis_views WHERE view='installations'"
-        ).fetchall()
-        data = json.loads(doc)
-        data["history"]["revisions"][0]["version"] = data["history"]["revisions"][1]["version"]
-        conn.execute(
-            "UPDATE chassis_views SET doc=? WHERE view=? AND key=?",
-            (json.dumps(data).encode(), view, key),
-        )
-    refused = run("audit", "replay", "shop", "--env", "dev", "--at", "1", "--json")
+    honest = json.loads(run.ok(*REPLAY_1).stdout)
+    finish_where(shop, revision=1, other=2)
+    refused = run(*REPLAY_1)
     assert refused.exit_code == 8, refused.stdout + refused.stderr
     assert "refusing to replay" in refused.stderr
     run.ok("ledger", "rebuild-views")
-    again = run.ok("audit", "replay", "shop", "--env", "dev", "--at", "1", "--json").stdout
-    assert json.loads(again) == honest
+    assert json.loads(run.ok(*REPLAY_1).stdout) == honest
