@@ -162,11 +162,6 @@ class RollbackResult:
         }
 
 
-def state_at(ledger: Ledger, installation: Installation, version: int) -> Installation:
-    """The installation replayed to ``version`` (from the nearest snapshot)."""
-    return ledger.load(Installation, installation.id, version=version)
-
-
 def choose_target(ledger: Ledger, installation: Installation, to: str | None) -> Target:
     name = f"{installation.app}/{installation.environment}"
     revisions = full_history(ledger, installation)
