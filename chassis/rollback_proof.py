@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from chassis.audit import verify_workspace
-from chassis.engine.operation import full_history, load_installation
+from chassis.engine.operation import full_history, load_installation, signed_revision_state
 from chassis.errors import ChassisError, WorkspaceError
 from chassis.replay import positions, replay_from_events
 from chassis.workspace import Workspace
@@ -50,15 +50,18 @@ from proofs.rollback import (
     check_rollback_statement,
 )
 
-FINISHED = ("deployed", "failed")
-
 
 class ProofError(ChassisError):
     exit_code = 10
 
 
 def rollback_proof(
-    ledger: Ledger, ws: Workspace, signer: KeyPair, *, app: str, environment: str,
+    ledger: Ledger,
+    ws: Workspace,
+    signer: KeyPair,
+    *,
+    app: str,
+    environment: str,
     revision: int | None,
 ) -> dict[str, Any]:
     """The signed DSSE envelope proving rollback ``revision`` (default: the newest)."""
@@ -129,19 +132,25 @@ def rollback_proof(
 def _rollback_entry(
     ledger: Ledger, installation: Installation, revision: int | None
 ) -> dict[str, Any]:
+    """Rollback ``revision``'s entry as the signed state where it finished
+    records it. The view only says where to look: every word the proof
+    signs comes from the signed state (:func:`signed_revision_state`)."""
     name = f"{installation.app}/{installation.environment}"
     rollbacks = [
-        e for e in full_history(ledger, installation)
+        e
+        for e in full_history(ledger, installation)
         if e["operation"] == "rollback" and "version" in e
     ]
     if revision is not None:
-        for entry in rollbacks:
-            if entry["revision"] == revision:
-                return entry
-        raise ProofError(f"revision {revision} of {name} is not a finished rollback")
+        rollbacks = [e for e in rollbacks if e["revision"] == revision]
+        if not rollbacks:
+            raise ProofError(f"revision {revision} of {name} is not a finished rollback")
     if not rollbacks:
         raise ProofError(f"{name} has no finished rollback to prove")
-    return rollbacks[-1]
+    state = signed_revision_state(
+        ledger, installation, rollbacks[-1], "sign a proof of it", operation="rollback"
+    )
+    return state.revision_entry(int(rollbacks[-1]["revision"]))
 
 
 # Verifying.
@@ -183,9 +192,7 @@ class TrustKeys(Protocol):
     def keys(self) -> Mapping[str, TrustedKey]: ...
 
 
-def keys_from_trust(
-    trust: TrustKeys | None, role: str
-) -> tuple[dict[str, bytes], dict[str, str]]:
+def keys_from_trust(trust: TrustKeys | None, role: str) -> tuple[dict[str, bytes], dict[str, str]]:
     """Active keys holding ``role``; and revoked key ids with their reason."""
     if trust is None:
         raise WorkspaceError("this ledger has no root of trust (run 'chassis init')")

@@ -276,25 +276,31 @@ def signed_revision_state(
     refusing: str,
     *,
     deployed: bool = True,
+    operation: str | None = None,
 ) -> Installation:
     """The signed state at the version a :func:`full_history` ``entry`` gives.
 
     The history comes from the installations view, a derived table anyone
     with database access can edit: the revision and version it names must be
     what the signed state at that version says (the revision finished there,
-    and with ``deployed`` finished deployed), else ``ViewMismatch`` says what
-    is refused."""
+    with ``deployed`` finished deployed, with ``operation`` was that
+    operation), else ``ViewMismatch`` says what is refused."""
     version = int(entry["version"])
     state = ledger.load(Installation, installation.id, version=version)
     try:
         signed = state.revision_entry(int(entry["revision"]))
     except DomainRuleError:
         signed = {}
-    if signed.get("version") != version or (deployed and signed.get("status") != "deployed"):
+    if (
+        signed.get("version") != version
+        or (deployed and signed.get("status") != "deployed")
+        or (operation is not None and signed.get("operation") != operation)
+    ):
         finished = "finished deployed" if deployed else "finished"
+        what = f"{operation} " if operation else ""
         raise ViewMismatch(
             f"{installation.app}/{installation.environment}: the installations view says "
-            f"revision {entry['revision']} {finished} at version {version}, but the signed "
+            f"{what}revision {entry['revision']} {finished} at version {version}, but the signed "
             f"ledger does not; refusing to {refusing} (nothing was recorded or changed; run "
             "'chassis ledger verify', then 'chassis ledger rebuild-views' if it passes)"
         )

@@ -30,7 +30,8 @@ Verifies the whole ledger, replays the target state again, and signs (with the
 acting key) a DSSE envelope holding an in-toto Statement: subject the target
 release, predicate the verification result, target revision and version, both
 state digests, health evidence and the ledger positions of the events cited.
-Exit status: 0, 8 the ledger does not verify, 10 no such rollback.
+Exit status: 0, 8 the ledger (or the installations view) does not verify, 10 no
+such rollback.
 Examples:
   chassis proof rollback shop --env prod --out rollback.dsse.json
   chassis proof rollback shop --env prod --revision 7""",
