@@ -47,6 +47,7 @@ from proofs.rollback import (
     ProofCheckError,
     check_cited_events,
     check_intent,
+    check_outcome,
     check_rollback_statement,
 )
 
@@ -310,6 +311,8 @@ def _verify(
             report.checks.append(check_cited_events(body, lambda seq: _record_at(ledger, seq)))
         with failing_as("intent"):
             report.checks.append(check_intent(body, lambda seq: _record_at(ledger, seq)))
+        with failing_as("outcome"):
+            report.checks.append(check_outcome(body, lambda seq: _record_at(ledger, seq)))
         with failing_as("replay"):
             report.checks.append(_check_replay(ledger, body))
     return report

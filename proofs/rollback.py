@@ -19,6 +19,8 @@ from proofs.intoto import ROLLBACK_PROOF_PREDICATE, STATEMENT_TYPE
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 ROLLBACK_TARGETED = Installation.RollbackTargeted.TOPIC
+OPERATION_STARTED = Installation.OperationStarted.TOPIC
+OPERATION_FINISHED = Installation.OperationFinished.TOPIC
 
 
 class ProofCheckError(Exception):
@@ -176,4 +178,65 @@ def check_intent(
         "intent",
         f"the rollback's intent (event {seq}) fixed revision {target['revision']} at version "
         f"{target['version']} with state {str(target['state_digest'])[:16]}…, the state replayed",
+    )
+
+
+def check_outcome(
+    statement: Mapping[str, Any], lookup: Callable[[int], SealedRecord | None]
+) -> Check:
+    """What the proof says of the rollback itself is what its signed events
+    recorded: its ``operation-started`` at ``started_version`` (a rollback,
+    with that op id and revision), its ``operation-finished`` at
+    ``finished_version`` (that op id, revision, status and description) and
+    its intent (the revision it undid). Each is read from the ledger by the
+    position the proof cites, never from the statement's copy. Run after
+    ``check_cited_events`` and ``check_intent`` on a verified ledger."""
+    predicate = statement["predicate"]
+    rollback = predicate["rollback"]
+    installation = str(predicate["installation"]["id"]).replace("-", "")
+
+    def recorded(topic: str, version: int | None) -> tuple[int, dict[str, Any]]:
+        cited = [
+            e
+            for e in predicate["events"]
+            if e.get("topic") == topic and (version is None or int(e["version"]) == version)
+        ]
+        where = f" at version {version}" if version is not None else ""
+        if len(cited) != 1:
+            raise ProofCheckError(
+                "outcome", f"the proof cites {len(cited)} {topic} events{where}, expected one"
+            )
+        seq = int(cited[0]["seq"])
+        record = lookup(seq)
+        if (
+            record is None
+            or record.topic != topic
+            or record.originator_id.replace("-", "") != installation
+            or (version is not None and record.version != version)
+        ):
+            raise ProofCheckError("outcome", f"the ledger has no {topic} event{where} at seq {seq}")
+        return seq, record.payload()
+
+    claims = {"operation": "rollback", **{k: rollback[k] for k in ("op_id", "revision")}}
+    started = recorded(OPERATION_STARTED, int(rollback["started_version"]))
+    finished = recorded(OPERATION_FINISHED, int(rollback["finished_version"]))
+    intent = recorded(ROLLBACK_TARGETED, None)
+    expected = [
+        (started, claims),
+        (finished, {k: rollback[k] for k in ("op_id", "revision", "status", "description")}),
+        (intent, {"from_revision": rollback["from_revision"]}),
+    ]
+    for (seq, payload), wanted in expected:
+        for name, value in wanted.items():
+            if payload.get(name) != value:
+                raise ProofCheckError(
+                    "outcome",
+                    f"event {seq} recorded the rollback's {name} as "
+                    f"{str(payload.get(name))[:40]!r}, the proof states {str(value)[:40]!r}",
+                )
+    return Check(
+        "outcome",
+        f"rollback revision {rollback['revision']} ({rollback['op_id'][:12]}…) finished "
+        f"{rollback['status']} at version {rollback['finished_version']}, as events "
+        f"{started[0]} and {finished[0]} recorded",
     )

@@ -73,7 +73,7 @@ def test_an_untampered_ledger_verifies_first(run: Runner, proof: Path) -> None:
     result = json.loads(run.ok("proof", "verify", str(proof), "--json").stdout)
     names = [c["check"] for c in result["checks"]]
     assert names[0] == "ledger", "the ledger is verified before anything is read from it"
-    assert {"signature", "cited-events", "intent", "replay"} <= set(names)
+    assert {"signature", "cited-events", "intent", "outcome", "replay"} <= set(names)
     replay = next(c["detail"] for c in result["checks"] if c["check"] == "replay")
     assert "signature" in replay
 
@@ -129,3 +129,36 @@ def test_the_target_must_be_the_one_the_signed_intent_fixed(
     forged.write_text(json.dumps(signed))
     check, detail = failed_check(run, str(forged))
     assert check == "intent" and "target_version" in detail
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("status", "failed"),
+        ("description", "drill approved by the CISO"),
+        ("revision", 2),
+        ("op_id", "0" * 32),
+        ("from_revision", 1),
+    ],
+)
+def test_what_a_proof_says_of_the_rollback_is_what_its_events_recorded(
+    run: Runner, proof: Path, tmp_path: Path, field: str, value: object
+) -> None:
+    """A proof re-signed by a trusted key, claiming of the rollback what the
+    ledger never recorded (another outcome, words, revision, operation or
+    the revision it undid): its target and replays are untouched, so only
+    comparing each claim with the signed events the proof cites catches it."""
+    envelope = json.loads(proof.read_text())
+    body = json.loads(base64.b64decode(envelope["payload"]))
+    assert body["predicate"]["rollback"][field] != value
+    body["predicate"]["rollback"][field] = value
+    key_file = next(
+        p
+        for p in Path(os.environ["CHASSIS_KEYS_DIR"]).iterdir()
+        if p.suffix == ".key" and not p.name.startswith("ops2")
+    )
+    forged = tmp_path / "forged.dsse.json"
+    signed = sign_envelope(statement_bytes(body), PAYLOAD_TYPE_INTOTO, load_keypair(key_file))
+    forged.write_text(json.dumps(signed))
+    check, detail = failed_check(run, str(forged))
+    assert check in ("intent", "outcome") and field in detail, (check, detail)

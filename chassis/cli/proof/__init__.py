@@ -78,8 +78,10 @@ digest, link and signature, as 'chassis ledger verify'), since trust and every
 later check read it; then the DSSE signature against trusted keys (a revoked
 key fails), the statement and its internal consistency; then, with the ledger,
 that every cited event exists at its position with its digest, that the
-rollback's intent event recorded the target the proof states (intent), and
-that folding the installation's verified events gives both state digests.
+rollback's intent event recorded the target the proof states (intent), that
+the rollback's own events recorded its op id, revision, status, description
+and the revision it undid as the proof states them (outcome), and that
+folding the installation's verified events gives both state digests.
 Trusted keys: --trusted-keys DIR (*.pub files, offline, no ledger) or the
 workspace's trust state (the default inside a workspace).
 A .tlog-proof file (from 'chassis proof inclusion') is checked with --key
