@@ -21,6 +21,10 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 ROLLBACK_TARGETED = Installation.RollbackTargeted.TOPIC
 OPERATION_STARTED = Installation.OperationStarted.TOPIC
 OPERATION_FINISHED = Installation.OperationFinished.TOPIC
+LATER_STATUSES = frozenset({"superseded", "rolled-back"})
+"""What a deployed revision becomes once another replaces or undoes it.
+Proofs issued before the ``outcome`` check stated the status the revision
+had when issued; those verify against a recorded ``deployed``."""
 
 
 class ProofCheckError(Exception):
@@ -228,6 +232,8 @@ def check_outcome(
     ]
     for (seq, payload), wanted in expected:
         for name, value in wanted.items():
+            if name == "status" and value in LATER_STATUSES and payload.get(name) == "deployed":
+                continue  # a proof issued before: the status the revision had by then
             if payload.get(name) != value:
                 raise ProofCheckError(
                     "outcome",

@@ -162,3 +162,25 @@ def test_what_a_proof_says_of_the_rollback_is_what_its_events_recorded(
     forged.write_text(json.dumps(signed))
     check, detail = failed_check(run, str(forged))
     assert check in ("intent", "outcome") and field in detail, (check, detail)
+
+
+def test_a_proof_stating_the_status_the_rollback_had_later_still_verifies(
+    run: Runner, proof: Path, tmp_path: Path
+) -> None:
+    """Proofs issued before the ``outcome`` check stated the rollback's status
+    as of issue ("superseded" once another deploy replaced it): a rollback
+    recorded deployed may say so; one recorded failed may not."""
+    envelope = json.loads(proof.read_text())
+    body = json.loads(base64.b64decode(envelope["payload"]))
+    assert body["predicate"]["rollback"]["status"] == "deployed"
+    key_file = next(
+        p
+        for p in Path(os.environ["CHASSIS_KEYS_DIR"]).iterdir()
+        if p.suffix == ".key" and not p.name.startswith("ops2")
+    )
+    for status in ("superseded", "rolled-back"):
+        body["predicate"]["rollback"]["status"] = status
+        earlier = tmp_path / f"{status}.dsse.json"
+        signed = sign_envelope(statement_bytes(body), PAYLOAD_TYPE_INTOTO, load_keypair(key_file))
+        earlier.write_text(json.dumps(signed))
+        run.ok("proof", "verify", str(earlier))
