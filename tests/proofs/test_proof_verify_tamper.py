@@ -61,6 +61,18 @@ def failed_check(run: Runner, *args: str) -> tuple[str, str]:
     return str(data["check"]), str(data["detail"])
 
 
+def resign(body: dict[str, Any], where: Path) -> Path:
+    """``body`` signed again by the workspace's own (trusted) key, at ``where``."""
+    key_file = next(
+        p
+        for p in Path(os.environ["CHASSIS_KEYS_DIR"]).iterdir()
+        if p.suffix == ".key" and not p.name.startswith("ops2")
+    )
+    signed = sign_envelope(statement_bytes(body), PAYLOAD_TYPE_INTOTO, load_keypair(key_file))
+    where.write_text(json.dumps(signed))
+    return where
+
+
 def zero_signature(store: RawStore, topic_prefix: str) -> int:
     """Replace the signature of the last row under ``topic_prefix`` by 64 zero bytes."""
     row = [r for r in store.rows() if r.topic.startswith(topic_prefix)][-1]
@@ -119,15 +131,7 @@ def test_the_target_must_be_the_one_the_signed_intent_fixed(
     target, rollback = body["predicate"]["target"], body["predicate"]["rollback"]
     assert target["state_digest"] == body["predicate"]["post_state_digest"]
     target["version"] = rollback["finished_version"]
-    key_file = next(
-        p
-        for p in Path(os.environ["CHASSIS_KEYS_DIR"]).iterdir()
-        if p.suffix == ".key" and not p.name.startswith("ops2")
-    )
-    forged = tmp_path / "forged.dsse.json"
-    signed = sign_envelope(statement_bytes(body), PAYLOAD_TYPE_INTOTO, load_keypair(key_file))
-    forged.write_text(json.dumps(signed))
-    check, detail = failed_check(run, str(forged))
+    check, detail = failed_check(run, str(resign(body, tmp_path / "forged.dsse.json")))
     assert check == "intent" and "target_version" in detail
 
 
@@ -152,15 +156,7 @@ def test_what_a_proof_says_of_the_rollback_is_what_its_events_recorded(
     body = json.loads(base64.b64decode(envelope["payload"]))
     assert body["predicate"]["rollback"][field] != value
     body["predicate"]["rollback"][field] = value
-    key_file = next(
-        p
-        for p in Path(os.environ["CHASSIS_KEYS_DIR"]).iterdir()
-        if p.suffix == ".key" and not p.name.startswith("ops2")
-    )
-    forged = tmp_path / "forged.dsse.json"
-    signed = sign_envelope(statement_bytes(body), PAYLOAD_TYPE_INTOTO, load_keypair(key_file))
-    forged.write_text(json.dumps(signed))
-    check, detail = failed_check(run, str(forged))
+    check, detail = failed_check(run, str(resign(body, tmp_path / "forged.dsse.json")))
     assert check in ("intent", "outcome") and field in detail, (check, detail)
 
 
@@ -173,14 +169,6 @@ def test_a_proof_stating_the_status_the_rollback_had_later_still_verifies(
     envelope = json.loads(proof.read_text())
     body = json.loads(base64.b64decode(envelope["payload"]))
     assert body["predicate"]["rollback"]["status"] == "deployed"
-    key_file = next(
-        p
-        for p in Path(os.environ["CHASSIS_KEYS_DIR"]).iterdir()
-        if p.suffix == ".key" and not p.name.startswith("ops2")
-    )
     for status in ("superseded", "rolled-back"):
         body["predicate"]["rollback"]["status"] = status
-        earlier = tmp_path / f"{status}.dsse.json"
-        signed = sign_envelope(statement_bytes(body), PAYLOAD_TYPE_INTOTO, load_keypair(key_file))
-        earlier.write_text(json.dumps(signed))
-        run.ok("proof", "verify", str(earlier))
+        run.ok("proof", "verify", str(resign(body, tmp_path / f"{status}.dsse.json")))
