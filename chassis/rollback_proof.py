@@ -26,7 +26,7 @@ from chassis.workspace import Workspace
 from ledger.aggregate import now
 from ledger.application import Ledger
 from ledger.canonical import format_timestamp
-from ledger.errors import LedgerError
+from ledger.errors import DomainRuleError, LedgerError
 from ledger.installations import Installation
 from ledger.keys import KeyPair, keyid_for, load_public_key
 from ledger.records import MalformedRecordError, SealedRecord, parse_record
@@ -340,9 +340,21 @@ def _check_replay(ledger: Ledger, body: Mapping[str, Any]) -> Check:
     if str(key) != str(named["id"]):
         raise ProofCheckError("replay", f"installation id {named['id']} is not {key}")
     target_version = int(predicate["target"]["version"])
-    target = replay_from_events(ledger, key, target_version).state_digest()
-    if target != predicate["target"]["state_digest"]:
+    replayed = replay_from_events(ledger, key, target_version)
+    if replayed.state_digest() != predicate["target"]["state_digest"]:
         raise ProofCheckError("replay", "replaying the ledger gives another target state")
+    claimed = predicate["target"]
+    try:
+        entry = replayed.revision_entry(int(claimed["revision"]))
+    except DomainRuleError:
+        entry = {}
+    for name in ("release_id", "label"):
+        if entry.get(name) != claimed.get(name):
+            raise ProofCheckError(
+                "target-release",
+                f"the ledger recorded revision {claimed['revision']}'s {name} as "
+                f"{str(entry.get(name))[:16]!r}, the proof states {str(claimed.get(name))[:16]!r}",
+            )
     finished_version = int(predicate["rollback"]["finished_version"])
     post = replay_from_events(ledger, key, finished_version).state_digest()
     if post != predicate["post_state_digest"]:
@@ -350,7 +362,8 @@ def _check_replay(ledger: Ledger, body: Mapping[str, Any]) -> Check:
     return Check(
         "replay",
         "folding the installation's events, each verified (canonical form, digest, link, "
-        "signature by a key trusted then), gives both state digests",
+        "signature by a key trusted then), gives both state digests and the target "
+        "revision's release",
     )
 
 

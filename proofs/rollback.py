@@ -8,12 +8,14 @@ operator's public key and, optionally, a copy of the ledger.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.installations import Installation
+from ledger.canonical import canonical_json
+from ledger.installations import STATE_TAG, Installation
 from ledger.records import SealedRecord
 from proofs.intoto import ROLLBACK_PROOF_PREDICATE, STATEMENT_TYPE
 
@@ -87,9 +89,8 @@ def check_rollback_statement(statement: Mapping[str, Any]) -> list[Check]:
         raise ProofCheckError(
             "restored-exactly", f"claims restored_exactly={claimed} but the digests say otherwise"
         )
-    digests = {s.get("digest", {}).get("sha256") for s in subjects if isinstance(s, Mapping)}
-    if target.get("release_id") not in digests:
-        raise ProofCheckError("subject", "the subject does not name the target release digest")
+    check_target_state(target)
+    check_subjects(predicate, subjects)
     if not isinstance(events, list) or not events:
         raise ProofCheckError("events", "the proof cites no ledger events")
     return [
@@ -105,7 +106,58 @@ def check_rollback_statement(statement: Mapping[str, Any]) -> list[Check]:
             + ("equals" if claimed else "differs from")
             + " the target state",
         ),
+        Check("target-state", "the target state shown has the target state digest"),
+        Check("subject", f"the subjects are the {len(subjects)} release(s) the target runs"),
     ]
+
+
+def check_target_state(target: Mapping[str, Any]) -> None:
+    """The spatial state the statement shows is the one its digest names
+    (ledger-format.md §6.2): what a reader sees is what was replayed."""
+    state = target.get("state")
+    try:
+        if not isinstance(state, Mapping):
+            raise TypeError("not an object")
+        shown = hashlib.sha256(STATE_TAG + canonical_json(dict(state))).hexdigest()
+    except (TypeError, ValueError) as e:
+        raise ProofCheckError(
+            "target-state", f"the target state is not a state document: {e}"
+        ) from None
+    if shown != target.get("state_digest"):
+        raise ProofCheckError(
+            "target-state",
+            f"the target state shown has digest {shown[:16]}…, not the target state digest",
+        )
+
+
+def check_subjects(predicate: Mapping[str, Any], subjects: Any) -> None:
+    """The subjects are exactly the releases the target state runs (and the
+    target revision's release), each named ``APP/ENV@LABEL`` with a label
+    it runs under: the release digests a consumer reads first are the ones
+    the replayed state holds. Run after :func:`check_target_state`."""
+    target = predicate["target"]
+    where = f"{predicate['installation']['app']}/{predicate['installation']['environment']}"
+    try:
+        runs = [(h["release_id"], h["label"]) for h in target["state"]["hosts"].values()]
+    except (AttributeError, KeyError, TypeError):
+        raise ProofCheckError("subject", "the target state's hosts are not host entries") from None
+    runs.append((target.get("release_id"), target.get("label")))
+    allowed = {(f"{where}@{label}", release_id) for release_id, label in runs}
+    if not isinstance(subjects, list) or not all(isinstance(s, Mapping) for s in subjects):
+        raise ProofCheckError("subject", "the subject is not a list of objects")
+    named = [(s.get("name"), (s.get("digest") or {}).get("sha256")) for s in subjects]
+    for name, digest in named:
+        if (name, digest) not in allowed:
+            raise ProofCheckError(
+                "subject",
+                f"subject {name!r} ({str(digest)[:16]}…) is not a release the target runs",
+            )
+    missing = {release_id for release_id, _ in runs} - {digest for _, digest in named}
+    if missing:
+        raise ProofCheckError(
+            "subject",
+            f"the subject does not name release {sorted(missing)[0][:16]}…, which the target runs",
+        )
 
 
 def check_cited_events(

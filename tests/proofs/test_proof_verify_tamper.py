@@ -172,3 +172,65 @@ def test_a_proof_stating_the_status_the_rollback_had_later_still_verifies(
     for status in ("superseded", "rolled-back"):
         body["predicate"]["rollback"]["status"] = status
         run.ok("proof", "verify", str(resign(body, tmp_path / f"{status}.dsse.json")))
+
+
+def other_release(body: dict[str, Any]) -> tuple[str, str]:
+    """A release id and label of this ledger other than the target's (v2's: the
+    rollback went from v2 to v1)."""
+    target = body["predicate"]["target"]
+    assert target["label"] == "v1"
+    return "f" * 64, "v2"
+
+
+@pytest.mark.parametrize(
+    "forgery", ["host-runs-another-release", "subject-added", "subject-swapped", "target-release"]
+)
+def test_what_a_proof_says_the_target_runs_is_what_the_ledger_recorded(
+    run: Runner, proof: Path, tmp_path: Path, forgery: str
+) -> None:
+    """The subject (the release digests a consumer reads first), the target
+    state the statement shows and the target's release were the statement's
+    own words: re-signed by a trusted key with another release, the proof
+    verified. Now the shown state must have the state digest, the subjects
+    must be exactly the releases it runs, and the target's release is read
+    from the replayed state."""
+    envelope = json.loads(proof.read_text())
+    body = json.loads(base64.b64decode(envelope["payload"]))
+    target = body["predicate"]["target"]
+    release_id, label = other_release(body)
+    name = f"shop/dev@{label}"
+    expected_check = {
+        "host-runs-another-release": "target-state",
+        "subject-added": "subject",
+        "subject-swapped": "subject",
+        "target-release": "target-release",
+    }[forgery]
+    if forgery == "host-runs-another-release":
+        host = sorted(target["state"]["hosts"])[0]
+        target["state"]["hosts"][host]["release_id"] = release_id
+        body["subject"].append({"name": name, "digest": {"sha256": release_id}})
+    elif forgery == "subject-added":
+        body["subject"].append({"name": name, "digest": {"sha256": release_id}})
+    elif forgery == "subject-swapped":
+        body["subject"][0]["name"] = name
+    else:  # the target revision claimed to be another release, subjects to match
+        target["release_id"], target["label"] = release_id, label
+        body["subject"].append({"name": name, "digest": {"sha256": release_id}})
+    check, detail = failed_check(run, str(resign(body, tmp_path / "forged.dsse.json")))
+    assert check == expected_check, (check, detail)
+    # Offline, with only the signer's key, the statement-level checks still hold.
+    if expected_check != "target-release":
+        keys = tmp_path / "trusted"
+        keys.mkdir()
+        for public in Path(os.environ["CHASSIS_KEYS_DIR"]).glob("*.pub"):
+            (keys / public.name).write_bytes(public.read_bytes())
+        offline = run(
+            "proof",
+            "verify",
+            str(tmp_path / "forged.dsse.json"),
+            "--trusted-keys",
+            str(keys),
+            "--json",
+        )
+        assert offline.exit_code == 8, offline.stdout
+        assert json.loads(offline.stdout)["check"] == expected_check
