@@ -175,10 +175,9 @@ def test_a_proof_stating_the_status_the_rollback_had_later_still_verifies(
 
 
 def other_release(body: dict[str, Any]) -> tuple[str, str]:
-    """A release id and label of this ledger other than the target's (v2's: the
-    rollback went from v2 to v1)."""
-    target = body["predicate"]["target"]
-    assert target["label"] == "v1"
+    """A release the target never ran: a made-up id under the label of the
+    release the rollback left (v2; the target is v1)."""
+    assert body["predicate"]["target"]["label"] == "v1"
     return "f" * 64, "v2"
 
 
