@@ -58,6 +58,7 @@ def check_evolution_statement(statement: Mapping[str, Any]) -> list[Check]:
         gates = list(predicate["gates"])
         promoted = predicate["promoted"]
         candidate = run["candidate"]["release_id"]
+        named = f"{run['app']}/{run['environment']}@{run['candidate']['label']}"
         subjects = statement["subject"]
         verified = predicate["ledger"]["verified"]
     except (KeyError, TypeError) as e:
@@ -80,9 +81,17 @@ def check_evolution_statement(statement: Mapping[str, Any]) -> list[Check]:
         )
     if not HEX64.fullmatch(str(candidate)):
         raise ProofCheckError("candidate", "the candidate release id is not 64 hex digits")
-    digests = {s.get("digest", {}).get("sha256") for s in subjects if isinstance(s, Mapping)}
-    if candidate not in digests:
-        raise ProofCheckError("subject", "the subject does not name the candidate release")
+    # Exactly the candidate (the run's signed intent fixes it; check_evolution_evidence
+    # reads that): a consumer reads the subject first.
+    stated = [
+        (s.get("name"), (s.get("digest") or {}).get("sha256"))
+        for s in (subjects if isinstance(subjects, list) else [None])
+        if isinstance(s, Mapping)
+    ]
+    if stated != [(named, candidate)] or len(stated) != len(subjects):
+        raise ProofCheckError(
+            "subject", f"the subject must be exactly the candidate release, named {named!r}"
+        )
     failed = [g["gate"] for g in gates if g["required"] and g["status"] != "PASS"]
     return [
         Check("statement", "in-toto Statement v1 with the evolution-proof predicate"),

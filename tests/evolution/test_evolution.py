@@ -176,7 +176,11 @@ def statement(gates: list[dict[str, Any]], promoted: bool) -> dict[str, Any]:
         "predicateType": EVOLUTION_PROOF_PREDICATE,
         "predicate": {
             "ledger": {"verified": True},
-            "run": {"candidate": {"label": "v2", "release_id": release}},
+            "run": {
+                "app": "shop",
+                "environment": "dev",
+                "candidate": {"label": "v2", "release_id": release},
+            },
             "gates": gates,
             "promoted": promoted,
         },
@@ -240,6 +244,12 @@ def verify_kept(keep: Path, proof: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def relabel(body: dict[str, Any], label: str) -> None:
+    """The candidate claimed under another label, its subject named to match."""
+    body["predicate"]["run"]["candidate"]["label"] = label
+    body["subject"][0]["name"] = body["subject"][0]["name"].rsplit("@", 1)[0] + "@" + label
+
+
 def _gate(body: dict[str, Any], name: str) -> dict[str, Any]:
     return next(g for g in body["predicate"]["gates"] if g["gate"] == name)
 
@@ -250,9 +260,18 @@ def _gate(body: dict[str, Any], name: str) -> dict[str, Any]:
         (lambda b: _gate(b, "consent").update(required=False), "verdict"),
         (lambda b: _gate(b, "score").update(verdict=_gate(b, "trial")["verdict"]), "verdict"),
         (lambda b: b["predicate"]["run"].update(requested_by="0" * 64), "run"),
-        (lambda b: b["predicate"]["run"]["candidate"].update(label="v9"), "run"),
+        (lambda b: relabel(b, "v9"), "run"),  # subject and candidate alike
+        (lambda b: b["subject"].append({"name": "x", "digest": {"sha256": "f" * 64}}), "subject"),
+        (lambda b: b["subject"][0].update(name=b["subject"][0]["name"] + "-rc"), "subject"),
     ],
-    ids=["required-flag", "verdict-of-another-gate", "requester", "candidate"],
+    ids=[
+        "required-flag",
+        "verdict-of-another-gate",
+        "requester",
+        "candidate",
+        "subject-added",
+        "subject-renamed",
+    ],
 )
 def test_a_proof_altered_and_signed_again_fails_against_the_ledger(
     kept: Path, change: Any, check: str
