@@ -136,7 +136,10 @@ def check_subjects(predicate: Mapping[str, Any], subjects: Any) -> None:
     it runs under: the release digests a consumer reads first are the ones
     the replayed state holds. Run after :func:`check_target_state`."""
     target = predicate["target"]
-    where = f"{predicate['installation']['app']}/{predicate['installation']['environment']}"
+    try:
+        where = f"{predicate['installation']['app']}/{predicate['installation']['environment']}"
+    except (KeyError, TypeError):
+        raise ProofCheckError("predicate", "missing installation app or environment") from None
     try:
         runs = [(h["release_id"], h["label"]) for h in target["state"]["hosts"].values()]
     except (AttributeError, KeyError, TypeError):
