@@ -83,12 +83,11 @@ def check_evolution_statement(statement: Mapping[str, Any]) -> list[Check]:
         raise ProofCheckError("candidate", "the candidate release id is not 64 hex digits")
     # Exactly the candidate (the run's signed intent fixes it; check_evolution_evidence
     # reads that): a consumer reads the subject first.
-    stated = [
-        (s.get("name"), (s.get("digest") or {}).get("sha256"))
-        for s in (subjects if isinstance(subjects, list) else [None])
-        if isinstance(s, Mapping)
-    ]
-    if stated != [(named, candidate)] or len(stated) != len(subjects):
+    only = subjects[0] if isinstance(subjects, list) and len(subjects) == 1 else None
+    fields = only if isinstance(only, Mapping) else {}
+    digest = fields.get("digest")
+    stated = (fields.get("name"), digest.get("sha256") if isinstance(digest, Mapping) else None)
+    if stated != (named, candidate):
         raise ProofCheckError(
             "subject", f"the subject must be exactly the candidate release, named {named!r}"
         )

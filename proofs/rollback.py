@@ -141,21 +141,30 @@ def check_subjects(predicate: Mapping[str, Any], subjects: Any) -> None:
     except (KeyError, TypeError):
         raise ProofCheckError("predicate", "missing installation app or environment") from None
     try:
-        runs = [(h["release_id"], h["label"]) for h in target["state"]["hosts"].values()]
+        hosts = list(target["state"]["hosts"].values())
+        runs = [(h["release_id"], h["label"]) for h in hosts]
+        runs.append((target["release_id"], target["label"]))
     except (AttributeError, KeyError, TypeError):
         raise ProofCheckError("subject", "the target state's hosts are not host entries") from None
-    runs.append((target.get("release_id"), target.get("label")))
+    if not all(isinstance(value, str) for run in runs for value in run):
+        raise ProofCheckError("subject", "release ids and labels must be strings")
     allowed = {(f"{where}@{label}", release_id) for release_id, label in runs}
-    if not isinstance(subjects, list) or not all(isinstance(s, Mapping) for s in subjects):
-        raise ProofCheckError("subject", "the subject is not a list of objects")
-    named = [(s.get("name"), (s.get("digest") or {}).get("sha256")) for s in subjects]
-    for name, digest in named:
-        if (name, digest) not in allowed:
+    named = []
+    for entry in subjects if isinstance(subjects, list) else [None]:
+        fields = entry if isinstance(entry, Mapping) else {}
+        digest = fields.get("digest")
+        sha256 = digest.get("sha256") if isinstance(digest, Mapping) else None
+        name = fields.get("name")
+        if not isinstance(sha256, str) or not isinstance(name, str):
+            raise ProofCheckError("subject", "each subject needs a name and a sha256 digest")
+        named.append((name, sha256))
+    for name, sha256 in named:
+        if (name, sha256) not in allowed:
             raise ProofCheckError(
                 "subject",
-                f"subject {name!r} ({str(digest)[:16]}…) is not a release the target runs",
+                f"subject {name!r} ({sha256[:16]}…) is not a release the target runs",
             )
-    missing = {release_id for release_id, _ in runs} - {digest for _, digest in named}
+    missing = {release_id for release_id, _ in runs} - {sha256 for _, sha256 in named}
     if missing:
         raise ProofCheckError(
             "subject",
