@@ -29,6 +29,56 @@ Proofs issued before the ``outcome`` check stated the status the revision
 had when issued; those verify against a recorded ``deployed``."""
 
 
+# The predicate's typed fields: checked before anything reads them, so a
+# malformed proof fails "predicate" and no later check meets a wrong type.
+FIELD_TYPES: dict[tuple[str, str], tuple[type, ...]] = {
+    ("installation", "id"): (str,),
+    ("installation", "app"): (str,),
+    ("installation", "environment"): (str,),
+    ("rollback", "revision"): (int,),
+    ("rollback", "op_id"): (str,),
+    ("rollback", "status"): (str,),
+    ("rollback", "description"): (str,),
+    ("rollback", "from_revision"): (int, type(None)),
+    ("rollback", "started_version"): (int,),
+    ("rollback", "finished_version"): (int,),
+    ("target", "revision"): (int,),
+    ("target", "version"): (int,),
+    ("target", "label"): (str,),
+    ("target", "release_id"): (str,),
+    ("target", "state_digest"): (str,),
+    ("target", "recorded_state_digest"): (str,),
+}
+EVENT_FIELD_TYPES: dict[str, type] = {
+    "seq": int,
+    "version": int,
+    "originator_id": str,
+    "topic": str,
+    "digest": str,
+}
+
+
+def check_field_types(predicate: Mapping[str, Any]) -> None:
+    """Every field a check reads has its type (``bool`` is no integer here)."""
+
+    def typed(value: Any, types: tuple[type, ...]) -> bool:
+        return isinstance(value, types) and not isinstance(value, bool)
+
+    for (section, name), types in FIELD_TYPES.items():
+        part = predicate.get(section)
+        value = part.get(name, ...) if isinstance(part, Mapping) else ...
+        if not typed(value, types):
+            expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise ProofCheckError("predicate", f"{section}.{name} must be {expected}")
+    events = predicate.get("events")
+    if not isinstance(events, list) or not events:
+        raise ProofCheckError("events", "the proof cites no ledger events")
+    for i, event in enumerate(events):
+        for name, kind in EVENT_FIELD_TYPES.items():
+            if not isinstance(event, Mapping) or not typed(event.get(name), (kind,)):
+                raise ProofCheckError("predicate", f"events[{i}].{name} must be {kind.__name__}")
+
+
 class ProofCheckError(Exception):
     """A named check of a proof failed."""
 
@@ -69,12 +119,12 @@ def check_rollback_statement(statement: Mapping[str, Any]) -> list[Check]:
         post = str(predicate["post_state_digest"])
         claimed = bool(predicate["restored_exactly"])
         verified = predicate["ledger"]["verified"]
-        events = predicate["events"]
         subjects = statement["subject"]
     except (KeyError, TypeError) as e:
         raise ProofCheckError("predicate", f"missing field {e}") from None
     if verified is not True:
         raise ProofCheckError("ledger-verified", "the ledger did not verify when issued")
+    check_field_types(predicate)
     replayed = str(target.get("state_digest"))
     if not HEX64.fullmatch(replayed) or not HEX64.fullmatch(post):
         raise ProofCheckError("state-digests", "state digests must be 64 hex digits")
@@ -91,8 +141,6 @@ def check_rollback_statement(statement: Mapping[str, Any]) -> list[Check]:
         )
     check_target_state(target)
     check_subjects(predicate, subjects)
-    if not isinstance(events, list) or not events:
-        raise ProofCheckError("events", "the proof cites no ledger events")
     return [
         Check("statement", "in-toto Statement v1 with the rollback-proof predicate"),
         Check(

@@ -233,3 +233,33 @@ def test_what_a_proof_says_the_target_runs_is_what_the_ledger_recorded(
         )
         assert offline.exit_code == 8, offline.stdout
         assert json.loads(offline.stdout)["check"] == expected_check
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda p: p["events"].append({"seq": "x"}),
+        lambda p: p["events"].append(["not", "an", "object"]),
+        lambda p: p["events"][0].update(version=None),
+        lambda p: p["rollback"].update(started_version="one"),
+        lambda p: p["target"].update(version=[]),
+        lambda p: p["installation"].update(id=None),
+    ],
+    ids=[
+        "seq-text",
+        "event-list",
+        "version-null",
+        "started-text",
+        "target-version-list",
+        "id-null",
+    ],
+)
+def test_a_malformed_proof_fails_a_named_check_against_the_ledger(
+    run: Runner, proof: Path, tmp_path: Path, mangle: Any
+) -> None:
+    """Re-signed with fields of the wrong type, a proof fails one named
+    check with exit 8 and one line: the verifier never crashes on it."""
+    body = json.loads(base64.b64decode(json.loads(proof.read_text())["payload"]))
+    mangle(body["predicate"])
+    check, detail = failed_check(run, str(resign(body, tmp_path / "mangled.dsse.json")))
+    assert check and detail

@@ -53,7 +53,18 @@ GOOD = {
         },
         "post_state_digest": DIGEST,
         "restored_exactly": True,
-        "events": [{"seq": 1}],
+        "rollback": {
+            "revision": 3,
+            "op_id": "o" * 32,
+            "status": "deployed",
+            "description": "rollback to 1 (v1)",
+            "from_revision": 2,
+            "started_version": 10,
+            "finished_version": 20,
+        },
+        "events": [
+            {"seq": 1, "version": 9, "originator_id": "x", "topic": "t", "digest": "d" * 64}
+        ],
     },
 }
 PATHS = [
@@ -69,6 +80,10 @@ PATHS = [
     ("predicate", "target", "state", "hosts", "h2", "release_id"),
     ("predicate", "target", "label"),
     ("predicate", "target", "release_id"),
+    ("predicate", "target", "version"),
+    ("predicate", "rollback", "started_version"),
+    ("predicate", "events", 0),
+    ("predicate", "events", 0, "seq"),
 ]
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=6)),
