@@ -103,10 +103,15 @@ def check_evolution_statement(statement: Mapping[str, Any]) -> list[Check]:
     ]
 
 
-def _record(lookup: Lookup, cited: Mapping[str, Any], topic: str, what: str) -> SealedRecord:
-    record = lookup(int(cited["seq"]))
+def _record(lookup: Lookup, cited: Any, topic: str, what: str) -> SealedRecord:
+    """The record a cited position names; ``what`` fails when the citation is
+    malformed or the ledger holds another event there."""
+    seq = cited.get("seq") if isinstance(cited, Mapping) else None
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        raise ProofCheckError(what, f"a cited {topic} event has no integer seq")
+    record = lookup(seq)
     if record is None or record.topic != topic or record.digest.hex() != cited.get("digest"):
-        raise ProofCheckError(what, f"the ledger has no {topic} event at seq {cited['seq']}")
+        raise ProofCheckError(what, f"the ledger has no {topic} event at seq {seq}")
     return record
 
 
@@ -163,7 +168,12 @@ def _check_consent(
     requester: str,
     verdict: SealedRecord,
 ) -> None:
-    granted = [e for e in gate.get("evidence", []) if e.get("topic") == CONSENT_GRANTED]
+    evidence = gate.get("evidence", [])
+    granted = [
+        e
+        for e in (evidence if isinstance(evidence, list) else [])
+        if isinstance(e, Mapping) and e.get("topic") == CONSENT_GRANTED
+    ]
     if len(granted) != 1:
         raise ProofCheckError("consent", "a passing consent gate must cite one consent grant")
     record = _record(lookup, granted[0], CONSENT_GRANTED, "consent")

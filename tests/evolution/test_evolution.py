@@ -263,6 +263,9 @@ def _gate(body: dict[str, Any], name: str) -> dict[str, Any]:
         (lambda b: relabel(b, "v9"), "run"),  # subject and candidate alike
         (lambda b: b["subject"].append({"name": "x", "digest": {"sha256": "f" * 64}}), "subject"),
         (lambda b: b["subject"][0].update(name=b["subject"][0]["name"] + "-rc"), "subject"),
+        (lambda b: b["predicate"]["run"]["started"].update(seq="x"), "run"),
+        (lambda b: _gate(b, "consent").update(evidence=[["not", "an", "event"]]), "consent"),
+        (lambda b: _gate(b, "trial").update(verdict=None), "gates"),
     ],
     ids=[
         "required-flag",
@@ -271,6 +274,9 @@ def _gate(body: dict[str, Any], name: str) -> dict[str, Any]:
         "candidate",
         "subject-added",
         "subject-renamed",
+        "seq-not-a-number",
+        "evidence-not-an-event",
+        "verdict-null",
     ],
 )
 def test_a_proof_altered_and_signed_again_fails_against_the_ledger(
