@@ -65,12 +65,16 @@ def check_evolution_statement(statement: Mapping[str, Any]) -> list[Check]:
         raise ProofCheckError("predicate", f"missing field {e}") from None
     if verified is not True:
         raise ProofCheckError("ledger-verified", "the ledger did not verify when issued")
+    if not all(isinstance(g, Mapping) for g in gates):
+        raise ProofCheckError("gates", "each gate must be an object")
     names = [g.get("gate") for g in gates]
     if sorted(map(str, names)) != sorted(GATES):
         raise ProofCheckError("gates", f"expected each of {', '.join(GATES)} once, found {names}")
     for gate in gates:
-        if gate.get("status") not in STATUSES or not isinstance(gate.get("required"), bool):
-            raise ProofCheckError("gates", f"gate {gate.get('gate')}: bad status or required")
+        if gate.get("status") not in STATUSES:
+            raise ProofCheckError("gates", f"gate {gate['gate']}: status must be one of {STATUSES}")
+        if not isinstance(gate.get("required"), bool):
+            raise ProofCheckError("gates", f"gate {gate['gate']}: required must be true or false")
         if not isinstance(gate.get("verdict"), Mapping):
             raise ProofCheckError("gates", f"gate {gate['gate']}: no verdict event cited")
     if not isinstance(promoted, bool) or promoted != promotion_allowed(gates):

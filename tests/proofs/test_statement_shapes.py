@@ -134,6 +134,12 @@ EVOLUTION_PATHS = [
     ("predicate", "run", "app"),
     ("predicate", "run", "candidate"),
     ("predicate", "run", "candidate", "label"),
+    ("predicate", "run"),
+    ("predicate", "gates"),
+    ("predicate", "gates", 0),
+    ("predicate", "gates", 0, "gate"),
+    ("predicate", "gates", 1, "status"),
+    ("predicate", "promoted"),
 ]
 
 
@@ -142,7 +148,8 @@ def test_the_good_evolution_statement_passes() -> None:
 
 
 @given(st.sampled_from(EVOLUTION_PATHS), st.one_of(st.just(None), json_values), st.booleans())
-@example(("subject", 0, "digest"), [None], False)  # found once; kept for every run
+@example(("subject", 0, "digest"), [None], False)  # each found by the old code
+@example(("predicate", "gates", 0), None, False)
 def test_any_evolution_subject_field_in_any_shape_fails_with_a_named_check(
     path: tuple[Any, ...], value: Any, delete: bool
 ) -> None:
