@@ -13,6 +13,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,8 @@ from ledger.keys import load_keypair
 from ledger.records import parse_record, sealed_state
 from proofs.dsse import PAYLOAD_TYPE_INTOTO, sign_envelope
 from proofs.intoto import statement_bytes
-from tests.conftest import Runner
+from tests.conftest import POSTGRES_URL, Runner
+from tests.engine.conftest import build_shop, stop_shop
 from tests.engine.conftest import shop as example_shop  # noqa: F401  (a fixture: v1..v3)
 from tests.rawstore import RawStore
 
@@ -40,15 +44,75 @@ def store(ledger_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> R
 
 @pytest.fixture
 def proof(run: Runner, store: RawStore, tmp_path: Path, request: pytest.FixtureRequest) -> Path:
-    """A rollback (to v1, from v2) and its proof, with a second key trusted."""
+    """A rollback (to v1, from v2) and its proof, with a second key trusted:
+    for the tests that tamper with the ledger itself."""
     request.getfixturevalue("example_shop")  # after ``store`` has picked the backend
+    return roll_back_and_prove(run, tmp_path)
+
+
+def roll_back_and_prove(run: Runner, where: Path) -> Path:
     run.ok("key", "new", "ops2", "--roles", "operator")
     run.ok(*DEPLOY, "--release", "v1")
     run.ok(*DEPLOY, "--release", "v2")
     run.ok("rollback", "shop", "--env", "dev")
-    path = tmp_path / "rollback.dsse.json"
+    path = where / "rollback.dsse.json"
     run.ok("proof", "rollback", "shop", "--env", "dev", "--out", str(path))
     return path
+
+
+@dataclass(frozen=True)
+class Built:
+    """One workspace with a rollback and its proof, shared by the tests that
+    only read its ledger (they forge proofs, never rows): building it is a
+    deploy, a second deploy and a rollback on three hosts."""
+
+    proof: Path
+    keys: Path
+    config: Path
+    ledger: str | None
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def built(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Built]:
+    base = tmp_path_factory.mktemp("built")
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("CHASSIS_LEDGER", "CHASSIS_KEY", "CHASSIS_WORKSPACE", "CHASSIS_SIGNING_KEY"):
+            mp.delenv(name, raising=False)
+        mp.setenv("CHASSIS_KEYS_DIR", str(base / "keys"))
+        mp.setenv("XDG_CONFIG_HOME", str(base / "config"))
+        mp.setenv("NO_COLOR", "1")
+        ledger = None
+        if request.param == "postgres":
+            request.getfixturevalue("postgres_available")
+            schema = f"t_{uuid.uuid4().hex[:12]}"
+            ledger = f"{POSTGRES_URL}?schema={schema}"
+            mp.setenv("CHASSIS_LEDGER", ledger)
+        run = Runner()
+        root = build_shop(run, base, mp)
+        try:
+            yield Built(roll_back_and_prove(run, base), base / "keys", base / "config", ledger)
+        finally:
+            stop_shop(root)
+            if ledger is not None:
+                import psycopg
+
+                with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+                    conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture
+def signed_proof(built: Built, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The shared workspace's proof, with its keys, config and ledger in effect."""
+    monkeypatch.setenv("CHASSIS_KEYS_DIR", str(built.keys))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(built.config))
+    if built.ledger is not None:
+        monkeypatch.setenv("CHASSIS_LEDGER", built.ledger)
+    monkeypatch.chdir(built.proof.parent / "shop")
+    return built.proof
 
 
 def failed_check(run: Runner, *args: str) -> tuple[str, str]:
@@ -81,8 +145,8 @@ def zero_signature(store: RawStore, topic_prefix: str) -> int:
     return row.seq
 
 
-def test_an_untampered_ledger_verifies_first(run: Runner, proof: Path) -> None:
-    result = json.loads(run.ok("proof", "verify", str(proof), "--json").stdout)
+def test_an_untampered_ledger_verifies_first(run: Runner, signed_proof: Path) -> None:
+    result = json.loads(run.ok("proof", "verify", str(signed_proof), "--json").stdout)
     names = [c["check"] for c in result["checks"]]
     assert names[0] == "ledger", "the ledger is verified before anything is read from it"
     assert {"signature", "cited-events", "intent", "outcome", "replay"} <= set(names)
@@ -121,12 +185,12 @@ def test_an_installation_row_with_a_zero_signature_fails_the_ledger_check(
 
 
 def test_the_target_must_be_the_one_the_signed_intent_fixed(
-    run: Runner, proof: Path, tmp_path: Path
+    run: Runner, signed_proof: Path, tmp_path: Path
 ) -> None:
     """A proof (signed by a trusted key) whose target is another version with
     the same state: consistent in itself, and replaying gives its digests,
     but the rollback's intent event targeted another version."""
-    envelope = json.loads(proof.read_text())
+    envelope = json.loads(signed_proof.read_text())
     body = json.loads(base64.b64decode(envelope["payload"]))
     target, rollback = body["predicate"]["target"], body["predicate"]["rollback"]
     assert target["state_digest"] == body["predicate"]["post_state_digest"]
@@ -146,13 +210,13 @@ def test_the_target_must_be_the_one_the_signed_intent_fixed(
     ],
 )
 def test_what_a_proof_says_of_the_rollback_is_what_its_events_recorded(
-    run: Runner, proof: Path, tmp_path: Path, field: str, value: object
+    run: Runner, signed_proof: Path, tmp_path: Path, field: str, value: object
 ) -> None:
     """A proof re-signed by a trusted key, claiming of the rollback what the
     ledger never recorded (another outcome, words, revision, operation or
     the revision it undid): its target and replays are untouched, so only
     comparing each claim with the signed events the proof cites catches it."""
-    envelope = json.loads(proof.read_text())
+    envelope = json.loads(signed_proof.read_text())
     body = json.loads(base64.b64decode(envelope["payload"]))
     assert body["predicate"]["rollback"][field] != value
     body["predicate"]["rollback"][field] = value
@@ -161,12 +225,12 @@ def test_what_a_proof_says_of_the_rollback_is_what_its_events_recorded(
 
 
 def test_a_proof_stating_the_status_the_rollback_had_later_still_verifies(
-    run: Runner, proof: Path, tmp_path: Path
+    run: Runner, signed_proof: Path, tmp_path: Path
 ) -> None:
     """Proofs issued before the ``outcome`` check stated the rollback's status
     as of issue ("superseded" once another deploy replaced it): a rollback
     recorded deployed may say so; one recorded failed may not."""
-    envelope = json.loads(proof.read_text())
+    envelope = json.loads(signed_proof.read_text())
     body = json.loads(base64.b64decode(envelope["payload"]))
     assert body["predicate"]["rollback"]["status"] == "deployed"
     for status in ("superseded", "rolled-back"):
@@ -185,7 +249,7 @@ def other_release(body: dict[str, Any]) -> tuple[str, str]:
     "forgery", ["host-runs-another-release", "subject-added", "subject-swapped", "target-release"]
 )
 def test_what_a_proof_says_the_target_runs_is_what_the_ledger_recorded(
-    run: Runner, proof: Path, tmp_path: Path, forgery: str
+    run: Runner, signed_proof: Path, tmp_path: Path, forgery: str
 ) -> None:
     """The subject (the release digests a consumer reads first), the target
     state the statement shows and the target's release were the statement's
@@ -193,7 +257,7 @@ def test_what_a_proof_says_the_target_runs_is_what_the_ledger_recorded(
     verified. Now the shown state must have the state digest, the subjects
     must be exactly the releases it runs, and the target's release is read
     from the replayed state."""
-    envelope = json.loads(proof.read_text())
+    envelope = json.loads(signed_proof.read_text())
     body = json.loads(base64.b64decode(envelope["payload"]))
     target = body["predicate"]["target"]
     release_id, label = other_release(body)
@@ -255,11 +319,11 @@ def test_what_a_proof_says_the_target_runs_is_what_the_ledger_recorded(
     ],
 )
 def test_a_malformed_proof_fails_a_named_check_against_the_ledger(
-    run: Runner, proof: Path, tmp_path: Path, mangle: Any
+    run: Runner, signed_proof: Path, tmp_path: Path, mangle: Any
 ) -> None:
     """Re-signed with fields of the wrong type, a proof fails one named
     check with exit 8 and one line: the verifier never crashes on it."""
-    body = json.loads(base64.b64decode(json.loads(proof.read_text())["payload"]))
+    body = json.loads(base64.b64decode(json.loads(signed_proof.read_text())["payload"]))
     mangle(body["predicate"])
     check, detail = failed_check(run, str(resign(body, tmp_path / "mangled.dsse.json")))
     assert check and detail
