@@ -246,31 +246,54 @@ def check_cited_events(
     return Check("cited-events", f"{len(events)} cited events exist with those digests")
 
 
+def cited_record(
+    predicate: Mapping[str, Any],
+    lookup: Callable[[int], SealedRecord | None],
+    topic: str,
+    check: str,
+    version: int | None = None,
+) -> SealedRecord:
+    """The one event of ``topic`` (at ``version``, if given) the proof cites,
+    read from the ledger by its position: an event of this installation with
+    that topic, else ``check`` fails. Fields are typed by
+    :func:`check_field_types` already."""
+    installation = str(predicate["installation"]["id"]).replace("-", "")
+    cited = [
+        e
+        for e in predicate["events"]
+        if e["topic"] == topic and (version is None or e["version"] == version)
+    ]
+    where = f" at version {version}" if version is not None else ""
+    if len(cited) != 1:
+        raise ProofCheckError(
+            check, f"the proof cites {len(cited)} {topic} events{where}, expected one"
+        )
+    seq = cited[0]["seq"]
+    record = lookup(seq)
+    if (
+        record is None
+        or record.topic != topic
+        or record.originator_id.replace("-", "") != installation
+        or (version is not None and record.version != version)
+    ):
+        raise ProofCheckError(check, f"the ledger has no {topic} event{where} at seq {seq}")
+    return record
+
+
 def check_intent(
     statement: Mapping[str, Any], lookup: Callable[[int], SealedRecord | None]
 ) -> Check:
     """The target the proof replays is the one the rollback's intent fixed: the
     ``rollback-targeted`` event the proof cites, read from the ledger by its
     position (not the statement's copy of it), names the same operation,
-    revision, version and state digest. Run after ``check_cited_events``
-    (same digests) on a verified ledger (signed records)."""
+    target revision, version and state digest, and the revision it undid.
+    Run after ``check_cited_events`` (same digests) on a verified ledger."""
     predicate = statement["predicate"]
     rollback, target = predicate["rollback"], predicate["target"]
-    installation = str(predicate["installation"]["id"]).replace("-", "")
-    cited = [e for e in predicate["events"] if e.get("topic") == ROLLBACK_TARGETED]
-    if len(cited) != 1:
-        raise ProofCheckError(
-            "intent", f"the proof cites {len(cited)} rollback-targeted events, expected one"
-        )
-    seq = int(cited[0]["seq"])
-    record = lookup(seq)
-    if record is None or record.topic != ROLLBACK_TARGETED:
-        raise ProofCheckError("intent", f"the ledger has no rollback-targeted event at seq {seq}")
-    started, finished = int(rollback["started_version"]), int(rollback["finished_version"])
-    if (
-        record.originator_id.replace("-", "") != installation
-        or not started <= record.version <= finished
-    ):
+    record = cited_record(predicate, lookup, ROLLBACK_TARGETED, "intent")
+    seq = record.seq
+    started, finished = rollback["started_version"], rollback["finished_version"]
+    if not started <= record.version <= finished:
         raise ProofCheckError(
             "intent",
             f"event {seq} is not an event of this rollback (versions {started}..{finished})",
@@ -281,6 +304,7 @@ def check_intent(
         "target_revision": target["revision"],
         "target_version": target["version"],
         "target_state_digest": target["state_digest"],
+        "from_revision": rollback["from_revision"],
     }
     for name, value in claimed.items():
         if intent.get(name) != value:
@@ -302,59 +326,39 @@ def check_outcome(
 ) -> Check:
     """What the proof says of the rollback itself is what its signed events
     recorded: its ``operation-started`` at ``started_version`` (a rollback,
-    with that op id and revision), its ``operation-finished`` at
-    ``finished_version`` (that op id, revision, status and description) and
-    its intent (the revision it undid). Each is read from the ledger by the
-    position the proof cites, never from the statement's copy. Run after
-    ``check_cited_events`` and ``check_intent`` on a verified ledger."""
+    with that op id and revision) and its ``operation-finished`` at
+    ``finished_version`` (that op id, revision, status and description), each
+    read from the ledger by the position the proof cites, never from the
+    statement's copy. Run after ``check_cited_events`` on a verified ledger."""
     predicate = statement["predicate"]
     rollback = predicate["rollback"]
-    installation = str(predicate["installation"]["id"]).replace("-", "")
-
-    def recorded(topic: str, version: int | None) -> tuple[int, dict[str, Any]]:
-        cited = [
-            e
-            for e in predicate["events"]
-            if e.get("topic") == topic and (version is None or int(e["version"]) == version)
-        ]
-        where = f" at version {version}" if version is not None else ""
-        if len(cited) != 1:
-            raise ProofCheckError(
-                "outcome", f"the proof cites {len(cited)} {topic} events{where}, expected one"
-            )
-        seq = int(cited[0]["seq"])
-        record = lookup(seq)
-        if (
-            record is None
-            or record.topic != topic
-            or record.originator_id.replace("-", "") != installation
-            or (version is not None and record.version != version)
-        ):
-            raise ProofCheckError("outcome", f"the ledger has no {topic} event{where} at seq {seq}")
-        return seq, record.payload()
-
-    claims = {"operation": "rollback", **{k: rollback[k] for k in ("op_id", "revision")}}
-    started = recorded(OPERATION_STARTED, int(rollback["started_version"]))
-    finished = recorded(OPERATION_FINISHED, int(rollback["finished_version"]))
-    intent = recorded(ROLLBACK_TARGETED, None)
+    started = cited_record(
+        predicate, lookup, OPERATION_STARTED, "outcome", rollback["started_version"]
+    )
+    finished = cited_record(
+        predicate, lookup, OPERATION_FINISHED, "outcome", rollback["finished_version"]
+    )
     expected = [
-        (started, claims),
+        (
+            started,
+            {"operation": "rollback", "op_id": rollback["op_id"], "revision": rollback["revision"]},
+        ),
         (finished, {k: rollback[k] for k in ("op_id", "revision", "status", "description")}),
-        (intent, {"from_revision": rollback["from_revision"]}),
     ]
-    for (seq, payload), wanted in expected:
+    for record, wanted in expected:
+        payload = record.payload()
         for name, value in wanted.items():
             if name == "status" and value in LATER_STATUSES and payload.get(name) == "deployed":
                 continue  # a proof issued before: the status the revision had by then
             if payload.get(name) != value:
                 raise ProofCheckError(
                     "outcome",
-                    f"event {seq} recorded the rollback's {name} as "
+                    f"event {record.seq} recorded the rollback's {name} as "
                     f"{str(payload.get(name))[:40]!r}, the proof states {str(value)[:40]!r}",
                 )
     return Check(
         "outcome",
         f"rollback revision {rollback['revision']} ({rollback['op_id'][:12]}…) finished "
         f"{rollback['status']} at version {rollback['finished_version']}, as events "
-        f"{started[0]} and {finished[0]} recorded",
+        f"{started.seq} and {finished.seq} recorded",
     )

@@ -79,9 +79,9 @@ later check read it; then the DSSE signature against trusted keys (a revoked
 key fails), the statement and its internal consistency (the target state shown
 has its digest; the subjects are exactly the releases it runs); then, with the
 ledger, that every cited event exists at its position with its digest, that the
-rollback's intent event recorded the target the proof states (intent), that
-the rollback's own events recorded its op id, revision, status, description
-and the revision it undid as the proof states them (outcome), and that
+rollback's intent event recorded the target and the revision undone that the
+proof states (intent), that the rollback's own events recorded its op id,
+revision, status and description as the proof states them (outcome), and that
 folding the installation's verified events gives both state digests and the
 target revision's release (target-release).
 Trusted keys: --trusted-keys DIR (*.pub files, offline, no ledger) or the
