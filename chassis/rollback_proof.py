@@ -127,6 +127,7 @@ def rollback_proof(
         for release_id, label in sorted(releases.items())
     ]
     body = statement(subjects, ROLLBACK_PROOF_PREDICATE, predicate)
+    check_rollback_statement(body)  # never sign a statement our own verifier refuses
     return sign_envelope(statement_bytes(body), PAYLOAD_TYPE_INTOTO, signer)
 
 
