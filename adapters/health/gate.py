@@ -6,8 +6,8 @@ the start of the next), counts consecutive passes (a failure resets the
 count), and passes as soon as the count reaches ``passes``. Until something
 first listens (every attempt so far was refused: the server is still
 starting), the next attempt comes sooner: after ``READY_RETRY_MS``, doubling
-each time, never later than ``interval_ms`` (a refused attempt is still a
-failure). No attempt starts
+each time up to ``READY_RETRY_MAX_MS``, never later than ``interval_ms`` (a
+refused attempt is still a failure). No attempt starts
 after ``window_ms`` from the first one; the gate then fails with a reason that
 names the last failure. The clock and sleep are injectable, so tests can
 simulate time; everything recorded is an int or a string.
@@ -50,6 +50,11 @@ READY_RETRY_MS = 10
 """The first retry after a refused connection while nothing has listened yet.
 A server that starts in 30 ms is then seen at 30 ms, not one whole interval
 later (the probe costs one local ``connect``)."""
+READY_RETRY_MAX_MS = 25
+"""The longest wait between refused attempts while nothing has listened yet:
+a server that takes 160 ms to bind is seen within 25 ms of it, not at the
+next doubling (250 ms). A refused ``connect`` costs the client a fraction of
+a millisecond, so even a window of refusals stays cheap."""
 
 
 class ProcessGone(Exception):
@@ -201,9 +206,9 @@ class HealthGate:
                 )
             step = interval
             if result.refused and not listened:
-                sooner = READY_RETRY_MS / 1000 * 2**refusals
+                sooner = min(READY_RETRY_MS * 2**refusals, READY_RETRY_MAX_MS) / 1000
                 if sooner < interval:
-                    step, refusals = sooner, refusals + 1
+                    step, refusals = sooner, min(refusals + 1, 16)
             else:
                 listened = True
             next_at = attempt_at + step

@@ -150,8 +150,8 @@ def test_while_nothing_listens_the_gate_looks_again_sooner() -> None:
     t = FakeTime()
     result = gate(t, interval_ms=100, passes=1, window_ms=30000).run(refusing(t, "rrr"))
     assert result.passed and result.attempts == 4
-    assert t.sleeps == pytest.approx([0.01, 0.02, 0.04])  # seen at 70 ms, not at 300
-    assert result.elapsed_ms == 70
+    assert t.sleeps == pytest.approx([0.01, 0.02, 0.025])  # seen at 55 ms, not at 300
+    assert result.elapsed_ms == 55
 
 
 def test_the_sooner_looks_double_up_to_the_interval() -> None:
@@ -159,6 +159,17 @@ def test_the_sooner_looks_double_up_to_the_interval() -> None:
     result = gate(t, interval_ms=25, passes=2, window_ms=30000).run(refusing(t, "rrrr"))
     assert result.passed
     assert t.sleeps == pytest.approx([0.01, 0.02, 0.025, 0.025, 0.025])
+
+
+def test_the_sooner_looks_stop_doubling_at_the_ready_cap() -> None:
+    """A server that binds after 160 ms is seen within 25 ms of it: refusals
+    are retried every 25 ms once the doubling gets there, however long the
+    interval."""
+    t = FakeTime()
+    result = gate(t, interval_ms=100, passes=1, window_ms=30000).run(refusing(t, "r" * 8))
+    assert result.passed
+    assert t.sleeps == pytest.approx([0.01, 0.02, 0.025, 0.025, 0.025, 0.025, 0.025, 0.025])
+    assert result.elapsed_ms == 180
 
 
 def test_once_something_listened_a_refusal_waits_the_whole_interval() -> None:
