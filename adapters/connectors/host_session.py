@@ -70,10 +70,12 @@ class HostSession:
         Transport errors propagate (the connector reports them as it does for an exec)."""
         channel = transport.open_session(timeout=timeout)
         # -I: no PYTHON* variables, user site or current directory on the path;
+        # -S: no site module (the runner and every host program are stdlib
+        # only; it saves each connection ~3 ms of the host's CPU);
         # -u: every reply leaves at once.
         # /usr/bin/python3 first, as for every host program (base.run_python).
         channel.exec_command(
-            'py=/usr/bin/python3; [ -x "$py" ] || py=python3; exec "$py" -I -u -c '
+            'py=/usr/bin/python3; [ -x "$py" ] || py=python3; exec "$py" -I -S -u -c '
             + shlex.quote(session_agent.source())
         )
         session = cls(channel, 0)
