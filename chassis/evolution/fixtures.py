@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -155,13 +156,63 @@ class FixtureReport:
         }
 
 
-def _free_ports(count: int) -> list[int]:
+EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+LOWEST_PORT = 10000
+"""Fixture ports are picked at or above this (below it sit well-known services)."""
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections (Linux's
+    default 32768 where the range cannot be read)."""
+    try:
+        with open(EPHEMERAL_RANGE, encoding="ascii") as f:  # noqa: PTH123
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_ports(count: int, offset: int | None = None) -> list[int]:
+    """``count`` distinct ports free now, each with its trial port (``+ offset``,
+    ``evolution proof``'s default) free too, all below the ephemeral range.
+
+    A port the kernel picks (bind to 0) comes from the ephemeral range, which
+    every outgoing connection on the machine draws from too: a health probe
+    or a database client could hold it, or its trial port, by the time the
+    component binds it ("address already in use"). Below that range only a
+    listener can take a port."""
+    from chassis.evolution.run import DEFAULT_PORT_OFFSET
+
+    offset = DEFAULT_PORT_OFFSET if offset is None else offset
+    top = min(_ephemeral_low(), 65536) - offset
+    if top - LOWEST_PORT < 64 * count:  # an odd range: the kernel's pick, as before
+        return _kernel_ports(count, offset)
+    picker = random.SystemRandom()
+    ports: list[int] = []
+    for _ in range(1000):
+        port = picker.randrange(LOWEST_PORT, top)
+        if port not in ports and _bindable(port) and _bindable(port + offset):
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+    raise FixtureSetupError(f"no {count} free ports below {top} (with +{offset} free too)")
+
+
+def _kernel_ports(count: int, offset: int) -> list[int]:
     ports: list[int] = []
     while len(ports) < count:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = int(probe.getsockname()[1])
-        if port not in ports and port + 10000 <= 65535:
+        if port not in ports and port + offset <= 65535:
             ports.append(port)
     return ports
 

@@ -23,8 +23,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chassis.evolution import fixtures
 from chassis.evolution import trial as trials
 from chassis.evolution.fixtures import FIXTURES
+from chassis.evolution.run import DEFAULT_PORT_OFFSET
 from chassis.workspace import Workspace
 from ledger.errors import DomainRuleError
 from ledger.evolution import GATES, EvolutionRun
@@ -89,6 +91,20 @@ def test_each_fixture_is_decided_by_its_gates(name: str, tmp_path: Path) -> None
         labels = {row["label"] for row in json.loads(status.stdout) if row.get("label")}
         assert len(labels) <= 1
     assert not list((ws / ".chassis" / "hosts").glob("*/trials/*"))
+
+
+def test_fixture_ports_and_their_trial_ports_sit_below_the_ephemeral_range() -> None:
+    """A fixture once failed its trial with "address already in use: port 46775
+    ... socket of uid 0": the kernel had picked its port from the ephemeral
+    range, and its trial port (+10000) was an outgoing connection's. Ports
+    below that range are taken only by listeners, and both are checked free."""
+    low = fixtures._ephemeral_low()
+    for _ in range(20):
+        ports = fixtures._free_ports(2)
+        assert len(set(ports)) == 2
+        for port in ports:
+            assert port >= fixtures.LOWEST_PORT
+            assert port + DEFAULT_PORT_OFFSET < low
 
 
 def test_the_originals_command_runs_as_written() -> None:
