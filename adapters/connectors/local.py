@@ -28,7 +28,7 @@ from adapters.connectors.base import (
     checked_env,
     temp_sibling,
 )
-from adapters.connectors.session_agent import Forked, fork_server
+from adapters.connectors.fork_server import Forked, fork_server
 from adapters.errors import ConnectorError, ConnectorTimeout, RemoteFileMissing
 
 _REAP_TIMEOUT = 5.0
@@ -90,7 +90,7 @@ class LocalConnector(Connector):
         display: str,
     ) -> CommandResult:
         """Forked by this process's fork server for the interpreter
-        (:class:`adapters.connectors.session_agent.ForkServer`), as over SSH:
+        (:class:`adapters.connectors.fork_server.ForkServer`), as over SSH:
         no interpreter start per program; else as ``python3 -I -c``."""
         python = self.host_python or _python()
         server = fork_server(python) if python is not None else None

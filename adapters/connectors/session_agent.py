@@ -18,517 +18,362 @@ and its reply ``{"id": N, "exit": CODE, "stdout": BASE64, "stderr": BASE64,
 A request with ``"python": SOURCE`` and ``"argv": [...]`` instead of a
 command runs one of Chassis' own host programs (the archive reader, the
 port-owner check, the group stop) as ``python3 -I -c SOURCE ARGV...`` would,
-without paying for an interpreter's start: a *fork server* (a child the
-runner forks from itself at its start, before it has a thread, so it costs
-no interpreter either; a new interpreter where that failed or the server
-died; single-threaded, so forking it is safe) forks a child
-per program, which runs it as ``__main__`` on pipes the runner passed along
-(``SCM_RIGHTS`` over a socket pair), while the server reports the child's pid
-and, once it has reaped it, its exit status. A fork costs the host a few
-milliseconds of CPU where an interpreter's start costs tens: at several
-programs per host per deploy, the difference is most of a deploy's CPU on a
-small host. The child is a process of its own, in a session of its own, so
-timeouts and kills work as for commands; if the server cannot be started or
-has died, the program gets an interpreter of its own, as before.
-:class:`ForkServer` also serves local hosts (``LocalConnector``).
-Commands run one at a time. At the end of its input (the connection closed)
-the runner lets the running command finish, as sshd does with an ``exec``
-whose client went away, then exits: a command half done (a launch that has not
-written its pidfile yet) is never cut short by a lost connection.
+without paying for an interpreter's start: the runner forks a child, which
+runs it as ``__main__`` (a fork costs the host a few milliseconds of CPU where
+an interpreter's start costs tens; at several programs per host per deploy,
+the difference is most of a deploy's CPU on a small host). The child is a
+process of its own, in a session of its own, so timeouts and kills work as
+for commands; where the fork fails, the program gets an interpreter of its
+own.
+
+Forking is safe because the runner has one thread: a single loop
+(``selectors``) reads requests, feeds each process its input, reads its
+output and reaps it (``SIGCHLD`` wakes the loop). A command starts through
+``subprocess`` (``/bin/sh -c``, a new session), as it did under ``exec``.
+The runner imports only what the loop needs; a program imports what it needs
+in its own child.
+
+At the end of its input (the connection closed) the runner lets what runs
+finish, as sshd does with an ``exec`` whose client went away, then exits: a
+command half done (a launch that has not written its pidfile yet) is never
+cut short by a lost connection.
 
 Stdlib only and Python 3.8, like :mod:`adapters.archive`: it runs on
-whatever ``python3`` a host has. The
-commands are the ones the connector would have run over ``exec``; nothing
-here turns data into code.
+whatever ``python3`` a host has. The commands are the ones the connector
+would have run over ``exec``; nothing here turns data into code.
 """
 
 from __future__ import annotations
 
-import array
-import base64
+import binascii
 import contextlib
 import gc
 import json
 import os
 import selectors
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 TYPE_CHECKING = False  # not typing's: importing typing costs the host ~2 ms
 if TYPE_CHECKING:  # annotations are strings (PEP 563)
     from typing import Any
 
-HELLO = "chassis-session 2"
+HELLO = "chassis-session 3"
 
-FORK_SERVER = r"""
-import array, gc, json, os, select, signal, socket, sys, traceback
-# What the host programs import (adapters.archive, the group stop, the port
-# owner, the model transfer), imported once here: every forked child has
-# them already instead of importing them again (~10 ms a program).
-import collections.abc, contextlib, errno, fcntl, gzip, hashlib, re, stat, threading
-import struct, time, typing, zlib
-# Every object so far is shared with each child the server forks: frozen, no
-# collection (here or in a child) touches them, so neither copies the pages
-# they sit on (copy-on-write), which would cost each program milliseconds.
-gc.freeze()
-sock = socket.socket(fileno=int(sys.argv[1]))
-programs = {}  # source -> code: a program run again on this connection is not compiled again
-wake_r, wake_w = os.pipe()
-os.set_blocking(wake_w, False)
-os.set_blocking(wake_r, False)
-signal.signal(signal.SIGCHLD, lambda *_: None)
-signal.set_wakeup_fd(wake_w)
-children = {}
+_CHUNK = 65536
+_KEEP_COMPILED = 32
+"""Programs kept compiled per connection (a program run again is not compiled again)."""
 
-def send(message):
-    sock.send(json.dumps(message).encode("ascii"))
 
-def status_of(status):
+def _send(message: dict[str, Any]) -> None:
+    """One reply line on stdout; a closed connection only loses the reply."""
+    view = memoryview((json.dumps(message, separators=(",", ":")) + "\n").encode("ascii"))
+    try:
+        while view:
+            view = view[os.write(1, view) :]
+    except OSError:
+        pass
+
+
+def _b64(data: bytes) -> str:
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
+
+
+def _status(status: int) -> int:
+    """What ``subprocess`` calls the return code (os.waitstatus_to_exitcode is 3.9+)."""
     if os.WIFEXITED(status):
         return os.WEXITSTATUS(status)
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else 1
 
-def compiled(source):
-    program = programs.get(source)
-    if program is None:
-        try:
-            program = compile(source, "<chassis>", "exec")
-        except BaseException:
-            return None  # the child compiles it again and reports why
-        if len(programs) < 32:
-            programs[source] = program
-    return program
 
-def child(header, fds, program):
-    code = 1
+class _Job:
+    """One request's process: its pipes, what is left to feed it, what it printed."""
+
+    def __init__(self, ident: int, timeout: float | None) -> None:
+        self.ident = ident
+        self.pid = 0
+        self.status: int | None = None
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.timed_out = False
+        self.feed = memoryview(b"")
+        self.output: dict[int, bytearray] = {}
+        self.order: tuple[int, int] = (-1, -1)
+        self.stdin = -1
+
+    def done(self) -> bool:
+        return self.status is not None and not self.output_open()
+
+    def output_open(self) -> bool:
+        return any(fd in _open for fd in self.order)
+
+    def kill(self) -> None:
+        if not self.pid or self.status is not None:
+            return
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+
+
+_open: set[int] = set()
+"""Pipe ends the loop still reads or writes."""
+_compiled: dict[str, Any] = {}
+_processes: dict[int, subprocess.Popen[bytes]] = {}
+"""Commands by pid: ``Popen`` reaps them (a program's child is reaped with ``waitpid``)."""
+
+
+def _program(source: str) -> Any:
+    """``source`` compiled (None where it does not compile: the child compiles
+    it again and reports why, as an interpreter would)."""
+    code = _compiled.get(source)
+    if code is None:
+        try:
+            code = compile(source, "<chassis>", "exec")
+        except BaseException:
+            return None
+        if len(_compiled) < _KEEP_COMPILED:
+            _compiled[source] = code
+    return code
+
+
+def _child(request: dict[str, Any], fds: list[int], code: Any) -> None:
+    """In a forked child: run the program as ``__main__``; never returns."""
+    status = 1
     try:
         os.setsid()
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
-        for fd in set(fds) | {wake_r, wake_w}:
+        try:  # every other descriptor is the runner's (its channel, pipes, selector)
+            inherited = [int(name) for name in os.listdir("/proc/self/fd")]  # noqa: PTH208
+        except OSError:
+            inherited = list(range(3, 256))
+        for fd in inherited:
             if fd > 2:
-                os.close(fd)
-        sock.close()
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        os.environ.update(header["env"])
-        sys.argv = header["argv"]
+        os.environ.update(request.get("env") or {})
+        sys.argv = ["-c", *request.get("argv", [])]
         try:
-            if program is None:
-                program = compile(header["source"], "<chassis>", "exec")
-            exec(program, {"__name__": "__main__", "__builtins__": __builtins__})
-            code = 0
+            if code is None:
+                code = compile(request["python"], "<chassis>", "exec")
+            # Our own host program, as ``python3 -c SOURCE`` would run it.
+            exec(code, {"__name__": "__main__", "__builtins__": __builtins__})  # noqa: S102
+            status = 0
         except SystemExit as e:
             if e.code is None or isinstance(e.code, int):
-                code = e.code or 0
+                status = e.code or 0
             else:
                 print(e.code, file=sys.stderr)
         except BaseException:
+            import traceback
+
             traceback.print_exc()
     finally:
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with contextlib.suppress(BaseException):
                 stream.flush()
-            except BaseException:
-                pass
-        os._exit(code)
-
-while True:
-    ready = select.select([sock, wake_r], [], [])[0]
-    if wake_r in ready:
-        try:
-            while os.read(wake_r, 512):
-                pass
-        except BlockingIOError:
-            pass
-        while children:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-            if pid == 0:
-                break
-            send({"id": children.pop(pid), "exit": status_of(status)})
-    if sock in ready:
-        fds = array.array("i")
-        message, ancillary, _, _ = sock.recvmsg(1 << 21, socket.CMSG_LEN(3 * fds.itemsize))
-        for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-        if not message:
-            break
-        header = json.loads(message)
-        program = compiled(header["source"])
-        pid = os.fork()
-        if pid == 0:
-            child(header, list(fds), program)
-        for fd in fds:
-            os.close(fd)
-        children[pid] = header["id"]
-        send({"id": header["id"], "pid": pid})
-"""
-"""The fork server: reads ``{"id", "source", "argv", "env"}`` with three fds
-(the child's stdin, stdout, stderr), forks, answers ``{"id", "pid"}``, and
-``{"id", "exit"}`` once it has reaped the child. Stdlib only, Python 3.8."""
-
-_out_lock = threading.Lock()
+        os._exit(status)
 
 
-def _send(message: dict[str, Any]) -> None:
-    line = json.dumps(message, separators=(",", ":")) + "\n"
-    with _out_lock:
-        sys.stdout.write(line)
-        sys.stdout.flush()
-
-
-_PIPE_CHUNK = 65536
-
-
-class Forked:
-    """A host program forked by the :class:`ForkServer`: what the runner and
-    ``LocalConnector`` use of a ``subprocess.Popen`` (``pid``, a session
-    leader; ``returncode``; ``communicate``; ``poll``; ``kill``)."""
-
-    def __init__(self, stdin: int, stdout: int, stderr: int) -> None:
-        self.pid = 0
-        self.returncode: int | None = None
-        self.started = threading.Event()
-        self.exited = threading.Event()
-        self._stdin: int | None = stdin
-        self._order = (stdout, stderr)
-        self._reading = [stdout, stderr]
-        self._output = {stdout: bytearray(), stderr: bytearray()}
-
-    def poll(self) -> int | None:
-        return self.returncode
-
-    def kill(self) -> None:
-        if self.pid:
-            with contextlib.suppress(OSError):
-                os.kill(self.pid, signal.SIGKILL)
-
-    def close(self) -> None:
-        """Close this side's pipes (a program that never started)."""
-        for fd in [*self._reading, *([self._stdin] if self._stdin is not None else [])]:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._reading, self._stdin = [], None
-
-    def _feed(self, data: bytes, fd: int) -> None:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view[:_PIPE_CHUNK]) :]
-        except OSError:
-            pass  # it exited without reading everything, as a process may
-        finally:
-            os.close(fd)
-
-    def communicate(
-        self, input: bytes | None = None, timeout: float | None = None
-    ) -> tuple[bytes, bytes]:
-        """Feed ``input`` (on the first call), read both outputs to their end
-        and wait for the exit status; ``subprocess.TimeoutExpired`` after
-        ``timeout``, after which a second call goes on where it stopped."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if self._stdin is not None:
-            fd, self._stdin = self._stdin, None
-            threading.Thread(target=self._feed, args=(input or b"", fd), daemon=True).start()
-
-        def left() -> float | None:
-            return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-        with selectors.DefaultSelector() as selector:
-            for fd in self._reading:
-                selector.register(fd, selectors.EVENT_READ)
-            while self._reading:
-                wait = left()
-                if wait == 0.0:
-                    raise subprocess.TimeoutExpired("host program", timeout or 0.0)
-                for key, _ in selector.select(wait):
-                    chunk = os.read(key.fd, _PIPE_CHUNK)
-                    if chunk:
-                        self._output[key.fd] += chunk
-                        continue
-                    selector.unregister(key.fd)
-                    os.close(key.fd)
-                    self._reading.remove(key.fd)
-        if not self.exited.wait(left()):
-            raise subprocess.TimeoutExpired("host program", timeout or 0.0)
-        return bytes(self._output[self._order[0]]), bytes(self._output[self._order[1]])
-
-
-class _ForkedServer:
-    """The fork server as a forked child of this process: what ``Popen``
-    gives for an exec'd one, as far as :class:`ForkServer` uses it."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def kill(self) -> None:
-        with contextlib.suppress(OSError):
-            os.kill(self.pid, signal.SIGKILL)
-
-    def wait(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:  # (os.waitstatus_to_exitcode is 3.9+; hosts may have 3.8)
-                self.returncode = (
-                    os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
-                )
-            elif time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired("fork server", timeout)
-            else:
-                time.sleep(0.01)
-        return self.returncode
-
-
-def _serve_forks(theirs: socket.socket) -> None:
-    """In a child forked from a single-threaded runner: be the fork server.
-    Never returns."""
-    try:
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):  # never the runner's channel
-            os.dup2(null, fd)
-        sys.argv = ["-c", str(theirs.fileno())]
-        program = compile(FORK_SERVER, "<chassis fork server>", "exec")
-        # Our own constant source, as ``python3 -c FORK_SERVER`` would run it.
-        exec(program, {"__name__": "__main__", "__builtins__": __builtins__})  # noqa: S102
-    finally:
-        os._exit(0)
-
-
-class ForkServer:
-    """The client of one fork server (:data:`FORK_SERVER`) run by ``python``.
-
-    With ``fork=True`` the server is a forked child of this process instead
-    of a new interpreter: the runner does that at its start, while it has no
-    thread yet (forking is only safe then), and saves the host an
-    interpreter's start per connection."""
-
-    def __init__(self, python: str = sys.executable, *, fork: bool = False) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.process: subprocess.Popen[bytes] | _ForkedServer
-        try:
-            if fork:
-                pid = os.fork()
-                if pid == 0:
-                    ours.close()
-                    _serve_forks(theirs)
-                self.process = _ForkedServer(pid)
-            else:
-                self.process = subprocess.Popen(
-                    [python, "-I", "-c", FORK_SERVER, str(theirs.fileno())],
-                    pass_fds=(theirs.fileno(),),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        self.sock = ours
-        self.alive = True
-        self._lock = threading.Lock()
-        self._next = 0
-        self._pending: dict[int, Forked] = {}
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def spawn(
-        self, source: str, argv: list[str], env: dict[str, str], *, timeout: float = 30.0
-    ) -> Forked:
-        """A child running ``source`` as ``__main__`` with ``sys.argv`` =
-        ``argv``; ``OSError`` if the server cannot fork it (then run it in an
-        interpreter of its own)."""
-        if not self.alive:
-            raise OSError("the fork server is gone")
-        stdin, stdout, stderr = os.pipe(), os.pipe(), os.pipe()
-        theirs = [stdin[0], stdout[1], stderr[1]]
-        process = Forked(stdin[1], stdout[0], stderr[0])
-        with self._lock:
-            self._next += 1
-            ident = self._next
-            self._pending[ident] = process
-        header = {"id": ident, "source": source, "argv": argv, "env": env}
-        try:
-            rights = array.array("i", theirs)
-            self.sock.sendmsg(
-                [json.dumps(header).encode("utf-8")],
-                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights.tobytes())],
-            )
-            if not process.started.wait(timeout) or not process.pid:
-                raise OSError("the fork server did not fork the program")
-        except OSError:
-            with self._lock:
-                self._pending.pop(ident, None)
-            process.close()
-            raise
-        finally:
-            for fd in theirs:
-                os.close(fd)
-        return process
-
-    def _read(self) -> None:
-        try:
-            while True:
-                data = self.sock.recv(65536)
-                if not data:
-                    break
-                message = json.loads(data)
-                with self._lock:
-                    process = self._pending.get(message["id"])
-                    if process is not None and "exit" in message:
-                        del self._pending[message["id"]]
-                if process is None:
-                    continue
-                if "pid" in message:
-                    process.pid = int(message["pid"])
-                    process.started.set()
-                else:
-                    process.returncode = int(message["exit"])
-                    process.exited.set()
-        except (OSError, ValueError):
-            pass
-        finally:  # the server is gone: nobody will report these
-            self.alive = False
-            with self._lock:
-                orphans = list(self._pending.values())
-                self._pending.clear()
-            for process in orphans:
-                if process.returncode is None:
-                    process.returncode = -signal.SIGKILL
-                process.started.set()
-                process.exited.set()
-
-    def close(self) -> None:
-        """Stop the server (the programs it forked run on)."""
-        with contextlib.suppress(OSError):
-            # shutdown, not only close: it wakes our reader blocked in recv,
-            # and only then does the server see the end of its input.
-            self.sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            self.sock.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
-
-
-_servers_lock = threading.Lock()
-_servers: dict[str, ForkServer] = {}
-
-
-def fork_server(python: str = sys.executable) -> ForkServer | None:
-    """This process's fork server run by ``python``, started on first use and
-    again if it died; None if none starts. The runner uses its own
-    interpreter's; ``LocalConnector`` the one ``run_python`` would start."""
-    with _servers_lock:
-        server = _servers.get(python)
-        if server is not None and server.alive:
-            return server
-        try:
-            server = ForkServer(python)
-        except OSError:
-            return None
-        _servers[python] = server
-        return server
-
-
-if TYPE_CHECKING:
-    Process = subprocess.Popen[bytes] | Forked
-
-
-def _kill_group(process: Process) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except OSError:
-        with contextlib.suppress(OSError):
-            process.kill()
-
-
-def _start(request: dict[str, Any]) -> tuple[Process, bytes]:
-    """The process for ``request`` and what to write to its stdin."""
-    stdin = base64.b64decode(request.get("stdin") or "")
-    env = request.get("env") or {}
+def _spawn(request: dict[str, Any], theirs: list[int]) -> int:
+    """The pid of the process for ``request``, on ``theirs`` (stdin, stdout, stderr)."""
     if "python" in request:
-        argv = ["-c", *request.get("argv", [])]
-        server = fork_server()
-        if server is not None:
-            with contextlib.suppress(OSError):
-                return server.spawn(request["python"], argv, env), stdin
-        command = [sys.executable, "-I", "-c", request["python"], *argv[1:]]
+        code = _program(request["python"])
+        try:
+            pid = os.fork()
+        except OSError:  # no fork: an interpreter of its own, as before
+            argv = [sys.executable, "-I", "-c", request["python"], *request.get("argv", [])]
+        else:
+            if pid == 0:
+                _child(request, theirs, code)
+            return pid
     else:
-        command = ["/bin/sh", "-c", request["command"]]
+        argv = ["/bin/sh", "-c", request["command"]]
+    # subprocess, not os.fork: it starts the command with vfork where the
+    # host's Python can (3.10+), about a millisecond less than copying the
+    # runner, and not posix_spawn, which leaves glibc's internal signals (32,
+    # 33) ignored in the child and in everything a command starts.
     process = subprocess.Popen(
-        command,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **env},
+        argv,
+        stdin=theirs[0],
+        stdout=theirs[1],
+        stderr=theirs[2],
+        env={**os.environ, **(request.get("env") or {})},
         start_new_session=True,
     )
-    return process, stdin
+    _processes[process.pid] = process
+    return process.pid
 
 
-def _run(request: dict[str, Any], running: dict[int, Process]) -> None:
+def _start(request: dict[str, Any], selector: selectors.BaseSelector) -> _Job | None:
+    """Start ``request``'s process and register its pipes (None: answered already)."""
+    job = _Job(request["id"], request.get("timeout"))
+    pipes = [os.pipe(), os.pipe(), os.pipe()]
+    theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
+    ours = [pipes[0][1], pipes[1][0], pipes[2][0]]
     try:
-        process, stdin = _start(request)
+        job.pid = _spawn(request, theirs)
     except OSError as e:
-        message = base64.b64encode(str(e).encode()).decode("ascii")
-        _send({"id": request["id"], "exit": 127, "stdout": "", "stderr": message})
+        for fd in theirs + ours:
+            os.close(fd)
+        _send({"id": job.ident, "exit": 127, "stdout": "", "stderr": _b64(str(e).encode())})
+        return None
+    for fd in theirs:
+        os.close(fd)
+    job.stdin, out, err = ours
+    job.order = (out, err)
+    for fd in ours:
+        os.set_blocking(fd, False)
+        _open.add(fd)
+    for fd in (out, err):
+        job.output[fd] = bytearray()
+        selector.register(fd, selectors.EVENT_READ, job)
+    job.feed = memoryview(binascii.a2b_base64(request.get("stdin") or ""))
+    if job.feed:
+        selector.register(job.stdin, selectors.EVENT_WRITE, job)
+    else:
+        _close(job.stdin, selector)
+    return job
+
+
+def _close(fd: int, selector: selectors.BaseSelector) -> None:
+    if fd in _open:
+        _open.discard(fd)
+        with contextlib.suppress(KeyError, ValueError):
+            selector.unregister(fd)
+        os.close(fd)
+
+
+def _pump(fd: int, job: _Job, selector: selectors.BaseSelector) -> None:
+    """Move what is ready on ``fd``: feed the process's stdin, or read its output."""
+    if fd == job.stdin:
+        try:
+            job.feed = job.feed[os.write(fd, job.feed[:_CHUNK]) :]
+        except BlockingIOError:
+            return
+        except OSError:  # it exited without reading everything, as a process may
+            job.feed = memoryview(b"")
+        if not job.feed:
+            _close(fd, selector)
         return
-    running[request["id"]] = process
-    timed_out = False
     try:
-        out, err = process.communicate(stdin, timeout=request.get("timeout"))
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        _kill_group(process)
-        out, err = process.communicate()
-    running.pop(request["id"], None)
+        chunk = os.read(fd, _CHUNK)
+    except BlockingIOError:
+        return
+    if chunk:
+        job.output[fd] += chunk
+    else:
+        _close(fd, selector)
+
+
+def _reap(jobs: dict[int, _Job]) -> None:
+    for job in jobs.values():
+        if job.status is not None:
+            continue
+        process = _processes.get(job.pid)
+        if process is not None:
+            if process.poll() is not None:
+                job.status = process.returncode
+                del _processes[job.pid]
+            continue
+        try:
+            pid, status = os.waitpid(job.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = job.pid, 255 << 8
+        if pid:
+            job.status = _status(status)
+
+
+def _finish(job: _Job, selector: selectors.BaseSelector) -> None:
+    _close(job.stdin, selector)
+    out, err = job.order
     _send(
         {
-            "id": request["id"],
-            "exit": process.returncode,
-            "stdout": base64.b64encode(out).decode("ascii"),
-            "stderr": base64.b64encode(err).decode("ascii"),
-            "timed_out": timed_out,
+            "id": job.ident,
+            "exit": job.status,
+            "stdout": _b64(bytes(job.output[out])),
+            "stderr": _b64(bytes(job.output[err])),
+            "timed_out": job.timed_out,
         }
     )
 
 
+def _wait(jobs: dict[int, _Job]) -> float | None:
+    """Seconds until the next deadline (None: none)."""
+    deadlines = [j.deadline for j in jobs.values() if j.deadline is not None and not j.timed_out]
+    if not deadlines:
+        return None
+    return max(0.0, min(deadlines) - time.monotonic())
+
+
 def main() -> None:
-    running: dict[int, Process] = {}
-    workers: list[threading.Thread] = []
     _send({"hello": HELLO, "pid": os.getpid()})
-    # Started before the first program needs it, and forked while this
-    # process has no other thread: no second interpreter to start.
+    # Every object so far is shared with each child forked for a program:
+    # frozen, no collection (here or in a child) touches them, so neither
+    # copies the pages they sit on (copy-on-write).
     gc.freeze()
-    with _servers_lock, contextlib.suppress(OSError):  # else fork_server() execs one
-        _servers[sys.executable] = ForkServer(sys.executable, fork=True)
-    for line in sys.stdin:
-        try:
-            request = json.loads(line)
-        except ValueError:
-            continue
-        if "kill" in request:
-            process = running.get(request["kill"])
-            if process is not None:
-                _kill_group(process)
-            continue
-        worker = threading.Thread(target=_run, args=(request, running))
-        worker.start()
-        workers = [w for w in workers if w.is_alive()] + [worker]
-    for worker in workers:  # the connection went away: let what runs finish
-        worker.join()
-    with _servers_lock:
-        for server in _servers.values():  # it sees its socket close and exits
-            server.close()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w)
+    selector = selectors.DefaultSelector()
+    selector.register(0, selectors.EVENT_READ, None)
+    selector.register(wake_r, selectors.EVENT_READ, None)
+    jobs: dict[int, _Job] = {}
+    pending = b""
+    reading = True
+    while reading or jobs:
+        for key, _ in selector.select(_wait(jobs)):
+            if key.data is not None:
+                _pump(key.fd, key.data, selector)
+            elif key.fd == wake_r:
+                try:
+                    while os.read(wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+            else:
+                chunk = os.read(0, _CHUNK)
+                if not chunk:  # the connection went away: let what runs finish
+                    reading = False
+                    selector.unregister(0)
+                    continue
+                pending += chunk
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    _handle(line, jobs, selector)
+        _reap(jobs)
+        now = time.monotonic()
+        for job in list(jobs.values()):
+            if job.deadline is not None and not job.timed_out and now >= job.deadline:
+                job.timed_out = True
+                job.kill()
+            if job.done():
+                del jobs[job.ident]
+                _finish(job, selector)
+
+
+def _handle(line: bytes, jobs: dict[int, _Job], selector: selectors.BaseSelector) -> None:
+    try:
+        request = json.loads(line)
+    except ValueError:
+        return
+    if not isinstance(request, dict):
+        return
+    if "kill" in request:
+        job = jobs.get(request["kill"])
+        if job is not None:
+            job.kill()
+        return
+    started = _start(request, selector)
+    if started is not None:
+        jobs[started.ident] = started
 
 
 def source() -> str:

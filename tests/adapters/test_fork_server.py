@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from adapters.connectors.fork_server import ForkServer
 from adapters.connectors.local import LocalConnector
-from adapters.connectors.session_agent import ForkServer
 from adapters.errors import ConnectorTimeout
 
 

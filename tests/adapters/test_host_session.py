@@ -44,23 +44,22 @@ def test_commands_run_under_one_runner_not_one_session_each(connector: SSHConnec
 def test_host_programs_run_in_a_fork_of_the_runner_not_a_new_interpreter(
     connector: SSHConnector,
 ) -> None:
-    """The runner forks its fork server before it starts any thread: a
-    program's parent is that server, whose command line is the runner's own
-    (an interpreter started for it would read ``python3 -I -c ...``)."""
+    """The runner forks each program itself, which is safe because it has one
+    thread: the program's parent is the runner, and its command line is the
+    runner's own (an interpreter started for it would read ``python3 -I -c ...``)."""
     connector.run("true", check=True)
     runner = _runner_pid(connector)
-    program = "import os; print(os.getppid())"
-    server = int(connector.run_python(program, [], display="program").stdout)
-    assert server != runner
-    cmdlines = connector.run(
-        f"cat /proc/{runner}/cmdline | md5sum; cat /proc/{server}/cmdline | md5sum; "
-        f"cut -d' ' -f4 /proc/{server}/stat",
-        check=True,
-    ).stdout.split()
-    assert cmdlines[0] == cmdlines[2], "the fork server is a new interpreter"
-    assert int(cmdlines[4]) == runner  # its parent: the runner
-    again = int(connector.run_python(program, [], display="program").stdout)
-    assert again == server  # one server per connection
+    program = (
+        "import os\n"
+        "mine = open('/proc/self/cmdline', 'rb').read()\n"
+        "parents = open('/proc/%d/cmdline' % os.getppid(), 'rb').read()\n"
+        "print(os.getppid(), mine == parents)"
+    )
+    parent, same = connector.run_python(program, [], display="program").stdout.split()
+    assert int(parent) == runner
+    assert same == "True", "the program runs in a new interpreter"
+    threads = connector.run(f"grep '^Threads:' /proc/{runner}/status", check=True).stdout
+    assert threads.split() == ["Threads:", "1"]
 
 
 def test_stdin_exit_status_and_stderr_come_back(connector: SSHConnector) -> None:
@@ -186,24 +185,18 @@ sys.exit(int(sys.argv[1]))
 """
 
 
-def _parent_of(pid: int) -> int:
-    """From /proc: the sshd test hosts run on this machine."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def test_host_programs_are_forked_by_the_runners_fork_server(
+def test_host_programs_are_forked_by_the_runner(
     connector: SSHConnector,
 ) -> None:
     result = connector.run_python(PROGRAM, ["4", "two words"], stdin=b"in", display="program")
     name, rest = result.stdout.split(" ", 1)
     assert result.exit_code == 4 and name == "__main__"
     assert rest.startswith("['4', 'two words'] IN None ")
-    server = int(rest.split()[-2])
+    parent = int(rest.split()[-2])
     assert rest.split()[-1] == "True"  # a session leader: a timeout kills its group
-    assert _parent_of(server) == _runner_pid(connector)
+    assert parent == _runner_pid(connector)
     again = connector.run_python(PROGRAM, ["0", "x"], stdin=b"", display="program")
-    assert again.exit_code == 0 and int(again.stdout.split()[-2]) == server  # the same server
+    assert again.exit_code == 0 and int(again.stdout.split()[-2]) == parent
     # The same program through a new interpreter (what a host without the
     # runner gets) says the same, but for its parent.
     fallback = Connector.run_python(

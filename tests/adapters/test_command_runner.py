@@ -1,0 +1,140 @@
+"""The SSH command runner's protocol, driven over pipes by each interpreter a
+host may have: this one's ``/usr/bin/python3`` and, where one is found, an
+older one (``$CHASSIS_TEST_OLD_PYTHON``, else python3.8), since the runner
+must run on whatever ``python3`` a host has. The same program runs over sshd
+in ``test_host_session.py``."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.connectors import session_agent
+
+
+def _interpreters() -> list[str]:
+    found = [p for p in ("/usr/bin/python3",) if os.access(p, os.X_OK)]
+    for candidate in (os.environ.get("CHASSIS_TEST_OLD_PYTHON"), shutil.which("python3.8")):
+        if candidate and os.access(candidate, os.X_OK):
+            probe = subprocess.run([candidate, "-c", "pass"], capture_output=True, check=False)
+            if probe.returncode == 0:
+                found.append(candidate)
+                break
+    return found
+
+
+class Runner:
+    def __init__(self, python: str) -> None:
+        self.process = subprocess.Popen(
+            [python, "-I", "-S", "-u", "-c", session_agent.source()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.stdin, self.stdout = self.process.stdin, self.process.stdout
+        self.hello = json.loads(self.stdout.readline())
+        self.next = 0
+
+    def send(self, **request: Any) -> int:
+        self.next += 1
+        message = {"id": self.next, "stdin": "", "env": {}, "timeout": 30, **request}
+        if isinstance(message["stdin"], bytes):
+            message["stdin"] = base64.b64encode(message["stdin"]).decode()
+        self.stdin.write((json.dumps(message) + "\n").encode())
+        self.stdin.flush()
+        return self.next
+
+    def reply(self) -> dict[str, Any]:
+        message: dict[str, Any] = json.loads(self.stdout.readline())
+        message["stdout"] = base64.b64decode(message["stdout"])
+        message["stderr"] = base64.b64decode(message["stderr"])
+        return message
+
+    def ask(self, **request: Any) -> dict[str, Any]:
+        ident = self.send(**request)
+        got = self.reply()
+        assert got["id"] == ident
+        return got
+
+
+@pytest.fixture(params=_interpreters())
+def runner(request: pytest.FixtureRequest) -> Iterator[Runner]:
+    started = Runner(request.param)
+    yield started
+    started.stdin.close()
+    started.process.wait(timeout=30)
+
+
+def test_a_command_gets_its_stdin_env_and_a_session_and_its_exit_status(runner: Runner) -> None:
+    assert runner.hello["hello"] == session_agent.HELLO
+    got = runner.ask(
+        command="cat; echo $CHASSIS_X; ps -o sid= -p $$ | tr -d ' '; echo $$; exit 3",
+        stdin=b"in\n",
+        env={"CHASSIS_X": "x1"},
+    )
+    out = got["stdout"].decode().split()
+    assert got["exit"] == 3 and not got["timed_out"]
+    assert out[:2] == ["in", "x1"] and out[2] == out[3]  # its own session leader
+
+
+def test_a_program_runs_as_main_in_a_fork_with_argv_stdin_and_env(runner: Runner) -> None:
+    program = (
+        "import os, sys\n"
+        "print(__name__, sys.argv, sys.stdin.read().upper(), os.environ['CHASSIS_X'],"
+        " os.getsid(0) == os.getpid(), os.getppid())\n"
+        "sys.exit(int(sys.argv[1]))"
+    )
+    got = runner.ask(python=program, argv=["4", "two words"], stdin=b"abc", env={"CHASSIS_X": "y"})
+    assert got["exit"] == 4
+    text = got["stdout"].decode()
+    assert text.startswith("__main__ ['-c', '4', 'two words'] ABC y True ")
+    assert int(text.split()[-1]) == runner.hello["pid"]  # forked by the runner itself
+    failed = runner.ask(python="raise ValueError('boom')")
+    assert failed["exit"] == 1 and failed["stderr"].endswith(b"ValueError: boom\n")
+    broken = runner.ask(python="def broken(:\n    pass")
+    assert broken["exit"] == 1 and b"SyntaxError" in broken["stderr"]
+
+
+def test_large_input_and_output_flow_both_ways(runner: Runner) -> None:
+    data = os.urandom(3_000_000)
+    got = runner.ask(command="cat; head -c 2000000 /dev/zero >&2", stdin=data)
+    assert got["exit"] == 0 and got["stdout"] == data and len(got["stderr"]) == 2_000_000
+
+
+def test_a_timeout_and_a_kill_end_the_whole_group(runner: Runner, tmp_path: Path) -> None:
+    marker = tmp_path / "child"
+    started = time.monotonic()
+    got = runner.ask(command=f"sleep 30 & echo $! > {marker}; wait", timeout=0.5)
+    assert got["timed_out"] and got["exit"] == -9
+    assert time.monotonic() - started < 20
+    child = int(marker.read_text())
+    for _ in range(200):  # killed with its group: gone, or a zombie for init to reap
+        stat = Path(f"/proc/{child}/stat")
+        if not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail(f"sleep {child} outlived its command's timeout")
+    ident = runner.send(command="sleep 30")
+    time.sleep(0.2)
+    runner.stdin.write((json.dumps({"kill": ident}) + "\n").encode())
+    runner.stdin.flush()
+    killed = runner.reply()
+    assert killed["id"] == ident and killed["exit"] == -9 and not killed["timed_out"]
+
+
+def test_at_the_end_of_its_input_the_runner_lets_what_runs_finish(runner: Runner) -> None:
+    ident = runner.send(command="sleep 0.3; echo done")
+    runner.stdin.close()
+    got = runner.reply()
+    assert got["id"] == ident and got["stdout"] == b"done\n"
+    assert runner.process.wait(timeout=30) == 0
