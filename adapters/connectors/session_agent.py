@@ -213,6 +213,7 @@ def _spawn(request: dict[str, Any], theirs: list[int]) -> int:
 def _start(request: dict[str, Any], selector: selectors.BaseSelector) -> _Job | None:
     """Start ``request``'s process and register its pipes (None: answered already)."""
     job = _Job(request["id"], request.get("timeout"))
+    feed = binascii.a2b_base64(request.get("stdin") or "")  # a bad request starts nothing
     pipes = [os.pipe(), os.pipe(), os.pipe()]
     theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
     ours = [pipes[0][1], pipes[1][0], pipes[2][0]]
@@ -233,7 +234,7 @@ def _start(request: dict[str, Any], selector: selectors.BaseSelector) -> _Job | 
     for fd in (out, err):
         job.output[fd] = bytearray()
         selector.register(fd, selectors.EVENT_READ, job)
-    job.feed = memoryview(binascii.a2b_base64(request.get("stdin") or ""))
+    job.feed = memoryview(feed)
     if job.feed:
         selector.register(job.stdin, selectors.EVENT_WRITE, job)
     else:
@@ -371,7 +372,10 @@ def _handle(line: bytes, jobs: dict[int, _Job], selector: selectors.BaseSelector
         if job is not None:
             job.kill()
         return
-    started = _start(request, selector)
+    try:
+        started = _start(request, selector)
+    except (KeyError, TypeError, ValueError):
+        return  # not a request this runner can read: the client never sends one
     if started is not None:
         jobs[started.ident] = started
 

@@ -138,3 +138,21 @@ def test_at_the_end_of_its_input_the_runner_lets_what_runs_finish(runner: Runner
     got = runner.reply()
     assert got["id"] == ident and got["stdout"] == b"done\n"
     assert runner.process.wait(timeout=30) == 0
+
+
+def test_a_line_it_cannot_read_starts_nothing_and_the_runner_goes_on(
+    runner: Runner, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    for line in (
+        b"not json",
+        b"[1, 2]",
+        json.dumps({"command": f"touch {marker}"}).encode(),  # no id
+        json.dumps({"id": 99, "command": f"touch {marker}", "stdin": "%%%"}).encode(),
+        json.dumps({"id": 98, "command": f"touch {marker}", "timeout": "soon"}).encode(),
+    ):
+        runner.stdin.write(line + b"\n")
+    runner.stdin.flush()
+    got = runner.ask(command="echo still here")
+    assert got["stdout"] == b"still here\n"
+    assert not marker.exists()
