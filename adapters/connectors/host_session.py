@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
+import hashlib
 import json
 import shlex
 import threading
@@ -36,6 +38,11 @@ kills the group at the timeout and then reports)."""
 _POLL_S = 0.5
 """Each wait on the channel: how often a silent wait checks the keepalive."""
 _CHUNK = 65536
+
+
+@functools.lru_cache(maxsize=32)
+def _digest(source: str) -> str:
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()
 
 
 class SessionBroken(Exception):
@@ -116,6 +123,8 @@ class HostSession:
             request["command"] = command
         else:
             request["python"], request["argv"] = python
+            # The key of the host's cache of compiled programs (session_agent).
+            request["python_sha256"] = _digest(python[0])
         self._send(request)
         try:
             reply = self._read(time.monotonic() + timeout + _GRACE_S, dead)

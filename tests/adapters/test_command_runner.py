@@ -7,6 +7,7 @@ in ``test_host_session.py``."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -33,11 +34,15 @@ def _interpreters() -> list[str]:
 
 
 class Runner:
-    def __init__(self, python: str) -> None:
+    def __init__(self, python: str, cache: Path | None = None) -> None:
+        env = dict(os.environ)
+        if cache is not None:
+            env["XDG_CACHE_HOME"] = str(cache)
         self.process = subprocess.Popen(
             [python, "-I", "-S", "-u", "-c", session_agent.source()],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            env=env,
         )
         assert self.process.stdin is not None and self.process.stdout is not None
         self.stdin, self.stdout = self.process.stdin, self.process.stdout
@@ -59,6 +64,10 @@ class Runner:
         message["stderr"] = base64.b64decode(message["stderr"])
         return message
 
+    def close(self) -> None:
+        self.stdin.close()
+        self.process.wait(timeout=30)
+
     def ask(self, **request: Any) -> dict[str, Any]:
         ident = self.send(**request)
         got = self.reply()
@@ -67,11 +76,15 @@ class Runner:
 
 
 @pytest.fixture(params=_interpreters())
-def runner(request: pytest.FixtureRequest) -> Iterator[Runner]:
-    started = Runner(request.param)
+def python(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def runner(python: str, tmp_path: Path) -> Iterator[Runner]:
+    started = Runner(python, tmp_path / "cache")
     yield started
-    started.stdin.close()
-    started.process.wait(timeout=30)
+    started.close()
 
 
 def test_a_command_gets_its_stdin_env_and_a_session_and_its_exit_status(runner: Runner) -> None:
@@ -148,7 +161,7 @@ def test_a_line_it_cannot_read_starts_nothing_and_the_runner_goes_on(
         b"not json",
         b"[1, 2]",
         json.dumps({"command": f"touch {marker}"}).encode(),  # no id
-        json.dumps({"id": 99, "command": f"touch {marker}", "stdin": "%%%"}).encode(),
+        json.dumps({"id": 99, "command": f"touch {marker}", "stdin": 5}).encode(),
         json.dumps({"id": 98, "command": f"touch {marker}", "timeout": "soon"}).encode(),
     ):
         runner.stdin.write(line + b"\n")
@@ -156,3 +169,68 @@ def test_a_line_it_cannot_read_starts_nothing_and_the_runner_goes_on(
     got = runner.ask(command="echo still here")
     assert got["stdout"] == b"still here\n"
     assert not marker.exists()
+
+
+SOURCE = "print('compiled from the source')"
+DIGEST = hashlib.sha256(SOURCE.encode()).hexdigest()
+
+
+def _planted(cache: Path, python: str, mode: int) -> Path:
+    """A cache entry under SOURCE's digest holding another program."""
+    tag = subprocess.run(
+        [python, "-c", "import sys; print(sys.implementation.cache_tag)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    directory = cache / "chassis" / "programs"
+    directory.mkdir(parents=True, mode=0o700, exist_ok=True)
+    directory.chmod(0o700)
+    entry = directory / f"{DIGEST}.{tag}.code"
+    dump = "import marshal, sys; sys.stdout.buffer.write(marshal.dumps(compile(" + (
+        "\"print('loaded from the cache')\", '<chassis>', 'exec')))"
+    )
+    entry.write_bytes(subprocess.run([python, "-c", dump], capture_output=True, check=True).stdout)
+    entry.chmod(mode)
+    return entry
+
+
+def test_a_compiled_program_is_kept_for_the_next_connection(python: str, tmp_path: Path) -> None:
+    """Compiling the archive reader costs a host ~5 ms a connection; the
+    runner keeps what it compiled in the user's cache, keyed by the sha256
+    the client sends, and the next runner loads it instead."""
+    cache = tmp_path / "cache"
+    first = Runner(python, cache)
+    got = first.ask(python=SOURCE, python_sha256=DIGEST)
+    first.close()
+    assert got["stdout"] == b"compiled from the source\n"
+    directory = cache / "chassis" / "programs"
+    entries = list(directory.iterdir())
+    assert len(entries) == 1 and entries[0].name.startswith(DIGEST)
+    assert directory.stat().st_mode & 0o777 == 0o700
+    assert entries[0].stat().st_mode & 0o777 == 0o600
+    # What a later runner runs is what is stored under the digest.
+    _planted(cache, python, 0o600)
+    second = Runner(python, cache)
+    assert second.ask(python=SOURCE, python_sha256=DIGEST)["stdout"] == b"loaded from the cache\n"
+    second.close()
+
+
+@pytest.mark.parametrize(
+    "hazard", ["entry-others-can-write", "directory-open-to-others", "garbage"]
+)
+def test_a_cache_entry_anyone_else_could_have_written_is_not_run(
+    python: str, tmp_path: Path, hazard: str
+) -> None:
+    cache = tmp_path / "cache"
+    entry = _planted(cache, python, 0o600)
+    if hazard == "entry-others-can-write":
+        entry.chmod(0o666)
+    elif hazard == "directory-open-to-others":
+        entry.parent.chmod(0o777)
+    else:
+        entry.write_bytes(b"not a code object")
+    runner = Runner(python, cache)
+    got = runner.ask(python=SOURCE, python_sha256=DIGEST)
+    runner.close()
+    assert got["exit"] == 0 and got["stdout"] == b"compiled from the source\n"
