@@ -90,8 +90,8 @@ class LocalConnector(Connector):
         display: str,
     ) -> CommandResult:
         """Forked by this process's fork server for the interpreter
-        (:class:`adapters.connectors.fork_server.ForkServer`), as over SSH:
-        no interpreter start per program; else as ``python3 -I -c``."""
+        (:class:`adapters.connectors.fork_server.ForkServer`): no interpreter
+        start per program, as over SSH; else as ``python3 -I -c``."""
         python = self.host_python or _python()
         server = fork_server(python) if python is not None else None
         started = time.monotonic()

@@ -1,5 +1,5 @@
-"""The fork server that runs Chassis' host programs without an interpreter
-start each (the SSH runner's, and this process's for local hosts): the same
+"""The fork server that runs Chassis' host programs on local hosts without
+an interpreter start each (over SSH the command runner forks them): the same
 outcomes as ``python3 -I -c SOURCE ARGS`` (exit status, output, stdin,
 argv, env), each program a session leader that a timeout kills with its
 group, and a fallback to a fresh interpreter once the server is gone."""
