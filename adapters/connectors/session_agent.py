@@ -110,7 +110,9 @@ class _Job:
         return any(fd in _open for fd in self.order)
 
     def kill(self) -> None:
-        if not self.pid or self.status is not None:
+        """SIGKILL the process group, also once its leader has exited: a member
+        that still holds the output open would otherwise keep the reply waiting."""
+        if not self.pid:
             return
         try:
             os.killpg(self.pid, signal.SIGKILL)

@@ -145,6 +145,15 @@ def test_a_timeout_and_a_kill_end_the_whole_group(runner: Runner, tmp_path: Path
     assert killed["id"] == ident and killed["exit"] == -9 and not killed["timed_out"]
 
 
+def test_a_timeout_ends_a_group_whose_leader_exited_but_whose_member_holds_the_output(
+    runner: Runner,
+) -> None:
+    started = time.monotonic()
+    got = runner.ask(command="sleep 30 & exit 0", timeout=0.5)
+    assert got["timed_out"] and got["exit"] == 0
+    assert time.monotonic() - started < 20
+
+
 def test_at_the_end_of_its_input_the_runner_lets_what_runs_finish(runner: Runner) -> None:
     ident = runner.send(command="sleep 0.3; echo done")
     runner.stdin.close()
