@@ -136,7 +136,11 @@ class HostDeployment:
         dirs = " ".join(shlex.quote(self.path(d)) for d in ("releases", "shared", "run", "logs"))
         self.connector.run(f"mkdir -p {dirs}", check=True, timeout=30)
         remote = self._remote_bundle()
-        if self.connector.sha256(remote) == self.plan.bundle_sha256:
+        # A stat (over SFTP: no process on the host) spares a new release,
+        # the usual case, a hash command that would only find nothing.
+        if self.connector.exists(remote) and self.connector.sha256(remote) == (
+            self.plan.bundle_sha256
+        ):
             return "bundle already on host", {"bytes": 0}
         self.touched = True
         self.connector.put(self.bundle, remote)
