@@ -101,6 +101,8 @@ _TAIL_SCAN_LINES = 400
 _CD_FAILED = 90
 _LAYOUT_FAILED = 91
 _ENV_FILE_UNREADABLE = 92
+_STILL_RECORDED = 93
+_NO_LAYOUT = 94
 _TOKEN_BYTES = 8
 
 
@@ -474,7 +476,11 @@ def restart_aware(
 
 
 def launch_command(
-    spec: ProcessSpec, env_path: str | None, restart: RestartPolicy | None = None
+    spec: ProcessSpec,
+    env_path: str | None,
+    restart: RestartPolicy | None = None,
+    *,
+    prepare: bool = False,
 ) -> str:
     """Start ``spec`` detached; print ``pid N`` and the process's stat line.
     With ``restart``, the wrapper restarts the command when it crashes.
@@ -483,6 +489,13 @@ def launch_command(
     written, 92 when ``spec.env_file`` is not readable. Only builtins run
     after the launch, so the shell cannot reap a process that dies at once
     before its stat line is read.
+
+    ``prepare`` (with no ``env_path``): first what the stop before a start
+    does when nothing runs, in the same round trip: make ``run/`` and
+    ``logs/`` (exit 94 when that fails), sweep env files a crashed start left,
+    and exit 93, starting nothing, while a pidfile is there (the caller stops
+    that instance, then launches without ``prepare``). Each runs a process
+    only when there is something to do.
     """
     q = shlex.quote
     log = q(log_path(spec.root, spec.component))
@@ -492,8 +505,18 @@ def launch_command(
     env_check = ""
     if spec.env_file is not None:
         env_check = f"[ -r {q(spec.env_file)} ] || exit {_ENV_FILE_UNREADABLE}; "
+    ready = ""
+    if prepare:
+        if env_path is not None:
+            raise ValueError("prepare would sweep the env file this start wrote")
+        run, logs = (q(posixpath.join(spec.root, d)) for d in ("run", "logs"))
+        ready = (
+            f"{{ [ -d {run} ] && [ -d {logs} ]; }} || mkdir -p -- {run} {logs} "
+            f"|| exit {_NO_LAYOUT}; {sweep_env_files(spec.root, spec.component)}; "
+            f"[ ! -e {pidfile} ] || exit {_STILL_RECORDED}; "
+        )
     return (
-        f"cd -- {q(spec.workdir)} || exit {_CD_FAILED}; {env_check}"
+        f"{ready}cd -- {q(spec.workdir)} || exit {_CD_FAILED}; {env_check}"
         f"printf '%s at %s\\n' {marker} \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" >> {log} "
         f"|| exit {_LAYOUT_FAILED}; "
         f"setsid nohup /bin/sh -c {q(WRAPPER)} {q('chassis-' + spec.component)} "
@@ -563,6 +586,13 @@ def env_glob(root: str, component: str) -> str:
     hex_digit = "[0-9a-f]"
     run = shlex.quote(posixpath.join(root, "run"))
     return f"{run}/.{check_component(component)}.{hex_digit * (2 * _TOKEN_BYTES)}.env"
+
+
+def sweep_env_files(root: str, component: str) -> str:
+    """Shell that removes the start-time env files of ``component``, running
+    ``rm`` only for one that exists (a glob that matches nothing stays as
+    written): after a clean stop there is none, and no process is started."""
+    return f'for f in {env_glob(root, component)}; do [ ! -e "$f" ] || rm -f -- "$f"; done'
 
 
 def log_tail_command(path: str, lines: int) -> str:
@@ -664,7 +694,7 @@ class DirectSupervisor(Supervisor):
         # its own); without a pidfile there is nothing to stop, which the
         # shell answers without starting the stop program.
         command = (
-            f"rm -f -- {env_glob(self.root, component)}\n"
+            f"{sweep_env_files(self.root, component)}\n"
             f"[ -e {shlex.quote(pidfile)} ] || {{ echo none; exit 0; }}; echo present"
         )
         if prepare:  # start(): make sure run/ and logs/ exist, in the same round trip
@@ -697,19 +727,22 @@ class DirectSupervisor(Supervisor):
                 f"component {spec.component}: spec root {spec.root} is not "
                 f"this supervisor's root {self.root}"
             )
-        self._stop(spec.component, self.stop_timeout, prepare=True)  # one instance at a time
         env_path = None
-        if spec.env:
+        if spec.env:  # its env file goes into run/: make it, and stop, first
+            self._stop(spec.component, self.stop_timeout, prepare=True)  # one instance at a time
             env_path = posixpath.join(
                 self.root, "run", f".{spec.component}.{secrets.token_hex(_TOKEN_BYTES)}.env"
             )
             self.connector.put_bytes(render_env_file(spec.env), env_path, mode=ENV_FILE_MODE)
+        shown = f"start {spec.component} release {spec.release_id}: {spec.command}"
         try:
             restart = None if spec.restart == "never" else self.restart
             launched = self._run(
-                launch_command(spec, env_path, restart),
-                f"start {spec.component} release {spec.release_id}: {spec.command}",
+                launch_command(spec, env_path, restart, prepare=env_path is None), shown
             )
+            if launched.exit_code == _STILL_RECORDED:  # one instance at a time
+                self._stop(spec.component, self.stop_timeout)
+                launched = self._run(launch_command(spec, env_path, restart), shown)
         except BaseException:
             with contextlib.suppress(Exception):
                 self._cleanup(env_path)
@@ -717,6 +750,8 @@ class DirectSupervisor(Supervisor):
         started_at = time.monotonic()
         if launched.exit_code == _CD_FAILED:
             cause = f"working directory {spec.workdir} is missing"
+        elif launched.exit_code == _NO_LAYOUT:
+            cause = f"cannot create {posixpath.join(self.root, 'run')} and logs/"
         elif launched.exit_code == _ENV_FILE_UNREADABLE:
             cause = f"cannot read env_file {spec.env_file}"
         elif not launched.ok:

@@ -133,8 +133,9 @@ class HostDeployment:
     # Steps. Each returns (detail, data) for the ledger.
 
     def _upload(self) -> tuple[str, dict[str, Any]]:
-        dirs = " ".join(shlex.quote(self.path(d)) for d in ("releases", "shared", "run", "logs"))
-        self.connector.run(f"mkdir -p {dirs}", check=True, timeout=30)
+        dirs = [shlex.quote(self.path(d)) for d in ("releases", "shared", "run", "logs")]
+        present = " && ".join(f"[ -d {d} ]" for d in dirs)  # then no mkdir process
+        self.connector.run(f"{{ {present}; }} || mkdir -p {' '.join(dirs)}", check=True, timeout=30)
         remote = self._remote_bundle()
         # A stat (over SFTP: no process on the host) spares a new release,
         # the usual case, a hash command that would only find nothing.

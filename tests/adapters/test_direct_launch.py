@@ -86,3 +86,38 @@ def test_the_pidfile_is_written_before_anything_is_printed(tmp_path: Path) -> No
                 os.killpg(state.pid, signal.SIGKILL)
         else:  # the old order: find what it started and stop it anyway
             subprocess.run(["pkill", "-f", "chassis-api"], check=False)
+
+
+def test_a_start_makes_its_layout_sweeps_stale_env_files_and_stops_what_runs(
+    tmp_path: Path,
+) -> None:
+    """The checks a start makes before launching ride on the launch command
+    (one round trip): run/ and logs/ are made, env files a crashed start
+    left are swept, and an instance still running is stopped first: one
+    instance at a time, as when they were a command of their own."""
+    root = tmp_path / "fresh"
+    (root / "releases/r1").mkdir(parents=True)  # no run/, no logs/ yet
+    spec = ProcessSpec(
+        component="api",
+        release_id="ef" * 32,
+        command="sleep 30",
+        workdir=str(root / "releases/r1"),
+        env={},
+        env_file=None,
+        root=str(root),
+    )
+    supervisor = DirectSupervisor(LocalConnector("h"), str(root))
+    first = supervisor.start(spec)
+    stale = root / "run" / ".api.0123456789abcdef.env"
+    other = root / "run" / ".worker.0123456789abcdef.env"
+    stale.write_text("TOKEN=left-by-a-crash\n")
+    other.write_text("TOKEN=not-ours\n")
+    second = supervisor.start(spec)
+    try:
+        assert first.pid != second.pid
+        assert not stale.exists() and other.exists()
+        gone = Path(f"/proc/{first.pid}/stat")
+        assert not gone.exists() or gone.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        assert supervisor.state("api").pid == second.pid
+    finally:
+        supervisor.stop("api")
