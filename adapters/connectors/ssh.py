@@ -974,12 +974,30 @@ class SSHConnector(Connector):
         return match.group(0)
 
     def symlink_swap(self, target: str, link: str) -> None:
-        tmp = shlex.quote(temp_sibling(link))
-        script = (
-            f"ln -s -- {shlex.quote(target)} {tmp} && mv -T -- {tmp} {shlex.quote(link)}"
-            f" || {{ rc=$?; rm -f -- {tmp}; exit $rc; }}"
-        )
-        self.run(script, check=True, display=f"symlink {link} -> {target}")
+        # Over SFTP (symlink, then posix-rename over the old link: rename(2),
+        # atomic as `mv -T`): no shell, `ln` or `mv` process on the host.
+        sftp = self._sftp()
+        tmp = temp_sibling(link)
+        try:
+            sftp.symlink(target, tmp)
+            try:
+                sftp.posix_rename(tmp, link)
+            except BaseException:
+                with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                    sftp.remove(tmp)
+                raise
+        except TimeoutError as e:
+            raise self._stalled(f"symlink {link}") from e
+        except OSError as e:
+            if isinstance(e, FileNotFoundError) or e.errno == errno.ENOENT:
+                raise self._file_error(e, link, "symlink") from e
+            why = e.strerror or str(e)
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                if stat.S_ISDIR(sftp.lstat(link).st_mode or 0):  # SFTP says only "Failure"
+                    why = "Is a directory"
+            raise ConnectorError(self.name, f"symlink {link}: {why}", where=self.where()) from e
+        except (EOFError, paramiko.SSHException) as e:
+            raise self._lost(e, f"symlink {link}") from e
 
 
 def _handshake_done(client: paramiko.SSHClient) -> bool:

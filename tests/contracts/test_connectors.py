@@ -240,8 +240,9 @@ def test_symlink_swap_is_atomic_and_repeatable(target: Target) -> None:
 def test_symlink_swap_refuses_to_replace_a_directory(target: Target) -> None:
     current = target.path("current")
     target.sh(f"mkdir -p {current}/keep")
-    with pytest.raises(ConnectorError):
+    with pytest.raises(ConnectorError) as info:
         target.connector.symlink_swap("/nowhere", current)
+    assert str(info.value).endswith(f"symlink {current}: Is a directory")
     assert target.sh(f"ls -A {target.root}").split() == ["current"]
     assert target.sh(f"ls -A {current}").split() == ["keep"]
 
