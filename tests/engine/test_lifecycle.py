@@ -255,14 +255,17 @@ def _wait_for_step(shop: Path, step: str, process: subprocess.Popen[str], known:
 
 @pytest.fixture
 def slow_gate(quick: Path) -> Path:
-    """``quick`` whose api gate takes a few seconds (three passes, 700 ms apart)."""
+    """``quick`` whose api gate takes a few seconds (three passes, 1.5 s apart):
+    long enough for a test to see the step before it, and to interrupt it,
+    while the machine is loaded (with 700 ms, a loaded CI run once saw the
+    whole deploy finish before its first look at the ledger came back)."""
     stack = quick / "chassis.toml"
     text = stack.read_text()
     api = text.index("[components.api]")
     health = text.index("health = {", api)
     end = text.index("}", health)
     stack.write_text(
-        text[:end] + ", interval_ms = 700" + text[end:]
+        text[:end] + ", interval_ms = 1500" + text[end:]
         if "interval_ms" not in text[health:end]
         else text
     )
