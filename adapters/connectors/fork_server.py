@@ -141,9 +141,9 @@ _PIPE_CHUNK = 65536
 
 
 class Forked:
-    """A host program forked by the :class:`ForkServer`: what the runner and
-    ``LocalConnector`` use of a ``subprocess.Popen`` (``pid``, a session
-    leader; ``returncode``; ``communicate``; ``poll``; ``kill``)."""
+    """A host program forked by the :class:`ForkServer`: what ``LocalConnector``
+    uses of a ``subprocess.Popen`` (``pid``, a session leader; ``returncode``;
+    ``communicate``; ``poll``; ``kill``)."""
 
     def __init__(self, stdin: int, stdout: int, stderr: int) -> None:
         self.pid = 0
