@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +52,7 @@ from adapters.connectors.ssh import (
     _handshake_cause,  # the connector's own wording for failed handshakes
     _os_cause,
     known_hosts_name,
+    open_socket,
     rewrite_known_hosts,
 )
 from adapters.connectors.ssh import fingerprint as ssh_fingerprint
@@ -459,7 +459,7 @@ def offered_host_key(
     """
     where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
     try:
-        sock = socket.create_connection((address, port), timeout=timeout)
+        sock = open_socket(address, port, timeout)
     except OSError as e:
         raise HostUnreachable(name, f"unreachable: {_os_cause(e, timeout)}", where=where) from e
     transport = paramiko.Transport(sock)

@@ -187,6 +187,54 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
+
+class _QuickAckSocket(socket.socket):
+    """A socket that acknowledges at once whatever it receives.
+
+    sshd leaves Nagle's algorithm on for sessions without a terminal, so its
+    second small packet in a row (the exec's reply, then the command's output)
+    waits for our acknowledgement of the first, which Linux delays by up to
+    40 ms when it has nothing to send back. ``TCP_QUICKACK`` does not stay set,
+    so it is set again after each read (one system call).
+    """
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        if _QUICKACK is not None:
+            with contextlib.suppress(OSError):
+                self.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        return data
+
+
+def open_socket(address: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection to ``address:port`` for an SSH transport, without the
+    delays Nagle's algorithm and delayed acknowledgements add to a
+    request-and-reply protocol.
+
+    paramiko often writes two small packets in a row (a window adjust, then
+    the next request; NEWKEYS, then the service request). With Nagle on
+    (``TCP_NODELAY`` off), the second waits until the first is acknowledged,
+    which the host delays (40 ms on Linux); the host's own packets are
+    acknowledged at once for the same reason (:class:`_QuickAckSocket`).
+    Measured on loopback: a new connection's first ``exec true`` took 47 ms
+    with both delays, 3 ms without; the handshake 63 ms, 20 ms. ``OSError``
+    as ``socket.create_connection`` raises it.
+    """
+    plain = socket.create_connection((address, port), timeout=timeout)
+    sock = plain
+    if _QUICKACK is not None:
+        sock = _QuickAckSocket(plain.family, plain.type, plain.proto, fileno=plain.detach())
+        sock.settimeout(timeout)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def fetch_host_key(address: str, port: int = 22, timeout: float = 10.0) -> tuple[str, str, str]:
     """The key a server offers, as ``(keytype, base64, fingerprint)``.
 
@@ -195,7 +243,7 @@ def fetch_host_key(address: str, port: int = 22, timeout: float = 10.0) -> tuple
     """
     where = f"{_bracket(address)}:{port}"
     try:
-        sock = socket.create_connection((address, port), timeout=timeout)
+        sock = open_socket(address, port, timeout)
     except OSError as e:
         raise HostUnreachable(address, f"unreachable: {_os_cause(e, timeout)}", where=where) from e
     transport = paramiko.Transport(sock)
@@ -420,6 +468,7 @@ class SSHConnector(Connector):
             client.connect(
                 s.address,
                 port=s.port,
+                sock=open_socket(s.address, s.port, s.connect_timeout),
                 username=s.user,
                 key_filename=None if s.key_file is None else [str(s.key_file)],
                 allow_agent=False,
