@@ -102,6 +102,8 @@ _CD_FAILED = 90
 _LAYOUT_FAILED = 91
 _ENV_FILE_UNREADABLE = 92
 _STILL_RECORDED = 93
+_RECORDED = "recorded"
+"""The launch's last line once it wrote the pidfile itself."""
 _NO_LAYOUT = 94
 _TOKEN_BYTES = 8
 
@@ -482,7 +484,8 @@ def launch_command(
     *,
     prepare: bool = False,
 ) -> str:
-    """Start ``spec`` detached; print ``pid N`` and the process's stat line.
+    """Start ``spec`` detached; print ``pid N``, the process's stat line, and
+    ``recorded`` once its pidfile is written (only while it is not a zombie).
     With ``restart``, the wrapper restarts the command when it crashes.
 
     Exits 90 when the working directory is missing, 91 when the log cannot be
@@ -523,7 +526,7 @@ def launch_command(
         f"{q(env_path or '')} {q(spec.env_file or '')} {q(spec.command)} {q(ENV_LOADER)} "
         f"{q(restart.args() if restart else '')} {q(restarts_path(spec.root, spec.component))} "
         f"< /dev/null >> {log} 2>&1 & "
-        'pid=$!; st=; { IFS= read -r st < "/proc/$pid/stat"; } 2>/dev/null; '
+        'pid=$!; st=; rec=; { IFS= read -r st < "/proc/$pid/stat"; } 2>/dev/null; '
         # The pidfile is written here, on the host, in the same command, and
         # before anything is printed: a chassis killed while this runs closes
         # the pipe, and the first line printed after that kills the shell
@@ -533,15 +536,16 @@ def launch_command(
         'if [ "$1" != Z ]; then '
         f'printf \'{{"pid":%s,"start":%s,"release_id":"%s","component":"%s"}}\\n\' '
         f'"$pid" "${{20}}" {q(spec.release_id)} {q(spec.component)} > {pidtmp} '
-        f"&& mv -f -- {pidtmp} {pidfile}; fi; fi; "
+        f"&& mv -f -- {pidtmp} {pidfile} && rec=1; fi; fi; "
         'echo "pid $pid"; [ -z "$st" ] || printf \'%s\\n\' "$st"; '
+        f"[ -z \"$rec\" ] || echo {_RECORDED}; "
         "exit 0"
     )
 
 
 def parse_launch(output: str) -> tuple[int, ProcStat | None]:
     """The pid and (if it was still there) the stat line printed by :func:`launch_command`."""
-    lines = output.splitlines()
+    lines = [line for line in output.splitlines() if line != _RECORDED]
     if not lines or not lines[0].startswith("pid ") or not lines[0][4:].isdigit():
         raise ValueError(f"unexpected launch output {output[:120]!r}")
     pid = int(lines[0][4:])
@@ -765,12 +769,25 @@ class DirectSupervisor(Supervisor):
             )
         pid, stat = parse_launch(launched.stdout)
         if stat is not None and not stat.zombie:
-            record = PidRecord(pid, stat.starttime, spec.release_id, spec.component)
-            self.connector.put_bytes(
-                record.to_bytes(), pid_path(self.root, spec.component), mode=0o644
-            )
-            settle_s = 0.0 if spec.health_gated else self.settle_s
-            remaining = settle_s - (time.monotonic() - started_at)
+            if _RECORDED not in launched.stdout.splitlines():  # the launch could not write it
+                record = PidRecord(pid, stat.starttime, spec.release_id, spec.component)
+                self.connector.put_bytes(
+                    record.to_bytes(), pid_path(self.root, spec.component), mode=0o644
+                )
+            if spec.health_gated:
+                # The launch's look stands: alive, just recorded, and it has
+                # not had a second to restart (the wrapper waits that long
+                # first). The health gate watches it from here, and names
+                # its exit; a second look would cost a round trip per start.
+                return ProcessState(
+                    spec.component,
+                    True,
+                    pid,
+                    spec.release_id,
+                    f"running (pid {pid})",
+                    start=stat.starttime,
+                )
+            remaining = self.settle_s - (time.monotonic() - started_at)
             if remaining > 0:
                 self._sleep(remaining)
             observed, restarts = self._look(spec.component)

@@ -6,11 +6,14 @@ leaves a pidfile naming what it started, so recover and stop can find it."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
+from adapters.connectors.base import CommandResult
 from adapters.connectors.local import LocalConnector
 from adapters.supervisors.base import ProcessSpec
 from adapters.supervisors.direct import (
@@ -121,3 +124,64 @@ def test_a_start_makes_its_layout_sweeps_stale_env_files_and_stops_what_runs(
         assert supervisor.state("api").pid == second.pid
     finally:
         supervisor.stop("api")
+
+
+class _CountingLocal(LocalConnector):
+    """A real local connector that counts what it is asked to do on the host."""
+
+    def __init__(self) -> None:
+        super().__init__("h")
+        self.commands: list[str] = []
+        self.writes: list[str] = []
+
+    def run(
+        self,
+        command: str,
+        *,
+        timeout: float = 60.0,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        check: bool = False,
+        display: str | None = None,
+    ) -> CommandResult:
+        self.commands.append(command)
+        return super().run(
+            command, timeout=timeout, stdin=stdin, env=env, check=check, display=display
+        )
+
+    def put_bytes(self, data: bytes, remote: str, *, mode: int | None = None) -> None:
+        self.writes.append(remote)
+        super().put_bytes(data, remote, mode=mode)
+
+
+def test_a_health_gated_start_is_one_command_on_the_host(tmp_path: Path) -> None:
+    """The launch writes the pidfile and looks at the process itself: a
+    start whose health gate watches it next neither writes the pidfile again
+    nor looks a second time (each was a round trip per host and start)."""
+    root, spec = host_and_spec(tmp_path, "cd" * 32)
+    gated = dataclasses.replace(spec, health_gated=True)
+    connector = _CountingLocal()
+    supervisor = DirectSupervisor(connector, str(root))
+    state = supervisor.start(gated)
+    try:
+        assert len(connector.commands) == 1 and connector.writes == []
+        looked = DirectSupervisor(LocalConnector("h"), str(root)).state("api")
+        assert state.running and (state.pid, state.start) == (looked.pid, looked.start)
+        assert (state.release_id, looked.release_id) == (spec.release_id, spec.release_id)
+        assert state.detail == looked.detail == f"running (pid {state.pid})"
+    finally:
+        supervisor.stop("api")
+
+
+def test_a_start_without_a_gate_still_looks_after_settling(tmp_path: Path) -> None:
+    """Without a health gate, the supervisor's own look after its settle time
+    is all that tells a start from a crash."""
+    root, spec = host_and_spec(tmp_path, "ce" * 32)
+    crashing = dataclasses.replace(spec, command="exit 3")
+    supervisor = DirectSupervisor(LocalConnector("h"), str(root), settle_s=0.3)
+    try:
+        supervisor.start(crashing)
+    except Exception as e:  # the supervisor's error, naming the exit
+        assert "exited with status 3" in str(e), str(e)
+    else:
+        raise AssertionError("a command that exits at once started")
