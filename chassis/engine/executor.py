@@ -78,6 +78,9 @@ class HostDeployment:
     start and health leave the host's other components alone."""
     progress: Progress | None = None
     """Told each step's outcome and elapsed time, and the health gate's attempts."""
+    _ports_seen_free: bool = field(default=False, init=False)
+    """stop-old found the ports free and stopped nothing: the start that
+    follows it would look at the same ports in the same state again."""
 
     def _acting(self) -> list[ComponentPlan]:
         """The components stop-old, start and health act on."""
@@ -216,6 +219,7 @@ class HostDeployment:
     def _stop_old(self) -> tuple[str, dict[str, Any]]:
         ours = self._ours()
         self._ports_free("stop-old", ours)  # a stranger's port: fail before any stop
+        self._ports_seen_free = not ours
         stopped = []
         for state in ours:  # running a moment ago, under this operation's lease
             self.touched = True
@@ -226,7 +230,10 @@ class HostDeployment:
     def _start(self) -> tuple[str, dict[str, Any]]:
         self.touched = True
         # stop-old stopped ours: whoever listens now would make the start fail.
-        self._ports_free("start", [])
+        # Where it stopped nothing, it just saw these ports free.
+        if not self._ports_seen_free:
+            self._ports_free("start", [])
+        self._ports_seen_free = False
         pids: dict[str, int] = {}
         for component in self._acting():
             try:
