@@ -117,6 +117,18 @@ def test_a_program_runs_as_main_in_a_fork_with_argv_stdin_and_env(runner: Runner
     assert broken["exit"] == 1 and b"SyntaxError" in broken["stderr"]
 
 
+def test_a_module_programs_import_is_loaded_once_in_the_runner(runner: Runner) -> None:
+    """The port-owner look, run up to three times a deploy, imports socket:
+    the runner imports it before forking the first program that names it,
+    so every program after it finds it loaded. A program that names none of
+    those modules loads none of them."""
+    looks = "import sys\nprint(sorted(m for m in ('socket', 'struct') if m in sys.modules))\n"
+    assert runner.ask(python=looks)["stdout"] == b"[]\n"
+    naming = looks + "import socket, struct\n"
+    assert runner.ask(python=naming)["stdout"] == b"['socket', 'struct']\n"
+    assert runner.ask(python=looks)["stdout"] == b"['socket', 'struct']\n"
+
+
 def test_large_input_and_output_flow_both_ways(runner: Runner) -> None:
     data = os.urandom(3_000_000)
     got = runner.ask(command="cat; head -c 2000000 /dev/zero >&2", stdin=data)
