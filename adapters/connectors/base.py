@@ -124,6 +124,12 @@ class Connector(ABC):
     def connect(self) -> None:
         """Open the connection if not yet open (idempotent); raise typed errors."""
 
+    def command_status(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        """The exit status of a command that does nothing (0: commands run
+        here), what a pre-flight asks of a host. A connector that has seen a
+        command run on the host already may answer without running another."""
+        return self.run("true", timeout=timeout).exit_code
+
     @abstractmethod
     def run(
         self,

@@ -660,6 +660,15 @@ class SSHConnector(Connector):
             duration_s=time.monotonic() - started,
         )
 
+    def command_status(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        """0 once the command runner answered: the host's ``python3`` ran under
+        the login shell and starts every command after it; else the status of
+        ``true`` run over an exec of its own."""
+        self._connection()
+        if self._host_session() is not None:
+            return 0
+        return super().command_status(timeout)
+
     def _host_session(self) -> HostSession | None:
         """The connection's command runner, started on first use (None: the
         host cannot run it, or the connection is not open)."""

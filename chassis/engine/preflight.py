@@ -239,12 +239,12 @@ def _reach(
         pin = pins.get(name) if pins is not None else recorded_pin(ws, name)
         connector = connector_from_settings(name, settings, ws, connect_timeout=timeout, pin=pin)
         connector.connect()
-        result = connector.run("true", timeout=timeout)
-        if not result.ok:
+        status = connector.command_status(timeout=timeout)
+        if status != 0:
             connector.close()
             return (
                 f"host {name} ({connector.where()}): a session opens but cannot run a "
-                f"command (exit {result.exit_code})"
+                f"command (exit {status})"
             ), None
     except ConnectorError as e:
         if connector is not None:

@@ -62,6 +62,17 @@ def test_host_programs_run_in_a_fork_of_the_runner_not_a_new_interpreter(
     assert threads.split() == ["Threads:", "1"]
 
 
+def test_the_runner_answering_is_the_pre_flight_s_proof_that_commands_run(
+    connector: SSHConnector,
+) -> None:
+    """The runner's hello means the login shell started the host's python3,
+    which starts every command after it: no ``true`` runs to prove it."""
+    assert connector.command_status(timeout=10) == 0
+    session = connector._session
+    assert session is not None and session._next_id == 0, "a command ran to answer"
+    assert connector.run("echo still", check=True).stdout == "still\n"
+
+
 def test_stdin_exit_status_and_stderr_come_back(connector: SSHConnector) -> None:
     result = connector.run("tr a-z A-Z; echo oops >&2; exit 3", stdin=b"hello")
     assert (result.exit_code, result.stdout, result.stderr) == (3, "HELLO", "oops\n")
