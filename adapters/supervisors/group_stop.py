@@ -57,38 +57,56 @@ def _members(group: int) -> list[int]:
     return found
 
 
-def _wait_gone(group: int, seconds: float) -> bool:
-    """True once no member of ``group`` is left, False at the deadline."""
+def _wait_gone(group: int, seconds: float, members: list[int] | None = None) -> bool:
+    """True once no member of ``group`` is left, False at the deadline.
+
+    ``members``: the group as just scanned (else it is scanned first). Each
+    scan reads every process's stat, so it waits for every member it knows
+    of, then scans once more for any a member forked meanwhile (and at least
+    every ``_MAX_WAIT_S``): a stopping group costs two scans, not one per exit.
+    """
     deadline = time.monotonic() + seconds
     while True:
-        members = _members(group)
+        if members is None:
+            members = _members(group)
         if not members:
             return True
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
         fds = []
-        for pid in members:
-            try:
-                fds.append(os.pidfd_open(pid))  # type: ignore[attr-defined,unused-ignore]
-            except AttributeError:
-                break  # no pidfds here
-            except OSError:
-                fds.append(-1)  # it exited between the scan and now: look again
-                break
-        if not fds:
+        try:
+            for pid in members:
+                with contextlib.suppress(ProcessLookupError):  # exited since the scan
+                    fds.append(os.pidfd_open(pid))  # type: ignore[attr-defined,unused-ignore]
+        except (AttributeError, OSError):  # no pidfds here (Python < 3.9, Linux < 5.3)
+            for fd in fds:
+                os.close(fd)
             time.sleep(min(remaining, _FALLBACK_POLL_S))
+            members = None
             continue
         try:
-            if -1 not in fds:
-                waiting = select.poll()
-                for fd in fds:
-                    waiting.register(fd, select.POLLIN)
-                waiting.poll(min(remaining, _MAX_WAIT_S) * 1000)
+            _wait_all(fds, min(remaining, _MAX_WAIT_S))
         finally:
             for fd in fds:
-                if fd >= 0:
-                    os.close(fd)
+                os.close(fd)
+        members = None
+
+
+def _wait_all(fds: list[int], seconds: float) -> None:
+    """Until every pidfd of ``fds`` says its process exited, or ``seconds``."""
+    deadline = time.monotonic() + seconds
+    waiting = select.poll()
+    for fd in fds:
+        waiting.register(fd, select.POLLIN)
+    left = len(fds)
+    while left:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        for fd, _ in waiting.poll(remaining * 1000):
+            waiting.unregister(fd)
+            left -= 1
 
 
 def _forget(pidfile: str, record: str) -> None:
@@ -120,14 +138,15 @@ def stop(pidfile: str, timeout: float, kill_wait: float) -> str:
     if leader is not None and len(leader) > 19 and leader[19] != str(start):
         _forget(pidfile, record)
         return "foreign"
-    if not _members(group):
+    members = _members(group)
+    if not members:
         _forget(pidfile, record)
         return "gone"
     # A group's id cannot be reused while any member lives, so signalling it
     # is safe once the leader's start time matched (or the leader is gone).
     with contextlib.suppress(ProcessLookupError):
         os.killpg(group, signal.SIGTERM)
-    if _wait_gone(group, timeout):
+    if _wait_gone(group, timeout, members):
         _forget(pidfile, record)
         return "stopped"
     with contextlib.suppress(ProcessLookupError):

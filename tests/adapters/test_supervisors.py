@@ -7,6 +7,7 @@ direct supervisor loads it with its own parser, never a shell).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -353,6 +354,44 @@ def test_a_late_stop_never_removes_the_pidfile_of_a_newer_process(tmp_path: Path
         ["/bin/sh", "-c", stop_command(str(pidfile), 0.1)], capture_output=True, text=True
     )
     assert gone.stdout.strip() in ("foreign", "gone") and not pidfile.exists()
+
+
+def test_a_stopping_group_is_scanned_twice_not_once_per_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each scan reads every process's stat on the host. The stop waits for
+    every member it found, then scans once more for any forked meanwhile
+    (here the trap's sleep): two scans, however many exits there are."""
+    from adapters.supervisors import group_stop
+
+    scans: list[int] = []
+    real = group_stop._members
+
+    def counted(group: int) -> list[int]:
+        scans.append(group)
+        return real(group)
+
+    monkeypatch.setattr(group_stop, "_members", counted)
+    group = subprocess.Popen(
+        [
+            "/bin/sh",
+            "-c",
+            "sleep 30 & (trap 'sleep 0.3; exit 0' TERM; while :; do sleep 0.05; done) & wait",
+        ],
+        start_new_session=True,
+    )
+    try:
+        stat = parse_proc_stat(Path(f"/proc/{group.pid}/stat").read_text())
+        pidfile = tmp_path / "api.pid"
+        pidfile.write_bytes(PidRecord(group.pid, stat.starttime, "a" * 64, "api").to_bytes())
+        time.sleep(0.2)  # the subshell's trap is set
+        assert group_stop.stop(str(pidfile), 5.0, 5.0) == "stopped"
+        assert len(scans) == 2, scans
+        assert real(group.pid) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group.pid, signal.SIGKILL)
+        group.wait()
 
 
 def test_stop_without_pidfds_looks_instead_and_says_the_same(
