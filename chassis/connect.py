@@ -144,7 +144,6 @@ def recorded_pin(ws: Workspace, name: str) -> PinnedHostKey | None:
 # -- ssh timeouts ----------------------------------------------------------------------
 
 KEEPALIVE_COUNT = 3
-_stack_cache: dict[Path, tuple[tuple[int, int], dict[str, object]]] = {}
 
 
 def ssh_timeout_s(ws: Workspace, host: str, environment: str) -> float | None:
@@ -171,21 +170,11 @@ def ssh_timeout_s(ws: Workspace, host: str, environment: str) -> float | None:
 
 
 def _stack(ws: Workspace) -> dict[str, object]:
-    """The raw stack file, parsed once per version of the file."""
+    """The raw stack file (parsed once per content: ``chassis.toml_files``)."""
     try:
-        info = ws.stack_file.stat()
-    except OSError:
-        return {}
-    key = (info.st_mtime_ns, info.st_size)
-    cached = _stack_cache.get(ws.stack_file)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    try:
-        stack = ws.stack()
-    except WorkspaceError:
+        return ws.stack()
+    except (WorkspaceError, OSError):
         return {}  # reported by whatever reads the stack for its own sake
-    _stack_cache[ws.stack_file] = (key, stack)
-    return stack
 
 
 # -- known_hosts: one pin per host ---------------------------------------------

@@ -15,6 +15,7 @@ import msgspec
 
 from chassis.config.env import EnvVars
 from chassis.errors import WorkspaceError
+from chassis.toml_files import load_toml
 from ledger.storage import StorageConfig
 
 STACK_FILE = "chassis.toml"
@@ -87,8 +88,7 @@ class Workspace:
         if not self.stack_file.exists():
             return {}
         try:
-            with self.stack_file.open("rb") as handle:
-                return tomllib.load(handle)
+            return load_toml(self.stack_file)
         except tomllib.TOMLDecodeError as e:
             raise WorkspaceError(f"{self.stack_file}: invalid TOML: {e}") from None
 

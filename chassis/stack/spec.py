@@ -50,6 +50,7 @@ from chassis.stack.schema import (
     SecretRefSpec,
 )
 from chassis.stack.store_url import StoreURL, parse_store_url
+from chassis.toml_files import load_toml
 from proofs.export import FORMATS
 from proofs.redaction import scrub_text
 
@@ -245,8 +246,7 @@ def parse_size(value: int | str) -> int:
 def load_stack(path: Path) -> Stack:
     """Read and validate a stack file. Raises ``StackError`` with one clear line."""
     try:
-        with path.open("rb") as handle:
-            raw = tomllib.load(handle)
+        raw = load_toml(path)
     except FileNotFoundError:
         raise StackError(f"{path}: no stack file (run 'chassis init --example')") from None
     except tomllib.TOMLDecodeError as e:
