@@ -10,10 +10,8 @@ import dataclasses
 import os
 import signal
 import subprocess
-from collections.abc import Mapping
 from pathlib import Path
 
-from adapters.connectors.base import CommandResult
 from adapters.connectors.local import LocalConnector
 from adapters.supervisors.base import ProcessSpec
 from adapters.supervisors.direct import (
@@ -23,6 +21,7 @@ from adapters.supervisors.direct import (
     parse_launch,
     pid_path,
 )
+from tests.recording import RecordingLocal
 
 
 def host_and_spec(tmp_path: Path, release_id: str) -> tuple[Path, ProcessSpec]:
@@ -126,41 +125,13 @@ def test_a_start_makes_its_layout_sweeps_stale_env_files_and_stops_what_runs(
         supervisor.stop("api")
 
 
-class _CountingLocal(LocalConnector):
-    """A real local connector that counts what it is asked to do on the host."""
-
-    def __init__(self) -> None:
-        super().__init__("h")
-        self.commands: list[str] = []
-        self.writes: list[str] = []
-
-    def run(
-        self,
-        command: str,
-        *,
-        timeout: float = 60.0,
-        stdin: bytes | None = None,
-        env: Mapping[str, str] | None = None,
-        check: bool = False,
-        display: str | None = None,
-    ) -> CommandResult:
-        self.commands.append(command)
-        return super().run(
-            command, timeout=timeout, stdin=stdin, env=env, check=check, display=display
-        )
-
-    def put_bytes(self, data: bytes, remote: str, *, mode: int | None = None) -> None:
-        self.writes.append(remote)
-        super().put_bytes(data, remote, mode=mode)
-
-
 def test_a_health_gated_start_is_one_command_on_the_host(tmp_path: Path) -> None:
     """The launch writes the pidfile and looks at the process itself: a
     start whose health gate watches it next neither writes the pidfile again
     nor looks a second time (each was a round trip per host and start)."""
     root, spec = host_and_spec(tmp_path, "cd" * 32)
     gated = dataclasses.replace(spec, health_gated=True)
-    connector = _CountingLocal()
+    connector = RecordingLocal("h")
     supervisor = DirectSupervisor(connector, str(root))
     state = supervisor.start(gated)
     try:

@@ -29,6 +29,7 @@ from adapters.health.gate import GateResult
 from adapters.health.owner import OWNER_SCRIPT, Ownership, OwnerUnknown, observe
 from adapters.health.probes import ProbeResult
 from adapters.supervisors import DirectSupervisor, ProcessSpec
+from tests.recording import RecordingLocal
 from tests.sshd import SSHTestHost
 from tests.strays import stray_server, wait_listening
 
@@ -338,33 +339,13 @@ def test_a_watch_can_veto_a_pass_or_end_the_gate() -> None:
     assert result.reason.startswith("api (pid 7) exited during the health gate, at attempt 4")
 
 
-class _CountingLocal(LocalConnector):
-    """A real local connector that counts the host programs it runs."""
-
-    def __init__(self) -> None:
-        super().__init__("h1")
-        self.programs = 0
-
-    def run_python(
-        self,
-        source: str,
-        args: Sequence[str] = (),
-        *,
-        timeout: float = 60.0,
-        stdin: bytes | None = None,
-        display: str,
-    ) -> CommandResult:
-        self.programs += 1
-        return super().run_python(source, args, timeout=timeout, stdin=stdin, display=display)
-
-
 def test_failing_attempts_look_only_every_half_second_passes_always() -> None:
     """Each look costs the host an interpreter: a component that is still
     starting (refused connections) is looked at every ``look_every_s``, a
     passing attempt every time."""
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
-        connector, now = _CountingLocal(), [100.0]
+        connector, now = RecordingLocal(), [100.0]
         watch = ProcessWatch(
             connector, "api", sleeper.pid, None, port=None, address="127.0.0.1",
             look_every_s=0.5, clock=lambda: now[0],
@@ -373,14 +354,14 @@ def test_failing_attempts_look_only_every_half_second_passes_always() -> None:
         for _ in range(4):  # 0.0 .. 0.3 s: nothing to look at yet
             assert watch(refused) == refused
             now[0] += 0.1
-        assert connector.programs == 0
+        assert len(connector.programs) == 0
         now[0] += 0.2  # 0.6 s since the watch began
         watch(refused)
-        assert connector.programs == 1
+        assert len(connector.programs) == 1
         passing = ProbeResult(True, "ok", 0)
         watch(passing)
         watch(passing)
-        assert connector.programs == 3
+        assert len(connector.programs) == 3
     finally:
         sleeper.kill()
         sleeper.wait()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import socket
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,15 +20,6 @@ from adapters.errors import HostUnreachable
 from tests.sshd import SSHTestHost, free_port
 
 pytestmark = pytest.mark.usefixtures("ssh_hosts")
-
-
-@pytest.fixture
-def connector(ssh_host: SSHTestHost) -> Iterator[SSHConnector]:
-    c = SSHConnector(ssh_host.settings())
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def _transport_socket(connector: SSHConnector) -> socket.socket:
@@ -41,10 +31,14 @@ def _transport_socket(connector: SSHConnector) -> socket.socket:
     return sock
 
 
-def test_the_connection_sends_small_packets_without_waiting(connector: SSHConnector) -> None:
-    connector.run("true", check=True)
-    sock = _transport_socket(connector)
-    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+def test_the_connection_sends_small_packets_without_waiting(ssh_host: SSHTestHost) -> None:
+    connector = SSHConnector(ssh_host.settings())
+    try:
+        connector.run("true", check=True)
+        sock = _transport_socket(connector)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        connector.close()
 
 
 @pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux's")

@@ -8,12 +8,10 @@ check); the connector is the real one, counting what it is asked to run.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
 
-from adapters.connectors.base import CommandResult
 from adapters.connectors.local import LocalConnector
 from adapters.health.owner import OWNER_SCRIPT
 from adapters.supervisors.direct import DirectSupervisor
@@ -22,34 +20,13 @@ from chassis.engine.executor import HostDeployment
 from chassis.engine.plan import ComponentPlan, HostPlan, Plan
 from chassis.sample_app import build_sample_release
 from tests.ports import free_port
+from tests.recording import RecordingLocal
 
 STEPS = ["upload", "verify", "unpack", "configure", "stop-old", "start", "health", "swap"]
 
 
-class _CountingLocal(LocalConnector):
-    """A real local connector that notes each host program it runs, by step."""
-
-    def __init__(self) -> None:
-        super().__init__("h1")
-        self.step = ""
-        self.owner_looks: list[str] = []
-
-    def run_python(
-        self,
-        source: str,
-        args: Sequence[str] = (),
-        *,
-        timeout: float = 60.0,
-        stdin: bytes | None = None,
-        display: str,
-    ) -> CommandResult:
-        if source == OWNER_SCRIPT:
-            self.owner_looks.append(self.step)
-        return super().run_python(source, args, timeout=timeout, stdin=stdin, display=display)
-
-
 def _deployment(
-    connector: _CountingLocal, root: Path, bundle: Path, port: int, previous: list[str]
+    connector: RecordingLocal, root: Path, bundle: Path, port: int, previous: list[str]
 ) -> HostDeployment:
     sha = sha256_file(bundle)
     api = ComponentPlan(
@@ -96,7 +73,7 @@ def _deployment(
 
 
 def _deploy(
-    connector: _CountingLocal, root: Path, bundle: Path, port: int, previous: list[str]
+    connector: RecordingLocal, root: Path, bundle: Path, port: int, previous: list[str]
 ) -> None:
     """The steps one at a time, in one deployment, so each look is noted
     with the step it ran in."""
@@ -106,6 +83,11 @@ def _deploy(
         connector.step = step
         deployment.host = msgspec.structs.replace(every, steps=[step])
         deployment.run()
+
+
+def _owner_looks(connector: RecordingLocal) -> list[str]:
+    """The step of each port-owner look the connector ran."""
+    return [step for step, source in connector.programs if source == OWNER_SCRIPT]
 
 
 def _before_the_gate(looks: list[str]) -> list[str]:
@@ -126,12 +108,12 @@ def test_the_ports_are_looked_at_once_before_a_first_start_and_after_each_stop(
     v1, _ = build_sample_release(dist, "v1")
     v2, _ = build_sample_release(dist, "v2")
     root, port = tmp_path / "host", free_port("127.0.0.1")
-    connector = _CountingLocal()
+    connector = RecordingLocal()
     try:
         _deploy(connector, root, v1, port, [])
-        assert _before_the_gate(connector.owner_looks) == ["stop-old"]
-        connector.owner_looks.clear()
+        assert _before_the_gate(_owner_looks(connector)) == ["stop-old"]
+        connector.programs.clear()
         _deploy(connector, root, v2, port, ["api"])
-        assert _before_the_gate(connector.owner_looks) == ["stop-old", "start"]
+        assert _before_the_gate(_owner_looks(connector)) == ["stop-old", "start"]
     finally:
         DirectSupervisor(LocalConnector("h1"), str(root)).stop("api")
