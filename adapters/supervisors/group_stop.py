@@ -11,9 +11,10 @@ seconds, then up to ``KILL_WAIT`` more. It prints one word:
 * ``gone``: nothing was left to stop;
 * ``survived PGID``: still there after SIGKILL (the pidfile is kept).
 
-It waits on the members themselves (``pidfd_open`` + ``poll``: woken the
-moment one exits), not by sleeping between looks; where the kernel or Python
-has no pidfds (Linux < 5.3, Python < 3.9) it looks every 10 ms instead.
+It waits on the members themselves (``pidfd_open`` + ``poll``: woken as each
+exits), not by sleeping between looks, and scans the host's processes again
+only once every member it knew of is gone; where the kernel or Python has no
+pidfds (Linux < 5.3, Python < 3.9) it looks every 10 ms instead.
 Zombies count as exited. The pidfile is removed only if it still holds the
 record read at the start: a stop that waited (or outlived a killed chassis)
 never removes the record of a process started since.
