@@ -23,7 +23,7 @@ from chassis.cli import cli
 from ledger.application import Ledger
 from ledger.keys import KeyPair
 
-pytest_plugins = ["tests.sshd"]
+pytest_plugins = ["tests.sshd", "tests.scheduling"]
 
 POSTGRES_URL = os.environ.get("CHASSIS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

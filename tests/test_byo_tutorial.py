@@ -13,7 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.engine.conftest import free_port
+
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
 
 GUIDE = Path(__file__).resolve().parents[1] / "guides" / "deployment.md"
 SECTION = "## Bring your own app"

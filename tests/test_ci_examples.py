@@ -31,6 +31,10 @@ from ledger.keys import load_keypair
 from tests.conftest import Runner
 from tests.engine.conftest import free_port
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
 GUIDE = (Path(__file__).resolve().parents[1] / "guides" / "operations.md").read_text()
 INSTALL = "pip install 'chassis-ledger[postgres]'"
 

@@ -29,6 +29,10 @@ from adapters.supervisors.direct import (
 from tests.contracts.conftest import connected  # noqa: F401 - local and ssh hosts
 from tests.contracts.test_supervisors import APP, free_port, port_is_free, wait_healthy
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
 QUICK = RestartPolicy(burst=2, window_s=60, first_s=1, cap_s=1)
 
 

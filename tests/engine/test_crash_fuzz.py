@@ -75,6 +75,10 @@ from tests.engine.test_deploy_local import DEPLOY
 from tests.engine.test_reconcile import kill_group
 from tests.engine.test_recover import assert_hosts_agree_with_status, fast, lease  # noqa: F401
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
 HOSTS = ("dev-1", "dev-2", "dev-3")
 COMPONENTS = ("api", "gateway", "worker")
 MONOLITH = ("deploy", "shop", "--env", "dev", "--profile", "monolith")

@@ -29,6 +29,10 @@ from tests.engine.test_lifecycle import backend, quick, running  # noqa: F401 - 
 from tests.engine.test_reconcile import events
 from tests.sshd import SSHTestHost
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
 
 def history(run: Runner) -> dict[str, Any]:
     found: dict[str, Any] = json.loads(run.ok("history", "shop", "--env", "dev", "--json").stdout)

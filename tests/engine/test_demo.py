@@ -6,9 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from adapters.connectors.local import LocalConnector
 from adapters.supervisors.direct import DirectSupervisor
 from tests.conftest import Runner
+
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
 
 
 def test_demo_end_to_end_leaves_nothing_running(run: Runner, tmp_path: Path) -> None:

@@ -10,8 +10,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ledger.canonical import canonical_json
 from tests.conftest import Runner
+
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
 
 DEPLOY = ("deploy", "shop", "--env", "dev", "--profile", "ternary-split-3")
 

@@ -16,6 +16,10 @@ from tests.conftest import Runner
 from tests.engine.conftest import free_port
 from tests.sshd import SSHTestHost
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
 DEPLOY = ("deploy", "lab", "--env", "lab", "--profile", "split")
 
 

@@ -39,6 +39,10 @@ from tests.engine.test_reconcile import events
 from tests.sshd import SSHTestHost
 from tests.strays import stray_server
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
 DEPLOY = ("deploy", "own", "--env", "e", "--profile", "one")
 SLOW_API = "sleep 0.5; exec python3 app/api.py --bind {address} --port {port}"
 

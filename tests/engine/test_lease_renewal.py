@@ -37,6 +37,10 @@ from tests import crashing
 from tests.conftest import Runner
 from tests.engine.test_recover import assert_hosts_agree_with_status, events
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = ("deploy", "shop", "--env", "dev", "--profile", "ternary-split-3")
 KEY = Installation.id_for(Installation.key("shop", "dev"))
@@ -188,6 +192,7 @@ def test_a_holder_whose_lease_was_taken_over_stops_and_says_what_it_recorded(
     try:
         with deploying(shop, "v3", ttl_s=60) as outcome:
             wait_for("the lease", lambda: lease_of(other) is not None)
+
             def take_over(installation: Installation) -> None:
                 lease = installation.lease
                 assert lease is not None

@@ -18,6 +18,11 @@ from ledger.installations import Installation, LeaseHeldError
 from tests import crashing
 from tests.conftest import Runner
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = ("deploy", "shop", "--env", "dev", "--profile", "ternary-split-3")
 

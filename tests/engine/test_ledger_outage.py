@@ -34,6 +34,10 @@ from ledger.trust import Trust
 from tests.conftest import Runner
 from tests.engine.test_deploy_local import DEPLOY
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -33,6 +33,10 @@ from tests.engine.test_deploy_ssh import lab  # noqa: F401 - the lab fixture
 from tests.engine.test_reconcile import events, kill_group
 from tests.sshd import SSHTestHost
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
 MONOLITH = ("deploy", "shop", "--env", "dev", "--profile", "monolith")
 COMPONENTS = ("gateway", "api", "worker")
 

@@ -8,10 +8,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from chassis.sample_app import build_sample_release
 from tests.conftest import Runner
 from tests.engine.test_deploy_local import DEPLOY
 from tests.engine.test_recover import crash_deploy
+
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
 
 PRUNE = ("prune", "shop", "--env", "dev")
 HOSTS = ("dev-1", "dev-2", "dev-3")

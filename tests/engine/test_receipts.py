@@ -9,10 +9,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ledger.keys import load_public_key
 from proofs.dsse import verify_envelope
 from proofs.tlog_proof import parse_proof
 from tests.conftest import Runner
+
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
 
 DEPLOY = ("deploy", "shop", "--env", "dev", "--profile", "ternary-split-3")
 

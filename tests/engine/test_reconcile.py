@@ -28,6 +28,10 @@ from tests.engine.test_deploy_ssh import lab  # noqa: F401 - the lab fixture
 from tests.engine.test_recover import crash_deploy
 from tests.sshd import SSHTestHost
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
 RECONCILE = ("reconcile", "shop", "--env", "dev")
 
 

@@ -29,6 +29,10 @@ from tests import crashing
 from tests.conftest import Runner
 from tests.engine.test_deploy_local import DEPLOY, get, port_of
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
 BEFORE_SWAP = STEPS[: STEPS.index("swap")]
 
 

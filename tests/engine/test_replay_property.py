@@ -36,6 +36,11 @@ from ledger.storage import open_ledger
 from tests.conftest import Runner
 from tests.engine.conftest import distinct_free_ports
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
+
 STEPS = st.lists(
     st.sampled_from(["v1", "v2", "v3-fails", "rollback", "interrupt-then-recover"]),
     min_size=2,

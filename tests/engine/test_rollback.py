@@ -14,6 +14,10 @@ import pytest
 from tests.conftest import Runner
 from tests.engine.test_deploy_local import get, port_of, status
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
 DEPLOY = ("deploy", "shop", "--env", "dev", "--profile", "ternary-split-3")
 ROLLBACK = ("rollback", "shop", "--env", "dev")
 

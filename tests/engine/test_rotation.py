@@ -18,6 +18,10 @@ from tests.conftest import Runner
 from tests.engine.test_lifecycle import backend  # noqa: F401 - the backend fixture
 from tests.engine.test_secrets import DEPLOY, add_api_env
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
 OLD = "old-token-5c1d-aaaa-0000"
 NEW = "new-token-9e2b-bbbb-1111"
 

@@ -21,6 +21,10 @@ from tests.conftest import Runner
 from tests.engine.test_deploy_local import DEPLOY, get, port_of
 from tests.engine.test_lifecycle import backend  # noqa: F401 - the backend fixture
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
 
 def forget_bundles(shop: Path) -> None:
     """This workspace's bundle store, as a fresh CI runner or a teammate has it."""

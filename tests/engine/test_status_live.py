@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from adapters.connectors.base import Connector
 from adapters.connectors.local import LocalConnector
 from adapters.connectors.ssh import SSHConnector
@@ -26,6 +28,10 @@ from tests.engine.test_deploy_ssh import DEPLOY as LAB_DEPLOY
 from tests.engine.test_deploy_ssh import lab  # noqa: F401 - the lab fixture
 from tests.engine.test_reconcile import events, kill_group, quick  # noqa: F401 - fixture
 from tests.sshd import SSHTestHost
+
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
 
 STATUS = ("status", "shop", "--env", "dev")
 LIVE = (*STATUS, "--live")

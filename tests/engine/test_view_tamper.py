@@ -18,6 +18,10 @@ from tests.conftest import Runner
 from tests.engine.test_prune import PRUNE
 from tests.engine.test_rollback import DEPLOY, ROLLBACK, history, host_snapshot
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
 REPLAY_1 = ("audit", "replay", "shop", "--env", "dev", "--at", "1", "--json")
 
 

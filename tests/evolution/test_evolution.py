@@ -41,6 +41,10 @@ from tests.conftest import Runner
 from tests.evolution.test_trial import candidate, free_offset, running
 from tests.sshd import SSHTestHost
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
 ALL_GATES = [
     "--require-trial",
     "--require-score",

@@ -32,6 +32,10 @@ from tests.conftest import Runner
 from tests.engine.conftest import distinct_free_ports
 from tests.export import Receiver
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
 DEPLOY = ("deploy", "shop", "--env", "dev", "--profile", "ternary-split-3")
 DB_PASSWORD = "hunter2"
 BEARER = "abcdefghij0123456789KLMN"

@@ -24,6 +24,10 @@ from tests.conftest import Runner
 from tests.engine.conftest import shop  # noqa: F401  (the fixture)
 from tests.engine.test_deploy_local import get, port_of
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
 DEPLOY = ("deploy", "shop", "--env", "dev", "--profile", "ternary-split-3")
 SWAP = ("model", "swap", "shop", "--env", "dev")
 HOSTS = ("dev-1", "dev-2", "dev-3")

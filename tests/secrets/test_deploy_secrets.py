@@ -29,6 +29,10 @@ from tests.export.test_export_cli import expand
 from tests.rawstore import RawStore
 from tests.sshd import SSHTestHost
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
 DEPLOY = ("deploy", "shop", "--env", "dev", "--profile", "ternary-split-3")
 ENV_LINE = 'env = { DB_PASSWORD = { secret = "db_password" } }'
 V1 = "db-pass-one-7Hq2cLm9-aaaa"

@@ -40,6 +40,10 @@ from tests.secrets.test_deploy_secrets import (
 )
 from tests.sshd import SSHTestHost
 
+# Long (deploys, health windows, many processes): the parallel run starts
+# these first (tests/scheduling.py).
+pytestmark = pytest.mark.slow
+
 MONOLITH = ("deploy", "shop", "--env", "dev", "--profile", "monolith")
 SPLIT = ("deploy", "shop", "--env", "dev", "--profile", "ternary-split-3")
 REPAIR = "chassis reconcile shop --env dev --repair"
