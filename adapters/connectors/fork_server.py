@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 
 FORK_SERVER = r"""
 import array, gc, json, os, select, signal, socket, sys, traceback
@@ -36,6 +37,13 @@ import array, gc, json, os, select, signal, socket, sys, traceback
 # them already instead of importing them again (~10 ms a program).
 import collections.abc, contextlib, errno, fcntl, gzip, hashlib, re, stat, threading
 import struct, time, typing, zlib
+# And what the client asked for (ForkServer's preload): a module that does
+# not import is left to the programs that need it, which say why.
+for name in sys.argv[2:]:
+    try:
+        __import__(name)
+    except Exception:
+        pass
 # Every object so far is shared with each child the server forks: frozen, no
 # collection (here or in a child) touches them, so neither copies the pages
 # they sit on (copy-on-write), which would cost each program milliseconds.
@@ -214,14 +222,33 @@ class Forked:
         return bytes(self._output[self._order[0]]), bytes(self._output[self._order[1]])
 
 
+_RUN_MODULE = """
+import json, os, runpy, sys
+request = json.loads(sys.argv[1])
+os.chdir(request["cwd"])
+os.environ.clear()
+os.environ.update(request["env"])
+# As ``python -m`` builds it: the working directory, then PYTHONPATH.
+paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+sys.path[:0] = [os.getcwd(), *[path for path in paths if path]]
+sys.argv = ["-m", *request["args"]]
+runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+"""
+"""A child's program for :meth:`ForkServer.run_module`: ``python -m MODULE``
+in its own working directory and environment."""
+
+
 class ForkServer:
     """The client of one fork server (:data:`FORK_SERVER`) run by ``python``."""
 
-    def __init__(self, python: str = sys.executable) -> None:
+    def __init__(self, python: str = sys.executable, preload: Sequence[str] = ()) -> None:
+        """Start the server; it imports the modules named in ``preload`` (as
+        well as its own) before its first fork, so no child imports them."""
+        self.python = python
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.process = subprocess.Popen(
-                [python, "-I", "-c", FORK_SERVER, str(theirs.fileno())],
+                [python, "-I", "-c", FORK_SERVER, str(theirs.fileno()), *preload],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -274,6 +301,33 @@ class ForkServer:
                 os.close(fd)
         return process
 
+    def run_module(
+        self,
+        module: str,
+        args: Sequence[str],
+        *,
+        cwd: str,
+        env: dict[str, str],
+        timeout: float,
+    ) -> subprocess.CompletedProcess[str]:
+        """What ``subprocess.run([python, "-m", module, *args], cwd=cwd,
+        env=env, capture_output=True, text=True, timeout=timeout)`` returns,
+        from a child of this server: its environment is ``env`` alone, not
+        the server's plus changes. ``OSError`` if the server cannot fork it
+        (then start an interpreter instead)."""
+        argv = [self.python, "-m", module, *args]
+        request = {"module": module, "args": list(args), "cwd": cwd, "env": env}
+        forked = self.spawn(_RUN_MODULE, ["-c", json.dumps(request)], {})
+        try:
+            out, err = forked.communicate(b"", timeout=timeout)
+        except subprocess.TimeoutExpired:
+            forked.kill()
+            raise subprocess.TimeoutExpired(argv, timeout) from None
+        code = forked.returncode if forked.returncode is not None else -signal.SIGKILL
+        return subprocess.CompletedProcess(
+            argv, code, out.decode(errors="replace"), err.decode(errors="replace")
+        )
+
     def _read(self) -> None:
         try:
             while True:
@@ -319,20 +373,21 @@ class ForkServer:
 
 
 _servers_lock = threading.Lock()
-_servers: dict[str, ForkServer] = {}
+_servers: dict[tuple[str, tuple[str, ...]], ForkServer] = {}
 
 
-def fork_server(python: str = sys.executable) -> ForkServer | None:
+def fork_server(python: str = sys.executable, preload: Sequence[str] = ()) -> ForkServer | None:
     """This process's fork server run by ``python`` (``LocalConnector``'s: the
-    interpreter ``run_python`` would start), started on first use and again
-    if it died; None if none starts."""
+    interpreter ``run_python`` would start) with ``preload`` imported, started
+    on first use and again if it died; None if none starts."""
+    key = (python, tuple(preload))
     with _servers_lock:
-        server = _servers.get(python)
+        server = _servers.get(key)
         if server is not None and server.alive:
             return server
         try:
-            server = ForkServer(python)
+            server = ForkServer(python, preload)
         except OSError:
             return None
-        _servers[python] = server
+        _servers[key] = server
         return server

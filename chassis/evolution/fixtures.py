@@ -11,6 +11,7 @@ verified with ``chassis proof verify``. Everything started is stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -25,6 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from adapters.connectors.fork_server import fork_server
 from chassis.errors import ChassisError, NotFound
 from chassis.sample_app import build_sample_release
 from chassis.stack.example import example_stack
@@ -261,18 +263,43 @@ class _Scratch:
 
     def chassis(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
         cwd = self.ws if self.ws.is_dir() else self.root
-        done = subprocess.run(
-            [sys.executable, "-m", "chassis", *args],
-            cwd=cwd,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        done = _run_cli(list(args), cwd, self.env)
         if ok and done.returncode != 0:
             said = done.stderr.strip()[-500:]
             raise FixtureSetupError(f"chassis {' '.join(args[:3])}: exit {done.returncode}: {said}")
         return done
+
+
+# A fixture runs the CLI about ten times; each new interpreter would spend
+# ~0.15 s of CPU importing it. Each command is a child of one interpreter
+# that imported it already (a fork server), still a process of its own.
+_CLI_MODULES = (
+    "chassis.cli",
+    "chassis.cli.deploy_cmd",
+    "chassis.engine.deploy",
+    "chassis.evolution.run",
+    "chassis.aftermath",
+    "chassis.receipts",
+    "chassis.checkpoints",
+    "adapters.connectors.local",
+    "ledger.postgres",
+)
+
+
+def _run_cli(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m chassis ARGS`` in ``cwd`` with exactly ``env``."""
+    server = fork_server(sys.executable, _CLI_MODULES)
+    if server is not None:
+        with contextlib.suppress(OSError):
+            return server.run_module("chassis", args, cwd=str(cwd), env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "chassis", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 class FixtureSetupError(ChassisError):

@@ -7,6 +7,7 @@ group, and a fallback to a fresh interpreter once the server is gone."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -163,3 +164,49 @@ def test_a_program_run_again_is_the_same_program_with_its_own_arguments(
     source = "import sys\ncount = globals().get('count', 0) + 1\nprint(sys.argv[1:], count)"
     assert run(server, source, "one") == (0, "['one'] 1\n", "")
     assert run(server, source, "two", "three") == (0, "['two', 'three'] 1\n", "")
+
+
+def test_a_module_runs_as_python_m_would_in_its_own_cwd_and_whole_environment(
+    tmp_path: Path,
+) -> None:
+    """``run_module``: ``python -m`` with a preloaded server, as the crash
+    runner and the evolution fixtures use it. The child's environment is the
+    one given, not the server's with changes; its cwd is importable."""
+    (tmp_path / "probe_mod.py").write_text(
+        "import json, os, sys\n"
+        "print(json.dumps({'cwd': os.getcwd(), 'env': dict(os.environ), 'argv': sys.argv[1:],"
+        " 'preloaded': 'tarfile' in sys.modules}))\n"
+        "sys.exit(int(sys.argv[1]))\n"
+    )
+    os.environ["CHASSIS_SERVER_ONLY"] = "leaks"
+    try:
+        server = ForkServer(sys.executable, preload=("tarfile", "no_such_module_at_all"))
+    finally:
+        del os.environ["CHASSIS_SERVER_ONLY"]
+    try:
+        done = server.run_module(
+            "probe_mod", ["3", "b"], cwd=str(tmp_path), env={"ONLY": "1"}, timeout=30
+        )
+        assert done.returncode == 3
+        seen = json.loads(done.stdout)
+        assert seen == {
+            "cwd": str(tmp_path),
+            "env": {"ONLY": "1"},
+            "argv": ["3", "b"],
+            "preloaded": True,
+        }
+        assert done.args[1:] == ["-m", "probe_mod", "3", "b"]
+
+        (tmp_path / "killed_mod.py").write_text(
+            "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"
+        )
+        killed = server.run_module("killed_mod", [], cwd=str(tmp_path), env={}, timeout=30)
+        assert killed.returncode == -signal.SIGKILL
+
+        (tmp_path / "slow_mod.py").write_text(
+            "import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(60)\n"
+        )
+        with pytest.raises(subprocess.TimeoutExpired):
+            server.run_module("slow_mod", [], cwd=str(tmp_path), env={}, timeout=1)
+    finally:
+        server.close()
