@@ -263,7 +263,7 @@ class _Scratch:
 
     def chassis(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
         cwd = self.ws if self.ws.is_dir() else self.root
-        done = _run_cli(list(args), cwd, self.env)
+        done = run_cli(list(args), cwd, self.env)
         if ok and done.returncode != 0:
             said = done.stderr.strip()[-500:]
             raise FixtureSetupError(f"chassis {' '.join(args[:3])}: exit {done.returncode}: {said}")
@@ -286,7 +286,7 @@ _CLI_MODULES = (
 )
 
 
-def _run_cli(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_cli(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``python -m chassis ARGS`` in ``cwd`` with exactly ``env``."""
     server = fork_server(sys.executable, _CLI_MODULES)
     if server is not None:

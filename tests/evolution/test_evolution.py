@@ -15,7 +15,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from hypothesis import strategies as st
 
 from chassis.evolution import fixtures
 from chassis.evolution import trial as trials
-from chassis.evolution.fixtures import FIXTURES
+from chassis.evolution.fixtures import FIXTURES, run_cli
 from chassis.evolution.run import DEFAULT_PORT_OFFSET
 from chassis.workspace import Workspace
 from ledger.errors import DomainRuleError
@@ -55,14 +54,9 @@ ALL_GATES = [
 
 
 def chassis(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "chassis", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "NO_COLOR": "1"},
-    )
+    """``python -m chassis ARGS`` as a process of its own (forked warm, as
+    the fixture runner's commands are)."""
+    return run_cli(list(args), cwd or Path.cwd(), {**os.environ, "NO_COLOR": "1"})
 
 
 # -- every fixture, on local hosts ----------------------------------------------------
@@ -258,10 +252,7 @@ def resigned(keep: Path, change: Any) -> Path:
 
 def verify_kept(keep: Path, proof: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CHASSIS_KEYS_DIR": str(keep / "keys"), "NO_COLOR": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "chassis", "proof", "verify", str(proof), "--json"],
-        cwd=keep / "ws", env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    return run_cli(["proof", "verify", str(proof), "--json"], keep / "ws", env)
 
 
 def relabel(body: dict[str, Any], label: str) -> None:
