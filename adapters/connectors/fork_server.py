@@ -228,9 +228,10 @@ request = json.loads(sys.argv[1])
 os.chdir(request["cwd"])
 os.environ.clear()
 os.environ.update(request["env"])
-# As ``python -m`` builds it: the working directory, then PYTHONPATH.
-paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-sys.path[:0] = [os.getcwd(), *[path for path in paths if path]]
+# As ``python -m`` builds it: the working directory, PYTHONPATH, then the
+# client's own path (its site directories, a user site the server's -I skips).
+paths = [os.getcwd(), *os.environ.get("PYTHONPATH", "").split(os.pathsep), *request["path"]]
+sys.path[:] = list(dict.fromkeys(path for path in paths if path))
 sys.argv = ["-m", *request["args"]]
 runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
 """
@@ -316,7 +317,13 @@ class ForkServer:
         the server's plus changes. ``OSError`` if the server cannot fork it
         (then start an interpreter instead)."""
         argv = [self.python, "-m", module, *args]
-        request = {"module": module, "args": list(args), "cwd": cwd, "env": env}
+        request = {
+            "module": module,
+            "args": list(args),
+            "cwd": cwd,
+            "env": env,
+            "path": sys.path[1:],  # [0] is the client's own script or cwd
+        }
         forked = self.spawn(_RUN_MODULE, ["-c", json.dumps(request)], {})
         try:
             out, err = forked.communicate(b"", timeout=timeout)

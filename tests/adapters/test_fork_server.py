@@ -210,3 +210,21 @@ def test_a_module_runs_as_python_m_would_in_its_own_cwd_and_whole_environment(
             server.run_module("slow_mod", [], cwd=str(tmp_path), env={}, timeout=1)
     finally:
         server.close()
+
+
+def test_a_module_found_only_on_the_clients_path_runs_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server runs isolated (``-I``: no user site, no PYTHONPATH); the
+    child searches the client's path as ``python -m`` in the client would."""
+    lib, ws = tmp_path / "lib", tmp_path / "ws"
+    lib.mkdir()
+    ws.mkdir()
+    (lib / "elsewhere_mod.py").write_text("print('found')\n")
+    monkeypatch.setattr(sys, "path", [sys.path[0], str(lib), *sys.path[1:]])
+    server = ForkServer(sys.executable)
+    try:
+        done = server.run_module("elsewhere_mod", [], cwd=str(ws), env={}, timeout=30)
+        assert (done.returncode, done.stdout) == (0, "found\n"), done.stderr
+    finally:
+        server.close()
