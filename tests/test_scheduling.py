@@ -41,25 +41,26 @@ class _Item:
         return object() if name == "slow" and self.slow else None
 
 
-def test_each_slice_starts_with_slow_tests_and_a_shared_fixture_stays_on_one_worker() -> None:
+def test_slow_tests_spread_over_each_slice_and_a_shared_fixture_stays_on_one_worker() -> None:
     items = [_Item(f"tests/a.py::t{i}") for i in range(40)]
+    items += [_Item(f"tests/fixture.py::f{i}", shared=True) for i in range(5)]
     items += [_Item(f"tests/slow.py::s{i}", slow=True) for i in range(6)]
     items += [_Item(f"tests/kept.py::k{i}", slow=True, shared=True) for i in range(4)]
-    items += [_Item(f"tests/z.py::t{i}") for i in range(10)]
+    items += [_Item(f"tests/z.py::t{i}") for i in range(45)]
     ordered = cast(list[_Item], spread_slow_tests(cast(list[pytest.Item], items), 3))
 
     assert sorted(i.nodeid for i in ordered) == sorted(i.nodeid for i in items)
     start = 0
-    slices = []
     for size in _slice_sizes(len(ordered), 3):
-        slices.append(ordered[start : start + size])
+        part = ordered[start : start + size]
         start += size
-    for part in slices:
-        flags = [i.slow for i in part]
-        assert flags == sorted(flags, reverse=True), "slow tests first in every slice"
-        assert any(flags), "every worker starts on slow tests"
-    kept = [n for n, i in enumerate(ordered) if i.shared]
-    assert kept == list(range(kept[0], kept[0] + 4)), "one stretch, one setup"
+        slow = [n for n, i in enumerate(part) if i.slow]
+        assert slow, "every worker gets slow tests"
+        assert max(slow) < 0.8 * len(part), "none in the last quarter: the run ends on short ones"
+        assert min(slow) < 0.2 * len(part), "and they start early"
+    for name, count in (("kept.py", 4), ("fixture.py", 5)):
+        at = [n for n, i in enumerate(ordered) if name in i.nodeid]
+        assert at == list(range(at[0], at[0] + count)), f"{name}: one stretch, one setup"
     light = [i.nodeid for i in ordered if not i.slow]
     assert light == [i.nodeid for i in items if not i.slow], "the rest keep their order"
 
