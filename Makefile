@@ -10,7 +10,6 @@ STAMP  := $(VENV)/.installed-stamp
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "chassis needs Python 3.11+")'
-	$(PYTHON) -m venv $(VENV)
 	@# uv installs the project and its dependencies in about 5 s where pip
 	@# takes 16 (CI builds .venv on every run); pip stays the way where uv
 	@# cannot be installed or fails (no index, an unsupported platform). Both
@@ -19,15 +18,20 @@ $(STAMP): pyproject.toml
 	@# plain path entry (editable_mode=compat): setuptools' default import
 	@# hook costs every interpreter start 11 ms of CPU (pathlib and importlib
 	@# machinery), in each of the suite's hundreds of CLI subprocesses.
-	@if $(BIN)/python -m pip install --quiet uv >/dev/null 2>&1 && \
+	@# setuptools calls that mode transitional: pip, the fallback, installs
+	@# in the default mode, so the day it goes only the speed is lost.
+	@# With uv the venv starts without pip (ensurepip takes 3 s), this
+	@# python's pip puts uv in it, and uv installs pip with the rest.
+	@if $(PYTHON) -m venv --without-pip $(VENV) && \
+	  $(PYTHON) -m pip --python $(BIN)/python install --quiet uv >/dev/null 2>&1 && \
 	  $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python \
-	    -C editable_mode=compat -e '.[postgres,dev]'; then \
+	    -C editable_mode=compat -e '.[postgres,dev]' pip; then \
 	  echo "installed with uv"; \
 	else \
 	  echo "installing with pip"; \
+	  $(PYTHON) -m venv $(VENV) && \
 	  $(BIN)/python -m pip install --quiet --upgrade pip && \
-	  $(BIN)/python -m pip install --quiet --config-settings editable_mode=compat \
-	    -e '.[postgres,dev]'; \
+	  $(BIN)/python -m pip install --quiet -e '.[postgres,dev]'; \
 	fi
 	@touch $(STAMP)
 
