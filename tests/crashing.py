@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.connectors.fork_server import fork_server
+from adapters.connectors.fork_server import run_python_module
 
 REPO = Path(__file__).resolve().parents[1]
 CRASHED = 137
@@ -227,15 +227,13 @@ def run(spec: str, *args: str, cwd: Path, timeout: float = 120) -> subprocess.Co
     runs, else started as ``python -m tests.crashing``: the same program, a
     process of its own either way, crashed or killed for real.
     """
-    argv = command(spec, *args)
-    server = fork_server(sys.executable, _PRELOAD)
-    if server is not None:
-        with contextlib.suppress(OSError):
-            return server.run_module(
-                "tests.crashing", argv[3:], cwd=str(cwd), env=environment(), timeout=timeout
-            )
-    return subprocess.run(
-        argv, cwd=cwd, env=environment(), capture_output=True, text=True, timeout=timeout
+    return run_python_module(
+        "tests.crashing",
+        command(spec, *args)[3:],  # what follows python -m tests.crashing
+        cwd=str(cwd),
+        env=environment(),
+        timeout=timeout,
+        preload=_PRELOAD,
     )
 
 

@@ -398,3 +398,30 @@ def fork_server(python: str = sys.executable, preload: Sequence[str] = ()) -> Fo
             return None
         _servers[key] = server
         return server
+
+
+def run_python_module(
+    module: str,
+    args: Sequence[str],
+    *,
+    cwd: str,
+    env: dict[str, str],
+    timeout: float,
+    preload: Sequence[str] = (),
+    python: str = sys.executable,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS`` in ``cwd`` with exactly ``env``, its output
+    captured as text: forked by this process's fork server that preloads
+    ``preload`` (:meth:`ForkServer.run_module`), else a new interpreter."""
+    server = fork_server(python, preload)
+    if server is not None:
+        with contextlib.suppress(OSError):
+            return server.run_module(module, args, cwd=cwd, env=env, timeout=timeout)
+    return subprocess.run(
+        [python, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

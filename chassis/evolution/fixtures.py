@@ -11,14 +11,12 @@ verified with ``chassis proof verify``. Everything started is stopped.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from adapters.connectors.fork_server import fork_server
+from adapters.connectors.fork_server import run_python_module
 from chassis.errors import ChassisError, NotFound
 from chassis.sample_app import build_sample_release
 from chassis.stack.example import example_stack
@@ -288,17 +286,8 @@ _CLI_MODULES = (
 
 def run_cli(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``python -m chassis ARGS`` in ``cwd`` with exactly ``env``."""
-    server = fork_server(sys.executable, _CLI_MODULES)
-    if server is not None:
-        with contextlib.suppress(OSError):
-            return server.run_module("chassis", args, cwd=str(cwd), env=env, timeout=600)
-    return subprocess.run(
-        [sys.executable, "-m", "chassis", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    return run_python_module(
+        "chassis", args, cwd=str(cwd), env=env, timeout=600, preload=_CLI_MODULES
     )
 
 

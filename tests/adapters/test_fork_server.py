@@ -204,10 +204,15 @@ def test_a_module_runs_as_python_m_would_in_its_own_cwd_and_whole_environment(
         assert killed.returncode == -signal.SIGKILL
 
         (tmp_path / "slow_mod.py").write_text(
-            "import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(60)\n"
+            "import os, time\nopen('slow.pid', 'w').write(str(os.getpid()))\ntime.sleep(60)\n"
         )
         with pytest.raises(subprocess.TimeoutExpired):
             server.run_module("slow_mod", [], cwd=str(tmp_path), env={}, timeout=1)
+        slow = int((tmp_path / "slow.pid").read_text())
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{slow}").exists():  # killed at the timeout, then reaped
+            assert time.monotonic() < deadline, "the timed-out child still runs"
+            time.sleep(0.02)
     finally:
         server.close()
 
