@@ -34,6 +34,7 @@ from ledger.errors import (
 from ledger.events import LedgerEvent
 from ledger.mapper import SealingMapper, SnapshotMapper
 from ledger.snapshots import SnapshotBinding, bind_snapshots, restore_bound
+from ledger.storage import POSTGRES_HANDOVER
 from ledger.trust import TRUST_TOPIC_PREFIX, Trust, TrustState
 from ledger.vouched import VouchedDigests
 
@@ -60,8 +61,15 @@ class Ledger(Application[UUID]):
     snapshot_class = LedgerSnapshot
 
     def __init__(
-        self, config: StorageConfig, signer: KeyPair | None, *, create_tables: bool = True
+        self,
+        config: StorageConfig,
+        signer: KeyPair | None,
+        *,
+        create_tables: bool = True,
+        handover: str | None = None,
     ) -> None:
+        """``handover``: the token of a PostgreSQL connection for the pool to
+        take (:func:`ledger.postgres.handed_over`)."""
         self.config = config
         self.signer = signer
         self._trust: TrustState | None = None
@@ -70,6 +78,8 @@ class Ledger(Application[UUID]):
             IS_SNAPSHOTTING_ENABLED="y",
             CREATE_TABLE="y" if create_tables else "n",
         )
+        if handover is not None:
+            env[POSTGRES_HANDOVER] = handover
         try:
             super().__init__(env)
             if create_tables:

@@ -18,6 +18,10 @@ the kernel's retransmissions (many minutes).
 
 from __future__ import annotations
 
+import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from eventsourcing.persistence import OperationalError
@@ -25,11 +29,58 @@ from eventsourcing.postgres import PostgresFactory
 from eventsourcing.utils import Environment, EnvType
 from psycopg_pool import PoolTimeout
 
+from ledger.storage import POSTGRES_HANDOVER
+
 RECORDER_ATTEMPTS = 10
 """How often eventsourcing's PostgreSQL recorders try a statement (``@retry``)."""
 RECORDER_PAUSE_S = 0.2
 """Their pause between tries."""
 MIN_POOL_WAIT_S = 0.2
+
+_held: dict[str, Any] = {}
+_held_lock = threading.Lock()
+
+
+@contextmanager
+def handed_over(conn: Any) -> Iterator[str]:
+    """Offer ``conn`` (open, idle, made with :func:`connection_options`) to
+    the pool of a ledger built inside the block, under the token it yields
+    (pass it as :data:`ledger.storage.POSTGRES_HANDOVER`). A connection no pool took is closed when
+    the block ends."""
+    token = secrets.token_hex(8)
+    with _held_lock:
+        _held[token] = conn
+    try:
+        yield token
+    finally:
+        with _held_lock:
+            left = _held.pop(token, None)
+        if left is not None:
+            left.close()
+
+
+def _take(token: str) -> Any:
+    with _held_lock:
+        return _held.pop(token, None)
+
+
+class _Adopting:
+    """Stands in for the pool's connection class: its first ``connect``
+    returns the connection handed over (the pool configures it as one of its
+    own); later ones, or one whose session has ended, connect anew."""
+
+    def __init__(self, connection_class: Any, conn: Any) -> None:
+        self.connection_class = connection_class
+        self.conn: Any = conn
+
+    def connect(self, conninfo: str = "", **kwargs: Any) -> Any:
+        conn, self.conn = self.conn, None
+        if conn is not None and not conn.closed:
+            conn.row_factory = kwargs.get("row_factory", conn.row_factory)
+            return conn
+        if conn is not None:
+            conn.close()
+        return self.connection_class.connect(conninfo, **kwargs)
 
 
 def connection_options(connect_timeout: int) -> dict[str, Any]:
@@ -75,6 +126,11 @@ class LedgerPostgresFactory(PostgresFactory):
             # workspace keeps it) leaves it to PGPASSWORD or ~/.pgpass.
             kwargs.pop("password", None)
         pool.timeout = pool_wait(connect_timeout)
+        token = self.env.get(POSTGRES_HANDOVER)
+        adopted = _take(token) if token else None
+        if adopted is not None:
+            adopting: Any = _Adopting(pool.connection_class, adopted)
+            pool.connection_class = adopting
         # Open it now, waiting for its first connection as long as a
         # connection attempt may take: under load a healthy server can take
         # longer than one try's pool_wait to accept, and the reads that open

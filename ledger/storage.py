@@ -45,6 +45,21 @@ POSTGRES_CONNECT_TIMEOUT_S = 5
 CONNECT_TIMEOUT_RANGE = (2, 300)
 """libpq waits at least 2 s for a connection, whatever it is told."""
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+DDL_XACT_LOCK = "SELECT pg_advisory_xact_lock(hashtext(%s))"
+"""Taken first in a transaction that creates tables, with
+:func:`ddl_lock_key`: it waits for any other process's DDL on
+the schema (and for :meth:`StorageConfig.with_ddl_lock`) and is released at
+commit."""
+
+
+def ddl_lock_key(schema: str) -> str:
+    """The advisory lock key that serialises a schema's DDL."""
+    return f"chassis:{schema}"
+
+
+POSTGRES_HANDOVER = "POSTGRES_HANDOVER"
+"""The ledger factory's environment key that names a connection handed over
+to its pool (:func:`ledger.postgres.handed_over`)."""
 EVENTS_TABLES = {"sqlite": "stored_events", "postgresql": "ledger_events"}
 """The ledger's event table per backend (eventsourcing's names): its presence
 is what "a ledger is here" means."""
@@ -172,6 +187,19 @@ class StorageConfig:
         else:
             self._with_postgres(lambda conn: self._check_schema(conn, create=create))
 
+    def postgres_preflight(self, *, create: bool) -> Any:
+        """:meth:`preflight` on a PostgreSQL connection that is left open, so
+        that the ledger's pool can take it over (:func:`ledger.postgres.handed_over`)
+        instead of opening its own: a server-side session costs more than
+        the checks on it. The caller closes it if nothing takes it."""
+        conn = self._postgres_connection()
+        try:
+            self._guarded(lambda: self._check_schema(conn, create=create))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
     def _preflight_sqlite(self, *, create: bool) -> None:
         assert self.path is not None
         path = self.path
@@ -218,6 +246,12 @@ class StorageConfig:
 
     def _with_postgres(self, action: Callable[[Any], T]) -> T:
         """Run ``action`` on a fresh connection; errors become one clear line."""
+        conn = self._postgres_connection()
+        with conn:
+            return self._guarded(lambda: action(conn))
+
+    def _postgres_connection(self) -> Any:
+        """A new autocommit connection with the ledger's connection options."""
         try:
             import psycopg
 
@@ -227,8 +261,8 @@ class StorageConfig:
                 "PostgreSQL ledger needs the 'postgres' extra: "
                 "pip install 'chassis-ledger[postgres]'"
             ) from None
-        try:
-            with psycopg.connect(
+        return self._guarded(
+            lambda: psycopg.connect(
                 host=self.host,
                 port=self.port,
                 user=self.user,
@@ -236,8 +270,15 @@ class StorageConfig:
                 dbname=self.dbname,
                 autocommit=True,
                 **connection_options(self.connect_timeout),
-            ) as conn:
-                return action(conn)
+            )
+        )
+
+    def _guarded(self, action: Callable[[], T]) -> T:
+        """``action()``, its PostgreSQL errors as one clear line."""
+        import psycopg
+
+        try:
+            return action()
         except psycopg.Error as e:
             first_line = (str(e).strip().splitlines() or ["connection failed"])[0]
             first_line = first_line.replace(self.password, "***") if self.password else first_line
@@ -265,35 +306,41 @@ class StorageConfig:
             if not row[0]:
                 raise self._no_ledger(f"schema {self.schema!r} holds no ledger tables")
 
-    def open_postgres(self, build: Callable[[bool], T]) -> T:
+    def open_postgres(self, build: Callable[[bool], T], conn: Any = None) -> T:
         """Call ``build(create_tables)``; table creation is serialised across
         processes by an advisory lock, since concurrent DDL on the same
-        catalog rows fails ("tuple concurrently updated")."""
+        catalog rows fails ("tuple concurrently updated"). The checks run on
+        ``conn`` where one is given, else on a connection of their own."""
 
         table = EVENTS_TABLES["postgresql"]
-        if self.postgres_table_exists(table):
+        if self.postgres_table_exists(table, conn):
             return build(False)
-        return self.with_ddl_lock(lambda: build(not self.postgres_table_exists(table)))
+        return self.with_ddl_lock(lambda: build(not self.postgres_table_exists(table, conn)))
 
-    def postgres_table_exists(self, table: str) -> bool:
+    def postgres_table_exists(self, table: str, conn: Any = None) -> bool:
         def exists(conn: Any) -> bool:
             row = conn.execute(
-                "SELECT to_regclass(%s) IS NOT NULL", (f"{self.schema}.{table}",)
+                "SELECT to_regclass(%s) IS NOT NULL AS present", (f"{self.schema}.{table}",)
             ).fetchone()
-            return bool(row[0])
+            return bool(row[0] if isinstance(row, tuple) else row["present"])
 
+        if conn is not None:
+            return self._guarded(lambda: exists(conn))
         return self._with_postgres(exists)
 
     def with_ddl_lock(self, action: Callable[[], T]) -> T:
         """Run ``action`` holding this schema's advisory lock (DDL from two
-        processes at once fails with "tuple concurrently updated")."""
+        processes at once fails with "tuple concurrently updated"), on a
+        connection of its own: for DDL that runs in transactions of its own
+        (eventsourcing's tables at ``init``). DDL run in one transaction
+        takes :data:`DDL_XACT_LOCK` in it instead, on the connection it has."""
 
         def locked(conn: Any) -> T:
-            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"chassis:{self.schema}",))
+            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (ddl_lock_key(self.schema),))
             try:
                 return action()
             finally:
-                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"chassis:{self.schema}",))
+                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (ddl_lock_key(self.schema),))
 
         return self._with_postgres(locked)
 
@@ -315,14 +362,28 @@ def open_ledger(config: StorageConfig, signer: KeyPair | None, *, create: bool =
 
     from ledger.application import Ledger
 
-    config.preflight(create=create)  # without create: the ledger's tables are there
     try:
-        if config.kind == "postgresql" and not create:
-            return Ledger(config, signer, create_tables=False)
         if config.kind == "postgresql":
-            return config.open_postgres(
-                lambda create_tables: Ledger(config, signer, create_tables=create_tables)
-            )
+            return _open_postgres_ledger(config, signer, create=create)
+        config.preflight(create=create)  # without create: the ledger's tables are there
         return Ledger(config, signer)
     except (PersistenceError, OSError) as e:
         raise StorageError(f"{config.describe()}: cannot open ledger ({e})") from None
+
+
+def _open_postgres_ledger(config: StorageConfig, signer: KeyPair | None, *, create: bool) -> Ledger:
+    """The pre-flight's connection becomes the ledger pool's first: one
+    server session per command where there were two (four for ``init``)."""
+    from ledger.application import Ledger
+    from ledger.postgres import handed_over
+
+    conn = config.postgres_preflight(create=create)
+    with handed_over(conn) as token:
+        if not create:  # the pre-flight saw the ledger's tables
+            return Ledger(config, signer, create_tables=False, handover=token)
+        return config.open_postgres(
+            lambda create_tables: Ledger(
+                config, signer, create_tables=create_tables, handover=token
+            ),
+            conn,
+        )

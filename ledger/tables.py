@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from ledger.application import Ledger
+from ledger.storage import DDL_XACT_LOCK, ddl_lock_key
 
 
 class Cursor(Protocol):
@@ -85,20 +86,16 @@ class SideTables:
         """``CREATE TABLE IF NOT EXISTS …`` statements, once per database
         (under the DDL advisory lock on PostgreSQL, like every other table)."""
 
-        def run(_: object = None) -> None:
-            with self.transaction(commit=True) as c:
-                for statement in statements:
-                    c.execute(statement)
-
         if self.kind == "postgresql":
-            # Checked on the pooled connection first: the DDL lock (a new
-            # connection) is only needed the first time, not on every command.
             names = re.findall(r"CREATE TABLE IF NOT EXISTS \{(\w+)\}", " ".join(statements))
             if names and all(self._exists(name) for name in names):
                 return
-            self.config.with_ddl_lock(run)
-        else:
-            run()
+        with self.datastore.transaction(commit=True) as cursor:
+            if self.kind == "postgresql":  # on the pooled connection, until commit
+                cursor.execute(DDL_XACT_LOCK, (ddl_lock_key(self.schema),))
+            portable = _Portable(cursor, self)
+            for statement in statements:
+                portable.execute(statement)
 
     def _exists(self, name: str) -> bool:
         with self.datastore.transaction(commit=False) as cursor:
