@@ -5,8 +5,8 @@ process's start time in clock ticks from ``/proc/<pid>/stat``, release id) and
 ``logs/<component>.log`` (stdout and stderr appended, one ``==> chassis:``
 marker line per start and per exit).
 
-How a component is launched (:func:`launch_command`): ``setsid nohup /bin/sh
--c WRAPPER ...`` in the background with stdin from ``/dev/null`` and output
+How a component is launched (:func:`launch_command`): ``setsid /bin/sh -c
+WRAPPER ...`` in the background with stdin from ``/dev/null`` and output
 appended to the log; the connector's shell prints ``$!`` and the new process's
 ``/proc`` stat line and returns at once. The wrapper is the session and
 process-group leader (its pid is the pidfile's pid, ``ProcessState.pid``). It
@@ -278,7 +278,11 @@ class DirectState:
 # reopens our (deleted) env file through /proc, so a restart reads it from
 # the start again. Each decision is logged before it is recorded: whoever
 # sees the record (status, reconcile) finds its line in the log already.
+# SIGHUP is ignored first, for the wrapper and (inherited through exec) the
+# component, as nohup would: one process fewer per start. Nothing can hang
+# it up before: setsid made it a session of its own, with no terminal.
 WRAPPER = """\
+trap '' HUP
 gen=$1; user=$2; cmd=$3; loader=$4; policy=$5; rf=$6
 if [ -n "$gen" ]; then exec 3< "$gen" && rm -f -- "$gen" || exit 126; fi
 if [ -n "$user" ] && [ ! -r "$user" ]; then
@@ -512,17 +516,16 @@ def launch_command(
     if prepare:
         if env_path is not None:
             raise ValueError("prepare would sweep the env file this start wrote")
-        run, logs = (q(posixpath.join(spec.root, d)) for d in ("run", "logs"))
         ready = (
-            f"{{ [ -d {run} ] && [ -d {logs} ]; }} || mkdir -p -- {run} {logs} "
-            f"|| exit {_NO_LAYOUT}; {sweep_env_files(spec.root, spec.component)}; "
+            f"{_layout_ready(spec.root, _NO_LAYOUT)}; "
+            f"{sweep_env_files(spec.root, spec.component)}; "
             f"[ ! -e {pidfile} ] || exit {_STILL_RECORDED}; "
         )
     return (
         f"{ready}cd -- {q(spec.workdir)} || exit {_CD_FAILED}; {env_check}"
         f"printf '%s at %s\\n' {marker} \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" >> {log} "
         f"|| exit {_LAYOUT_FAILED}; "
-        f"setsid nohup /bin/sh -c {q(WRAPPER)} {q('chassis-' + spec.component)} "
+        f"setsid /bin/sh -c {q(WRAPPER)} {q('chassis-' + spec.component)} "
         f"{q(env_path or '')} {q(spec.env_file or '')} {q(spec.command)} {q(ENV_LOADER)} "
         f"{q(restart.args() if restart else '')} {q(restarts_path(spec.root, spec.component))} "
         f"< /dev/null >> {log} 2>&1 & "
@@ -590,6 +593,14 @@ def env_glob(root: str, component: str) -> str:
     hex_digit = "[0-9a-f]"
     run = shlex.quote(posixpath.join(root, "run"))
     return f"{run}/.{check_component(component)}.{hex_digit * (2 * _TOKEN_BYTES)}.env"
+
+
+def _layout_ready(root: str, failed: int) -> str:
+    """Shell that makes ``run/`` and ``logs/`` (exit ``failed`` if it cannot),
+    running ``mkdir`` only when one is missing: after the first start both
+    are there, and no process is started."""
+    run, logs = (shlex.quote(posixpath.join(root, d)) for d in ("run", "logs"))
+    return f"{{ [ -d {run} ] && [ -d {logs} ]; }} || mkdir -p -- {run} {logs} || exit {failed}"
 
 
 def sweep_env_files(root: str, component: str) -> str:
@@ -702,8 +713,7 @@ class DirectSupervisor(Supervisor):
             f"[ -e {shlex.quote(pidfile)} ] || {{ echo none; exit 0; }}; echo present"
         )
         if prepare:  # start(): make sure run/ and logs/ exist, in the same round trip
-            dirs = " ".join(shlex.quote(posixpath.join(self.root, d)) for d in ("run", "logs"))
-            command = f"mkdir -p -- {dirs} || exit {_LAYOUT_FAILED}\n{command}"
+            command = f"{_layout_ready(self.root, _LAYOUT_FAILED)}\n{command}"
         result = self._run(command, f"stop {component}")
         if result.ok and result.stdout.strip() == "present":
             result = self.connector.run_python(

@@ -5,6 +5,8 @@ can read, a clean stop restarts nothing, and a crash loop gives up."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -142,6 +144,22 @@ def test_sigterm_from_someone_else_is_a_clean_exit_as_for_systemd(host: Host) ->
     time.sleep(1.5)
     assert host.members(started.pid) == []
     assert "restarting" not in host.log("calm")
+
+
+def test_a_hangup_reaches_neither_the_wrapper_nor_the_component(host: Host) -> None:
+    """As under nohup: SIGHUP is ignored by the group, and the component
+    inherits that (an SSH session that hangs up never stops what it started)."""
+    started = host.supervisor.start(host.spec("calm", "sleep 60"))
+    assert started.pid is not None
+    members = host.members(started.pid)
+    assert len(members) >= 2, members  # the wrapper and sleep
+    for pid in members:
+        ignored = host.sh(f"awk '/^SigIgn:/ {{print $2}}' /proc/{pid}/status").strip()
+        assert int(ignored, 16) & 1, f"pid {pid} does not ignore SIGHUP ({ignored})"
+    os.killpg(started.pid, signal.SIGHUP)  # the sshd hosts are on this machine too
+    time.sleep(0.5)
+    assert host.members(started.pid) == members
+    assert host.supervisor.state("calm").running
 
 
 def test_a_crash_loop_gives_up_and_leaves_a_marker(host: Host) -> None:
