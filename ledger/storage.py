@@ -335,12 +335,14 @@ class StorageConfig:
         (eventsourcing's tables at ``init``). DDL run in one transaction
         takes :data:`DDL_XACT_LOCK` in it instead, on the connection it has."""
 
+        key = ddl_lock_key(self.schema)
+
         def locked(conn: Any) -> T:
-            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (ddl_lock_key(self.schema),))
+            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
             try:
                 return action()
             finally:
-                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (ddl_lock_key(self.schema),))
+                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
         return self._with_postgres(locked)
 
