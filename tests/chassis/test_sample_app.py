@@ -230,6 +230,28 @@ def test_a_server_starts_without_the_http_client_stack(tree: Path) -> None:
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_the_program_imports_only_what_every_start_needs(tree: Path) -> None:
+    """json (with the regular expressions it compiles), contextlib, pathlib
+    and typing cost each start milliseconds: JSON answers import json when
+    they are written."""
+    probe = (
+        "import os, runpy, sys\n"
+        "runpy.run_path(os.devnull)  # what running a file imports by itself\n"
+        "before = set(sys.modules)\n"
+        "runpy.run_path('app/api.py', run_name='sample')\n"
+        "print(sorted(m for m in ('json', 're', 'contextlib', 'pathlib', 'typing')"
+        " if m in set(sys.modules) - before))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 @pytest.mark.parametrize("service", ["gateway", "api"])
 def test_fail_health_answers_503(tree: Path, service: str) -> None:
     port = free_port()
