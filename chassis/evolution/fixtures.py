@@ -271,7 +271,7 @@ class _Scratch:
 # A fixture runs the CLI about ten times; each new interpreter would spend
 # ~0.15 s of CPU importing it. Each command is a child of one interpreter
 # that imported it already (a fork server), still a process of its own.
-_CLI_MODULES = (
+CLI_MODULES = (
     "chassis.cli",
     "chassis.cli.deploy_cmd",
     "chassis.engine.deploy",
@@ -287,7 +287,7 @@ _CLI_MODULES = (
 def run_cli(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``python -m chassis ARGS`` in ``cwd`` with exactly ``env``."""
     return run_python_module(
-        "chassis", args, cwd=str(cwd), env=env, timeout=600, preload=_CLI_MODULES
+        "chassis", args, cwd=str(cwd), env=env, timeout=600, preload=CLI_MODULES
     )
 
 

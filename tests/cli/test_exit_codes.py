@@ -2,7 +2,8 @@
 
 The table below has a case for every row of the guide's table (a test checks
 that the two list the same codes). Each case builds what it needs, then runs
-``python -m chassis`` as a user would, in its own process, and checks the
+``python -m chassis`` as a user would, in its own process (forked from one
+that has the CLI imported, see :func:`run_chassis`), and checks the
 exit code and what stderr says:
 
 - ``error``: exactly one line ``chassis: error: …`` naming the cause, and
@@ -30,8 +31,10 @@ from pathlib import Path
 
 import pytest
 
+from adapters.connectors.fork_server import run_python_module
 from adapters.connectors.local import LocalConnector
 from adapters.supervisors.direct import DirectSupervisor
+from chassis.evolution.fixtures import CLI_MODULES
 from chassis.sample_app import build_sample_release
 from ledger.keys import generate_keypair
 from tests.conftest import Runner
@@ -53,11 +56,34 @@ def quiet_env(**extra: str) -> dict[str, str]:
 
 @dataclass
 class Call:
-    """One run of the real CLI: arguments, where, extra environment."""
+    """One run of the real CLI: arguments, where, extra environment;
+    ``fresh``: in a new interpreter (what it changes acts at start-up)."""
 
     args: list[str]
     cwd: Path
     env: dict[str, str] = field(default_factory=dict)
+    fresh: bool = False
+
+
+def run_chassis(call: Call, *flags: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m chassis FLAGS ARGS`` as a process of its own, forked from
+    a server that has the CLI imported (``chassis.evolution.fixtures.run_cli``:
+    a new interpreter costs each case about 0.2 s of CPU importing it), or a
+    new interpreter for a ``fresh`` call."""
+    args = [*flags, *call.args]
+    env = quiet_env(**call.env)
+    if call.fresh:
+        return subprocess.run(
+            [sys.executable, "-m", "chassis", *args],
+            cwd=call.cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    return run_python_module(
+        "chassis", args, cwd=str(call.cwd), env=env, timeout=timeout, preload=CLI_MODULES
+    )
 
 
 class Setup:
@@ -354,7 +380,8 @@ def injected(setup: Setup, error: str) -> Call:
     hook.mkdir(exist_ok=True)
     (hook / "sitecustomize.py").write_text(INJECT.format(error=error))
     path = os.pathsep.join(filter(None, [str(hook), str(REPO), os.environ.get("PYTHONPATH")]))
-    return Call(["host", "show", "dev-1"], setup.example(), {"PYTHONPATH": path})
+    # sitecustomize is imported at interpreter start only: a new one
+    return Call(["host", "show", "dev-1"], setup.example(), {"PYTHONPATH": path}, fresh=True)
 
 
 def internal_error(setup: Setup) -> Call:
@@ -467,14 +494,7 @@ def test_each_documented_error_exits_with_its_code_and_one_line(case: Case, setu
     if case.call is None:
         pytest.skip(case.skip)
     call = case.call(setup)
-    result = subprocess.run(
-        [sys.executable, "-m", "chassis", *call.args],
-        cwd=call.cwd,
-        env=quiet_env(**call.env),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    result = run_chassis(call, timeout=180)
     shown = f"exit {result.returncode}\nstderr:\n{result.stderr}\nstdout:\n{result.stdout}"
     assert result.returncode == case.code, shown
     assert TRACEBACK not in result.stderr, shown
@@ -503,14 +523,7 @@ def test_the_cases_cover_every_code_in_the_guide() -> None:
 
 def test_debug_shows_the_traceback_and_still_ends_with_the_line(setup: Setup) -> None:
     call = internal_error(setup)
-    result = subprocess.run(
-        [sys.executable, "-m", "chassis", "--debug", *call.args],
-        cwd=call.cwd,
-        env=quiet_env(**call.env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_chassis(call, "--debug", timeout=60)
     assert result.returncode == 1
     assert TRACEBACK in result.stderr and "RuntimeError: injected bug" in result.stderr
     last = result.stderr.strip().splitlines()[-1]
