@@ -64,13 +64,13 @@ lint: $(STAMP)
 # Collecting once first writes pytest's assertion-rewritten test modules to
 # __pycache__ (even where PYTHONDONTWRITEBYTECODE is set), so the six workers
 # read them instead of each rewriting all of tests/: 7 s of CPU a worker on a
-# fresh clone, 2 s once cached. It runs beside lint (mypy uses one core).
+# fresh clone, 2 s once cached. tests/precollect.py collects in two
+# processes, over halves of tests/, beside lint.
 # Work stealing keeps the last minute busy: a worker left with a queue of
 # slow tests hands half of it to an idle one.
 TEST_WORKERS ?= 6
 test: compile
-	@PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest --collect-only -q -p no:cacheprovider \
-	  >/dev/null 2>&1 & collecting=$$!; \
+	@$(BIN)/python tests/precollect.py & collecting=$$!; \
 	$(MAKE) --no-print-directory lint || { kill $$collecting 2>/dev/null; exit 1; }; \
 	wait $$collecting || true
 	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --durations=25

@@ -70,3 +70,18 @@ def test_one_worker_or_no_slow_test_changes_nothing() -> None:
     assert spread_slow_tests(items, 1) == items
     plain = cast(list[pytest.Item], [_Item(f"tests/a.py::t{i}") for i in range(7)])
     assert spread_slow_tests(plain, 4) == plain
+
+
+def test_the_collectors_halves_cover_every_test_module_once() -> None:
+    from tests.precollect import TESTS, _size, halves
+
+    first, second = halves()
+    covered = [
+        module
+        for part in first + second
+        for module in ([part] if part.is_file() else part.rglob("test_*.py"))
+    ]
+    assert sorted(covered) == sorted(TESTS.rglob("test_*.py"))
+    assert len(set(covered)) == len(covered)
+    sizes = sorted(sum(map(_size, group)) for group in (first, second))
+    assert sizes[0] > 0.8 * sizes[1]  # about equal work
