@@ -45,8 +45,8 @@ _held_lock = threading.Lock()
 def handed_over(conn: Any) -> Iterator[str]:
     """Offer ``conn`` (open, idle, made with :func:`connection_options`) to
     the pool of a ledger built inside the block, under the token it yields
-    (pass it as :data:`ledger.storage.POSTGRES_HANDOVER`). A connection no pool took is closed when
-    the block ends."""
+    (the factory's :data:`ledger.storage.POSTGRES_HANDOVER` setting). A
+    connection no pool took is closed when the block ends."""
     token = secrets.token_hex(8)
     with _held_lock:
         _held[token] = conn
