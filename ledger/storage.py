@@ -185,7 +185,7 @@ class StorageConfig:
         if self.kind == "sqlite":
             self._preflight_sqlite(create=create)
         else:
-            self._with_postgres(lambda conn: self._check_schema(conn, create=create))
+            self.postgres_preflight(create=create).close()
 
     def postgres_preflight(self, *, create: bool) -> Any:
         """:meth:`preflight` on a PostgreSQL connection that is left open, so
@@ -306,27 +306,24 @@ class StorageConfig:
             if not row[0]:
                 raise self._no_ledger(f"schema {self.schema!r} holds no ledger tables")
 
-    def open_postgres(self, build: Callable[[bool], T], conn: Any = None) -> T:
+    def open_postgres(self, build: Callable[[bool], T], conn: Any) -> T:
         """Call ``build(create_tables)``; table creation is serialised across
         processes by an advisory lock, since concurrent DDL on the same
         catalog rows fails ("tuple concurrently updated"). The checks run on
-        ``conn`` where one is given, else on a connection of their own."""
+        ``conn`` (the pre-flight's, before the pool takes it)."""
 
         table = EVENTS_TABLES["postgresql"]
         if self.postgres_table_exists(table, conn):
             return build(False)
         return self.with_ddl_lock(lambda: build(not self.postgres_table_exists(table, conn)))
 
-    def postgres_table_exists(self, table: str, conn: Any = None) -> bool:
-        def exists(conn: Any) -> bool:
-            row = conn.execute(
-                "SELECT to_regclass(%s) IS NOT NULL AS present", (f"{self.schema}.{table}",)
+    def postgres_table_exists(self, table: str, conn: Any) -> bool:
+        row = self._guarded(
+            lambda: conn.execute(
+                "SELECT to_regclass(%s) IS NOT NULL", (f"{self.schema}.{table}",)
             ).fetchone()
-            return bool(row[0] if isinstance(row, tuple) else row["present"])
-
-        if conn is not None:
-            return self._guarded(lambda: exists(conn))
-        return self._with_postgres(exists)
+        )
+        return bool(row[0])
 
     def with_ddl_lock(self, action: Callable[[], T]) -> T:
         """Run ``action`` holding this schema's advisory lock (DDL from two

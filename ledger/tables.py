@@ -88,7 +88,7 @@ class SideTables:
 
         if self.kind == "postgresql":
             names = re.findall(r"CREATE TABLE IF NOT EXISTS \{(\w+)\}", " ".join(statements))
-            if names and all(self._exists(name) for name in names):
+            if names and self._all_exist(names):
                 return
         with self.datastore.transaction(commit=True) as cursor:
             if self.kind == "postgresql":  # on the pooled connection, until commit
@@ -97,9 +97,13 @@ class SideTables:
             for statement in statements:
                 portable.execute(statement)
 
-    def _exists(self, name: str) -> bool:
+    def _all_exist(self, names: Sequence[str]) -> bool:
+        """Whether every table in ``names`` is there (one round trip)."""
+        qualified = [f'"{self.schema}"."{name}"' for name in names]
         with self.datastore.transaction(commit=False) as cursor:
-            qualified = f'"{self.schema}"."{name}"'
-            cursor.execute("SELECT to_regclass(%s) IS NOT NULL AS found", (qualified,))
+            cursor.execute(
+                "SELECT bool_and(to_regclass(n) IS NOT NULL) AS found FROM unnest(%s::text[]) n",
+                (qualified,),
+            )
             row = cursor.fetchone()
         return bool(row and _values(row)[0])
