@@ -102,4 +102,4 @@ bench: compile
 	$(BIN)/python bench/deploy.py $(DEPLOY_BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis $(MYPY_CACHE_DIR)
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -29,12 +29,13 @@ def halves(root: Path = TESTS) -> tuple[list[Path], list[Path]]:
     equal size (largest first, each to the smaller group)."""
     parts = [p for p in root.iterdir() if p.is_dir() and (p / "__init__.py").exists()]
     parts += list(root.glob("test_*.py"))
+    size = {part: _size(part) for part in parts}
     groups: tuple[list[Path], list[Path]] = ([], [])
-    sizes = [0, 0]
-    for part in sorted(parts, key=_size, reverse=True):
-        smaller = sizes.index(min(sizes))
+    totals = [0, 0]
+    for part in sorted(parts, key=size.__getitem__, reverse=True):
+        smaller = totals.index(min(totals))
         groups[smaller].append(part)
-        sizes[smaller] += _size(part)
+        totals[smaller] += size[part]
     return groups
 
 
