@@ -469,12 +469,13 @@ def restart_aware(
     observed: DirectState, record: RestartRecord | None, component: str
 ) -> ProcessState:
     """The state, told by the restart record too: a wrapper waiting to restart
-    is alive but its component is not running."""
+    is alive but its component is not running, and one that gave up is only
+    alive until its next line (``exit``) runs."""
     state = observed.to_state(component)
     record = current_record(observed, record)
     if record is None:
         return state
-    if state.running and record.state == "backoff":
+    if state.running and record.state in ("backoff", "gave-up"):
         return dataclasses.replace(
             state, running=False, pid=None, detail=f"not running: {record.describe()}"
         )

@@ -273,3 +273,21 @@ def test_restart_record_parse_and_ownership() -> None:
     assert current_record(gone, record) == replace(record, state="stopped")
     dead = restart_aware(gone, record, "api")
     assert not dead.running and "its wrapper is gone, restart 2 will not come" in dead.detail
+
+
+def test_a_wrapper_that_gave_up_is_not_running_before_it_has_exited() -> None:
+    # The wrapper records gave-up, then exits: a look between the two finds
+    # it alive, but its component is not running and nothing restarts it.
+    stat = "42 (sh) S 1 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 7 0 0"
+    output = '{"pid":42,"start":7,"release_id":"r1","component":"api"}\n' + stat + "\n"
+    line = (
+        '{"pid":42,"start":7,"restarts":2,"state":"gave-up","status":3,'
+        '"at":"2026-01-01T00:00:00Z","delay":0,"last":[{"at":"2026-01-01T00:00:00Z","status":3}]}'
+    )
+    observed, record = parse_observation(output + "--chassis-restarts--\n" + line + "\n")
+    assert observed.running and record is not None
+    exiting = restart_aware(observed, record, "api")
+    assert not exiting.running and exiting.pid is None
+    assert exiting.detail.startswith("not running: gave up restarting after 2 restart(s)")
+    gone = restart_aware(DirectState.parse(output.splitlines()[0]), record, "api")
+    assert not gone.running and "gave up restarting after 2 restart(s)" in gone.detail
