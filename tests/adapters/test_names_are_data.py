@@ -58,7 +58,7 @@ from adapters.supervisors.systemd import (
 )
 from adapters.supervisors.systemd import UnitListing as Row
 from chassis.engine.releases import ReleaseError, check_release_input
-from chassis.stack.spec import StackError, validate_stack
+from chassis.stack.spec import SECRET_KEY, StackError, validate_stack
 from tests.conftest import Runner
 from tests.sshd import SSHTestHost
 
@@ -635,8 +635,14 @@ def test_the_stack_file_refuses_every_name_outside_its_rule(kind: str, name: str
 @settings(max_examples=200)
 @given(st.sampled_from(["key", "config"]), any_text)
 @example("config", "X;id>/tmp/owned-$(hostname);Y")
+@example("key", "COOKIE")
 def test_the_stack_file_refuses_env_and_config_keys_outside_the_rule(kind: str, key: str) -> None:
     raw = stack_with(**{kind: key})
+    if ENV_NAME.match(key) and kind == "key" and SECRET_KEY.search(key):
+        # A valid name that reads like a secret's takes a reference, not a value.
+        with pytest.raises(StackError, match=r"components\.api\.env\..*: looks like a secret"):
+            validate_stack(raw, Path("/ws/chassis.toml"))
+        return
     if ENV_NAME.match(key):
         validate_stack(raw, Path("/ws/chassis.toml"))
         return
