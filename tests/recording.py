@@ -48,6 +48,9 @@ class RecordingLocal(LocalConnector):
         timeout: float = 60.0,
         stdin: bytes | None = None,
         display: str,
+        quick: bool = False,
     ) -> CommandResult:
         self.programs.append((self.step, source))
-        return super().run_python(source, args, timeout=timeout, stdin=stdin, display=display)
+        return super().run_python(
+            source, args, timeout=timeout, stdin=stdin, display=display, quick=quick
+        )

@@ -179,10 +179,16 @@ class Connector(ABC):
         timeout: float = DEFAULT_TIMEOUT,
         stdin: bytes | None = None,
         display: str,
+        quick: bool = False,
     ) -> CommandResult:
         """Run one of Chassis' own host programs (standard library only) as
         ``python3 -I -c SOURCE ARGS...`` on the target, like :meth:`run`
         otherwise; a host without ``python3`` gives exit status 127.
+
+        ``quick``: the program only reads (``/proc``, files), takes no input
+        and ends in milliseconds, so a connector may run it without a process
+        of its own (the local one runs it inside its fork server). This
+        default ignores it.
 
         ``/usr/bin/python3`` is preferred over a ``python3`` found on PATH: a
         shim there (pyenv) costs more than most of these programs. The SSH

@@ -88,17 +88,20 @@ class LocalConnector(Connector):
         timeout: float = DEFAULT_TIMEOUT,
         stdin: bytes | None = None,
         display: str,
+        quick: bool = False,
     ) -> CommandResult:
         """Forked by this process's fork server for the interpreter
         (:class:`adapters.connectors.fork_server.ForkServer`): no interpreter
-        start per program, as over SSH; else as ``python3 -I -c``."""
+        start per program, as over SSH; else as ``python3 -I -c``. A
+        ``quick`` program with no input runs inside the server, unforked."""
         python = self.host_python or _python()
         server = fork_server(python) if python is not None else None
         started = time.monotonic()
         try:
             if server is None:
                 raise OSError("no fork server")
-            process = server.spawn(source, ["-c", *args], {})
+            inline = quick and stdin is None
+            process = server.spawn(source, ["-c", *args], {}, inline=inline)
         except OSError:
             return super().run_python(source, args, timeout=timeout, stdin=stdin, display=display)
         return self._outcome(process, stdin, timeout, display, started)

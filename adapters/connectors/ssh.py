@@ -693,7 +693,9 @@ class SSHConnector(Connector):
         timeout: float = DEFAULT_TIMEOUT,
         stdin: bytes | None = None,
         display: str,
+        quick: bool = False,
     ) -> CommandResult:
+        # ``quick`` changes nothing here: the command runner forks each program.
         self._connection()
         python = (source, list(args))
         result = self._run_in_session("", display, timeout, stdin, None, python=python)

@@ -30,6 +30,8 @@ and the roots' subtrees from their ``/proc/<pid>/task/*/children`` lists. That
 answer stands only when it is complete by what it shows (every live root has
 a child, every listener is held in the subtrees); otherwise every process is
 scanned as before, so groups, sessions and strangers are decided as always.
+A look is a ``quick`` program (:meth:`Connector.run_python`): on a local host
+it runs inside the fork server, without a fork of its own.
 
 The probed address counts when it is one of the host's own (the script can
 bind it): then only sockets bound to it or to a wildcard answer there.
@@ -476,6 +478,7 @@ def observe(
         owner_args(roots, port_list, address),
         timeout=timeout,
         display=f"who listens on port(s) {', '.join(map(str, port_list)) or 'none'}",
+        quick=True,  # /proc reads, about half a millisecond
     )
     if result.exit_code == 127:
         raise OwnerUnknown("python3 is not installed on the host; the health gate needs it")
@@ -517,8 +520,8 @@ class ProcessWatch:
     its children at the first look are pinned too: once none of them is
     left, the command we started is gone, even if the wrapper restarted it.
 
-    A look runs a program on the host, which costs the host an interpreter's
-    CPU. Every passing attempt is looked at; a failing one only when
+    A look runs a program on the host, which costs the host CPU (a fork
+    over SSH). Every passing attempt is looked at; a failing one only when
     ``look_every_s`` has passed since the watch began or last looked, so a
     component that starts in time costs one look, and a dead one is still
     named within ``look_every_s`` (shorter than the wrapper's restart delay,

@@ -156,6 +156,70 @@ def test_local_hosts_use_a_fork_server_and_keep_the_connector_contract(tmp_path:
         local.run_python("import time; time.sleep(30)", timeout=0.3, display="sleeper")
 
 
+def run_inline(server: ForkServer, source: str, *args: str) -> tuple[int, int, str, str]:
+    process = server.spawn(source, ["-c", *args], {}, inline=True)
+    out, err = process.communicate(None, timeout=30)
+    assert process.returncode is not None
+    return process.pid, process.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.parametrize(
+    ("source", "code", "out", "err"),
+    [
+        ("import sys; print('hi', sys.argv[1:])", 0, "hi ['a', 'b']\n", ""),
+        ("import sys; print('a'); sys.exit(3)", 3, "a\n", ""),
+        ("import sys; sys.exit('went wrong')", 1, "", "went wrong\n"),
+        ("raise ValueError('boom')", 1, "", "ValueError: boom"),
+        ("import sys; sys.stdout.write('no newline')", 0, "no newline", ""),
+        ("import sys; print(repr(sys.stdin.read()))", 0, "''\n", ""),
+        ("def broken(:\n    pass", 1, "", "SyntaxError"),
+    ],
+)
+def test_an_inline_program_runs_in_the_server_with_an_interpreters_outcomes(
+    server: ForkServer, source: str, code: int, out: str, err: str
+) -> None:
+    pid, got, stdout, stderr = run_inline(server, source, "a", "b")
+    assert pid == server.process.pid  # no fork: the server ran it
+    assert (got, stdout) == (code, out) and err in stderr
+    # The server's own streams and argv are back: a forked program and
+    # another inline one see theirs only.
+    assert run(server, "import sys; print(sys.argv[1:])", "c") == (0, "['c']\n", "")
+    assert run_inline(server, "import sys; print(sys.argv[1:])", "d")[1:] == (0, "['d']\n", "")
+
+
+def test_a_program_with_an_environment_is_forked_even_when_asked_inline(
+    server: ForkServer,
+) -> None:
+    process = server.spawn(
+        "import os; print(os.environ['CHASSIS_X'])", ["-c"], {"CHASSIS_X": "y"}, inline=True
+    )
+    out, _ = process.communicate(None, timeout=30)
+    assert (process.returncode, out) == (0, b"y\n") and process.pid != server.process.pid
+    assert "CHASSIS_X" not in run_inline(server, "import os; print(sorted(os.environ))")[2]
+
+
+def test_a_quick_local_program_runs_unforked_and_a_hung_one_ends_its_server() -> None:
+    local = LocalConnector("h1")
+    where = "import os; print(os.getpid())"
+    quick = local.run_python(where, display="where", quick=True)
+    forked = local.run_python(where, display="where")
+    assert quick.ok and forked.ok and quick.stdout != forked.stdout
+    # A quick program fed input is forked: the server never reads a request's stdin.
+    fed = local.run_python(where, display="where", quick=True, stdin=b"x")
+    assert fed.ok and fed.stdout not in (quick.stdout, forked.stdout)
+    with pytest.raises(ConnectorTimeout, match=r"timed out after 0\.3s: stuck"):
+        local.run_python("import time; time.sleep(30)", timeout=0.3, display="stuck", quick=True)
+    # The timeout killed the server that ran it; the next program gets a new one.
+    deadline = time.monotonic() + 10
+    while True:
+        again = local.run_python(where, display="where", quick=True)
+        assert again.ok
+        if again.stdout != quick.stdout:
+            break
+        assert time.monotonic() < deadline, "the hung server was not replaced"
+        time.sleep(0.05)
+
+
 def test_a_program_run_again_is_the_same_program_with_its_own_arguments(
     server: ForkServer,
 ) -> None:

@@ -281,6 +281,7 @@ class AsNobody(LocalConnector):
         timeout: float = 60.0,
         stdin: bytes | None = None,
         display: str,
+        quick: bool = False,
     ) -> CommandResult:
         # Through run(), as nobody: not this process's (root's) fork server.
         return Connector.run_python(

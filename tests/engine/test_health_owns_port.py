@@ -252,9 +252,12 @@ class SystemctlConnector(LocalConnector):
         timeout: float = 60.0,
         stdin: bytes | None = None,
         display: str,
+        quick: bool = False,
     ) -> CommandResult:
         self.commands.append(shlex.join(["python3", "-I", "-c", "PROGRAM", *args]))
-        return super().run_python(source, args, timeout=timeout, stdin=stdin, display=display)
+        return super().run_python(
+            source, args, timeout=timeout, stdin=stdin, display=display, quick=quick
+        )
 
 
 def test_systemd_gate_watches_main_pid(tmp_path: Path) -> None:
