@@ -6,7 +6,7 @@ This file is copied verbatim into a release tree as ``app/gateway.py``,
 overrides it). It runs on target hosts that only have ``python3`` (3.7 or
 later), so it must never import anything but the standard library.
 
-- ``gateway`` and ``api`` serve HTTP/1.0 (``socketserver``, threaded) on
+- ``gateway`` and ``api`` serve HTTP/1.0 (a thread per connection) on
   ``--bind``:``--port``: ``GET /healthz`` answers ``ok <service> <version>``,
   ``GET /`` a JSON document ``{"service", "version", "release"}``. The
   gateway also proxies ``GET /upstream`` (to the upstream's ``/``) and
@@ -32,10 +32,10 @@ SIGTERM or SIGINT stop it cleanly with status 0.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # signal, without its enums
+import _socket
 import os
-import selectors
-import signal
-import socketserver
+import select
 import sys
 import threading
 import time
@@ -107,9 +107,10 @@ REASONS = {
 _LINE_LIMIT = 65536
 
 
-class SampleServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True  # in-flight requests never delay a stop
-    allow_reuse_address = True
+class SampleServer:
+    """A listening socket and what its requests need; each connection is
+    served by a thread of its own (daemon: in-flight requests never delay a
+    stop)."""
 
     def __init__(
         self, address: tuple[str, int], identity: Identity, upstream: tuple[str, int] | None
@@ -124,25 +125,83 @@ class SampleServer(socketserver.ThreadingTCPServer):
         self.slow_s = int(os.environ.get("SLOW_MS", "0") or 0) / 1000
         self.requests = 0
         self.lock = threading.Lock()
-        super().__init__(address, Handler)
+        self.socket = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+        try:
+            self.socket.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+            self.socket.bind(address)
+            self.socket.listen(16)
+        except OSError:
+            self.socket.close()
+            raise
+        self.port: int = self.socket.getsockname()[1]
+
+    def accept_one(self) -> None:
+        """Take one connection off the listening socket and serve it in a thread."""
+        try:
+            fd, client = self.socket._accept()  # type: ignore[attr-defined]  # socket.accept's
+        except OSError:
+            return  # the client went away before we accepted
+        conn = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM, 0, fd)
+        threading.Thread(target=Handler(self, conn, client).run, daemon=True).start()
+
+    def close(self) -> None:
+        self.socket.close()
 
 
-class Handler(socketserver.StreamRequestHandler):
+class Handler:
     """HTTP/1.0, GET only, one request per connection.
 
-    Written on ``socketserver`` rather than ``http.server``: that module pulls
-    in ``http.client``, ``email`` and ``ssl``, which tripled this program's
-    start (≈ 90 ms of CPU against ≈ 30 ms), paid at every start of every
-    component of every deploy. The proxy and the score client, which need a
-    client, import ``http.client`` and ``urllib`` when they run.
+    Written on the socket itself rather than ``http.server``, which pulls in
+    ``http.client``, ``email`` and ``ssl`` (about 90 ms of CPU against 30), or
+    ``socketserver``, whose ``socket``, ``selectors`` and ``signal`` build
+    enum classes from the platform's constants at import (a third of what
+    is left): paid at every start of every component of every deploy. The
+    proxy and the score client, which need a client, import ``http.client``
+    and ``urllib`` when they run.
     """
 
-    server: SampleServer
-    timeout = 30  # a client that sends no request line does not hold a thread forever
+    timeout = 30.0  # a client that sends no request line does not hold a thread forever
+
+    def __init__(self, server: SampleServer, conn: _socket.socket, client: tuple[str, int]) -> None:
+        self.server = server
+        self.conn = conn
+        self.client_address = client
+        self.requestline = ""
+        self.path = ""
+        self._buffer = b""
+
+    def run(self) -> None:
+        try:
+            self.conn.settimeout(self.timeout)
+            self.handle()
+        except OSError:
+            pass  # the client went away or never finished its request
+        except Exception:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            try:  # noqa: SIM105 - contextlib would be imported at every start
+                self.conn.shutdown(_socket.SHUT_WR)
+            except OSError:
+                pass
+            self.conn.close()
+
+    def readline(self, limit: int) -> bytes:
+        """One line (with its newline) of at most ``limit`` bytes; b"" at the end."""
+        while b"\n" not in self._buffer and len(self._buffer) < limit:
+            chunk = self.conn.recv(4096)
+            if not chunk:
+                break
+            self._buffer += chunk
+        end = self._buffer.find(b"\n", 0, limit)
+        end = limit if end < 0 else end + 1
+        line, self._buffer = self._buffer[:end], self._buffer[end:]
+        return line
 
     def handle(self) -> None:
-        self.requestline = self.rfile.readline(_LINE_LIMIT).decode("latin-1").rstrip("\r\n")
-        while self.rfile.readline(_LINE_LIMIT) not in (b"\r\n", b"\n", b""):
+        self.requestline = self.readline(_LINE_LIMIT).decode("latin-1").rstrip("\r\n")
+        while self.readline(_LINE_LIMIT) not in (b"\r\n", b"\n", b""):
             pass  # headers: nothing here depends on them
         parts = self.requestline.split()
         if len(parts) < 2:
@@ -225,12 +284,14 @@ class Handler(socketserver.StreamRequestHandler):
         # daemons, and the accept loop stops at once).
         log(self.server.identity.role, f'{self.client_address[0]} "{self.requestline}" {status} -')
         try:  # noqa: SIM105 - contextlib would be imported at every start
-            self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+            self.conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         except OSError:  # the client went away
             pass
 
 
 # -------------------------------------------------------------------- running
+
+_SIGNAL_NAMES = {_signal.SIGTERM: "SIGTERM", _signal.SIGINT: "SIGINT"}
 
 
 def stop_event(role: str) -> threading.Event:
@@ -238,59 +299,45 @@ def stop_event(role: str) -> threading.Event:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        log(role, f"received {signal.Signals(signum).name}, stopping")
+        log(role, f"received {_SIGNAL_NAMES.get(signum, signum)}, stopping")
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    _signal.signal(_signal.SIGTERM, on_signal)
+    _signal.signal(_signal.SIGINT, on_signal)
     return stop
 
 
 def accept_until(server: SampleServer, stop: threading.Event) -> None:
     """Serve connections (each in a thread of its own) until ``stop`` is set.
 
-    The loop sleeps in ``select`` on the listening socket and on a pipe the
-    signal machinery writes to (``signal.set_wakeup_fd``): nothing wakes it
-    while the service is idle, and SIGTERM ends it at once, where
-    ``serve_forever`` looks for a stop every ``poll_interval``."""
+    The loop sleeps in ``poll`` on the listening socket and on a pipe the
+    signal machinery writes to (``set_wakeup_fd``): nothing wakes it while
+    the service is idle, and SIGTERM ends it at once, where
+    ``socketserver``'s ``serve_forever`` looked for a stop every
+    ``poll_interval``."""
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
-    previous = signal.set_wakeup_fd(wake_w)
+    previous = _signal.set_wakeup_fd(wake_w)
+    listening = server.socket.fileno()
     try:
-        with selectors.DefaultSelector() as selector:
-            selector.register(server.socket, selectors.EVENT_READ)
-            selector.register(wake_r, selectors.EVENT_READ)
-            while not stop.is_set():
-                for key, _ in selector.select():
-                    if key.fd == wake_r:
-                        try:
-                            while os.read(wake_r, 512):
-                                pass
-                        except BlockingIOError:
+        waiting = select.poll()
+        waiting.register(listening, select.POLLIN)
+        waiting.register(wake_r, select.POLLIN)
+        while not stop.is_set():
+            for fd, _ in waiting.poll():
+                if fd == wake_r:
+                    try:
+                        while os.read(wake_r, 512):
                             pass
-                    elif not stop.is_set():
-                        accept_one(server)
+                    except BlockingIOError:
+                        pass
+                elif not stop.is_set():
+                    server.accept_one()
     finally:
-        signal.set_wakeup_fd(previous)
+        _signal.set_wakeup_fd(previous)
         os.close(wake_r)
         os.close(wake_w)
-
-
-def accept_one(server: SampleServer) -> None:
-    """What ``serve_forever`` does for a ready listening socket."""
-    try:
-        request, client_address = server.get_request()
-    except OSError:
-        return  # the client went away before we accepted
-    if not server.verify_request(request, client_address):
-        server.shutdown_request(request)
-        return
-    try:
-        server.process_request(request, client_address)  # a thread: ThreadingMixIn
-    except Exception:
-        server.handle_error(request, client_address)
-        server.shutdown_request(request)
 
 
 def serve(identity: Identity, bind: str, port: int, upstream: tuple[str, int] | None) -> int:
@@ -303,13 +350,13 @@ def serve(identity: Identity, bind: str, port: int, upstream: tuple[str, int] | 
     via = f" upstream {upstream[0]}:{upstream[1]}" if upstream else ""
     log(
         identity.role,
-        f"listening on http://{bind}:{server.server_address[1]} version {identity.version}"
+        f"listening on http://{bind}:{server.port} version {identity.version}"
         f" release {identity.release or '-'}{via}",
     )
     try:
         accept_until(server, stop)
     finally:
-        server.server_close()
+        server.close()
     log(identity.role, "stopped")
     return 0
 

@@ -233,14 +233,16 @@ def test_a_server_starts_without_the_http_client_stack(tree: Path) -> None:
 def test_the_program_imports_only_what_every_start_needs(tree: Path) -> None:
     """json (with the regular expressions it compiles), contextlib, pathlib
     and typing cost each start milliseconds: JSON answers import json when
-    they are written."""
+    they are written. So do socket, signal, selectors and socketserver, which
+    build enum classes from the platform's constants when imported: the
+    server uses _socket, _signal and select."""
     probe = (
         "import os, runpy, sys\n"
         "runpy.run_path(os.devnull)  # what running a file imports by itself\n"
         "before = set(sys.modules)\n"
         "runpy.run_path('app/api.py', run_name='sample')\n"
-        "print(sorted(m for m in ('json', 're', 'contextlib', 'pathlib', 'typing')"
-        " if m in set(sys.modules) - before))"
+        "print(sorted(m for m in ('json', 're', 'contextlib', 'pathlib', 'typing', 'enum',"
+        " 'socket', 'signal', 'selectors', 'socketserver') if m in set(sys.modules) - before))"
     )
     done = subprocess.run(
         [sys.executable, "-I", "-S", "-c", probe],
