@@ -22,8 +22,6 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
-import nacl.exceptions
-import nacl.signing
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import (
     Mapper,
@@ -33,6 +31,7 @@ from eventsourcing.persistence import (
     Transcoder,
 )
 
+from ledger import verified
 from ledger.aggregate import LedgerSnapshot
 from ledger.checks import RecordRejected, VerifyReason, decode_event
 from ledger.errors import SigningError
@@ -123,9 +122,6 @@ class SealingMapper(Mapper[UUID]):
         self._trust = trust
         self._pool: ThreadPoolExecutor | None = None
         self._workers = os.cpu_count() or 1
-        self._verify_keys: dict[bytes, nacl.signing.VerifyKey] = {}
-        self._good: set[bytes] = set()
-        """(public key ‖ digest ‖ signature) already verified, or made, here."""
         self._stored_ids: dict[Any, UUID | None] = {}
         """An ``originator_id`` as stored → the aggregate id it spells exactly
         as a signed ``id`` would (None: no signed id equals it)."""
@@ -151,13 +147,14 @@ class SealingMapper(Mapper[UUID]):
         for record in stored:  # our own signatures need no checking when read back
             state = record.state
             digest = bytes.fromhex(state[11:75].decode())
-            self._good.add(signer.public_key + digest + base64.b64decode(state[-90:-2]))
+            verified.remember(signer.public_key, base64.b64decode(state[-90:-2]), digest)
         return stored
 
     def forget_verified(self) -> None:
-        """Drop the signatures remembered as good: the next reads check every
-        signature again (benchmarks measure cold reads with this)."""
-        self._good.clear()
+        """Drop the signatures remembered as good (:mod:`ledger.verified`, the
+        whole process's): the next reads check every signature again
+        (benchmarks measure cold reads with this)."""
+        verified.forget()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -195,19 +192,10 @@ class SealingMapper(Mapper[UUID]):
             return self._trust(refresh=True).signer(event, seq)
 
     def _check_signature(self, public: bytes, digest: bytes, signature: bytes) -> None:
-        token = public + digest + signature
-        if token in self._good:
-            return
-        key = self._verify_keys.get(public)
-        if key is None:
-            key = self._verify_keys[public] = nacl.signing.VerifyKey(public)
-        try:
-            key.verify(digest, signature)
-        except nacl.exceptions.BadSignatureError:
+        if not verified.verifies(public, signature, digest):
             raise RecordRejected(
                 VerifyReason.BAD_SIGNATURE, "the signature does not verify with the signing key"
-            ) from None
-        self._good.add(token)
+            )
 
     def read_events(
         self, rows: Sequence[Row], vouched: VouchedDigests | None = None
