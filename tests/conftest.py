@@ -30,7 +30,7 @@ POSTGRES_URL = os.environ.get("CHASSIS_TEST_POSTGRES", "postgresql://postgres@12
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # Hypothesis's default 200 ms deadline and too-slow health check are timing
-# assertions: on a loaded two-core machine running six workers they fail
+# assertions: on a loaded two-core machine running eight workers they fail
 # tests whose behaviour is right. Properties are judged on outcomes only.
 settings.register_profile("chassis", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("chassis")
