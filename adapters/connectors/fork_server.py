@@ -76,6 +76,30 @@ def compiled(source):
             programs[source] = program
     return program
 
+def execute(header, program):
+    # Run the request's program as __main__ on this process's 0, 1, 2, as
+    # python3 -I -c would; its exit status.
+    code = 1
+    try:
+        sys.argv = header["argv"]
+        if program is None:
+            program = compile(header["source"], "<chassis>", "exec")
+        exec(program, {"__name__": "__main__", "__builtins__": __builtins__})
+        code = 0
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+    return code
+
 def child(header, fds, program):
     code = 1
     try:
@@ -89,60 +113,24 @@ def child(header, fds, program):
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.environ.update(header["env"])
-        sys.argv = header["argv"]
-        try:
-            if program is None:
-                program = compile(header["source"], "<chassis>", "exec")
-            exec(program, {"__name__": "__main__", "__builtins__": __builtins__})
-            code = 0
-        except SystemExit as e:
-            if e.code is None or isinstance(e.code, int):
-                code = e.code or 0
-            else:
-                print(e.code, file=sys.stderr)
-        except BaseException:
-            traceback.print_exc()
+        code = execute(header, program)
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:
-                pass
         os._exit(code)
 
 def inline(header, fds, program):
     # A quick, read-only program (ForkServer.spawn's inline): run here on the
     # request's pipes, without a fork, which costs more than such a program.
-    code = 1
     saved = [os.dup(fd) for fd in (0, 1, 2)]
     argv = sys.argv
     try:
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
-        sys.argv = header["argv"]
-        try:
-            if program is None:
-                program = compile(header["source"], "<chassis>", "exec")
-            exec(program, {"__name__": "__main__", "__builtins__": __builtins__})
-            code = 0
-        except SystemExit as e:
-            if e.code is None or isinstance(e.code, int):
-                code = e.code or 0
-            else:
-                print(e.code, file=sys.stderr)
-        except BaseException:
-            traceback.print_exc()
+        return execute(header, program)
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:
-                pass
         sys.argv = argv
         for target, fd in enumerate(saved):
             os.dup2(fd, target)
             os.close(fd)
-    return code
 
 while True:
     ready = select.select([sock, wake_r], [], [])[0]
@@ -182,9 +170,10 @@ while True:
         children[pid] = header["id"]
         send({"id": header["id"], "pid": pid})
 """
-"""The fork server: reads ``{"id", "source", "argv", "env"}`` with three fds
-(the child's stdin, stdout, stderr), forks, answers ``{"id", "pid"}``, and
-``{"id", "exit"}`` once it has reaped the child. Stdlib only, Python 3.8."""
+"""The fork server: reads ``{"id", "source", "argv", "env", "inline"}`` with
+three fds (the child's stdin, stdout, stderr), forks (or, ``inline``, runs the
+program itself), answers ``{"id", "pid"}``, and ``{"id", "exit"}`` once it has
+reaped the child. Stdlib only, Python 3.8."""
 
 _PIPE_CHUNK = 65536
 

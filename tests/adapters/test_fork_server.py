@@ -38,16 +38,22 @@ def run(server: ForkServer, source: str, *args: str, stdin: bytes = b"") -> tupl
     return process.returncode, out.decode(), err.decode()
 
 
+# (source, exit status, stdout, a part of stderr) as python3 -I -c gives them.
+OUTCOMES = [
+    ("print('hi')", 0, "hi\n", ""),
+    ("import sys; print('a'); sys.exit(3)", 3, "a\n", ""),
+    ("import sys; sys.exit('went wrong')", 1, "", "went wrong\n"),
+    ("raise ValueError('boom')", 1, "", "ValueError: boom"),
+    ("import sys; sys.stdout.write('no newline')", 0, "no newline", ""),
+    ("def broken(:\n    pass", 1, "", "SyntaxError"),
+]
+
+
 @pytest.mark.parametrize(
     ("source", "code", "out", "err"),
     [
-        ("print('hi')", 0, "hi\n", ""),
-        ("import sys; print('a'); sys.exit(3)", 3, "a\n", ""),
-        ("import sys; sys.exit('went wrong')", 1, "", "went wrong\n"),
-        ("raise ValueError('boom')", 1, "", "ValueError: boom"),
+        *OUTCOMES,
         ("import os, signal; os.kill(os.getpid(), signal.SIGTERM)", -signal.SIGTERM, "", ""),
-        ("import sys; sys.stdout.write('no newline')", 0, "no newline", ""),
-        ("def broken(:\n    pass", 1, "", "SyntaxError"),
     ],
 )
 def test_outcomes_are_those_of_an_interpreter(
@@ -166,13 +172,9 @@ def run_inline(server: ForkServer, source: str, *args: str) -> tuple[int, int, s
 @pytest.mark.parametrize(
     ("source", "code", "out", "err"),
     [
+        *OUTCOMES,
         ("import sys; print('hi', sys.argv[1:])", 0, "hi ['a', 'b']\n", ""),
-        ("import sys; print('a'); sys.exit(3)", 3, "a\n", ""),
-        ("import sys; sys.exit('went wrong')", 1, "", "went wrong\n"),
-        ("raise ValueError('boom')", 1, "", "ValueError: boom"),
-        ("import sys; sys.stdout.write('no newline')", 0, "no newline", ""),
         ("import sys; print(repr(sys.stdin.read()))", 0, "''\n", ""),
-        ("def broken(:\n    pass", 1, "", "SyntaxError"),
     ],
 )
 def test_an_inline_program_runs_in_the_server_with_an_interpreters_outcomes(
