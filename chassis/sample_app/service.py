@@ -142,7 +142,11 @@ class SampleServer:
         except OSError:
             return  # the client went away before we accepted
         conn = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM, 0, fd)
-        threading.Thread(target=Handler(self, conn, client).run, daemon=True).start()
+        try:
+            threading.Thread(target=Handler(self, conn, client).run, daemon=True).start()
+        except RuntimeError as e:  # no thread to be had: drop this one, keep serving
+            log(self.identity.role, f"cannot serve {client[0]}: {e}")
+            conn.close()
 
     def close(self) -> None:
         self.socket.close()
